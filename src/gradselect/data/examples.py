@@ -1,0 +1,112 @@
+"""The data model: examples, sources, and a task set (target + auxiliary sources)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+#: Scores a generated answer against an example: 1.0 for a correct answer.
+AnswerChecker = Callable[[str, "Example"], float]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training or evaluation example.
+
+    Attributes
+    ----------
+    id : str
+        Unique within its source.
+    prompt : str
+        The model input. For chat data, a plain rendering of the turns before
+        the last (the chat template is applied at tokenization).
+    response : str
+        The gold output whose tokens are trained on and scored.
+    messages : tuple of dict, optional
+        Chat turns (``{"role", "content"}``), the last one the assistant's
+        response; rendered with the tokenizer's chat template.
+    meta : mapping
+        Free-form, in-memory only (e.g. the reasoning-gym entry its checker
+        needs, or ``noisy=True`` for a planted corrupted label).
+    """
+
+    id: str
+    prompt: str
+    response: str
+    messages: tuple[Mapping[str, str], ...] | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass
+class Source:
+    """A named group of examples: one auxiliary data source, or a target split.
+
+    Attributes
+    ----------
+    name : str
+    examples : list of Example
+    checker : callable, optional
+        ``checker(answer, example) -> float`` scoring a generated answer
+        (1.0 = correct); reasoning-gym sources carry their own.
+    """
+
+    name: str
+    examples: list[Example]
+    checker: AnswerChecker | None = None
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+
+@dataclass
+class TaskSet:
+    """A target task with train/dev/test splits and the auxiliary sources.
+
+    Attributes
+    ----------
+    target_train, target_dev, target_test : Source
+        The target task's splits. ``target_test`` is only read by the final
+        evaluation, never by estimation or selection.
+    sources : list of Source
+        Auxiliary sources, in a fixed order (n_sources).
+    """
+
+    target_train: Source
+    target_dev: Source
+    target_test: Source
+    sources: list[Source]
+
+    @property
+    def source_names(self) -> list[str]:
+        return [s.name for s in self.sources]
+
+    def source(self, name: str) -> Source:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        from gradselect.errors import DataError
+
+        raise DataError(f"unknown source {name!r}; sources are {self.source_names}")
+
+    def training_examples(
+        self, source_names: Sequence[str], *, include_target_train: bool = True
+    ) -> list[Example]:
+        """Examples of the named sources (+ target train), in source order."""
+        chosen = [self.source(n) for n in source_names]
+        examples = [e for s in chosen for e in s.examples]
+        if include_target_train:
+            examples = list(self.target_train.examples) + examples
+        return examples
+
+    def fingerprint(self) -> str:
+        """SHA-256 over every split and source (names, ids, prompts, responses)."""
+        h = hashlib.sha256()
+        parts = [self.target_train, self.target_dev, self.target_test, *self.sources]
+        for part in parts:
+            h.update(part.name.encode())
+            for e in part.examples:
+                payload = [e.id, e.prompt, e.response, None if e.messages is None else list(e.messages)]
+                h.update(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode())
+        return h.hexdigest()
