@@ -8,6 +8,7 @@ the entry is kept in ``example.meta["entry"]`` so the generator's own
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from gradselect.data.examples import Example, Source
@@ -23,6 +24,17 @@ def generator_names() -> list[str]:
     return sorted(reasoning_gym.factory.DATASETS)
 
 
+def generation_seed(generator: str, seed: int) -> int:
+    """The seed handed to reasoning-gym, derived from (generator, seed).
+
+    reasoning-gym seeds item ``i`` with ``seed + i``, so two sources of one
+    generator with nearby seeds (1 and 2) would share almost every example.
+    Hashing spreads the seeds over 2**31, making overlaps vanishingly rare.
+    """
+    digest = hashlib.sha256(f"{generator}:{seed}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") >> 1
+
+
 def load_reasoning_gym(
     generator: str, *, size: int, seed: int, name: str | None = None, **kwargs: Any
 ) -> Source:
@@ -33,7 +45,7 @@ def load_reasoning_gym(
     generator : str
         A reasoning-gym dataset name (see :func:`generator_names`).
     size, seed : int
-        Number of examples and the generation seed.
+        Number of examples and the seed (mapped through :func:`generation_seed`).
     name : str, optional
         The source name; defaults to ``generator``.
     **kwargs
@@ -48,7 +60,7 @@ def load_reasoning_gym(
             field="reasoning_gym",
         )
     try:
-        dataset = reasoning_gym.create_dataset(generator, size=size, seed=seed, **kwargs)
+        dataset = reasoning_gym.create_dataset(generator, size=size, seed=generation_seed(generator, seed), **kwargs)
     except (TypeError, ValueError, AssertionError) as err:
         raise DataError(f"reasoning-gym {generator!r} rejected its arguments {kwargs}: {err}", field="reasoning_gym_args") from None
 

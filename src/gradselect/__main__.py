@@ -1,0 +1,5 @@
+import sys
+
+from gradselect.cli import main
+
+sys.exit(main())

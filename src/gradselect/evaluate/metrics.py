@@ -1,0 +1,149 @@
+"""Target metrics: response-token cross-entropy and exact match by greedy generation."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from gradselect.data.examples import Example, Source
+from gradselect.data.tokenize import IGNORE_INDEX, TokenizeConfig, encode_prompt, tokenize_examples
+from gradselect.evaluate.config import EvalConfig
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+@dataclasses.dataclass
+class LossResult:
+    """Response-token cross-entropy on a set of examples.
+
+    Attributes
+    ----------
+    loss : float
+        Mean over all response tokens (token-weighted).
+    example_loss : list of float
+        Per example, the mean over its own response tokens (n_examples).
+    n_tokens : int
+    """
+
+    loss: float
+    example_loss: list[float]
+    n_tokens: int
+
+
+@dataclasses.dataclass
+class ExactMatchResult:
+    """Accuracy of greedy answers, and the answers themselves (n_examples)."""
+
+    accuracy: float
+    predictions: list[str]
+    correct: list[bool]
+
+
+def make_extractor(config: EvalConfig) -> Callable[[str], str]:
+    """The configured answer extractor: generated text -> answer string."""
+    kind = config.answer_extractor
+    if kind == "strip":
+        return str.strip
+    if kind == "first_line":
+        return lambda text: next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if kind == "last_number":
+        return lambda text: (_NUMBER.findall(text) or [""])[-1]
+    pattern = re.compile(config.answer_regex)
+
+    def by_regex(text: str) -> str:
+        m = pattern.search(text)
+        if m is None:
+            return ""
+        return (m.group(1) if m.groups() else m.group(0)).strip()
+
+    return by_regex
+
+
+def _batches(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+@torch.no_grad()
+def target_loss(
+    model, tokenizer, examples: list[Example], tokenize_config: TokenizeConfig | None = None, *, batch_size: int = 16
+) -> LossResult:
+    """Mean response-token cross-entropy of ``model`` on ``examples``."""
+    batch = tokenize_examples(examples, tokenizer, tokenize_config)
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+    total, count, per_example = 0.0, 0, []
+    was_training = model.training
+    model.eval()
+    for sl in _batches(len(batch), batch_size):
+        ids, labels = batch.input_ids[sl], batch.labels[sl]
+        width = max(map(len, ids))
+        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
+        label_t = torch.tensor([y + [IGNORE_INDEX] * (width - len(y)) for y in labels], device=device)
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
+        logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+        target = label_t[:, 1:]
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+        ).view(target.shape)  # [n_batch, seq-1]
+        valid = target != IGNORE_INDEX
+        tok_sum = (nll * valid).sum(1)
+        tok_count = valid.sum(1)
+        total += tok_sum.sum().item()
+        count += int(tok_count.sum().item())
+        per_example.extend((tok_sum / tok_count.clamp(min=1)).tolist())
+    model.train(was_training)
+    return LossResult(total / max(count, 1), per_example, count)
+
+
+@torch.no_grad()
+def exact_match(
+    model,
+    tokenizer,
+    source: Source,
+    tokenize_config: TokenizeConfig | None = None,
+    eval_config: EvalConfig | None = None,
+    *,
+    progress: bool = False,
+) -> ExactMatchResult:
+    """Greedy-decode an answer for each example and score it.
+
+    The source's own checker (reasoning-gym's) scores answers when it has one;
+    otherwise an answer is correct when it equals the extracted gold response.
+    """
+    tokenize_config = tokenize_config or TokenizeConfig()
+    eval_config = eval_config or EvalConfig()
+    extract = make_extractor(eval_config)
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+    preds: list[str] = []
+    was_training = model.training
+    model.eval()
+    examples = source.examples
+    limit = tokenize_config.max_length - eval_config.max_new_tokens
+    for sl in tqdm(list(_batches(len(examples), eval_config.batch_size)), desc="generate", disable=not progress):
+        prompts = [encode_prompt(e, tokenizer, tokenize_config)[-max(limit, 1):] for e in examples[sl]]
+        width = max(map(len, prompts))
+        # Left padding, so every prompt ends where generation starts.
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=mask,
+            max_new_tokens=eval_config.max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        for row in out[:, width:]:
+            preds.append(extract(tokenizer.decode(row, skip_special_tokens=True)))
+    model.train(was_training)
+    if source.checker is not None:
+        correct = [source.checker(p, e) >= 1.0 for p, e in zip(preds, examples)]
+    else:
+        correct = [p == extract(e.response) for p, e in zip(preds, examples)]
+    return ExactMatchResult(sum(correct) / max(len(correct), 1), preds, correct)
