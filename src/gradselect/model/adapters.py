@@ -76,7 +76,10 @@ def apply_adapter(model, config: AdapterConfig | None = None, *, init_adapter: s
         path = Path(init_adapter)
         if not (path / "adapter_config.json").exists():
             raise ModelError(f"{path}: not a LoRA adapter folder (no adapter_config.json)")
-        return peft.PeftModel.from_pretrained(model, str(path), is_trainable=True)
+        try:
+            return peft.PeftModel.from_pretrained(model, str(path), is_trainable=True)
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise ModelError(f"{path}: adapter does not fit this model ({err})") from None
     targets = config.target_modules or default_lora_targets(model)
     lora = peft.LoraConfig(
         r=config.r,

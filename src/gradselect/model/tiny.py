@@ -69,7 +69,8 @@ def make_tiny_model(arch: TinyArch = "gpt2", *, seed: int = 0, hidden: int = 64,
     )
     if arch == "gpt2":
         config = GPT2Config(
-            vocab_size=len(tokenizer), n_positions=1024, n_embd=hidden, n_layer=layers, n_head=4, **ids
+            vocab_size=len(tokenizer), n_positions=1024, n_embd=hidden, n_layer=layers, n_head=4,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **ids
         )
     elif arch == "llama":
         config = LlamaConfig(
@@ -89,4 +90,5 @@ def make_tiny_model(arch: TinyArch = "gpt2", *, seed: int = 0, hidden: int = 64,
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.eval()  # like from_pretrained
     return model, tokenizer

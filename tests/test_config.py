@@ -1,0 +1,46 @@
+import pytest
+
+from gradselect.config import RunConfig, dump_config, load_config
+from gradselect.errors import ConfigError
+
+
+def test_unknown_keys_list_valid_ones(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[data.target]\nreasoning_gym = "chain_sum"\n\n[train]\nlr = 0.1\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert "run.toml" in msg and "unknown key 'train.lr'" in msg and "learning_rate" in msg
+
+
+def test_bad_value_names_key(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[data.target]\nreasoning_gym = "chain_sum"\n\n[train]\nbatch_size = 0\n')
+    with pytest.raises(ConfigError, match=r"train\.batch_size: Input should be greater than or equal to 1"):
+        load_config(path)
+
+
+def test_source_needs_one_origin(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[data.target]\npath = "a.jsonl"\nreasoning_gym = "chain_sum"\n')
+    with pytest.raises(ConfigError, match="exactly one of 'path', 'hf_dataset', 'reasoning_gym'"):
+        load_config(path)
+
+
+def test_malformed_toml_and_missing_file(tmp_path):
+    (tmp_path / "bad.toml").write_text("[data\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: malformed TOML"):
+        load_config(tmp_path / "bad.toml")
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "none.toml")
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = RunConfig.model_validate(
+        {"data": {"target": {"reasoning_gym": "chain_sum"}, "sources": [{"path": "a.jsonl", "label_noise": 0.5}]}}
+    )
+    path = tmp_path / "again.toml"
+    text = dump_config(cfg)
+    assert text.startswith("# gradselect_version:")
+    path.write_text(text)
+    assert load_config(path) == cfg
