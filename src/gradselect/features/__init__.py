@@ -1,0 +1,43 @@
+"""Features: per-example output values and projected gradients at the meta-initialization.
+
+One module per role: :mod:`~gradselect.features.output` (output functions),
+:mod:`~gradselect.features.gradients` (per-example gradient computers),
+:mod:`~gradselect.features.projector` (random projections),
+:mod:`~gradselect.features.store` (the on-disk store) and
+:mod:`~gradselect.features.extract` (the stage entry point, :func:`featurize`).
+"""
+
+from gradselect.features.config import FeatureConfig
+from gradselect.features.extract import featurize, merge_shards, store_rows
+from gradselect.features.gradients import FuncGradientComputer, GradientComputer, LoopGradientComputer, select_parameters
+from gradselect.features.output import MeanLogLikelihood, MeanLogOdds, OutputFunction, get_output_function
+from gradselect.features.projector import (
+    GaussianProjector,
+    IdentityProjector,
+    Projector,
+    RademacherProjector,
+    make_projector,
+)
+from gradselect.features.store import FeatureStore, ManifestMismatch
+
+__all__ = [
+    "FeatureConfig",
+    "FeatureStore",
+    "FuncGradientComputer",
+    "GaussianProjector",
+    "GradientComputer",
+    "IdentityProjector",
+    "LoopGradientComputer",
+    "ManifestMismatch",
+    "MeanLogLikelihood",
+    "MeanLogOdds",
+    "OutputFunction",
+    "Projector",
+    "RademacherProjector",
+    "featurize",
+    "get_output_function",
+    "make_projector",
+    "merge_shards",
+    "select_parameters",
+    "store_rows",
+]

@@ -1,0 +1,36 @@
+"""Configuration of feature extraction (output values and projected gradients)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pydantic
+
+from gradselect.configbase import StrictConfig
+
+
+class FeatureConfig(StrictConfig):
+    """How per-example features are computed at the meta-initialization."""
+
+    proj_dim: int = pydantic.Field(default=512, ge=1)
+    """Projected gradient dimension d (ignored by the identity projector)."""
+    projector: Literal["rademacher", "gaussian", "identity"] = "rademacher"
+    """Random projection: +-1/sqrt(d) entries, N(0, 1/d) entries, or none."""
+    seed: int = 0
+    """Projection seed: the same seed gives the same matrix in every process."""
+    output: Literal["log_odds", "log_likelihood"] = "log_odds"
+    """Per-example output: mean gold-token log-odds (the method's) or mean log-likelihood."""
+    gradients: Literal["func", "loop"] = "func"
+    """Per-example gradients by torch.func (batched) or one autograd call per example."""
+    params: list[str] | None = None
+    """Regular expressions choosing the parameters to differentiate; default: the trainable ones."""
+    dtype: Literal["float32", "float16"] = "float32"
+    """Storage dtype of projected gradients."""
+    batch_size: int = pydantic.Field(default=8, ge=1)
+    """Examples per batched forward+backward."""
+    chunk_size: int = pydantic.Field(default=64, ge=1)
+    """Rows written (and resumable) at a time."""
+    hidden_states: bool = False
+    """Also store each example's mean last-layer hidden state (representation-similarity baseline)."""
+    max_cache_mb: float = pydantic.Field(default=1024.0, ge=0)
+    """Memory for cached projection blocks; beyond it blocks are regenerated per batch."""

@@ -1,0 +1,312 @@
+"""Featurize a task set: one forward+backward per example at the meta-initialization.
+
+:func:`featurize` is the stage's entry point. Rows are the target's train
+split, then its dev split, then every auxiliary source in order (the target's
+test split is never featurized). Under ``torchrun`` (or with ``rank`` and
+``world_size`` given) each rank computes a contiguous range of chunks into its
+own shard; rank 0 then merges the shards in row order (:func:`merge_shards`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from gradselect.data.examples import TaskSet
+from gradselect.data.tokenize import IGNORE_INDEX, TokenizeConfig, tokenize_examples
+from gradselect.errors import GradselectError
+from gradselect.features.config import FeatureConfig
+from gradselect.features.gradients import GRADIENT_COMPUTERS
+from gradselect.features.output import get_output_function
+from gradselect.features.projector import BLOCK_ROWS, make_projector
+from gradselect.features.store import FORMAT_VERSION, FeatureStore, ManifestMismatch, compare_manifests, finalize
+from gradselect.model.adapters import apply_adapter
+from gradselect.model.config import AdapterConfig, ModelConfig
+from gradselect.model.loading import load_model
+
+log = logging.getLogger(__name__)
+
+
+def store_rows(taskset: TaskSet) -> tuple[list, dict]:
+    """Examples in store order and the index (ids, sources, splits)."""
+    examples, ids, sources, splits = [], [], [], []
+    parts = [(taskset.target_train, "train"), (taskset.target_dev, "dev")]
+    parts += [(s, "source") for s in taskset.sources]
+    for source, split in parts:
+        for e in source.examples:
+            examples.append(e)
+            ids.append(e.id)
+            sources.append(source.name)
+            splits.append(split)
+    return examples, {"ids": ids, "sources": sources, "splits": splits}
+
+
+def weights_digest(model) -> str:
+    """SHA-256 over parameter names, shapes, dtypes and bytes (the base model's identity)."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        t = p.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def folder_digest(folder: Path | None) -> str | None:
+    """SHA-256 over the weight and config files of a trained adapter folder."""
+    if folder is None:
+        return None
+    h = hashlib.sha256()
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".json"))
+    if not files:
+        raise GradselectError(f"{folder}: no adapter files (.safetensors) to featurize from")
+    for p in files:
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _versions() -> dict:
+    import peft
+    import transformers
+
+    from gradselect import __version__
+
+    return {"gradselect": __version__, "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+def _dist_info(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if world_size is None:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+    return int(rank or 0), int(world_size)
+
+
+def shard_path(out_dir: Path, rank: int, world_size: int) -> Path:
+    return out_dir.with_name(f"{out_dir.name}.shard-{rank}-of-{world_size}")
+
+
+def featurize(
+    taskset: TaskSet,
+    out_dir: str | Path,
+    *,
+    model_config: ModelConfig | None = None,
+    adapter_config: AdapterConfig | None = None,
+    tokenize_config: TokenizeConfig | None = None,
+    feature_config: FeatureConfig | None = None,
+    adapter_path: str | Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    force: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> FeatureStore | None:
+    """Compute and store output values and projected gradients for every row.
+
+    Parameters
+    ----------
+    taskset : TaskSet
+    out_dir : path
+        The store folder (written as ``<out_dir>.part`` until complete).
+    model_config, adapter_config, tokenize_config, feature_config : configs
+    adapter_path : path, optional
+        The meta-initialization (a trained adapter folder). Without it, LoRA
+        features are taken at a fresh adapter, where B = 0 makes every
+        gradient w.r.t. A exactly zero.
+    device : str
+    progress : bool
+        Show a progress bar with ETA.
+    force : bool
+        Recompute even if a store made from other inputs exists.
+    rank, world_size : int, optional
+        Data-parallel shard to compute; default from ``RANK`` / ``WORLD_SIZE``.
+
+    Returns
+    -------
+    FeatureStore or None
+        The complete store (read-only); None on ranks other than 0 when sharded.
+    """
+    model_config = model_config or ModelConfig()
+    adapter_config = adapter_config or AdapterConfig()
+    tokenize_config = tokenize_config or TokenizeConfig()
+    config = feature_config or FeatureConfig()
+    out_dir = Path(out_dir)
+    rank, world_size = _dist_info(rank, world_size)
+    if adapter_path is None and adapter_config.method == "lora":
+        log.warning("no meta-initialization adapter given: at a fresh LoRA adapter B = 0, so gradients w.r.t. A are zero")
+
+    examples, index = store_rows(taskset)
+    model, tokenizer = load_model(model_config, device=device)
+    base_digest = weights_digest(model)
+    model = apply_adapter(model, adapter_config, init_adapter=adapter_path)
+    model.eval()
+    computer = GRADIENT_COMPUTERS[config.gradients](
+        model, get_output_function(config.output), config.params, with_hidden=config.hidden_states
+    )
+    param_shapes = computer.param_shapes
+    projector = make_projector(
+        config.projector, param_shapes, config.proj_dim, config.seed,
+        **({} if config.projector == "identity" else {"max_cache_mb": config.max_cache_mb, "device": next(model.parameters()).device}),
+    )
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "model": {"name_or_path": model_config.name_or_path, "weights_sha256": base_digest, "dtype": str(next(model.parameters()).dtype)},
+        "adapter": {"method": adapter_config.method, "sha256": folder_digest(adapter_path)},
+        "params": [[n, list(s)] for n, s in param_shapes.items()],
+        "projector": {"kind": config.projector, "seed": config.seed, "dim": projector.proj_dim, "block_rows": BLOCK_ROWS},
+        "output_function": config.output,
+        "dataset_fingerprint": taskset.fingerprint(),
+        "tokenize": json.loads(tokenize_config.model_dump_json()),
+        "dtype": config.dtype,
+        "chunk_size": config.chunk_size,
+        "hidden_dim": int(model.config.hidden_size) if config.hidden_states else None,
+        "n_rows": len(examples),
+        "versions": _versions(),
+    }
+
+    n_chunks = -(-len(examples) // config.chunk_size)
+    if world_size > 1:
+        per = -(-n_chunks // world_size)
+        first, last = min(n_chunks, rank * per), min(n_chunks, (rank + 1) * per)
+        target = shard_path(out_dir, rank, world_size)
+        manifest["shard"] = {"rank": rank, "world_size": world_size}
+    else:
+        first, last, target = 0, n_chunks, out_dir
+    row_start = first * config.chunk_size
+    row_stop = min(len(examples), last * config.chunk_size)
+    manifest.update(row_start=row_start, row_stop=row_stop)
+    shard_index = {k: v[row_start:row_stop] for k, v in index.items()}
+
+    store = _open_or_create(target, manifest, shard_index, config, force)
+    if store is not None and not store.complete:
+        _fill(store, examples[row_start:row_stop], tokenizer, tokenize_config, computer, projector, config, progress)
+        del store
+        finalize(target.with_name(target.name + ".part"), target)
+
+    if world_size > 1:
+        _barrier()
+        if rank != 0:
+            return None
+        merge_shards(out_dir, world_size, force=force)
+    return FeatureStore.open(out_dir)
+
+
+def _open_or_create(target: Path, manifest: dict, index: dict, config: FeatureConfig, force: bool) -> FeatureStore | None:
+    """The store to fill (None if ``target`` is already complete and current)."""
+    if target.exists():
+        try:
+            FeatureStore.open(target, expected=manifest)
+            return None
+        except ManifestMismatch:
+            if not force:
+                raise
+    part = target.with_name(target.name + ".part")
+    if part.exists() and not force:
+        try:
+            store = FeatureStore.open(part, expected=manifest, writable=True)
+            log.info("resuming %s: %d of %d chunks done", part, int(store.done.sum()), len(store.done))
+            return store
+        except ManifestMismatch as err:
+            raise ManifestMismatch(f"{err} (an interrupted run with other inputs)") from None
+    return FeatureStore.create(part, manifest, index, dtype=config.dtype, hidden_dim=manifest["hidden_dim"])
+
+
+def _fill(store, examples, tokenizer, tokenize_config, computer, projector, config, progress) -> None:
+    tokens = tokenize_examples(examples, tokenizer, tokenize_config)
+    if tokens.n_truncated:
+        log.warning("%d example(s) had their prompt shortened to max_length=%d", tokens.n_truncated, tokenize_config.max_length)
+    device = next(computer.model.parameters()).device
+    pad = tokenizer.pad_token_id
+    todo = [c for c in range(len(store.done)) if not store.done[c]]
+    bar = tqdm(total=sum(store.chunk_rows(c).stop - store.chunk_rows(c).start for c in todo), desc="featurize", unit="ex", disable=not progress)
+    start = time.perf_counter()
+    for chunk in todo:
+        rows = store.chunk_rows(chunk)
+        g_parts, b_parts, h_parts = [], [], []
+        for s in range(rows.start, rows.stop, config.batch_size):
+            e = min(rows.stop, s + config.batch_size)
+            ids, labels = tokens.input_ids[s:e], tokens.labels[s:e]
+            width = max(map(len, ids))
+            input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
+            label_t = torch.tensor([y + [IGNORE_INDEX] * (width - len(y)) for y in labels], device=device)
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
+            out = computer.compute(input_ids, mask, label_t)
+            g_parts.append(projector.project(out.grads).cpu().numpy())
+            b_parts.append(out.values.detach().double().cpu().numpy())
+            if out.hidden is not None:
+                h_parts.append(out.hidden.float().cpu().numpy())
+            bar.update(e - s)
+        store.write_chunk(
+            chunk,
+            np.concatenate(g_parts).astype(store.g.dtype),
+            np.concatenate(b_parts),
+            np.concatenate(h_parts) if h_parts else None,
+        )
+    bar.close()
+    log.info("featurized %d rows in %.1f s", store.n_rows, time.perf_counter() - start)
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise GradselectError("sharded featurization needs torch.distributed")
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    dist.barrier()
+
+
+def merge_shards(out_dir: str | Path, world_size: int, *, force: bool = False) -> FeatureStore:
+    """Join ``<out_dir>.shard-<r>-of-<world_size>`` stores, checked and in row order."""
+    out_dir = Path(out_dir)
+    shards = []
+    for r in range(world_size):
+        p = shard_path(out_dir, r, world_size)
+        if not p.exists():
+            raise GradselectError(f"{p}: shard missing or incomplete; rerun featurization on rank {r}")
+        shards.append(FeatureStore.open(p))
+    ref = shards[0].manifest
+    for s in shards[1:]:
+        compare_manifests(s.manifest, ref, s.path)
+    expected_start = 0
+    for s in shards:
+        if s.manifest["row_start"] != expected_start:
+            raise GradselectError(f"{s.path}: rows start at {s.manifest['row_start']}, expected {expected_start}")
+        expected_start = s.manifest["row_stop"]
+    if expected_start != ref["n_rows"]:
+        raise GradselectError(f"shards cover {expected_start} of {ref['n_rows']} rows")
+    manifest = {k: v for k, v in ref.items() if k != "shard"}
+    manifest.update(row_start=0, row_stop=ref["n_rows"])
+    index = {k: [x for s in shards for x in getattr(s, k)] for k in ("ids", "sources", "splits")}
+    part = out_dir.with_name(out_dir.name + ".part")
+    merged = FeatureStore.create(part, manifest, index, dtype=str(shards[0].g.dtype), hidden_dim=ref["hidden_dim"])
+    start = 0
+    for s in shards:
+        stop = start + s.n_rows
+        merged.g[start:stop] = s.g
+        merged.b[start:stop] = s.b
+        if merged.hidden is not None:
+            merged.hidden[start:stop] = s.hidden
+        start = stop
+    merged.g.flush()
+    merged.b.flush()
+    if merged.hidden is not None:
+        merged.hidden.flush()
+    merged.done[:] = True
+    np.save(part / "done.npy", merged.done)
+    del merged
+    if out_dir.exists() and not force:
+        FeatureStore.open(out_dir, expected=manifest)  # refuse to replace a different store
+    finalize(part, out_dir)
+    import shutil
+
+    for s in shards:
+        shutil.rmtree(s.path)
+    return FeatureStore.open(out_dir)

@@ -1,0 +1,180 @@
+"""Per-example gradients of the output function w.r.t. the trainable parameters.
+
+Implementations
+---------------
+FuncGradientComputer
+    ``torch.func``: ``vmap(grad(f))`` over the examples of a padded batch with
+    ``functional_call``: one batched forward+backward, no Python loop. Needs
+    eager attention (``ModelConfig.attn_implementation = "eager"``).
+LoopGradientComputer
+    One ``torch.autograd.grad`` call per example: the slow, obviously correct
+    reference used by tests and benchmarks.
+
+Both return the same contract: values ``b`` (n_examples,), gradients as a
+dict name -> (n_examples, \\*param_shape), and optionally each example's mean
+last-layer hidden state. Padding contributes nothing, so an example's
+results do not depend on its batch mates.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from gradselect.errors import ModelError
+from gradselect.features.output import OutputFunction
+
+
+@dataclass
+class GradientBatch:
+    """Results for one batch.
+
+    Attributes
+    ----------
+    values : Tensor of shape (n_examples,)
+    grads : dict of str to Tensor of shape (n_examples, \\*param_shape)
+    hidden : Tensor of shape (n_examples, hidden_size) or None
+    """
+
+    values: torch.Tensor
+    grads: dict[str, torch.Tensor]
+    hidden: torch.Tensor | None = None
+
+
+def select_parameters(model, patterns: Sequence[str] | None = None) -> dict[str, torch.nn.Parameter]:
+    """The parameters to differentiate: the trainable ones, or those matching ``patterns``.
+
+    Parameters
+    ----------
+    patterns : sequence of str, optional
+        Regular expressions searched in parameter names (e.g. ``"lora_"``,
+        ``r"layers\\.2[0-9]\\."``); by default every parameter with
+        ``requires_grad``.
+    """
+    named = dict(model.named_parameters())
+    if patterns:
+        compiled = [re.compile(p) for p in patterns]
+        chosen = {n: p for n, p in named.items() if any(c.search(n) for c in compiled)}
+        what = f"matching {list(patterns)}"
+    else:
+        chosen = {n: p for n, p in named.items() if p.requires_grad}
+        what = "with requires_grad"
+    if not chosen:
+        raise ModelError(f"no parameters {what}; the model has e.g. {list(named)[:5]}")
+    return chosen
+
+
+class GradientComputer(abc.ABC):
+    """Computes output values and per-example gradients for padded batches.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A causal LM (optionally a peft model), in eval mode.
+    output_fn : OutputFunction
+    param_patterns : sequence of str, optional
+        See :func:`select_parameters`.
+    with_hidden : bool
+        Also return each example's mean last-layer hidden state over its tokens.
+    """
+
+    def __init__(self, model, output_fn: OutputFunction, param_patterns=None, *, with_hidden: bool = False):
+        self.model = model
+        self.output_fn = output_fn
+        self.params = select_parameters(model, param_patterns)
+        self.with_hidden = with_hidden
+
+    @property
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: tuple(p.shape) for n, p in self.params.items()}
+
+    @abc.abstractmethod
+    def compute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> GradientBatch:
+        """Values and gradients for a right-padded batch.
+
+        Parameters
+        ----------
+        input_ids, attention_mask, labels : Tensor of shape (n_examples, seq_len)
+            Labels are -100 outside the response.
+        """
+
+    def _single(self, params, input_ids, attention_mask, labels):
+        """Output value (and hidden mean) of one example; inputs of shape (seq_len,)."""
+        from torch.func import functional_call
+
+        out = functional_call(
+            self.model,
+            params,
+            args=(),
+            kwargs=dict(
+                input_ids=input_ids[None],
+                attention_mask=attention_mask[None],
+                output_hidden_states=self.with_hidden,
+                use_cache=False,
+            ),
+        )
+        value = self.output_fn(out.logits[0], labels)
+        if self.with_hidden:
+            h = out.hidden_states[-1][0].float()  # [seq_len, hidden]
+            m = attention_mask.to(h.dtype)[:, None]
+            hidden = (h * m).sum(0) / m.sum()
+        else:
+            hidden = value.new_zeros(())
+        return value, (value.detach(), hidden.detach())
+
+
+class FuncGradientComputer(GradientComputer):
+    """``vmap(grad(...))`` over the batch: one batched forward+backward."""
+
+    def compute(self, input_ids, attention_mask, labels):
+        from torch.func import grad, vmap
+
+        params = {n: p.detach() for n, p in self.params.items()}
+        per_example = vmap(grad(self._single, has_aux=True), in_dims=(None, 0, 0, 0))
+        try:
+            grads, (values, hidden) = per_example(params, input_ids, attention_mask, labels)
+        except RuntimeError as err:
+            if "vmap" in str(err) or "functorch" in str(err):
+                raise ModelError(
+                    f"per-example gradients with torch.func failed ({err}); load the model with "
+                    "attn_implementation = 'eager' ([model] section), or use gradients = 'loop'"
+                ) from None
+            raise
+        return GradientBatch(values, dict(grads), hidden if self.with_hidden else None)
+
+
+class LoopGradientComputer(GradientComputer):
+    """Reference: one autograd call per example (slow, obviously correct)."""
+
+    def compute(self, input_ids, attention_mask, labels):
+        names = list(self.params)
+        tensors = [self.params[n] for n in names]
+        flags = [t.requires_grad for t in tensors]
+        for t in tensors:
+            t.requires_grad_(True)
+        values, hidden, grads = [], [], {n: [] for n in names}
+        try:
+            for i in range(input_ids.shape[0]):
+                n_tok = int(attention_mask[i].sum())  # drop padding entirely
+                value, (_, h) = self._single(
+                    dict(zip(names, tensors)), input_ids[i, :n_tok], attention_mask[i, :n_tok], labels[i, :n_tok]
+                )
+                for n, g in zip(names, torch.autograd.grad(value, tensors)):
+                    grads[n].append(g)
+                values.append(value.detach())
+                hidden.append(h)
+        finally:
+            for t, f in zip(tensors, flags):
+                t.requires_grad_(f)
+        return GradientBatch(
+            torch.stack(values),
+            {n: torch.stack(g) for n, g in grads.items()},
+            torch.stack(hidden) if self.with_hidden else None,
+        )
+
+
+GRADIENT_COMPUTERS: dict[str, type[GradientComputer]] = {"func": FuncGradientComputer, "loop": LoopGradientComputer}

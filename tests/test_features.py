@@ -1,0 +1,227 @@
+"""Per-example gradients, projection, the feature store, resume and sharding."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gradselect.data import DataConfig, SourceSpec, load_taskset
+from gradselect.data.tokenize import IGNORE_INDEX
+from gradselect.features import (
+    FeatureConfig,
+    FeatureStore,
+    FuncGradientComputer,
+    GaussianProjector,
+    LoopGradientComputer,
+    ManifestMismatch,
+    MeanLogLikelihood,
+    MeanLogOdds,
+    RademacherProjector,
+    featurize,
+)
+from gradselect.model import AdapterConfig, apply_adapter, make_tiny_model
+from gradselect.train import TrainConfig, train
+
+
+def lora_model(arch, dtype=torch.float64):
+    model, tok = make_tiny_model(arch)
+    model = apply_adapter(model.to(dtype), AdapterConfig(r=4))
+    torch.manual_seed(0)
+    with torch.no_grad():  # a trained-looking adapter: B != 0, so A's gradient is not zero
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)
+    return model.eval(), tok
+
+
+def padded_batch(tok, lengths=(12, 7, 9), n_prompt=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.full((len(lengths), width), tok.pad_token_id)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = torch.randint(0, 256, (n,), generator=g)
+        mask[i, :n] = 1
+        labels[i, n_prompt:n] = ids[i, n_prompt:n]
+    return ids, mask, labels
+
+
+def test_log_odds_is_exact_and_stable():
+    logits = torch.tensor([[0.0, 1.0, 2.0], [50.0, -50.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    labels = torch.tensor([IGNORE_INDEX, 2, 0])  # position t's label is scored from logits[t-1]
+    value = MeanLogOdds()(logits, labels)
+    p = torch.softmax(logits[:2], -1)
+    expected = (torch.log(p[0, 2]) - torch.log1p(-p[0, 2]) + 50.0 - torch.logsumexp(torch.tensor([-50.0, 0.0], dtype=torch.float64), 0)) / 2
+    assert torch.isfinite(value) and math.isclose(value.item(), expected.item(), rel_tol=1e-12)
+    ll = MeanLogLikelihood()(logits, labels)
+    assert math.isclose(ll.item(), (torch.log(p[0, 2]) + torch.log(p[1, 0])).item() / 2, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_batched_gradients_equal_naive_loop(arch):
+    model, tok = lora_model(arch)
+    ids, mask, labels = padded_batch(tok)
+    fast = FuncGradientComputer(model, MeanLogOdds(), with_hidden=True).compute(ids, mask, labels)
+    slow = LoopGradientComputer(model, MeanLogOdds(), with_hidden=True).compute(ids, mask, labels)
+    assert torch.allclose(fast.values, slow.values, rtol=1e-10)
+    assert torch.allclose(fast.hidden, slow.hidden, rtol=1e-10)
+    for name, g in slow.grads.items():
+        assert g.abs().max() > 0, name
+        rel = (fast.grads[name] - g).norm() / g.norm()
+        assert rel < 1e-5, (name, rel.item())
+
+
+def test_gradient_does_not_depend_on_batch_mates():
+    model, tok = lora_model("llama")
+    ids, mask, labels = padded_batch(tok, lengths=(6, 14, 10))
+    comp = FuncGradientComputer(model, MeanLogOdds())
+    together = comp.compute(ids, mask, labels)
+    alone = comp.compute(ids[:1, :6], mask[:1, :6], labels[:1, :6])
+    for name in together.grads:
+        assert torch.allclose(together.grads[name][0], alone.grads[name][0], rtol=1e-9, atol=1e-12)
+
+
+def test_blockwise_projection_equals_dense_matrix():
+    shapes = {"a": (3000,), "b": (7, 300)}  # "a" spans three blocks
+    grads = {"a": torch.randn(4, 3000), "b": torch.randn(4, 7, 300)}
+    for cls in (RademacherProjector, GaussianProjector):
+        proj = cls(shapes, 64, seed=3)
+        dense = proj.matrix()
+        assert dense.shape == (3000 + 2100, 64)
+        flat = torch.cat([grads["a"], grads["b"].reshape(4, -1)], 1)
+        assert torch.allclose(proj.project(grads), flat @ dense, rtol=1e-5, atol=1e-5)
+        # No cache (blocks regenerated each call) and another process order give the same P.
+        uncached = cls(dict(reversed(list(shapes.items()))), 64, seed=3, max_cache_mb=0)
+        assert torch.equal(uncached.block("a", 2, 3000 - 2048), proj.block("a", 2, 3000 - 2048))
+        assert not torch.equal(cls(shapes, 64, seed=4).block("a", 0, 1024), proj.block("a", 0, 1024))
+    values = RademacherProjector(shapes, 64).matrix().unique()
+    assert torch.allclose(values.abs(), torch.tensor(1 / 8.0))
+
+
+def test_jl_inner_products_preserved():
+    torch.manual_seed(0)
+    p, d = 20_000, 512
+    x = torch.randn(6, p) / math.sqrt(p)
+    proj = RademacherProjector({"w": (p,)}, d, seed=1)
+    y = proj.project({"w": x})
+    exact, approx = x @ x.T, y @ y.T
+    # Each entry's error has standard deviation about sqrt(2 / d) for unit vectors: allow 5 sigma.
+    assert (approx - exact).abs().max() < 5 * math.sqrt(2 / d)
+
+
+# -- the stage: store, resume, manifests, shards ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_task(tmp_path_factory):
+    cfg = DataConfig(
+        target=SourceSpec(reasoning_gym="chain_sum", size=20, seed=1),
+        sources=[
+            SourceSpec(name="sums", reasoning_gym="chain_sum", size=12, seed=2),
+            SourceSpec(name="legs", reasoning_gym="leg_counting", size=10, seed=3),
+        ],
+    )
+    taskset = load_taskset(cfg)
+    meta = train(
+        taskset, taskset.source_names, tmp_path_factory.mktemp("meta"),
+        train_config=TrainConfig(max_steps=3, batch_size=8), progress=False, device="cpu",
+    )
+    return taskset, meta.adapter_dir
+
+
+FCFG = FeatureConfig(proj_dim=32, chunk_size=8, batch_size=4, hidden_states=True)
+
+
+def test_store_layout_and_rows(tmp_path, small_task):
+    taskset, adapter = small_task
+    store = featurize(taskset, tmp_path / "f", adapter_path=adapter, feature_config=FCFG, progress=False, device="cpu")
+    n = len(taskset.target_train) + len(taskset.target_dev) + 22
+    assert store.g.shape == (n, 32) and store.b.shape == (n,) and store.hidden.shape == (n, 64)
+    assert store.complete and not (tmp_path / "f.part").exists()
+    assert store.source_names == ["sums", "legs"]
+    assert list(store.rows_of(split="dev")) == list(range(12, 16))
+    assert len(store.rows_of(source="legs")) == 10
+    assert np.abs(store.g).sum() > 0 and np.isfinite(store.b).all()
+    assert store.manifest["projector"] == {"kind": "rademacher", "seed": 0, "dim": 32, "block_rows": 1024}
+    again = featurize(taskset, tmp_path / "f", adapter_path=adapter, feature_config=FCFG, progress=False, device="cpu")
+    assert np.array_equal(again.g, store.g)  # complete and current: reused
+
+
+def test_resume_after_interruption_is_bitwise_identical(tmp_path, small_task, monkeypatch):
+    taskset, adapter = small_task
+    full = featurize(taskset, tmp_path / "full", adapter_path=adapter, feature_config=FCFG, progress=False, device="cpu")
+    original = FeatureStore.write_chunk
+    calls = {"n": 0}
+
+    def crash_on_third(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureStore, "write_chunk", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        featurize(taskset, tmp_path / "r", adapter_path=adapter, feature_config=FCFG, progress=False, device="cpu")
+    assert not (tmp_path / "r").exists()
+    assert np.load(tmp_path / "r.part" / "done.npy").sum() == 2
+    monkeypatch.setattr(FeatureStore, "write_chunk", original)
+    resumed = featurize(taskset, tmp_path / "r", adapter_path=adapter, feature_config=FCFG, progress=False, device="cpu")
+    assert np.array_equal(resumed.g, full.g) and np.array_equal(resumed.b, full.b)
+    assert np.array_equal(resumed.hidden, full.hidden)
+
+
+def test_mismatched_manifest_is_refused(tmp_path, small_task):
+    taskset, adapter = small_task
+    featurize(taskset, tmp_path / "f", adapter_path=adapter, feature_config=FCFG, progress=False, device="cpu")
+    other = FCFG.model_copy(update={"seed": 1})
+    with pytest.raises(ManifestMismatch, match=r"different 'projector'.*--force"):
+        featurize(taskset, tmp_path / "f", adapter_path=adapter, feature_config=other, progress=False, device="cpu")
+    with pytest.raises(ManifestMismatch, match=r"different 'adapter'"):
+        featurize(taskset, tmp_path / "f", adapter_path=None, feature_config=FCFG, progress=False, device="cpu")
+    redone = featurize(
+        taskset, tmp_path / "f", adapter_path=adapter, feature_config=other, progress=False, device="cpu", force=True
+    )
+    assert redone.manifest["projector"]["seed"] == 1
+    with pytest.raises(ManifestMismatch, match="different 'projector'"):
+        FeatureStore.open(tmp_path / "f", expected={**redone.manifest, "projector": {"seed": 2}})
+
+
+SHARD_SCRIPT = r"""
+import os, sys
+sys.path.insert(0, {tests!r})
+from gradselect.data import DataConfig, SourceSpec, load_taskset
+from gradselect.features import FeatureConfig, featurize
+import torch
+torch.set_num_threads(1)
+cfg = DataConfig(
+    target=SourceSpec(reasoning_gym="chain_sum", size=20, seed=1),
+    sources=[SourceSpec(name="sums", reasoning_gym="chain_sum", size=12, seed=2),
+             SourceSpec(name="legs", reasoning_gym="leg_counting", size=10, seed=3)],
+)
+fc = FeatureConfig(proj_dim=32, chunk_size=8, batch_size=4, hidden_states=True)
+featurize(load_taskset(cfg), sys.argv[1], adapter_path=sys.argv[2], feature_config=fc, progress=False, device="cpu")
+"""
+
+
+def test_two_process_shards_equal_one_process(tmp_path, small_task):
+    taskset, adapter = small_task
+    script = tmp_path / "shard.py"
+    script.write_text(SHARD_SCRIPT.format(tests=str(Path(__file__).parent)))
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29517", "WORLD_SIZE": "2"}
+    procs = [
+        subprocess.Popen([sys.executable, str(script), str(tmp_path / "sharded"), str(adapter)], env={**env, "RANK": str(r)})
+        for r in range(2)
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    single_env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    subprocess.run([sys.executable, str(script), str(tmp_path / "single"), str(adapter)], env=single_env, check=True)
+    a, b = FeatureStore.open(tmp_path / "sharded"), FeatureStore.open(tmp_path / "single")
+    assert a.ids == b.ids and a.sources == b.sources
+    assert np.array_equal(a.g, b.g) and np.array_equal(a.b, b.b) and np.array_equal(a.hidden, b.hidden)
+    assert not list(tmp_path.glob("sharded.shard-*"))
