@@ -8,7 +8,7 @@ from gradselect.cli import build_parser, main
 
 from conftest import write_jsonl
 
-VERBS = ["train", "evaluate", "demo"]
+VERBS = ["train", "evaluate", "featurize", "demo"]
 
 
 @pytest.mark.parametrize("verb", VERBS)
@@ -69,6 +69,23 @@ def test_train_then_evaluate(tmp_path, run_toml, capsys):
     metrics = json.loads(metrics_file.read_text())
     assert metrics["split"] == "test" and metrics["n_examples"] == 4 and 0 <= metrics["exact_match"] <= 1
     assert metrics["loss"] > 0
+
+
+def test_train_then_featurize(tmp_path, run_toml, capsys):
+    out = tmp_path / "meta"
+    assert main(["train", str(run_toml), "-o", str(out), "-q"]) == 0
+    feats = tmp_path / "features"
+    args = ["featurize", str(run_toml), "--adapter", str(out / "adapter"), "-o", str(feats), "--proj-dim", "16", "-q"]
+    assert main(args) == 0
+    assert "dimension 16" in capsys.readouterr().out
+    from gradselect.features import FeatureStore
+
+    store = FeatureStore.open(feats)
+    assert store.source_names == ["extra", "legs"] and store.g.shape[1] == 16
+    assert main(args[:-3] + ["--proj-dim", "8", "-q"]) == 2
+    assert "different 'projector'" in capsys.readouterr().err
+    assert main(args[:-3] + ["--proj-dim", "8", "--force", "-q"]) == 0
+    assert FeatureStore.open(feats).g.shape[1] == 8
 
 
 def test_flags_without_config(tmp_path, qa_rows, capsys):

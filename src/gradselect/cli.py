@@ -91,6 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser(
+        "featurize",
+        help="output values and projected per-example gradients at the meta-initialization",
+        description="Compute, for every target train/dev row and every source row, the output value and its "
+        "gradient w.r.t. the trainable parameters, randomly projected to [features].proj_dim dimensions, into a "
+        "resumable feature store. Under torchrun each rank writes a shard and rank 0 merges them.",
+    )
+    _add_run_inputs(p)
+    p.add_argument("--adapter", type=Path, help="the meta-initialization: a trained adapter folder")
+    p.add_argument("-o", "--output", type=Path, required=True, help="feature store folder")
+    p.add_argument("--proj-dim", type=int, help="override [features].proj_dim")
+    p.add_argument("--force", action="store_true", help="recompute even if a store from other inputs exists")
+    _add_common(p)
+
+    p = sub.add_parser(
         "demo",
         help="run the embedded reasoning-gym example (no network)",
         description="Run gradselect on the embedded default: a reasoning-gym target with clean and planted "
@@ -138,6 +152,8 @@ def resolve_config(args: argparse.Namespace):
     for key, value in overrides.items():
         if value is not None:
             base.setdefault("train", {})[key] = value
+    if getattr(args, "proj_dim", None) is not None:
+        base.setdefault("features", {})["proj_dim"] = args.proj_dim
     return validate_config(RunConfig, base, origin)
 
 
@@ -199,6 +215,35 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_featurize(args) -> int:
+    from gradselect.config import dump_config
+    from gradselect.data import load_taskset
+    from gradselect.features import featurize
+    from gradselect.io import write_text_atomic
+
+    config = resolve_config(args)
+    taskset = load_taskset(config.data, base_dir=_base_dir(args))
+    store = featurize(
+        taskset,
+        args.output,
+        model_config=config.model,
+        adapter_config=config.adapter,
+        tokenize_config=config.tokenize,
+        feature_config=config.features,
+        adapter_path=args.adapter,
+        device=args.device,
+        progress=not args.quiet,
+        force=args.force,
+    )
+    if store is not None:
+        write_text_atomic(args.output / "config.toml", dump_config(config))
+        print(
+            f"features of {store.n_rows} rows ({len(store.source_names)} sources), "
+            f"dimension {store.g.shape[1]}: {store.path}"
+        )
+    return 0
+
+
 def cmd_demo(args) -> int:
     from gradselect.demo import run_demo
 
@@ -206,7 +251,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "featurize": cmd_featurize, "demo": cmd_demo}
 
 
 def _configure_logging(args) -> None:

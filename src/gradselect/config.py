@@ -4,7 +4,8 @@ Sections map one-to-one onto stage configs::
 
     [model]     ModelConfig      [adapter]   AdapterConfig
     [tokenize]  TokenizeConfig   [train]     TrainConfig
-    [evaluate]  EvalConfig       [data]      DataConfig (target + [[data.sources]])
+    [evaluate]  EvalConfig       [features]  FeatureConfig
+    [data]      DataConfig (target + [[data.sources]])
 
 Every section is optional except ``[data]``; missing keys take documented
 defaults, unknown keys are errors that list the valid ones.
@@ -24,6 +25,7 @@ from gradselect.data.config import DataConfig
 from gradselect.data.tokenize import TokenizeConfig
 from gradselect.errors import ConfigError
 from gradselect.evaluate.config import EvalConfig
+from gradselect.features.config import FeatureConfig
 from gradselect.model.config import AdapterConfig, ModelConfig
 from gradselect.train.config import TrainConfig
 
@@ -42,6 +44,7 @@ class RunConfig(StrictConfig):
     tokenize: TokenizeConfig = pydantic.Field(default_factory=TokenizeConfig)
     train: TrainConfig = pydantic.Field(default_factory=TrainConfig)
     evaluate: EvalConfig = pydantic.Field(default_factory=EvalConfig)
+    features: FeatureConfig = pydantic.Field(default_factory=FeatureConfig)
 
 
 def load_config(path: str | Path) -> RunConfig:

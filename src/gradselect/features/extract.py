@@ -143,6 +143,8 @@ def featurize(
         log.warning("no meta-initialization adapter given: at a fresh LoRA adapter B = 0, so gradients w.r.t. A are zero")
 
     examples, index = store_rows(taskset)
+    if world_size > 1 and device == "auto" and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
     model, tokenizer = load_model(model_config, device=device)
     base_digest = weights_digest(model)
     model = apply_adapter(model, adapter_config, init_adapter=adapter_path)

