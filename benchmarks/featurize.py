@@ -4,9 +4,10 @@ Measures, side by side on the same batches of the same model (LoRA r=8 on the
 attention projections, B initialised non-zero so every gradient is live):
 
 - ``train``:  a plain batched training forward+backward (``loss.backward()``);
-- ``ours``:   gradselect's featurization, batched per-example gradients
-              (torch.func) + blockwise seeded projection, split into its
-              gradient and projection parts;
+- ``hooks``:  gradselect's default featurization: one batched forward+backward,
+              per-example gradients of the LoRA layers as outer products, then
+              the blockwise seeded projection (timed apart);
+- ``func``:   the same with per-example gradients from torch.func (vmap);
 - ``naive``:  one ``torch.autograd.grad`` call per example + a dense,
               materialized projection matrix.
 
@@ -65,7 +66,7 @@ def setup(args):
 def run_method(args) -> dict:
     import torch
 
-    from gradselect.features import FuncGradientComputer, LoopGradientComputer, MeanLogOdds, make_projector
+    from gradselect.features import GRADIENT_COMPUTERS, MeanLogOdds, make_projector
 
     torch.set_num_threads(args.threads)
     model, ids, mask, labels = setup(args)
@@ -82,8 +83,7 @@ def run_method(args) -> dict:
             loss.backward()
         result["seconds"] = time.perf_counter() - start
     else:
-        cls = FuncGradientComputer if args.method == "ours" else LoopGradientComputer
-        comp = cls(model, MeanLogOdds())
+        comp = GRADIENT_COMPUTERS["loop" if args.method == "naive" else args.method](model, MeanLogOdds())
         proj = make_projector("rademacher", comp.param_shapes, args.proj_dim, 0, max_cache_mb=args.cache_mb)
         result["n_params"] = proj.n_params
         dense = None
@@ -124,7 +124,7 @@ def main():
     p.add_argument("--rank", type=int, default=8, help="LoRA rank")
     p.add_argument("--cache-mb", type=float, default=4096, help="projection block cache budget")
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--methods", default="train,ours,naive")
+    p.add_argument("--methods", default="train,hooks,func,naive")
     p.add_argument("--repeats", type=int, default=3, help="runs per method, interleaved; the median is reported")
     p.add_argument("--method", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -151,8 +151,8 @@ def main():
         print(f"{m:<8}{r['per_example_ms']:>12.1f}{1000 * r.get('grad_seconds', float('nan')) / n:>12.1f}"
               f"{1000 * r.get('proj_seconds', float('nan')) / n:>12.1f}{r.get('setup_seconds', float('nan')):>9.2f}"
               f"{r['peak_extra_mb']:>10.0f}")
-    if "ours" in rows:
-        o = rows["ours"]
+    if "hooks" in rows:
+        o = rows["hooks"]
         print(f"trainable params: {o['n_params']:,}")
         print(f"projection overhead (proj / grad):      {o['proj_seconds'] / o['grad_seconds']:.1%}")
         if "train" in rows:
@@ -163,6 +163,8 @@ def main():
             print(f"speedup over naive (incl. setup):       "
                   f"{(nv['seconds'] + nv['setup_seconds']) / (o['seconds'] + o['setup_seconds']):.2f}x")
             print(f"peak memory, naive / ours:              {nv['peak_extra_mb'] / max(o['peak_extra_mb'], 1):.2f}x")
+        if "func" in rows:
+            print(f"hooks speedup over torch.func:          {rows['func']['seconds'] / o['seconds']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from gradselect.features import (
     FeatureStore,
     FuncGradientComputer,
     GaussianProjector,
+    HookGradientComputer,
     LoopGradientComputer,
     ManifestMismatch,
     MeanLogLikelihood,
@@ -63,11 +64,12 @@ def test_log_odds_is_exact_and_stable():
     assert math.isclose(ll.item(), (torch.log(p[0, 2]) + torch.log(p[1, 0])).item() / 2, rel_tol=1e-12)
 
 
+@pytest.mark.parametrize("computer", [FuncGradientComputer, HookGradientComputer])
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_batched_gradients_equal_naive_loop(arch):
+def test_batched_gradients_equal_naive_loop(arch, computer):
     model, tok = lora_model(arch)
     ids, mask, labels = padded_batch(tok)
-    fast = FuncGradientComputer(model, MeanLogOdds(), with_hidden=True).compute(ids, mask, labels)
+    fast = computer(model, MeanLogOdds(), with_hidden=True).compute(ids, mask, labels)
     slow = LoopGradientComputer(model, MeanLogOdds(), with_hidden=True).compute(ids, mask, labels)
     assert torch.allclose(fast.values, slow.values, rtol=1e-10)
     assert torch.allclose(fast.hidden, slow.hidden, rtol=1e-10)
@@ -77,14 +79,31 @@ def test_batched_gradients_equal_naive_loop(arch):
         assert rel < 1e-5, (name, rel.item())
 
 
-def test_gradient_does_not_depend_on_batch_mates():
+@pytest.mark.parametrize("computer", [FuncGradientComputer, HookGradientComputer])
+def test_gradient_does_not_depend_on_batch_mates(computer):
     model, tok = lora_model("llama")
     ids, mask, labels = padded_batch(tok, lengths=(6, 14, 10))
-    comp = FuncGradientComputer(model, MeanLogOdds())
+    comp = computer(model, MeanLogOdds())
     together = comp.compute(ids, mask, labels)
     alone = comp.compute(ids[:1, :6], mask[:1, :6], labels[:1, :6])
     for name in together.grads:
         assert torch.allclose(together.grads[name][0], alone.grads[name][0], rtol=1e-9, atol=1e-12)
+
+
+def test_auto_picks_hooks_for_linear_layers_and_func_otherwise():
+    from gradselect.errors import ModelError
+    from gradselect.features import make_gradient_computer
+
+    model, tok = lora_model("llama")
+    assert isinstance(make_gradient_computer("auto", model, MeanLogOdds()), HookGradientComputer)
+    auto = make_gradient_computer("auto", model, MeanLogOdds(), ["norm"])
+    assert isinstance(auto, FuncGradientComputer) and all("norm" in n for n in auto.params)
+    with pytest.raises(ModelError, match="not a linear layer's weight or bias"):
+        HookGradientComputer(model, MeanLogOdds(), ["norm"])
+    ids, mask, labels = padded_batch(tok)
+    slow = LoopGradientComputer(model, MeanLogOdds(), ["norm"]).compute(ids, mask, labels)
+    for name, g in auto.compute(ids, mask, labels).grads.items():
+        assert torch.allclose(g, slow.grads[name], rtol=1e-8, atol=1e-12)
 
 
 def test_blockwise_projection_equals_dense_matrix():

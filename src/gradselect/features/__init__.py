@@ -9,7 +9,15 @@ One module per role: :mod:`~gradselect.features.output` (output functions),
 
 from gradselect.features.config import FeatureConfig
 from gradselect.features.extract import featurize, merge_shards, store_rows
-from gradselect.features.gradients import FuncGradientComputer, GradientComputer, LoopGradientComputer, select_parameters
+from gradselect.features.gradients import (
+    GRADIENT_COMPUTERS,
+    FuncGradientComputer,
+    GradientComputer,
+    HookGradientComputer,
+    LoopGradientComputer,
+    make_gradient_computer,
+    select_parameters,
+)
 from gradselect.features.output import MeanLogLikelihood, MeanLogOdds, OutputFunction, get_output_function
 from gradselect.features.projector import (
     GaussianProjector,
@@ -21,11 +29,13 @@ from gradselect.features.projector import (
 from gradselect.features.store import FeatureStore, ManifestMismatch
 
 __all__ = [
+    "GRADIENT_COMPUTERS",
     "FeatureConfig",
     "FeatureStore",
     "FuncGradientComputer",
     "GaussianProjector",
     "GradientComputer",
+    "HookGradientComputer",
     "IdentityProjector",
     "LoopGradientComputer",
     "ManifestMismatch",
@@ -36,6 +46,7 @@ __all__ = [
     "RademacherProjector",
     "featurize",
     "get_output_function",
+    "make_gradient_computer",
     "make_projector",
     "merge_shards",
     "select_parameters",

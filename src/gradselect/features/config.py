@@ -20,8 +20,10 @@ class FeatureConfig(StrictConfig):
     """Projection seed: the same seed gives the same matrix in every process."""
     output: Literal["log_odds", "log_likelihood"] = "log_odds"
     """Per-example output: mean gold-token log-odds (the method's) or mean log-likelihood."""
-    gradients: Literal["func", "loop"] = "func"
-    """Per-example gradients by torch.func (batched) or one autograd call per example."""
+    gradients: Literal["auto", "hooks", "func", "loop"] = "auto"
+    """Per-example gradients: ``hooks`` (one batched backward, outer products of linear
+    layers), ``func`` (torch.func vmap), ``loop`` (one autograd call per example);
+    ``auto`` takes hooks when every differentiated parameter belongs to a linear layer."""
     params: list[str] | None = None
     """Regular expressions choosing the parameters to differentiate; default: the trainable ones."""
     dtype: Literal["float32", "float16"] = "float32"

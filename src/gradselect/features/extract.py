@@ -24,7 +24,7 @@ from gradselect.data.examples import TaskSet
 from gradselect.data.tokenize import IGNORE_INDEX, TokenizeConfig, tokenize_examples
 from gradselect.errors import GradselectError
 from gradselect.features.config import FeatureConfig
-from gradselect.features.gradients import GRADIENT_COMPUTERS
+from gradselect.features.gradients import make_gradient_computer
 from gradselect.features.output import get_output_function
 from gradselect.features.projector import BLOCK_ROWS, make_projector
 from gradselect.features.store import FORMAT_VERSION, FeatureStore, ManifestMismatch, compare_manifests, finalize
@@ -149,8 +149,8 @@ def featurize(
     base_digest = weights_digest(model)
     model = apply_adapter(model, adapter_config, init_adapter=adapter_path)
     model.eval()
-    computer = GRADIENT_COMPUTERS[config.gradients](
-        model, get_output_function(config.output), config.params, with_hidden=config.hidden_states
+    computer = make_gradient_computer(
+        config.gradients, model, get_output_function(config.output), config.params, with_hidden=config.hidden_states
     )
     param_shapes = computer.param_shapes
     projector = make_projector(
@@ -162,6 +162,8 @@ def featurize(
         "model": {"name_or_path": model_config.name_or_path, "weights_sha256": base_digest, "dtype": str(next(model.parameters()).dtype)},
         "adapter": {"method": adapter_config.method, "sha256": folder_digest(adapter_path)},
         "params": [[n, list(s)] for n, s in param_shapes.items()],
+        # |theta*| over the differentiated parameters: the scale of step lengths.
+        "param_norm": float(torch.sqrt(sum((p.detach().double() ** 2).sum() for p in computer.params.values()))),
         "projector": {"kind": config.projector, "seed": config.seed, "dim": projector.proj_dim, "block_rows": BLOCK_ROWS},
         "output_function": config.output,
         "dataset_fingerprint": taskset.fingerprint(),

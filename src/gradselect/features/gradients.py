@@ -2,6 +2,13 @@
 
 Implementations
 ---------------
+HookGradientComputer
+    One ordinary batched forward and backward (the cost of a training step);
+    forward hooks keep each adapted linear layer's input ``x`` and output
+    ``y``, and the per-example weight gradient is the outer product
+    ``sum_t dh/dy_t x_t^T`` of that example's tokens. Works when every
+    differentiated parameter is the weight or bias of an ``nn.Linear`` (LoRA's
+    A and B always are); the default then.
 FuncGradientComputer
     ``torch.func``: ``vmap(grad(f))`` over the examples of a padded batch with
     ``functional_call``: one batched forward+backward, no Python loop. Needs
@@ -225,4 +232,89 @@ class LoopGradientComputer(GradientComputer):
         )
 
 
-GRADIENT_COMPUTERS: dict[str, type[GradientComputer]] = {"func": FuncGradientComputer, "loop": LoopGradientComputer}
+class HookGradientComputer(GradientComputer):
+    """Batched forward+backward; per-example gradients of linear layers as outer products."""
+
+    def __init__(self, model, output_fn, param_patterns=None, *, with_hidden=False):
+        super().__init__(model, output_fn, param_patterns, with_hidden=with_hidden)
+        modules = dict(model.named_modules())
+        self._owners: dict[str, tuple[str, str]] = {}
+        for name in self.params:
+            owner, _, attr = name.rpartition(".")
+            if not isinstance(modules.get(owner), torch.nn.Linear) or attr not in ("weight", "bias"):
+                raise ModelError(f"parameter {name!r} is not a linear layer's weight or bias; use gradients = 'func'")
+            self._owners[name] = (owner, attr)
+        self._modules = {owner: modules[owner] for owner, _ in self._owners.values()}
+
+    @staticmethod
+    def supports(model, param_patterns=None) -> bool:
+        modules = dict(model.named_modules())
+        for name in select_parameters(model, param_patterns):
+            owner, _, attr = name.rpartition(".")
+            if not isinstance(modules.get(owner), torch.nn.Linear) or attr not in ("weight", "bias"):
+                return False
+        return True
+
+    def compute(self, input_ids, attention_mask, labels):
+        captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def keep(name):
+            def hook(module, inputs, output):
+                captured[name] = (inputs[0].detach(), output)
+
+            return hook
+
+        handles = [m.register_forward_hook(keep(n)) for n, m in self._modules.items()]
+        # Gradients must flow to the layer outputs, whatever requires_grad says.
+        flags = {n: p.requires_grad for n, p in self.params.items()}
+        for p in self.params.values():
+            p.requires_grad_(True)
+        try:
+            kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                          output_hidden_states=self.with_hidden)
+            if accepts_logits_to_keep(self.model):
+                positions, gold = response_positions(labels)
+                kwargs["logits_to_keep"] = positions
+                out = self.model(**kwargs)
+                values = torch.stack([self.output_fn.mean_over(out.logits[i], gold[i]) for i in range(len(gold))])
+            else:
+                out = self.model(**kwargs)
+                values = torch.stack([self.output_fn(out.logits[i], labels[i]) for i in range(len(labels))])
+            names = list(captured)
+            outputs = [captured[n][1] for n in names]
+            # Each example's value depends only on its own row: one backward of the sum
+            # gives every example's output gradient in its own row.
+            grad_outputs = torch.autograd.grad(values.sum(), outputs)
+        finally:
+            for h in handles:
+                h.remove()
+            for n, p in self.params.items():
+                p.requires_grad_(flags[n])
+        dy = {n: g for n, g in zip(names, grad_outputs)}
+        grads = {}
+        for pname, (owner, attr) in self._owners.items():
+            x, _ = captured[owner]
+            if attr == "weight":  # [n_examples, out, in] = sum over tokens of dy_t x_t^T
+                grads[pname] = torch.einsum("bto,bti->boi", dy[owner], x.to(dy[owner].dtype))
+            else:
+                grads[pname] = dy[owner].sum(1)
+        hidden = None
+        if self.with_hidden:
+            h = out.hidden_states[-1].detach().float()  # [n_examples, seq_len, hidden]
+            m = attention_mask.to(h.dtype)[..., None]
+            hidden = (h * m).sum(1) / m.sum(1)
+        return GradientBatch(values.detach(), grads, hidden)
+
+
+GRADIENT_COMPUTERS: dict[str, type[GradientComputer]] = {
+    "hooks": HookGradientComputer,
+    "func": FuncGradientComputer,
+    "loop": LoopGradientComputer,
+}
+
+
+def make_gradient_computer(kind: str, model, output_fn, param_patterns=None, *, with_hidden=False) -> GradientComputer:
+    """Build a gradient computer by name; ``auto`` is hooks where they apply, else func."""
+    if kind == "auto":
+        kind = "hooks" if HookGradientComputer.supports(model, param_patterns) else "func"
+    return GRADIENT_COMPUTERS[kind](model, output_fn, param_patterns, with_hidden=with_hidden)

@@ -1,0 +1,255 @@
+"""Numerical core of the linearized logistic model (float64, NumPy / torch).
+
+Per subset S, with rows T_S (target train + the rows of S's sources),
+m = |T_S|, ``z_j = b_j + g_j . v`` and ``loss(z) = log(1 + exp(-z))``::
+
+    f(v)      = mean_{j in T_S} loss(z_j) + lam |v|^2
+    grad f    = mean -sigmoid(-z_j) g_j + 2 lam v
+    hess f    = mean sigmoid(z_j) sigmoid(-z_j) g_j g_j^T + 2 lam I
+
+Exact solvers work on the rows; fast solvers on per-source sufficient
+statistics at v = 0 (count, gradient sum, Hessian sum), so a subset costs
+one d x d factorisation however many rows it has.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.special import expit
+
+
+def mean_logistic_loss(z: np.ndarray, axis=0) -> np.ndarray:
+    """Mean of ``log(1 + exp(-z))`` along ``axis``, computed stably."""
+    return np.logaddexp(0.0, -z).mean(axis=axis)
+
+
+# -- exact: Newton on the rows -----------------------------------------------------------
+
+
+def newton_l2(
+    g: np.ndarray, b: np.ndarray, lam: float, *, v0: np.ndarray | None = None, tol: float = 1e-10, max_iter: int = 100
+) -> tuple[np.ndarray, int]:
+    """Minimise ``mean loss(b + g v) + lam |v|^2`` by Newton with backtracking.
+
+    Parameters
+    ----------
+    g : ndarray of shape (n_rows, proj_dim)
+    b : ndarray of shape (n_rows,)
+    lam : float
+        Must be > 0 unless the minimiser is known to be finite.
+    v0 : ndarray of shape (proj_dim,), optional
+        Warm start.
+    tol : float
+        Stop when ``max |grad f| < tol``.
+
+    Returns
+    -------
+    v : ndarray of shape (proj_dim,)
+    n_iter : int
+    """
+    d = g.shape[1]
+    v = np.zeros(d) if v0 is None else v0.copy()
+    inv_m = 1.0 / g.shape[0]
+
+    def objective(v):
+        return mean_logistic_loss(b + g @ v) + lam * v @ v
+
+    f = objective(v)
+    for it in range(1, max_iter + 1):
+        z = b + g @ v
+        p_neg = expit(-z)
+        grad = -(g.T @ p_neg) * inv_m + 2 * lam * v
+        if np.max(np.abs(grad)) < tol:
+            return v, it - 1
+        w = p_neg * (1 - p_neg) * inv_m
+        hess = (g.T * w) @ g
+        hess[np.diag_indices(d)] += 2 * lam
+        step = np.linalg.solve(hess, -grad)
+        t, slope = 1.0, grad @ step
+        while True:  # Armijo backtracking; Newton steps are accepted at t = 1 near the optimum
+            v_new = v + t * step
+            f_new = objective(v_new)
+            if f_new <= f + 1e-4 * t * slope or t < 1e-10:
+                break
+            t *= 0.5
+        v, f = v_new, f_new
+    return v, max_iter
+
+
+def trust_region_exact(
+    g: np.ndarray, b: np.ndarray, radius: float, *, ridge: float = 0.0, tol: float = 1e-10, max_iter: int = 100
+) -> np.ndarray:
+    """Minimise ``mean loss(b + g v) + ridge |v|^2`` subject to ``|v| <= radius``.
+
+    By the KKT conditions the solution is the L2 solution for the multiplier
+    ``lam >= ridge`` whose norm equals ``radius`` (or ``lam = ridge`` if that one
+    lies inside). ``lam`` is found by a safeguarded Newton iteration on
+    ``1/|v(lam)| - 1/radius`` with ``dv/dlam = -H^-1 2 v``, bracketed.
+    """
+    grad0 = -(g.T @ expit(-b)) / g.shape[0]
+    inside = None
+    if ridge > 0:
+        v_r, _ = newton_l2(g, b, ridge, tol=tol, max_iter=max_iter)
+        if np.linalg.norm(v_r) <= radius:
+            return v_r
+        inside = v_r
+    lo = ridge
+    hi = max(ridge, np.linalg.norm(grad0) / (2 * radius)) * 2 + 1e-300  # |v(hi)| <= |grad0| / (2 hi) < radius
+    lam = hi
+    v, _ = newton_l2(g, b, lam, tol=tol, max_iter=max_iter)
+    v = v if inside is None else v
+    for _ in range(200):
+        norm = np.linalg.norm(v)
+        if abs(norm - radius) <= 1e-12 * radius:
+            break
+        if norm > radius:
+            lo = lam
+        else:
+            hi = lam
+        # Newton on phi(lam) = 1/|v| - 1/radius.
+        z = b + g @ v
+        p = expit(-z)
+        w = p * (1 - p) / g.shape[0]
+        hess = (g.T * w) @ g
+        hess[np.diag_indices(g.shape[1])] += 2 * lam
+        dv = np.linalg.solve(hess, -2 * v)
+        dphi = -(v @ dv) / norm**3
+        phi = 1 / norm - 1 / radius
+        cand = lam - phi / dphi if dphi != 0 else np.nan
+        lam = cand if lo < cand < hi else (np.sqrt(lo * hi) if lo > 0 else hi / 2)
+        v, _ = newton_l2(g, b, lam, v0=v, tol=tol, max_iter=max_iter)
+    return v
+
+
+# -- fast: one Newton step from v = 0 on summed statistics ----------------------------------
+
+
+def source_statistics(g: np.ndarray, b: np.ndarray, groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-group count, gradient sum and Hessian sum of the logistic loss at v = 0.
+
+    Parameters
+    ----------
+    g : ndarray of shape (n_rows, proj_dim)
+    b : ndarray of shape (n_rows,)
+    groups : list of int arrays
+        Row indices of each group (n_groups).
+
+    Returns
+    -------
+    counts : ndarray of shape (n_groups,)
+    grad_sums : ndarray of shape (n_groups, proj_dim)
+        ``sum_j -sigmoid(-b_j) g_j``
+    hess_sums : ndarray of shape (n_groups, proj_dim, proj_dim)
+        ``sum_j sigmoid(b_j) sigmoid(-b_j) g_j g_j^T``
+    """
+    d = g.shape[1]
+    counts = np.array([len(rows) for rows in groups], dtype=np.float64)
+    grad_sums = np.zeros((len(groups), d))
+    hess_sums = np.zeros((len(groups), d, d))
+    for k, rows in enumerate(groups):
+        gk, bk = g[rows], b[rows]
+        p = expit(-bk)
+        grad_sums[k] = -(gk.T @ p)
+        hess_sums[k] = (gk.T * (p * (1 - p))) @ gk
+    return counts, grad_sums, hess_sums
+
+
+def summed_statistics(masks: np.ndarray, counts, grad_sums, hess_sums, base=None):
+    """Statistics of each subset: sums over its sources (+ the ``base`` group).
+
+    Parameters
+    ----------
+    masks : ndarray of shape (n_subsets, n_sources), bool
+    counts, grad_sums, hess_sums : per-source statistics
+    base : tuple of (count, grad_sum, hess_sum), optional
+        Added to every subset (the target's train rows).
+
+    Returns
+    -------
+    n : (n_subsets,), r : (n_subsets, proj_dim), h : (n_subsets, proj_dim, proj_dim)
+    """
+    w = masks.astype(np.float64)
+    d = grad_sums.shape[1]
+    n = w @ counts
+    r = w @ grad_sums
+    h = (w @ hess_sums.reshape(len(counts), d * d)).reshape(-1, d, d)
+    if base is not None:
+        n = n + base[0]
+        r = r + base[1]
+        h = h + base[2]
+    return n, r, h
+
+
+def fast_l2(n, r, h, lam: float) -> np.ndarray:
+    """One Newton step from 0: ``v = -(h/n + 2 lam I)^-1 (r/n)``, batched. Returns (n_subsets, proj_dim)."""
+    d = r.shape[1]
+    a = torch.from_numpy(h / n[:, None, None])
+    a.diagonal(dim1=1, dim2=2).add_(2 * lam)
+    rhs = torch.from_numpy(-(r / n[:, None]))[..., None]
+    chol, info = torch.linalg.cholesky_ex(a)
+    if bool((info != 0).any()):
+        # Singular without regularisation (lam = 0 and fewer rows than dims): least squares.
+        return torch.linalg.lstsq(a, rhs).solution[..., 0].numpy()
+    return torch.cholesky_solve(rhs, chol)[..., 0].numpy().reshape(-1, d)
+
+
+def fast_trust_region(n, r, h, radius, ridge: float = 0.0, n_iter: int = 60) -> np.ndarray:
+    """Minimise the quadratic model ``(r/n).v + v^T (h/n + 2 ridge I) v / 2`` over ``|v| <= radius``.
+
+    Batched eigendecomposition, then the secular equation ``|v(mu)| = radius``
+    with ``v(mu) = -(A + mu I)^-1 g`` solved by bracketed Newton on
+    ``1/|v(mu)| - 1/radius``. As radius -> 0 the solution tends to
+    ``-radius g / |g|`` (a normalized mean-gradient step).
+
+    Parameters
+    ----------
+    radius : float or ndarray of shape (n_subsets,)
+    """
+    m = r.shape[0]
+    radius = np.broadcast_to(np.asarray(radius, dtype=np.float64), (m,)).copy()
+    a = torch.from_numpy(h / n[:, None, None])
+    a.diagonal(dim1=1, dim2=2).add_(2 * ridge)
+    evals, evecs = torch.linalg.eigh(a)
+    evals, evecs = evals.numpy(), evecs.numpy()  # (m, d), (m, d, d)
+    grad = r / n[:, None]
+    gt = np.einsum("mdk,md->mk", evecs, grad)  # grad in the eigenbasis
+    gnorm = np.linalg.norm(grad, axis=1)
+    lam_min = np.maximum(evals[:, 0], 0.0)
+
+    def norm_at(mu):
+        return np.sqrt(((gt / (evals + mu[:, None])) ** 2).sum(1))
+
+    # Unconstrained Newton step, where it is inside the ball.
+    mu = np.zeros(m)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        free = (evals[:, 0] > 1e-14 * np.maximum(evals[:, -1], 1e-300)) & (norm_at(mu) <= radius)
+    lo = np.maximum(0.0, gnorm / radius - evals[:, -1])
+    hi = np.maximum(lo, gnorm / radius - lam_min) + 1e-300
+    mu = np.where(free, 0.0, lo)
+    active = ~free & (gnorm > 0)
+    for _ in range(n_iter):
+        if not active.any():
+            break
+        mu_a = np.maximum(mu[active], 1e-300 - evals[active, 0])
+        q = gt[active] / (evals[active] + mu_a[:, None])
+        norm = np.sqrt((q**2).sum(1))
+        phi = 1 / norm - 1 / radius[active]
+        dnorm = -((q**2) / (evals[active] + mu_a[:, None])).sum(1) / norm
+        dphi = -dnorm / norm**2
+        lo_a, hi_a = lo[active], hi[active]
+        lo_a = np.where(phi < 0, mu_a, lo_a)
+        hi_a = np.where(phi > 0, mu_a, hi_a)
+        cand = mu_a - phi / dphi
+        bad = ~((cand > lo_a) & (cand < hi_a))
+        cand = np.where(bad, 0.5 * (lo_a + hi_a), cand)
+        done = np.abs(phi) * radius[active] < 1e-13
+        mu[active] = np.where(done, mu_a, cand)
+        lo[active], hi[active] = lo_a, hi_a
+        idx = np.flatnonzero(active)
+        active[idx[done]] = False
+    coef = -gt / (evals + mu[:, None])
+    v = np.einsum("mdk,mk->md", evecs, coef)
+    zero = gnorm == 0
+    v[zero] = 0.0
+    return v
