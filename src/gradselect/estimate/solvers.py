@@ -87,37 +87,32 @@ def trust_region_exact(
     lies inside). ``lam`` is found by a safeguarded Newton iteration on
     ``1/|v(lam)| - 1/radius`` with ``dv/dlam = -H^-1 2 v``, bracketed.
     """
-    grad0 = -(g.T @ expit(-b)) / g.shape[0]
-    inside = None
     if ridge > 0:
-        v_r, _ = newton_l2(g, b, ridge, tol=tol, max_iter=max_iter)
-        if np.linalg.norm(v_r) <= radius:
-            return v_r
-        inside = v_r
-    lo = ridge
-    hi = max(ridge, np.linalg.norm(grad0) / (2 * radius)) * 2 + 1e-300  # |v(hi)| <= |grad0| / (2 hi) < radius
+        v, _ = newton_l2(g, b, ridge, tol=tol, max_iter=max_iter)
+        if np.linalg.norm(v) <= radius:
+            return v
+    grad0 = -(g.T @ expit(-b)) / g.shape[0]
+    # Strong convexity bounds the solution: |v(lam)| <= |grad f(0)| / (2 lam), so |v(hi)| <= radius.
+    hi = max(ridge, np.linalg.norm(grad0) / (2 * radius))
+    lo = max(ridge, hi * 1e-12)
     lam = hi
     v, _ = newton_l2(g, b, lam, tol=tol, max_iter=max_iter)
-    v = v if inside is None else v
     for _ in range(200):
         norm = np.linalg.norm(v)
-        if abs(norm - radius) <= 1e-12 * radius:
+        if abs(norm - radius) <= 1e-12 * radius or norm == 0:
             break
         if norm > radius:
             lo = lam
         else:
             hi = lam
-        # Newton on phi(lam) = 1/|v| - 1/radius.
-        z = b + g @ v
-        p = expit(-z)
-        w = p * (1 - p) / g.shape[0]
-        hess = (g.T * w) @ g
+        # Newton on phi(lam) = 1/|v(lam)| - 1/radius, with dv/dlam = -H^-1 (2 v).
+        p = expit(-(b + g @ v))
+        hess = (g.T * (p * (1 - p) / g.shape[0])) @ g
         hess[np.diag_indices(g.shape[1])] += 2 * lam
         dv = np.linalg.solve(hess, -2 * v)
         dphi = -(v @ dv) / norm**3
-        phi = 1 / norm - 1 / radius
-        cand = lam - phi / dphi if dphi != 0 else np.nan
-        lam = cand if lo < cand < hi else (np.sqrt(lo * hi) if lo > 0 else hi / 2)
+        cand = lam - (1 / norm - 1 / radius) / dphi if dphi != 0 else np.nan
+        lam = cand if lo < cand < hi else np.sqrt(lo * hi)
         v, _ = newton_l2(g, b, lam, v0=v, tol=tol, max_iter=max_iter)
     return v
 

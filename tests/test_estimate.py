@@ -1,0 +1,127 @@
+"""The subset estimator against independent solvers, and its invariances."""
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+
+from gradselect.errors import GradselectError
+from gradselect.estimate import EstimateConfig, FeatureArrays, SubsetEstimator
+from gradselect.estimate.solvers import mean_logistic_loss, newton_l2, trust_region_exact
+
+
+def synthetic(seed=0, n_sources=5, per_source=80, d=12):
+    rng = np.random.default_rng(seed)
+    n_rows = 100 + n_sources * per_source
+    g = rng.normal(size=(n_rows, d))
+    b = rng.normal(1.0, 1.0, size=n_rows)
+    sources = {f"s{i}": np.arange(100 + i * per_source, 100 + (i + 1) * per_source) for i in range(n_sources)}
+    return FeatureArrays(g, b, sources, np.arange(0, 60), np.arange(60, 100), param_norm=10.0)
+
+
+def rows_of(arr, names):
+    return np.concatenate([arr.source_rows[n] for n in names] + [arr.train_rows])
+
+
+def test_exact_l2_agrees_with_lbfgs():
+    arr = synthetic()
+    rows = rows_of(arr, ["s0", "s3"])
+    g, b, lam = arr.g[rows], arr.b[rows], 1e-2
+    v, _ = newton_l2(g, b, lam, tol=1e-12)
+    objective = lambda v: mean_logistic_loss(b + g @ v) + lam * v @ v  # noqa: E731
+    gradient = lambda v: -(g.T @ (1 / (1 + np.exp(b + g @ v)))) / len(b) + 2 * lam * v  # noqa: E731
+    ref = minimize(objective, np.zeros(g.shape[1]), jac=gradient, method="L-BFGS-B",
+                   options=dict(gtol=1e-13, ftol=1e-16, maxiter=10_000)).x
+    assert np.abs(v - ref).max() < 1e-6
+    est = SubsetEstimator(EstimateConfig(mode="l2", solver="exact", lam=lam)).fit(arr)
+    assert np.allclose(est.solve([["s0", "s3"]])[0], v, atol=1e-9)
+    dev = arr.dev_rows
+    assert np.isclose(est.estimate([["s0", "s3"]])[0], mean_logistic_loss(arr.b[dev] + arr.g[dev] @ v))
+
+
+def test_trust_region_binds_at_radius_and_matches_constrained_solver():
+    arr = synthetic(1)
+    rows = rows_of(arr, ["s1", "s2"])
+    g, b, r = arr.g[rows], arr.b[rows], 0.25
+    v = trust_region_exact(g, b, r)
+    assert np.isclose(np.linalg.norm(v), r, rtol=1e-9)
+    ref = minimize(
+        lambda v: mean_logistic_loss(b + g @ v), np.zeros(g.shape[1]), method="SLSQP",
+        constraints=[{"type": "ineq", "fun": lambda v: r**2 - v @ v}], options=dict(ftol=1e-15, maxiter=1000),
+    ).x
+    assert np.abs(v - ref).max() < 1e-6
+    # With a radius larger than the ridge solution's norm, the constraint does not bind.
+    big = trust_region_exact(g, b, 1e6, ridge=1e-1)
+    assert np.allclose(big, newton_l2(g, b, 1e-1)[0])
+
+
+def test_fast_equals_one_exact_newton_step():
+    arr = synthetic(2)
+    subsets = [["s0"], ["s1", "s2", "s4"], []]
+    fast = SubsetEstimator(EstimateConfig(mode="l2", solver="fast", lam=1e-2)).fit(arr)
+    one_step = SubsetEstimator(EstimateConfig(mode="l2", solver="exact", lam=1e-2, max_iter=1)).fit(arr)
+    assert np.allclose(fast.solve(subsets), one_step.solve(subsets), rtol=1e-10, atol=1e-12)
+    # Strong regularisation keeps v tiny, where one step is (nearly) the whole solution.
+    fast = SubsetEstimator(EstimateConfig(mode="l2", solver="fast", lam=1e3)).fit(arr)
+    exact = SubsetEstimator(EstimateConfig(mode="l2", solver="exact", lam=1e3)).fit(arr)
+    assert np.allclose(fast.estimate(subsets), exact.estimate(subsets), rtol=1e-9)
+
+
+def test_small_radius_is_a_normalised_mean_gradient_step():
+    arr = synthetic(3)
+    r = 1e-6
+    for solver in ("fast", "exact"):
+        est = SubsetEstimator(EstimateConfig(solver=solver, radius=r)).fit(arr)
+        v = est.solve([["s2"]])[0]
+        rows = rows_of(arr, ["s2"])
+        mean_grad = -(arr.g[rows].T @ (1 / (1 + np.exp(arr.b[rows])))) / len(rows)
+        assert np.isclose(np.linalg.norm(v), r, rtol=1e-6)
+        assert np.allclose(v, -r * mean_grad / np.linalg.norm(mean_grad), rtol=1e-4, atol=1e-12)
+
+
+def test_reference_mode_matches_sklearn_direction():
+    from sklearn.linear_model import LogisticRegression
+
+    arr = synthetic(4)
+    est = SubsetEstimator(EstimateConfig(mode="reference", solver="exact", reference_c=1e-2)).fit(arr)
+    v = est.solve([["s0", "s1"]])[0]
+    assert np.isclose(np.linalg.norm(v), 0.1 * arr.param_norm)
+    rows = rows_of(arr, ["s0", "s1"])
+    x = arr.g[rows].copy()
+    y = np.ones(len(rows))
+    x[::2] *= -1  # the authors' sign-flip trick: gives sklearn two classes, same loss
+    y[::2] = 0
+    clf = LogisticRegression(C=1e-2, fit_intercept=False, tol=1e-12, max_iter=10_000).fit(x, y)
+    coef = clf.coef_[0]
+    assert np.allclose(v / np.linalg.norm(v), coef / np.linalg.norm(coef), atol=1e-6)
+    fast = SubsetEstimator(EstimateConfig(mode="reference", solver="fast", reference_c=1e-2)).fit(arr)
+    assert np.isclose(np.dot(fast.solve([["s0", "s1"]])[0], v) / np.linalg.norm(v) ** 2, 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["l2", "trust_region", "reference"])
+@pytest.mark.parametrize("solver", ["fast", "exact"])
+def test_reordering_sources_changes_nothing(mode, solver):
+    arr = synthetic(5)
+    names = arr.source_names
+    perm = [3, 0, 4, 1, 2]
+    shuffled = FeatureArrays(arr.g, arr.b, {names[i]: arr.source_rows[names[i]] for i in perm},
+                             arr.train_rows, arr.dev_rows, arr.param_norm)
+    cfg = EstimateConfig(mode=mode, solver=solver, lam=1e-2, radius=0.5)
+    masks = np.random.default_rng(0).random((6, 5)) < 0.5
+    a = SubsetEstimator(cfg).fit(arr).estimate(masks)
+    b = SubsetEstimator(cfg).fit(shuffled).estimate(masks[:, perm])
+    assert np.allclose(a, b, rtol=1e-10)
+
+
+def test_input_errors():
+    arr = synthetic()
+    with pytest.raises(GradselectError, match="not fitted"):
+        SubsetEstimator().estimate([["s0"]])
+    est = SubsetEstimator().fit(arr)
+    with pytest.raises(GradselectError, match=r"subset 1 names unknown source\(s\) \['nope'\]"):
+        est.estimate([["s0"], ["nope"]])
+    with pytest.raises(GradselectError, match=r"shape \(n_subsets, 5\)"):
+        est.estimate(np.ones((2, 3), dtype=bool))
+    est = SubsetEstimator(EstimateConfig(include_target_train=False)).fit(arr)
+    with pytest.raises(GradselectError, match="empty subset"):
+        est.estimate([[]])
+    assert est.base_loss_ == pytest.approx(mean_logistic_loss(arr.b[arr.dev_rows]))
