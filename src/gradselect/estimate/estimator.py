@@ -39,6 +39,8 @@ class FeatureArrays:
         Rows of the target's train and dev splits.
     param_norm : float
         |theta*| over the differentiated parameters (scale of default step lengths).
+    hidden : ndarray of shape (n_rows, hidden_size), optional
+        Mean last-layer hidden states (representation-similarity baseline).
     """
 
     g: np.ndarray
@@ -47,6 +49,7 @@ class FeatureArrays:
     train_rows: np.ndarray
     dev_rows: np.ndarray
     param_norm: float = 1.0
+    hidden: np.ndarray | None = None
 
     @classmethod
     def from_store(cls, store) -> "FeatureArrays":
@@ -64,6 +67,7 @@ class FeatureArrays:
             train_rows=store.rows_of(split="train"),
             dev_rows=store.rows_of(split="dev"),
             param_norm=float(store.manifest.get("param_norm", 1.0)),
+            hidden=None if store.hidden is None else np.asarray(store.hidden, dtype=np.float64),
         )
 
     @property

@@ -1,0 +1,329 @@
+"""Selection methods: one class per method behind one interface, registered by name.
+
+Implementations
+---------------
+EnsembleSelector (``ensemble``)
+    Estimate m random subsets of size ceil(alpha n); score each source by the
+    mean estimate over subsets containing it (bootstrap intervals) and by ridge
+    coefficients of the estimates on subset indicators; then a decision rule.
+ForwardSelector (``forward``) / BackwardSelector (``backward``)
+    Stepwise selection on the estimates: best of the remaining at every step.
+GradientSimilarity (``grad-sim``) / RepresentationSimilarity (``repr-sim``)
+    Baselines: cosine between each source's mean projected gradient (mean
+    hidden state) and the target dev split's.
+RandomSelector (``random``), AllSources (``all``), TargetOnly (``target-only``)
+    Baselines.
+
+To add a method, subclass :class:`Selector` (copy :class:`ForwardSelector`),
+implement ``select`` and add it to :data:`SELECTORS`.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Literal
+
+import numpy as np
+
+from gradselect.errors import GradselectError
+from gradselect.estimate.estimator import SubsetEstimator
+from gradselect.select.result import Selection
+
+Rule = Literal["best_prefix", "top_k", "threshold"]
+
+
+def apply_rule(estimator: SubsetEstimator, scores: dict[str, float], rule: Rule, *, k=None, threshold=None):
+    """Choose sources from scores (lower is better) by a decision rule.
+
+    Returns
+    -------
+    chosen : list of str
+        In source order.
+    extra : dict
+        Rule details (prefix losses for ``best_prefix``).
+    """
+    names = estimator.source_names_
+    ranked = sorted(names, key=lambda n: scores[n])
+    extra: dict = {"rule": rule}
+    if rule == "top_k":
+        if k is None:
+            raise GradselectError("rule 'top_k' needs k")
+        picked = set(ranked[: int(k)])
+    elif rule == "threshold":
+        if threshold is None:
+            raise GradselectError("rule 'threshold' needs a threshold")
+        picked = {n for n in names if scores[n] < threshold}
+    elif rule == "best_prefix":
+        # Estimate the top-1..n prefixes of the ranking and keep the best.
+        masks = np.zeros((len(ranked), len(names)), dtype=bool)
+        index = {n: i for i, n in enumerate(names)}
+        for j in range(len(ranked)):
+            masks[j:, index[ranked[j]]] = True
+        losses = estimator.estimate(masks)
+        best = int(np.argmin(losses))
+        picked = set(ranked[: best + 1])
+        extra["prefix_losses"] = [float(x) for x in losses]
+    else:
+        raise GradselectError(f"unknown rule {rule!r}; rules are best_prefix, top_k, threshold")
+    return [n for n in names if n in picked], extra
+
+
+class Selector(abc.ABC):
+    """Chooses sources using a fitted :class:`SubsetEstimator` (and its features)."""
+
+    name: str
+
+    @abc.abstractmethod
+    def select(self, estimator: SubsetEstimator) -> Selection:
+        """Return the :class:`Selection` for the estimator's sources."""
+
+    def _estimated(self, estimator, chosen) -> float:
+        return float(estimator.estimate([chosen])[0])
+
+
+class EnsembleSelector(Selector):
+    """Random-ensemble scores with bootstrap intervals.
+
+    Parameters
+    ----------
+    n_subsets : int
+        Number m of random subsets.
+    alpha : float
+        Subset size as a fraction of the sources: ceil(alpha n).
+    seed : int
+    n_bootstrap : int
+        Bootstrap resamples of the m subsets for 95% intervals.
+    rule, k, threshold
+        Decision rule (see :func:`apply_rule`); ``threshold`` defaults to the mean
+        estimate over all sampled subsets.
+    ridge : float
+        Strength of the ridge regression of estimates on subset indicators.
+    """
+
+    name = "ensemble"
+
+    def __init__(self, n_subsets=200, alpha=0.5, seed=0, n_bootstrap=1000, rule: Rule = "best_prefix",
+                 k=None, threshold=None, ridge=1e-3):
+        self.n_subsets, self.alpha, self.seed, self.n_bootstrap = n_subsets, alpha, seed, n_bootstrap
+        self.rule, self.k, self.threshold, self.ridge = rule, k, threshold, ridge
+
+    def sample_subsets(self, n_sources: int) -> np.ndarray:
+        """m seeded subsets of size ceil(alpha n), shape (n_subsets, n_sources)."""
+        size = min(n_sources, max(1, math.ceil(self.alpha * n_sources)))
+        rng = np.random.default_rng([self.seed, 4])
+        masks = np.zeros((self.n_subsets, n_sources), dtype=bool)
+        for i in range(self.n_subsets):
+            masks[i, rng.choice(n_sources, size=size, replace=False)] = True
+        return masks
+
+    def select(self, estimator):
+        names = estimator.source_names_
+        masks = self.sample_subsets(len(names))
+        losses = estimator.estimate(masks)
+        w = masks.astype(np.float64)
+        counts = w.sum(0)
+        if (counts == 0).any():
+            missing = [names[i] for i in np.flatnonzero(counts == 0)]
+            raise GradselectError(f"no sampled subset contains {missing}; raise n_subsets or alpha")
+        mean_in = (w.T @ losses) / counts
+        rng = np.random.default_rng([self.seed, 5])
+        boot = np.empty((self.n_bootstrap, len(names)))
+        for t in range(self.n_bootstrap):
+            idx = rng.integers(0, len(losses), len(losses))
+            wc = w[idx]
+            c = wc.sum(0)
+            boot[t] = np.where(c > 0, (wc.T @ losses[idx]) / np.maximum(c, 1), mean_in)
+        lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
+        # Ridge regression of the estimates on centred indicators: the additive effect of each source.
+        x = w - w.mean(0)
+        coef = np.linalg.solve(x.T @ x + self.ridge * len(losses) * np.eye(len(names)), x.T @ (losses - losses.mean()))
+        scores = {n: float(s) for n, s in zip(names, mean_in)}
+        threshold = self.threshold if self.threshold is not None else float(losses.mean())
+        chosen, extra = apply_rule(estimator, scores, self.rule, k=self.k, threshold=threshold)
+        params = {
+            "n_subsets": self.n_subsets, "alpha": self.alpha, "seed": self.seed, "n_bootstrap": self.n_bootstrap,
+            "k": self.k, "threshold": threshold, "ridge": self.ridge,
+            "ridge_coefficients": {n: float(c) for n, c in zip(names, coef)},
+            "mean_subset_loss": float(losses.mean()), "base_loss": estimator.base_loss_, **extra,
+        }
+        return Selection(self.name, chosen, scores, {n: [float(a), float(b)] for n, a, b in zip(names, lo, hi)},
+                         self._estimated(estimator, chosen), params)
+
+
+class ForwardSelector(Selector):
+    """Forward stepwise selection on estimates: add the best remaining source while it helps.
+
+    Scores are minus each source's gain in estimated loss when it was added (for
+    sources never added: minus the gain it would bring to the final subset).
+
+    Parameters
+    ----------
+    max_size : int, optional
+        Stop at this many sources.
+    tol : float
+        Stop when the best addition lowers the estimate by no more than this.
+    """
+
+    name = "forward"
+
+    def __init__(self, max_size=None, tol=0.0):
+        self.max_size, self.tol = max_size, tol
+
+    def select(self, estimator):
+        names = estimator.source_names_
+        current = np.zeros(len(names), dtype=bool)
+        loss = float(estimator.estimate(current[None])[0])
+        path, scores = [{"added": None, "loss": loss}], {}
+        cap = len(names) if self.max_size is None else min(len(names), self.max_size)
+        while True:
+            remaining = np.flatnonzero(~current)
+            if not len(remaining):
+                break
+            losses = estimator.estimate(_toggled(current, remaining))
+            best = int(np.argmin(losses))
+            if current.sum() >= cap or loss - losses[best] <= self.tol:
+                scores.update({names[i]: float(l - loss) for i, l in zip(remaining, losses)})
+                break
+            scores[names[remaining[best]]] = float(losses[best] - loss)
+            current[remaining[best]] = True
+            loss = float(losses[best])
+            path.append({"added": names[remaining[best]], "loss": loss})
+        chosen = [names[i] for i in np.flatnonzero(current)]
+        return Selection(self.name, chosen, {n: scores[n] for n in names}, None, loss,
+                         {"max_size": self.max_size, "tol": self.tol, "path": path})
+
+
+class BackwardSelector(Selector):
+    """Backward elimination on estimates: drop the source whose removal helps most, while it helps.
+
+    Scores are the gain in estimated loss when a source was removed (for kept
+    sources: minus the harm their removal would do to the final subset).
+    """
+
+    name = "backward"
+
+    def __init__(self, min_size=0, tol=0.0):
+        self.min_size, self.tol = min_size, tol
+
+    def select(self, estimator):
+        names = estimator.source_names_
+        current = np.ones(len(names), dtype=bool)
+        loss = float(estimator.estimate(current[None])[0])
+        path, scores = [{"removed": None, "loss": loss}], {}
+        # Without target rows an empty subset cannot be estimated: keep at least one source.
+        floor = max(self.min_size, 0 if estimator.config_.include_target_train else 1)
+        while True:
+            present = np.flatnonzero(current)
+            if len(present) <= floor:
+                scores.update({names[i]: 0.0 for i in present if names[i] not in scores})
+                break
+            losses = estimator.estimate(_toggled(current, present))
+            best = int(np.argmin(losses))
+            if loss - losses[best] <= self.tol:
+                scores.update({names[i]: float(loss - l) for i, l in zip(present, losses)})
+                break
+            scores[names[present[best]]] = float(loss - losses[best])
+            current[present[best]] = False
+            loss = float(losses[best])
+            path.append({"removed": names[present[best]], "loss": loss})
+        chosen = [names[i] for i in np.flatnonzero(current)]
+        return Selection(self.name, chosen, {n: scores[n] for n in names}, None, loss,
+                         {"min_size": self.min_size, "tol": self.tol, "path": path})
+
+
+def _toggled(current: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """One copy of ``current`` per index, with that index flipped: shape (len(indices), n_sources)."""
+    out = np.repeat(current[None], len(indices), 0)
+    out[np.arange(len(indices)), indices] = ~current[indices]
+    return out
+
+
+def _cosine_scores(source_vecs: dict[str, np.ndarray], target: np.ndarray) -> dict[str, float]:
+    tn = np.linalg.norm(target)
+    out = {}
+    for name, v in source_vecs.items():
+        denom = np.linalg.norm(v) * tn
+        out[name] = -float(v @ target / denom) if denom > 0 else 0.0  # negated: lower is better
+    return out
+
+
+class GradientSimilarity(Selector):
+    """Baseline: cosine of each source's mean projected gradient with the target dev split's.
+
+    Chooses sources with positive similarity (score < 0) unless ``k`` is given (top k).
+    """
+
+    name = "grad-sim"
+
+    def __init__(self, k=None):
+        self.k = k
+
+    def _vectors(self, estimator):
+        a = estimator.arrays_
+        return {n: a.g[r].mean(0) for n, r in a.source_rows.items()}, a.g[a.dev_rows].mean(0)
+
+    def select(self, estimator):
+        vecs, target = self._vectors(estimator)
+        scores = _cosine_scores(vecs, target)
+        rule, kw = ("top_k", {"k": self.k}) if self.k is not None else ("threshold", {"threshold": 0.0})
+        chosen, extra = apply_rule(estimator, scores, rule, **kw)
+        return Selection(self.name, chosen, scores, None, self._estimated(estimator, chosen), {"k": self.k, **extra})
+
+
+class RepresentationSimilarity(GradientSimilarity):
+    """Baseline: cosine of mean last-layer hidden states (needs ``hidden_states = true`` features)."""
+
+    name = "repr-sim"
+
+    def _vectors(self, estimator):
+        a = estimator.arrays_
+        if a.hidden is None:
+            raise GradselectError("repr-sim needs hidden states: featurize with [features] hidden_states = true")
+        return {n: a.hidden[r].mean(0) for n, r in a.source_rows.items()}, a.hidden[a.dev_rows].mean(0)
+
+
+class RandomSelector(Selector):
+    """Baseline: k sources drawn at random (seeded); k defaults to half of them."""
+
+    name = "random"
+
+    def __init__(self, k=None, seed=0):
+        self.k, self.seed = k, seed
+
+    def select(self, estimator):
+        names = estimator.source_names_
+        k = len(names) // 2 if self.k is None else min(int(self.k), len(names))
+        rng = np.random.default_rng([self.seed, 6])
+        order = rng.permutation(len(names))
+        scores = {names[i]: float(rank) for rank, i in enumerate(order)}
+        chosen = [n for n in names if scores[n] < k]
+        return Selection(self.name, chosen, scores, None, self._estimated(estimator, chosen), {"k": k, "seed": self.seed})
+
+
+class AllSources(Selector):
+    """Baseline: every source."""
+
+    name = "all"
+
+    def select(self, estimator):
+        names = estimator.source_names_
+        return Selection(self.name, list(names), {n: 0.0 for n in names}, None, self._estimated(estimator, names), {})
+
+
+class TargetOnly(Selector):
+    """Baseline: no source (target train only)."""
+
+    name = "target-only"
+
+    def select(self, estimator):
+        names = estimator.source_names_
+        loss = self._estimated(estimator, []) if estimator.config_.include_target_train else None
+        return Selection(self.name, [], {n: 0.0 for n in names}, None, loss, {})
+
+
+SELECTORS: dict[str, type[Selector]] = {
+    cls.name: cls
+    for cls in (EnsembleSelector, ForwardSelector, BackwardSelector, GradientSimilarity, RepresentationSimilarity,
+                RandomSelector, AllSources, TargetOnly)
+}

@@ -1,0 +1,140 @@
+"""Selection methods on synthetic features with known answers."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from gradselect.errors import GradselectError
+from gradselect.estimate import EstimateConfig, FeatureArrays, SubsetEstimator
+from gradselect.select import (
+    SELECTORS,
+    BackwardSelector,
+    EnsembleSelector,
+    ForwardSelector,
+    GradientSimilarity,
+    RandomSelector,
+    RepresentationSimilarity,
+    Selection,
+    apply_rule,
+    pseudo_sources,
+)
+
+
+def planted(n_sources=10, harmful=(2, 5, 7), per_source=40, d=8, seed=0, hidden=True):
+    """Sources whose gradients point with (helpful) or against (harmful) the target's."""
+    rng = np.random.default_rng(seed)
+    u = np.zeros(d)
+    u[0] = 1.0
+    blocks, names, rows, start = [], [], {}, 0
+    target = rng.normal(size=(80, d)) * 0.5 + u
+    target[:40] *= 0.1  # weak target train rows: what the sources add decides the step
+    blocks.append(target)
+    start = 80
+    for i in range(n_sources):
+        sign = -1.0 if i in harmful else 1.0
+        blocks.append(rng.normal(size=(per_source, d)) * 0.5 + sign * u * rng.uniform(0.5, 1.5))
+        rows[f"src{i}"] = np.arange(start, start + per_source)
+        start += per_source
+    g = np.concatenate(blocks)
+    b = rng.normal(0.5, 0.3, size=len(g))
+    h = g @ rng.normal(size=(d, 5)) if hidden else None
+    return FeatureArrays(g, b, rows, np.arange(0, 40), np.arange(40, 80), param_norm=5.0, hidden=h)
+
+
+@pytest.mark.parametrize("mode", ["trust_region", "l2"])
+def test_planted_harmful_sources_score_worst(mode):
+    arr = planted()
+    est = SubsetEstimator(EstimateConfig(mode=mode, lam=1e-2, radius=0.5)).fit(arr)
+    sel = EnsembleSelector(n_subsets=100, seed=1, n_bootstrap=200).select(est)
+    worst = set(sel.ranking()[-3:])
+    assert worst == {"src2", "src5", "src7"}
+    assert set(sel.chosen).isdisjoint(worst) and sel.chosen
+    coef = sel.params["ridge_coefficients"]
+    assert all(coef[n] > 0 for n in worst) and all(coef[n] < 0 for n in sel.chosen)
+    for name, (lo, hi) in sel.intervals.items():
+        assert lo <= sel.scores[name] <= hi
+    assert sel.estimated_loss < est.base_loss_
+
+
+def test_forward_and_backward_find_the_optimum_of_a_small_problem():
+    arr = planted(n_sources=6, harmful=(1, 4), seed=3)
+    est = SubsetEstimator(EstimateConfig(mode="l2", lam=5e-2)).fit(arr)
+    n = len(est.source_names_)
+    masks = np.array(list(itertools.product([False, True], repeat=n)))
+    losses = est.estimate(masks)
+    optimum = {est.source_names_[i] for i in np.flatnonzero(masks[np.argmin(losses)])}
+    assert optimum == {"src0", "src2", "src3", "src5"}
+    fwd = ForwardSelector().select(est)
+    bwd = BackwardSelector().select(est)
+    assert set(fwd.chosen) == optimum and set(bwd.chosen) == optimum
+    assert fwd.estimated_loss == pytest.approx(losses.min())
+    assert len(fwd.params["path"]) == len(optimum) + 1
+    capped = ForwardSelector(max_size=2).select(est)
+    assert len(capped.chosen) == 2 and set(capped.chosen) <= optimum
+
+
+def test_reordering_sources_permutes_scores_only():
+    arr = planted()
+    names = arr.source_names
+    perm = list(np.random.default_rng(0).permutation(len(names)))
+    shuffled = FeatureArrays(arr.g, arr.b, {names[i]: arr.source_rows[names[i]] for i in perm}, arr.train_rows,
+                             arr.dev_rows, arr.param_norm, arr.hidden)
+    cfg = EstimateConfig(radius=0.5)
+    for method in ("forward", "backward", "grad-sim", "repr-sim", "all"):
+        a = SELECTORS[method]().select(SubsetEstimator(cfg).fit(arr))
+        b = SELECTORS[method]().select(SubsetEstimator(cfg).fit(shuffled))
+        assert a.scores == pytest.approx(b.scores, rel=1e-9) and set(a.chosen) == set(b.chosen), method
+
+
+def test_decision_rules():
+    arr = planted()
+    est = SubsetEstimator(EstimateConfig(radius=0.5)).fit(arr)
+    scores = {n: float(i) for i, n in enumerate(reversed(est.source_names_))}  # src9 best
+    top, _ = apply_rule(est, scores, "top_k", k=2)
+    assert top == ["src8", "src9"]
+    below, _ = apply_rule(est, scores, "threshold", threshold=3)
+    assert below == ["src7", "src8", "src9"]
+    prefix, extra = apply_rule(est, scores, "best_prefix")
+    assert len(extra["prefix_losses"]) == 10
+    assert len(prefix) == int(np.argmin(extra["prefix_losses"])) + 1
+    with pytest.raises(GradselectError, match="needs k"):
+        apply_rule(est, scores, "top_k")
+
+
+def test_baselines():
+    arr = planted()
+    est = SubsetEstimator(EstimateConfig(radius=0.5)).fit(arr)
+    grad = GradientSimilarity().select(est)
+    assert set(grad.chosen) == set(arr.source_names) - {"src2", "src5", "src7"}
+    assert RepresentationSimilarity(k=3).select(est).chosen.__len__() == 3
+    r1, r2 = RandomSelector(k=4, seed=1).select(est), RandomSelector(k=4, seed=1).select(est)
+    assert r1.chosen == r2.chosen and len(r1.chosen) == 4
+    assert SELECTORS["all"]().select(est).chosen == arr.source_names
+    assert SELECTORS["target-only"]().select(est).chosen == []
+    no_hidden = FeatureArrays(arr.g, arr.b, arr.source_rows, arr.train_rows, arr.dev_rows)
+    with pytest.raises(GradselectError, match="hidden_states = true"):
+        RepresentationSimilarity().select(SubsetEstimator().fit(no_hidden))
+
+
+def test_selection_round_trips(tmp_path):
+    est = SubsetEstimator(EstimateConfig(radius=0.5)).fit(planted())
+    sel = EnsembleSelector(n_subsets=30, n_bootstrap=50).select(est)
+    sel.save(tmp_path / "s.json")
+    again = Selection.load(tmp_path / "s.json")
+    assert again == sel
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(GradselectError, match="bad.json"):
+        Selection.load(tmp_path / "bad.json")
+
+
+def test_pseudo_sources_recover_planted_groups():
+    arr = planted(n_sources=4, harmful=(1, 3), seed=5)
+    clusters = pseudo_sources(arr, 2, seed=0)
+    helpful = set(arr.source_rows["src0"]) | set(arr.source_rows["src2"])
+    purity = [max(len(set(r) & helpful), len(set(r) - helpful)) / len(r) for r in clusters.source_rows.values()]
+    assert min(purity) > 0.95
+    assert sum(len(r) for r in clusters.source_rows.values()) == 160
+    assert list(clusters.source_rows) == ["cluster-0", "cluster-1"]
+    with pytest.raises(GradselectError, match="k must be between"):
+        pseudo_sources(arr, 1000)
