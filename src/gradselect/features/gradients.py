@@ -191,7 +191,10 @@ class FuncGradientComputer(GradientComputer):
             args, dims = (input_ids, attention_mask, labels), (None, 0, 0, 0)
         per_example = vmap(grad(self._single, has_aux=True), in_dims=dims)
         try:
-            grads, (values, hidden) = per_example(params, *args)
+            # torch.func.grad differentiates inside no_grad; no_grad keeps autograd from also
+            # recording a graph for the parameters outside ``params``.
+            with torch.no_grad():
+                grads, (values, hidden) = per_example(params, *args)
         except RuntimeError as err:
             if "vmap" in str(err) or "functorch" in str(err):
                 raise ModelError(

@@ -173,8 +173,10 @@ class ForwardSelector(Selector):
     def select(self, estimator):
         names = estimator.source_names_
         current = np.zeros(len(names), dtype=bool)
-        loss = float(estimator.estimate(current[None])[0])
-        path, scores = [{"added": None, "loss": loss}], {}
+        # Without target rows the empty subset trains on nothing: any first source is an improvement.
+        empty_ok = estimator.config_.include_target_train
+        loss = float(estimator.estimate(current[None])[0]) if empty_ok else np.inf
+        path, scores = [{"added": None, "loss": loss if empty_ok else None}], {}
         cap = len(names) if self.max_size is None else min(len(names), self.max_size)
         while True:
             remaining = np.flatnonzero(~current)
@@ -183,9 +185,9 @@ class ForwardSelector(Selector):
             losses = estimator.estimate(_toggled(current, remaining))
             best = int(np.argmin(losses))
             if current.sum() >= cap or loss - losses[best] <= self.tol:
-                scores.update({names[i]: float(l - loss) for i, l in zip(remaining, losses)})
+                scores.update({names[i]: float(l - loss) if np.isfinite(loss) else float(l) for i, l in zip(remaining, losses)})
                 break
-            scores[names[remaining[best]]] = float(losses[best] - loss)
+            scores[names[remaining[best]]] = float(losses[best] - loss) if np.isfinite(loss) else float(losses[best])
             current[remaining[best]] = True
             loss = float(losses[best])
             path.append({"added": names[remaining[best]], "loss": loss})
