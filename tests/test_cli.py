@@ -8,7 +8,7 @@ from gradselect.cli import build_parser, main
 
 from conftest import write_jsonl
 
-VERBS = ["train", "evaluate", "featurize", "demo"]
+VERBS = ["train", "evaluate", "featurize", "estimate", "select", "demo"]
 
 
 @pytest.mark.parametrize("verb", VERBS)
@@ -108,3 +108,64 @@ def test_errors_exit_2_with_message(tmp_path, run_toml, capsys):
     assert "missing.jsonl: file not found" in capsys.readouterr().err
     assert main(["train", "-o", str(tmp_path / "o")]) == 2
     assert "no target" in capsys.readouterr().err
+
+
+@pytest.fixture
+def feature_store(tmp_path, run_toml):
+    meta = tmp_path / "meta"
+    assert main(["train", str(run_toml), "-o", str(meta), "-q"]) == 0
+    feats = tmp_path / "features"
+    cmd = ["featurize", str(run_toml), "--adapter", str(meta / "adapter"), "-o", str(feats), "--proj-dim", "16", "-q"]
+    assert main(cmd) == 0
+    return feats
+
+
+def test_estimate_and_select(tmp_path, feature_store, capsys):
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    subsets = tmp_path / "subsets.json"
+    subsets.write_text(json.dumps([["extra"], ["legs", "extra"], []]))
+    out = tmp_path / "est.parquet"
+    assert main(["estimate", "--features", str(feature_store), "--subsets", str(subsets), "-o", str(out), "-q"]) == 0
+    table = pq.read_table(out).to_pydict()
+    assert table["subset"] == ["extra", "extra;legs", ""] and table["size"] == [1, 2, 0]
+    assert all(x > 0 for x in table["estimated_loss"]) and table["has:legs"] == [False, True, False]
+    lines = tmp_path / "subsets.txt"
+    lines.write_text("extra\nlegs, extra\n")
+    csv_out = tmp_path / "est.csv"
+    assert main(["estimate", "--features", str(feature_store), "--subsets", str(lines), "-o", str(csv_out),
+                 "--mode", "l2", "--solver", "exact", "-q"]) == 0
+    assert pacsv.read_csv(csv_out).num_rows == 2
+    sampled = tmp_path / "sampled.csv"
+    assert main(["estimate", "--features", str(feature_store), "--n-subsets", "5", "-o", str(sampled), "-q"]) == 0
+    assert pacsv.read_csv(sampled).num_rows == 5
+    capsys.readouterr()
+
+    for method in ["ensemble", "forward", "backward", "grad-sim", "random", "all", "target-only"]:
+        sel_out = tmp_path / f"{method}.json"
+        args = ["select", "--features", str(feature_store), "--method", method, "-o", str(sel_out), "-q"]
+        if method == "ensemble":
+            args += ["--n-subsets", "20"]
+        assert main(args) == 0, method
+        printed = capsys.readouterr().out
+        assert f"method {method}" in printed
+        saved = json.loads(sel_out.read_text())
+        assert saved["method"] == method and set(saved["scores"]) == {"extra", "legs"}
+    assert main(["select", "--features", str(feature_store), "--method", "repr-sim", "-q"]) == 2
+    assert "hidden_states = true" in capsys.readouterr().err
+    assert main(["select", "--features", str(feature_store), "--pseudo-sources", "3", "--n-subsets", "10", "-q"]) == 0
+    assert "cluster-2" in capsys.readouterr().out
+
+
+def test_estimate_errors(tmp_path, feature_store, capsys):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("extra\nextra, nope\n")
+    assert main(["estimate", "--features", str(feature_store), "--subsets", str(bad), "-o", str(tmp_path / "x.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.txt, line 2: unknown source(s) ['nope']" in err
+    assert not (tmp_path / "x.csv").exists()
+    assert main(["estimate", "--features", str(feature_store), "-o", str(tmp_path / "x.xlsx")]) == 2
+    assert "must end in .parquet or .csv" in capsys.readouterr().err
+    assert main(["select", "--features", str(tmp_path / "nowhere")]) == 2
+    assert "not a feature store" in capsys.readouterr().err

@@ -15,6 +15,8 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from gradselect.errors import GradselectError
 
 EXIT_USAGE = 2
@@ -41,6 +43,16 @@ def _add_run_inputs(p: argparse.ArgumentParser) -> None:
         help="an auxiliary source instead of [[data.sources]] (repeatable): path, or rg:NAME",
     )
     p.add_argument("--model", help="model: local folder, hub id, .gguf file, tiny-gpt2, tiny-llama or smollm2")
+
+
+def _add_features_inputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", type=Path, help="TOML run config ([estimate], [select] sections)")
+    p.add_argument("--features", type=Path, required=True, help="feature store folder (from gradselect featurize)")
+    p.add_argument("--mode", dest="estimate_mode", choices=["trust_region", "l2", "reference"],
+                   help="override [estimate].mode")
+    p.add_argument("--solver", dest="estimate_solver", choices=["fast", "exact"], help="override [estimate].solver")
+    p.add_argument("--radius", dest="estimate_radius", type=float, help="override [estimate].radius")
+    p.add_argument("--lam", dest="estimate_lam", type=float, help="override [estimate].lam")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +117,43 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser(
+        "estimate",
+        help="estimated target loss of subsets of sources (no training, no forward pass)",
+        description="Estimate, from a feature store, the target dev loss that fine-tuning on each subset of "
+        "sources would reach. Subsets come from --subsets (JSON list of lists of names, or one comma-separated "
+        "line per subset) or are sampled (--n-subsets, --alpha, --seed). Writes a Parquet or CSV table.",
+    )
+    _add_features_inputs(p)
+    p.add_argument("--subsets", type=Path, help="subsets file (.json, or .txt with one comma-separated subset per line)")
+    p.add_argument("--n-subsets", dest="select_n_subsets", type=int, help="sample this many subsets")
+    p.add_argument("--alpha", dest="select_alpha", type=float, help="sampled subset size as a fraction of the sources")
+    p.add_argument("--seed", dest="select_seed", type=int, help="sampling seed")
+    p.add_argument("-o", "--output", type=Path, required=True, help="table to write (.parquet or .csv)")
+    _add_common(p)
+
+    p = sub.add_parser(
+        "select",
+        help="choose sources (ensemble, stepwise, or a baseline)",
+        description="Choose sources from a feature store: random-ensemble scores with bootstrap intervals, "
+        "forward or backward stepwise selection on estimates, or a baseline. Prints the ranking and writes "
+        "selection.json.",
+    )
+    _add_features_inputs(p)
+    p.add_argument("--method", dest="select_method",
+                   choices=["ensemble", "forward", "backward", "grad-sim", "repr-sim", "random", "all", "target-only"],
+                   help="override [select].method (default: ensemble)")
+    p.add_argument("--rule", dest="select_rule", choices=["best_prefix", "top_k", "threshold"],
+                   help="override [select].rule")
+    p.add_argument("--k", dest="select_k", type=int, help="override [select].k")
+    p.add_argument("--threshold", dest="select_threshold", type=float, help="override [select].threshold")
+    p.add_argument("--n-subsets", dest="select_n_subsets", type=int, help="override [select].n_subsets")
+    p.add_argument("--seed", dest="select_seed", type=int, help="override [select].seed")
+    p.add_argument("--pseudo-sources", dest="select_pseudo_sources", type=int,
+                   help="cluster source rows into this many pseudo-sources first")
+    p.add_argument("-o", "--output", type=Path, help="selection JSON to write (default: FEATURES/../selection.json)")
+    _add_common(p)
+
+    p = sub.add_parser(
         "demo",
         help="run the embedded reasoning-gym example (no network)",
         description="Run gradselect on the embedded default: a reasoning-gym target with clean and planted "
@@ -123,7 +172,7 @@ def _source_spec(text: str) -> dict:
     return {"path": text}
 
 
-def resolve_config(args: argparse.Namespace):
+def resolve_config(args: argparse.Namespace, *, need_data: bool = True):
     """The run config from the TOML file (if any) with command-line flags applied."""
     from gradselect.config import RunConfig, load_config
     from gradselect.configbase import validate_config
@@ -133,14 +182,16 @@ def resolve_config(args: argparse.Namespace):
         origin = str(args.config)
     else:
         base, origin = {}, "command line"
-    data = base.setdefault("data", {})
-    if args.target:
+    data = base.get("data") or {}
+    if getattr(args, "target", None):
         data["target"] = _source_spec(args.target)
-    if args.source:
+    if getattr(args, "source", None):
         data["sources"] = [_source_spec(s) for s in args.source]
-    if "target" not in data:
+    if "target" in data:
+        base["data"] = data
+    elif need_data:
         raise GradselectError("no target: give a config file with [data].target, or --target PATH (or rg:NAME)")
-    if args.model:
+    if getattr(args, "model", None):
         base.setdefault("model", {})["name_or_path"] = args.model
     overrides = {
         "epochs": getattr(args, "epochs", None),
@@ -154,6 +205,13 @@ def resolve_config(args: argparse.Namespace):
             base.setdefault("train", {})[key] = value
     if getattr(args, "proj_dim", None) is not None:
         base.setdefault("features", {})["proj_dim"] = args.proj_dim
+    for section, key in (("estimate", "mode"), ("estimate", "solver"), ("estimate", "radius"), ("estimate", "lam"),
+                         ("select", "method"), ("select", "rule"), ("select", "k"), ("select", "threshold"),
+                         ("select", "n_subsets"), ("select", "alpha"), ("select", "seed"),
+                         ("select", "pseudo_sources")):
+        value = getattr(args, f"{section}_{key}", None)
+        if value is not None:
+            base.setdefault(section, {})[key] = value
     return validate_config(RunConfig, base, origin)
 
 
@@ -244,6 +302,116 @@ def cmd_featurize(args) -> int:
     return 0
 
 
+def _fitted_estimator(config, features: Path):
+    from gradselect.estimate import FeatureArrays, SubsetEstimator
+    from gradselect.features import FeatureStore
+    from gradselect.select import pseudo_sources
+
+    arrays = FeatureArrays.from_store(FeatureStore.open(features))
+    if config.select.pseudo_sources:
+        arrays = pseudo_sources(arrays, config.select.pseudo_sources, seed=config.select.seed)
+    return SubsetEstimator(config.estimate).fit(arrays)
+
+
+def _read_subsets(path: Path, names: list[str]) -> list[list[str]]:
+    if not path.exists():
+        raise GradselectError(f"{path}: subsets file not found")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            subsets = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise GradselectError(f"{path}, line {err.lineno}: malformed JSON: {err.msg}") from None
+        if not isinstance(subsets, list) or not all(
+            isinstance(s, list) and all(isinstance(n, str) for n in s) for s in subsets
+        ):
+            raise GradselectError(f"{path}: expected a JSON list of lists of source names")
+    else:
+        subsets = [[n.strip() for n in line.split(",") if n.strip()] for line in text.splitlines()]
+    known = set(names)
+    for i, subset in enumerate(subsets):
+        unknown = [n for n in subset if n not in known]
+        if unknown:
+            where = f"subset {i}" if path.suffix == ".json" else f"line {i + 1}"
+            raise GradselectError(f"{path}, {where}: unknown source(s) {unknown}; sources are {names}")
+    return subsets
+
+
+def cmd_estimate(args) -> int:
+    import pyarrow as pa
+
+    from gradselect.io import write_bytes_atomic
+    from gradselect.select import EnsembleSelector
+
+    if args.output.suffix not in (".parquet", ".csv"):
+        raise GradselectError(f"{args.output}: output must end in .parquet or .csv")
+    config = resolve_config(args, need_data=False)
+    est = _fitted_estimator(config, args.features)
+    names = est.source_names_
+    if args.subsets is not None:
+        subsets = _read_subsets(args.subsets, names)
+        masks = est.subset_masks(subsets) if subsets else np.zeros((0, len(names)), dtype=bool)
+    else:
+        sel = config.select
+        masks = EnsembleSelector(n_subsets=sel.n_subsets, alpha=sel.alpha, seed=sel.seed).sample_subsets(len(names))
+    losses = est.estimate(masks) if len(masks) else np.zeros(0)
+    table = pa.table({
+        "subset": [";".join(n for n, m in zip(names, row) if m) for row in masks],
+        "size": masks.sum(1).astype(np.int64),
+        "estimated_loss": losses,
+        "base_loss": np.full(len(losses), est.base_loss_),
+        **{f"has:{n}": masks[:, i] for i, n in enumerate(names)},
+    })
+    import io
+
+    buf = io.BytesIO()
+    if args.output.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, buf)
+    else:
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(table, buf)
+    write_bytes_atomic(args.output, buf.getvalue())
+    print(f"estimated {len(losses)} subsets of {len(names)} sources "
+          f"(mode {est.config_.mode}, solver {est.config_.solver}; meta-initialization {est.base_loss_:.4f}); "
+          f"table: {args.output}")
+    return 0
+
+
+def cmd_select(args) -> int:
+    config = resolve_config(args, need_data=False)
+    est = _fitted_estimator(config, args.features)
+    selection = config.select.make_selector().select(est)
+    selection.params["estimator"] = est.config_.model_dump(mode="json")
+    out = args.output or args.features.parent / "selection.json"
+    selection.save(out)
+    print(format_selection(selection, est.base_loss_))
+    print(f"selection: {out}")
+    return 0
+
+
+def format_selection(selection, base_loss: float | None = None) -> str:
+    """A plain-text table of a selection: sources ranked, scores, intervals, chosen."""
+    lines = [f"method {selection.method}: {len(selection.chosen)} of {len(selection.scores)} sources chosen"]
+    width = max([len(n) for n in selection.scores] + [6])
+    header = f"  {'source':<{width}}  {'score':>10}"
+    if selection.intervals:
+        header += f"  {'95% interval':>23}"
+    lines.append(header + "  chosen")
+    for name in selection.ranking():
+        row = f"  {name:<{width}}  {selection.scores[name]:>10.5f}"
+        if selection.intervals:
+            lo, hi = selection.intervals[name]
+            row += f"  [{lo:>10.5f}, {hi:>10.5f}]"
+        lines.append(row + ("  *" if name in selection.chosen else ""))
+    if selection.estimated_loss is not None:
+        extra = f" (meta-initialization {base_loss:.5f})" if base_loss is not None else ""
+        lines.append(f"estimated target dev loss of the choice: {selection.estimated_loss:.5f}{extra}")
+    return "\n".join(lines)
+
+
 def cmd_demo(args) -> int:
     from gradselect.demo import run_demo
 
@@ -251,7 +419,14 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "featurize": cmd_featurize, "demo": cmd_demo}
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "featurize": cmd_featurize,
+    "estimate": cmd_estimate,
+    "select": cmd_select,
+    "demo": cmd_demo,
+}
 
 
 def _configure_logging(args) -> None:

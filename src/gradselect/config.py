@@ -5,10 +5,12 @@ Sections map one-to-one onto stage configs::
     [model]     ModelConfig      [adapter]   AdapterConfig
     [tokenize]  TokenizeConfig   [train]     TrainConfig
     [evaluate]  EvalConfig       [features]  FeatureConfig
+    [estimate]  EstimateConfig   [select]    SelectConfig
     [data]      DataConfig (target + [[data.sources]])
 
-Every section is optional except ``[data]``; missing keys take documented
-defaults, unknown keys are errors that list the valid ones.
+Every section is optional (``[data]`` is needed by the stages that read data);
+missing keys take documented defaults, unknown keys are errors that list the
+valid ones.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from gradselect.configbase import StrictConfig, validate_config
 from gradselect.data.config import DataConfig
 from gradselect.data.tokenize import TokenizeConfig
 from gradselect.errors import ConfigError
+from gradselect.estimate.config import EstimateConfig
 from gradselect.evaluate.config import EvalConfig
 from gradselect.features.config import FeatureConfig
 from gradselect.model.config import AdapterConfig, ModelConfig
+from gradselect.select.config import SelectConfig
 from gradselect.train.config import TrainConfig
 
 if sys.version_info >= (3, 11):
@@ -38,13 +42,15 @@ else:  # pragma: no cover
 class RunConfig(StrictConfig):
     """Everything a run needs, section by section."""
 
-    data: DataConfig
+    data: DataConfig | None = None
     model: ModelConfig = pydantic.Field(default_factory=ModelConfig)
     adapter: AdapterConfig = pydantic.Field(default_factory=AdapterConfig)
     tokenize: TokenizeConfig = pydantic.Field(default_factory=TokenizeConfig)
     train: TrainConfig = pydantic.Field(default_factory=TrainConfig)
     evaluate: EvalConfig = pydantic.Field(default_factory=EvalConfig)
     features: FeatureConfig = pydantic.Field(default_factory=FeatureConfig)
+    estimate: EstimateConfig = pydantic.Field(default_factory=EstimateConfig)
+    select: SelectConfig = pydantic.Field(default_factory=SelectConfig)
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -1,5 +1,6 @@
 """Select: choose sources from estimates (ensemble, stepwise) or baselines."""
 
+from gradselect.select.config import SelectConfig
 from gradselect.select.pseudo import pseudo_sources
 from gradselect.select.result import Selection
 from gradselect.select.selectors import (
@@ -25,6 +26,7 @@ __all__ = [
     "GradientSimilarity",
     "RandomSelector",
     "RepresentationSimilarity",
+    "SelectConfig",
     "Selection",
     "Selector",
     "TargetOnly",

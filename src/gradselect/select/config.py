@@ -1,0 +1,57 @@
+"""Configuration of source selection."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pydantic
+
+from gradselect.configbase import StrictConfig
+
+Method = Literal["ensemble", "forward", "backward", "grad-sim", "repr-sim", "random", "all", "target-only"]
+
+
+class SelectConfig(StrictConfig):
+    """Which selection method runs, and its parameters."""
+
+    method: Method = "ensemble"
+    """Selection method: estimate-based (ensemble, forward, backward) or a baseline."""
+    rule: Literal["best_prefix", "top_k", "threshold"] = "best_prefix"
+    """Ensemble decision rule: the best-estimated prefix of the ranking, the top k, or
+    every source scoring below ``threshold``."""
+    k: int | None = pydantic.Field(default=None, ge=0)
+    """Sources to take for ``top_k`` (and for the random / similarity baselines)."""
+    threshold: float | None = None
+    """Score cut for ``threshold`` (default: the mean estimate over the sampled subsets)."""
+    n_subsets: int = pydantic.Field(default=200, ge=2)
+    """Ensemble: random subsets estimated."""
+    alpha: float = pydantic.Field(default=0.5, gt=0, le=1)
+    """Ensemble: subset size as a fraction of the sources."""
+    seed: int = 0
+    """Seed of subset sampling, bootstrap and the random baseline."""
+    n_bootstrap: int = pydantic.Field(default=1000, ge=10)
+    """Ensemble: bootstrap resamples for the 95% intervals."""
+    max_size: int | None = pydantic.Field(default=None, ge=1)
+    """Forward: stop at this many sources."""
+    tol: float = pydantic.Field(default=0.0, ge=0)
+    """Stepwise: stop when the best step changes the estimate by no more than this."""
+    pseudo_sources: int | None = pydantic.Field(default=None, ge=1)
+    """Cluster all source rows into this many pseudo-sources by k-means on projected
+    gradients (for data without source labels) before selecting."""
+
+    def make_selector(self):
+        from gradselect.select.selectors import SELECTORS
+
+        m = self.method
+        if m == "ensemble":
+            return SELECTORS[m](n_subsets=self.n_subsets, alpha=self.alpha, seed=self.seed,
+                                n_bootstrap=self.n_bootstrap, rule=self.rule, k=self.k, threshold=self.threshold)
+        if m == "forward":
+            return SELECTORS[m](max_size=self.max_size, tol=self.tol)
+        if m == "backward":
+            return SELECTORS[m](tol=self.tol)
+        if m in ("grad-sim", "repr-sim"):
+            return SELECTORS[m](k=self.k)
+        if m == "random":
+            return SELECTORS[m](k=self.k, seed=self.seed)
+        return SELECTORS[m]()
