@@ -11,6 +11,7 @@ import dataclasses
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from gradselect.errors import GradselectError
 from gradselect.estimate.config import EstimateConfig
@@ -164,7 +165,7 @@ class SubsetEstimator:
         return masks
 
     # -- solving ------------------------------------------------------------------
-    def solve(self, subsets, *, batch_size: int = 256) -> np.ndarray:
+    def solve(self, subsets, *, batch_size: int = 64) -> np.ndarray:
         """The fitted step ``v_S`` of each subset, shape (n_subsets, proj_dim)."""
         masks = self.subset_masks(subsets)
         if self.config_.solver == "fast":
@@ -179,8 +180,11 @@ class SubsetEstimator:
             return fast_l2(n, r, h, cfg.lam)
         if cfg.mode == "trust_region":
             return fast_trust_region(n, r, h, self.radius_, ridge=cfg.lam * 1e-6)
-        lam_ref = 1.0 / (2.0 * cfg.reference_c * n)  # sklearn's C, per row count
-        v = np.stack([fast_l2(n[i : i + 1], r[i : i + 1], h[i : i + 1], lam_ref[i])[0] for i in range(len(n))])
+        # sklearn's C per row count: lam = 1 / (2 C n), a different lam for each subset.
+        lam_ref = 1.0 / (2.0 * cfg.reference_c * n)
+        h.div_(n[:, None, None])
+        h.diagonal(dim1=1, dim2=2).add_(2 * lam_ref[:, None])
+        v = fast_l2(torch.ones_like(n), r / n[:, None], h, 0.0)
         return self._rescale(v)
 
     def _rows(self, mask: np.ndarray) -> np.ndarray:

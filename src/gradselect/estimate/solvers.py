@@ -156,95 +156,98 @@ def summed_statistics(masks: np.ndarray, counts, grad_sums, hess_sums, base=None
     Parameters
     ----------
     masks : ndarray of shape (n_subsets, n_sources), bool
-    counts, grad_sums, hess_sums : per-source statistics
+    counts, grad_sums, hess_sums : per-source statistics (ndarray or torch tensors)
     base : tuple of (count, grad_sum, hess_sum), optional
         Added to every subset (the target's train rows).
 
     Returns
     -------
     n : (n_subsets,), r : (n_subsets, proj_dim), h : (n_subsets, proj_dim, proj_dim)
+        torch float64 tensors; the Hessian sums come from one GEMM over the
+        flattened per-source Hessians.
     """
-    w = masks.astype(np.float64)
+    counts, grad_sums, hess_sums = (torch.as_tensor(x, dtype=torch.float64) for x in (counts, grad_sums, hess_sums))
+    w = torch.as_tensor(np.asarray(masks), dtype=torch.float64)
     d = grad_sums.shape[1]
     n = w @ counts
     r = w @ grad_sums
     h = (w @ hess_sums.reshape(len(counts), d * d)).reshape(-1, d, d)
     if base is not None:
-        n = n + base[0]
-        r = r + base[1]
-        h = h + base[2]
+        n += float(base[0])
+        r += torch.as_tensor(base[1], dtype=torch.float64)
+        h += torch.as_tensor(base[2], dtype=torch.float64)
     return n, r, h
 
 
+def _system(n, r, h, ridge: float):
+    """``A = h/n + 2 ridge I`` (in place of ``h``) and ``g = r/n``."""
+    a = h.div_(n[:, None, None])
+    a.diagonal(dim1=1, dim2=2).add_(2 * ridge)
+    return a, r / n[:, None]
+
+
 def fast_l2(n, r, h, lam: float) -> np.ndarray:
-    """One Newton step from 0: ``v = -(h/n + 2 lam I)^-1 (r/n)``, batched. Returns (n_subsets, proj_dim)."""
-    d = r.shape[1]
-    a = torch.from_numpy(h / n[:, None, None])
-    a.diagonal(dim1=1, dim2=2).add_(2 * lam)
-    rhs = torch.from_numpy(-(r / n[:, None]))[..., None]
+    """One Newton step from 0: ``v = -(h/n + 2 lam I)^-1 (r/n)``, batched.
+
+    Takes the torch tensors of :func:`summed_statistics` (``h`` is overwritten).
+    Returns an ndarray of shape (n_subsets, proj_dim).
+    """
+    a, g = _system(n, r, h, lam)
     chol, info = torch.linalg.cholesky_ex(a)
     if bool((info != 0).any()):
         # Singular without regularisation (lam = 0 and fewer rows than dims): least squares.
-        return torch.linalg.lstsq(a, rhs).solution[..., 0].numpy()
-    return torch.cholesky_solve(rhs, chol)[..., 0].numpy().reshape(-1, d)
+        return -torch.linalg.lstsq(a, g[..., None]).solution[..., 0].numpy()
+    return -torch.cholesky_solve(g[..., None], chol)[..., 0].numpy()
 
 
-def fast_trust_region(n, r, h, radius, ridge: float = 0.0, n_iter: int = 60) -> np.ndarray:
-    """Minimise the quadratic model ``(r/n).v + v^T (h/n + 2 ridge I) v / 2`` over ``|v| <= radius``.
+def fast_trust_region(n, r, h, radius, ridge: float = 0.0, max_iter: int = 50, rtol: float = 1e-10) -> np.ndarray:
+    """Minimise the quadratic model ``g.v + v^T A v / 2`` over ``|v| <= radius`` (batched).
 
-    Batched eigendecomposition, then the secular equation ``|v(mu)| = radius``
-    with ``v(mu) = -(A + mu I)^-1 g`` solved by bracketed Newton on
-    ``1/|v(mu)| - 1/radius``. As radius -> 0 the solution tends to
-    ``-radius g / |g|`` (a normalized mean-gradient step).
+    ``A = h/n + 2 ridge I`` and ``g = r/n`` (torch tensors of
+    :func:`summed_statistics`; ``h`` is overwritten). Moré-Sorensen: with
+    ``v(mu) = -(A + mu I)^-1 g``, Newton steps on ``1/|v(mu)| - 1/radius``
+    from ``mu = 0`` approach the root from below, one Cholesky each:
+    ``mu += (|v| / |L^-1 v|)^2 (|v| - radius) / radius``. ``A`` is positive
+    definite (a sum of outer products plus a ridge), so there is no hard case.
+    As radius -> 0 the solution tends to ``-radius g / |g|``.
 
     Parameters
     ----------
-    radius : float or ndarray of shape (n_subsets,)
+    radius : float or array of shape (n_subsets,)
+
+    Returns
+    -------
+    ndarray of shape (n_subsets, proj_dim)
     """
-    m = r.shape[0]
-    radius = np.broadcast_to(np.asarray(radius, dtype=np.float64), (m,)).copy()
-    a = torch.from_numpy(h / n[:, None, None])
-    a.diagonal(dim1=1, dim2=2).add_(2 * ridge)
-    evals, evecs = torch.linalg.eigh(a)
-    evals, evecs = evals.numpy(), evecs.numpy()  # (m, d), (m, d, d)
-    grad = r / n[:, None]
-    gt = np.einsum("mdk,md->mk", evecs, grad)  # grad in the eigenbasis
-    gnorm = np.linalg.norm(grad, axis=1)
-    lam_min = np.maximum(evals[:, 0], 0.0)
-
-    def norm_at(mu):
-        return np.sqrt(((gt / (evals + mu[:, None])) ** 2).sum(1))
-
-    # Unconstrained Newton step, where it is inside the ball.
-    mu = np.zeros(m)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        free = (evals[:, 0] > 1e-14 * np.maximum(evals[:, -1], 1e-300)) & (norm_at(mu) <= radius)
-    lo = np.maximum(0.0, gnorm / radius - evals[:, -1])
-    hi = np.maximum(lo, gnorm / radius - lam_min) + 1e-300
-    mu = np.where(free, 0.0, lo)
-    active = ~free & (gnorm > 0)
-    for _ in range(n_iter):
-        if not active.any():
+    a, g = _system(n, r, h, ridge)
+    m, d = g.shape
+    radius = torch.as_tensor(np.broadcast_to(np.asarray(radius, dtype=np.float64), (m,)).copy())
+    eye = torch.eye(d, dtype=a.dtype)
+    # Start below the root: |v(mu)| >= |g| / (lambda_max + mu), and Gershgorin bounds lambda_max.
+    lam_max = a.abs().sum(2).max(1).values
+    mu = torch.clamp(torch.linalg.vector_norm(g, dim=1) / radius - lam_max, min=0.0)
+    v = torch.zeros_like(g)
+    active = torch.linalg.vector_norm(g, dim=1) > 0
+    for _ in range(max_iter):
+        idx = torch.nonzero(active).flatten()
+        if not len(idx):
             break
-        mu_a = np.maximum(mu[active], 1e-300 - evals[active, 0])
-        q = gt[active] / (evals[active] + mu_a[:, None])
-        norm = np.sqrt((q**2).sum(1))
-        phi = 1 / norm - 1 / radius[active]
-        dnorm = -((q**2) / (evals[active] + mu_a[:, None])).sum(1) / norm
-        dphi = -dnorm / norm**2
-        lo_a, hi_a = lo[active], hi[active]
-        lo_a = np.where(phi < 0, mu_a, lo_a)
-        hi_a = np.where(phi > 0, mu_a, hi_a)
-        cand = mu_a - phi / dphi
-        bad = ~((cand > lo_a) & (cand < hi_a))
-        cand = np.where(bad, 0.5 * (lo_a + hi_a), cand)
-        done = np.abs(phi) * radius[active] < 1e-13
-        mu[active] = np.where(done, mu_a, cand)
-        lo[active], hi[active] = lo_a, hi_a
-        idx = np.flatnonzero(active)
-        active[idx[done]] = False
-    coef = -gt / (evals + mu[:, None])
-    v = np.einsum("mdk,mk->md", evecs, coef)
-    zero = gnorm == 0
-    v[zero] = 0.0
-    return v
+        shifted = a[idx] + mu[idx, None, None] * eye
+        chol, info = torch.linalg.cholesky_ex(shifted)
+        if bool((info != 0).any()):  # cannot happen for positive definite A; keep a clear failure
+            raise FloatingPointError("trust-region system is not positive definite; raise [estimate].lam")
+        vi = -torch.cholesky_solve(g[idx, :, None], chol)[..., 0]
+        norm = torch.linalg.vector_norm(vi, dim=1)
+        q = torch.linalg.solve_triangular(chol, vi[..., None], upper=False)[..., 0]
+        qnorm = torch.linalg.vector_norm(q, dim=1)
+        rad = radius[idx]
+        inside = (mu[idx] == 0) & (norm <= rad)  # the Newton step itself fits: constraint inactive
+        converged = inside | ((norm - rad).abs() <= rtol * rad)
+        v[idx] = vi
+        step = (norm / qnorm) ** 2 * (norm - rad) / rad
+        mu[idx] = torch.where(converged, mu[idx], torch.clamp(mu[idx] + step, min=0.0))
+        active[idx[converged]] = False
+    # Land exactly on the sphere (the last Newton step leaves |v| within rtol of it).
+    on_sphere = mu > 0
+    v[on_sphere] *= (radius[on_sphere] / torch.linalg.vector_norm(v[on_sphere], dim=1))[:, None]
+    return v.numpy()
