@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -33,6 +34,8 @@ from gradselect.model.adapters import apply_adapter, save_trained
 from gradselect.model.config import AdapterConfig, ModelConfig
 from gradselect.model.loading import load_model, pick_device
 from gradselect.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 ADAPTER_DIR = "adapter"
 RESULT_FILE = "train_result.json"
@@ -129,7 +132,13 @@ def train(
     set_seed(train_config.seed)  # the new adapter's initialisation is seeded too
     model = apply_adapter(model, adapter_config, init_adapter=init_adapter)
     model.train()
-    train_rows = tokenize_examples(examples, tokenizer, tokenize_config).rows()
+    tokens = tokenize_examples(examples, tokenizer, tokenize_config)
+    if tokens.n_truncated:
+        log.warning(
+            "%d of %d training example(s) had their prompt shortened to max_length=%d (e.g. %s)",
+            tokens.n_truncated, len(tokens), tokenize_config.max_length, ", ".join(tokens.truncated_ids[:3]),
+        )
+    train_rows = tokens.rows()
     dev_rows = None
     if train_config.select_best_on_dev:
         dev_rows = tokenize_examples(taskset.target_dev.examples, tokenizer, tokenize_config).rows()
