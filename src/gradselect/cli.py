@@ -215,18 +215,21 @@ def resolve_config(args: argparse.Namespace, *, need_data: bool = True):
     return validate_config(RunConfig, base, origin)
 
 
-def _base_dir(args) -> Path | None:
-    return args.config.parent if args.config is not None else None
+def _config_and_taskset(args):
+    """The resolved run config and its task set (relative paths from the config's folder)."""
+    from gradselect.data import load_taskset
+
+    config = resolve_config(args)
+    base_dir = args.config.parent if args.config is not None else None
+    return config, load_taskset(config.data, base_dir=base_dir)
 
 
 def cmd_train(args) -> int:
     from gradselect.config import dump_config
-    from gradselect.data import load_taskset
     from gradselect.io import write_text_atomic
     from gradselect.train import train
 
-    config = resolve_config(args)
-    taskset = load_taskset(config.data, base_dir=_base_dir(args))
+    config, taskset = _config_and_taskset(args)
     names = taskset.source_names if args.sources is None else args.sources
     for n in names:
         taskset.source(n)  # unknown names fail before any work
@@ -252,13 +255,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from gradselect.data import load_taskset
     from gradselect.evaluate import exact_match, target_loss
     from gradselect.io import write_json_atomic
     from gradselect.model import load_for_inference, load_model
 
-    config = resolve_config(args)
-    taskset = load_taskset(config.data, base_dir=_base_dir(args))
+    config, taskset = _config_and_taskset(args)
     split = {"train": taskset.target_train, "dev": taskset.target_dev, "test": taskset.target_test}[args.split]
     model, tokenizer = load_model(config.model, device=args.device)
     model = load_for_inference(model, args.adapter, config.adapter)
@@ -275,12 +276,10 @@ def cmd_evaluate(args) -> int:
 
 def cmd_featurize(args) -> int:
     from gradselect.config import dump_config
-    from gradselect.data import load_taskset
     from gradselect.features import featurize
     from gradselect.io import write_text_atomic
 
-    config = resolve_config(args)
-    taskset = load_taskset(config.data, base_dir=_base_dir(args))
+    config, taskset = _config_and_taskset(args)
     store = featurize(
         taskset,
         args.output,
