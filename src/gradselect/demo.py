@@ -10,8 +10,10 @@ Stages, each written into the run folder:
 1. meta-train on every source (+ target train)          -> ``meta_init/``
 2. features at the meta-initialization                   -> ``features/``
 3. random-ensemble selection on the estimates            -> ``selection.json``
-4. final fine-tunes from the base model on the selection, on all sources and
-   on the target only, scored on the target's test split -> ``final/``, ``demo_result.json``
+4. final fine-tunes from the base model on the selection, on all sources, on
+   the target only and on the gradient-similarity baseline, each with the same
+   number of optimizer steps (so more data does not simply mean more training),
+   scored on the target's test split                     -> ``final/``, ``demo_result.json``
 
 A stage whose output already exists is reused, so an interrupted demo resumes.
 """
@@ -26,6 +28,8 @@ from gradselect.config import RunConfig, dump_config
 from gradselect.io import write_json_atomic, write_text_atomic
 
 PLANTED_NOISY = ("chain_sum_noisy", "arith_noisy")
+#: Optimizer steps of every final fine-tune (equal budgets), by model size.
+FINAL_STEPS = {"tiny": 60, "smollm2": 30}
 
 
 def demo_config(*, quick: bool, model: str | None = None) -> RunConfig:
@@ -96,9 +100,9 @@ def run_demo(out_dir: Path, *, quick: bool = False, model: str | None = None, de
     common = dict(model_config=config.model, adapter_config=config.adapter, tokenize_config=config.tokenize,
                   device=device, progress=progress)
 
-    def trained(folder: Path, names, **extra):
+    def trained(folder: Path, names, train_config=config.train):
         if not (folder / "train_result.json").exists():
-            train(taskset, names, folder, train_config=config.train, **common, **extra)
+            train(taskset, names, folder, train_config=train_config, **common)
         return folder / "adapter"
 
     print("1/4 meta-training on all sources", flush=True)
@@ -113,12 +117,14 @@ def run_demo(out_dir: Path, *, quick: bool = False, model: str | None = None, de
     print("\n" + format_selection(selection, estimator.base_loss_))
     print("planted noisy: " + ", ".join(f"{n} (rank {selection.ranking().index(n) + 1} of {len(selection.scores)})"
                                        for n in PLANTED_NOISY))
-    print("\n4/4 final fine-tunes from the base model", flush=True)
+    print("\n4/4 final fine-tunes from the base model (equal step budgets)", flush=True)
     subsets = {"selection": selection.chosen, "all sources": taskset.source_names, "target only": [],
                "grad-sim": grad_sim.chosen}
+    steps = FINAL_STEPS["tiny" if config.model.name_or_path.startswith("tiny-") else "smollm2"]
+    final_train = config.train.model_copy(update={"max_steps": steps})
     rows = {}
     for label, names in subsets.items():
-        adapter = trained(out_dir / "final" / label.replace(" ", "_"), names)
+        adapter = trained(out_dir / "final" / label.replace(" ", "_"), names, final_train)
         base, tok = load_model(config.model, device=device)
         m = load_for_inference(base, adapter, config.adapter)
         loss = target_loss(m, tok, taskset.target_test.examples, config.tokenize).loss
