@@ -96,15 +96,25 @@ def run_method(args) -> dict:
             proj.project({k: v.new_zeros((1, *v.shape)) for k, v in comp.params.items()})  # fill the cache
         result["setup_seconds"] = time.perf_counter() - t_setup
         t_grad = t_proj = 0.0
-        for sl in batches:
+        pending = []
+
+        def project_pending():
+            grads = {k: torch.cat([p[k] for p in pending]) for k in pending[0]}
+            if dense is not None:
+                flat = torch.cat([grads[k].reshape(grads[k].shape[0], -1) for k in comp.param_shapes], 1)
+                flat @ dense
+            else:
+                proj.project(grads)
+            pending.clear()
+
+        for i, sl in enumerate(batches):
             t0 = time.perf_counter()
             out = comp.compute(ids[sl], mask[sl], labels[sl])
             t1 = time.perf_counter()
-            if dense is not None:
-                flat = torch.cat([out.grads[k].reshape(out.values.shape[0], -1) for k in comp.param_shapes], 1)
-                flat @ dense
-            else:
-                proj.project(out.grads)
+            pending.append(out.grads)
+            # Both approaches project gradients in groups of --project-batch examples, as featurize does.
+            if sum(next(iter(p.values())).shape[0] for p in pending) >= args.project_batch or i == len(batches) - 1:
+                project_pending()
             t_grad += t1 - t0
             t_proj += time.perf_counter() - t1
         result.update(grad_seconds=t_grad, proj_seconds=t_proj, seconds=t_grad + t_proj)
@@ -122,6 +132,7 @@ def main():
     p.add_argument("--response-len", type=int, default=32)
     p.add_argument("--proj-dim", type=int, default=512)
     p.add_argument("--rank", type=int, default=8, help="LoRA rank")
+    p.add_argument("--project-batch", type=int, default=32, help="gradients projected together")
     p.add_argument("--cache-mb", type=float, default=4096, help="projection block cache budget")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--methods", default="train,hooks,func,naive")
@@ -143,7 +154,7 @@ def main():
             runs.setdefault(method, []).append(json.loads(out.stdout.strip().splitlines()[-1]))
     rows = {m: sorted(r, key=lambda x: x["seconds"])[len(r) // 2] for m, r in runs.items()}
     print(f"# featurize benchmark: model={args.model} n={args.n_examples} batch={args.batch_size} seq_len={args.seq_len} "
-          f"d={args.proj_dim} lora_r={args.rank} threads={args.threads} repeats={args.repeats} (median) "
+          f"d={args.proj_dim} project_batch={args.project_batch} lora_r={args.rank} threads={args.threads} repeats={args.repeats} (median) "
           f"({platform.processor() or platform.machine()})")
     print(f"{'method':<8}{'ms/example':>12}{'grad ms/ex':>12}{'proj ms/ex':>12}{'setup s':>9}{'peak+ MB':>10}")
     n = args.n_examples

@@ -60,7 +60,7 @@ def demo_config(*, quick: bool, model: str | None = None) -> RunConfig:
                 "proj_dim": 128 if tiny else 256,
                 "params": [r"layers\.1\..*proj"] if tiny else None,
                 "hidden_states": True,
-                "batch_size": 8 if tiny else 1,
+                "batch_size": 8 if tiny else None,
             },
             "tokenize": {"max_length": 128, "chat_template": not tiny},
             "train": {

@@ -28,8 +28,12 @@ class FeatureConfig(StrictConfig):
     """Regular expressions choosing the parameters to differentiate; default: the trainable ones."""
     dtype: Literal["float32", "float16"] = "float32"
     """Storage dtype of projected gradients."""
-    batch_size: int = pydantic.Field(default=8, ge=1)
-    """Examples per batched forward+backward."""
+    batch_size: int | None = pydantic.Field(default=None, ge=1)
+    """Examples per forward+backward; default 1 for models over 50M weights on CPU
+    (there batching only adds memory traffic: measured in benchmarks/README.md), else 8."""
+    project_batch_size: int = pydantic.Field(default=32, ge=1)
+    """Gradients projected together: projecting one example at a time would read the
+    whole projection matrix per example."""
     chunk_size: int = pydantic.Field(default=64, ge=1)
     """Rows written (and resumable) at a time."""
     hidden_states: bool = False

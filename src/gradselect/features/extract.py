@@ -229,24 +229,36 @@ def _fill(store, examples, tokenizer, tokenize_config, computer, projector, conf
     device = next(computer.model.parameters()).device
     pad = tokenizer.pad_token_id
     todo = [c for c in range(len(store.done)) if not store.done[c]]
-    bar = tqdm(total=sum(store.chunk_rows(c).stop - store.chunk_rows(c).start for c in todo), desc="featurize", unit="ex", disable=not progress)
     start = time.perf_counter()
+    n_weights = sum(p.numel() for p in computer.model.parameters())
+    batch_size = config.batch_size or (1 if device.type == "cpu" and n_weights > 50_000_000 else 8)
+    bar = tqdm(total=sum(store.chunk_rows(c).stop - store.chunk_rows(c).start for c in todo), desc="featurize", unit="ex", disable=not progress)
     for chunk in todo:
         rows = store.chunk_rows(chunk)
-        g_parts, b_parts, h_parts = [], [], []
-        for s in range(rows.start, rows.stop, config.batch_size):
-            e = min(rows.stop, s + config.batch_size)
+        g_parts, b_parts, h_parts, pending = [], [], [], []
+
+        def project_pending():
+            if pending:
+                grads = {name: torch.cat([p[name] for p in pending]) for name in pending[0]}
+                g_parts.append(projector.project(grads).cpu().numpy())
+                pending.clear()
+
+        for s in range(rows.start, rows.stop, batch_size):
+            e = min(rows.stop, s + batch_size)
             ids, labels = tokens.input_ids[s:e], tokens.labels[s:e]
             width = max(map(len, ids))
             input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
             label_t = torch.tensor([y + [IGNORE_INDEX] * (width - len(y)) for y in labels], device=device)
             mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
             out = computer.compute(input_ids, mask, label_t)
-            g_parts.append(projector.project(out.grads).cpu().numpy())
+            pending.append(out.grads)
+            if sum(next(iter(p.values())).shape[0] for p in pending) >= config.project_batch_size:
+                project_pending()
             b_parts.append(out.values.detach().double().cpu().numpy())
             if out.hidden is not None:
                 h_parts.append(out.hidden.float().cpu().numpy())
             bar.update(e - s)
+        project_pending()
         store.write_chunk(
             chunk,
             np.concatenate(g_parts).astype(store.g.dtype),
