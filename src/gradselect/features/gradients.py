@@ -279,10 +279,10 @@ class HookGradientComputer(GradientComputer):
                 positions, gold = response_positions(labels)
                 kwargs["logits_to_keep"] = positions
                 out = self.model(**kwargs)
-                values = torch.stack([self.output_fn.mean_over(out.logits[i], gold[i]) for i in range(len(gold))])
+                values = self.output_fn.mean_over(out.logits, gold)  # [n_examples]
             else:
                 out = self.model(**kwargs)
-                values = torch.stack([self.output_fn(out.logits[i], labels[i]) for i in range(len(labels))])
+                values = self.output_fn(out.logits, labels)  # [n_examples]
             names = list(captured)
             outputs = [captured[n][1] for n in names]
             # Each example's value depends only on its own row: one backward of the sum

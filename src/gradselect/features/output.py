@@ -33,42 +33,50 @@ class OutputFunction(abc.ABC):
 
         Parameters
         ----------
-        logits : Tensor of shape (seq_len, vocab)
-        gold : Tensor of shape (seq_len,)
+        logits : Tensor of shape (\*batch, seq_len, vocab)
+        gold : Tensor of shape (\*batch, seq_len)
             Gold next-token ids (any valid id where masked).
 
         Returns
         -------
-        Tensor of shape (seq_len,)
+        Tensor of shape (\*batch, seq_len)
         """
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean of the token values over response positions of one example.
+        """Mean of the token values over the response positions of each sequence.
 
         Parameters
         ----------
-        logits : Tensor of shape (seq_len, vocab)
-            The model's logits for one (possibly right-padded) sequence.
-        labels : Tensor of shape (seq_len,)
+        logits : Tensor of shape (\*batch, seq_len, vocab)
+            The model's logits for (possibly right-padded) sequences.
+        labels : Tensor of shape (\*batch, seq_len)
             Token labels, -100 outside the response (prompt and padding).
+
+        Returns
+        -------
+        Tensor of shape (\*batch,)
         """
-        return self.mean_over(logits[:-1], labels[1:])
+        return self.mean_over(logits[..., :-1, :], labels[..., 1:])
 
     def mean_over(self, logits: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
         """Mean token value where ``gold != -100``, logits already aligned with gold.
 
         Parameters
         ----------
-        logits : Tensor of shape (n_positions, vocab)
-        gold : Tensor of shape (n_positions,)
+        logits : Tensor of shape (\*batch, n_positions, vocab)
+        gold : Tensor of shape (\*batch, n_positions)
             The token each row of logits predicts; -100 to skip a row.
+
+        Returns
+        -------
+        Tensor of shape (\*batch,)
         """
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()  # half-precision logsumexp loses the small log-odds
         valid = gold != IGNORE_INDEX
         values = self.token_values(logits, gold.clamp(min=0))
         # where(), not multiplication: a masked position's value may be inf.
-        return torch.where(valid, values, torch.zeros_like(values)).sum() / valid.sum().clamp(min=1)
+        return torch.where(valid, values, torch.zeros_like(values)).sum(-1) / valid.sum(-1).clamp(min=1)
 
 
 class MeanLogOdds(OutputFunction):
@@ -77,9 +85,9 @@ class MeanLogOdds(OutputFunction):
     name = "log_odds"
 
     def token_values(self, logits, gold):
-        gold_logit = logits.gather(-1, gold[:, None])[:, 0]
+        gold_logit = logits.gather(-1, gold[..., None])[..., 0]
         # Exact and stable for any p: the gold logit is excluded, not subtracted.
-        others = logits.scatter(-1, gold[:, None], float("-inf")).logsumexp(-1)
+        others = logits.scatter(-1, gold[..., None], float("-inf")).logsumexp(-1)
         return gold_logit - others
 
 
@@ -89,7 +97,7 @@ class MeanLogLikelihood(OutputFunction):
     name = "log_likelihood"
 
     def token_values(self, logits, gold):
-        return logits.gather(-1, gold[:, None])[:, 0] - logits.logsumexp(-1)
+        return logits.gather(-1, gold[..., None])[..., 0] - logits.logsumexp(-1)
 
 
 OUTPUT_FUNCTIONS: dict[str, type[OutputFunction]] = {"log_odds": MeanLogOdds, "log_likelihood": MeanLogLikelihood}
