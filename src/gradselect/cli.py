@@ -154,6 +154,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser(
+        "run",
+        help="every stage from one config, each cached: meta-train to report",
+        description="Run meta-training, featurization, estimation + selection, the final fine-tunes (selection and "
+        "[run].compare subsets, from the base model), test evaluation and the report, into [run].run_dir. A stage "
+        "whose inputs did not change is skipped; --force STAGE redoes it.",
+    )
+    p.add_argument("config", type=Path, help="TOML run config")
+    p.add_argument("--run-dir", type=Path, help="override [run].run_dir")
+    p.add_argument("--force", nargs="+", default=[], metavar="STAGE",
+                   help="redo these stages: meta_init, features, select, final, evaluate, report")
+    _add_common(p)
+
+    p = sub.add_parser(
+        "report",
+        help="regenerate report.md and its plots for a run folder",
+        description="Write RUN_DIR/report.md (with scores.png and training.png) from the run's artifacts.",
+    )
+    p.add_argument("run_dir", type=Path, help="a run folder written by gradselect run")
+    _add_common(p)
+
+    p = sub.add_parser(
         "demo",
         help="run the embedded reasoning-gym example (no network)",
         description="Run gradselect on the embedded default: a reasoning-gym target with clean and planted "
@@ -411,6 +432,32 @@ def format_selection(selection, base_loss: float | None = None) -> str:
     return "\n".join(lines)
 
 
+def cmd_run(args) -> int:
+    from gradselect.pipeline import run_pipeline
+
+    config = resolve_config(args)
+    result = run_pipeline(config, base_dir=args.config.parent, run_dir=args.run_dir, force=args.force,
+                          device=args.device, progress=not args.quiet)
+    print(format_selection(result["selection"], result["selection"].params.get("base_loss")))
+    rows = result["metrics"]["rows"]
+    print(f"\n{'fine-tuned on':<14}{'sources':>8}{'test loss':>11}{'exact match':>13}")
+    for label, r in rows.items():
+        em = r.get("test_exact_match")
+        print(f"{label:<14}{len(r['sources']):>8}{r['test_loss']:>11.4f}{'' if em is None else f'{em:13.3f}'}")
+    run_dir = Path(result["run_dir"])
+    print(f"\nstages run: {', '.join(result['ran']) or 'none'}; skipped (inputs unchanged): "
+          f"{', '.join(result['skipped']) or 'none'}")
+    print(f"artifacts in {run_dir}: report.md, selection.json, metrics.json, meta_init/, features/, final/")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from gradselect.report import write_report
+
+    print(f"report: {write_report(args.run_dir)}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from gradselect.demo import run_demo
 
@@ -424,6 +471,8 @@ COMMANDS = {
     "featurize": cmd_featurize,
     "estimate": cmd_estimate,
     "select": cmd_select,
+    "run": cmd_run,
+    "report": cmd_report,
     "demo": cmd_demo,
 }
 

@@ -6,6 +6,7 @@ Sections map one-to-one onto stage configs::
     [tokenize]  TokenizeConfig   [train]     TrainConfig
     [evaluate]  EvalConfig       [features]  FeatureConfig
     [estimate]  EstimateConfig   [select]    SelectConfig
+    [run]       RunSection (gradselect run: run folder, comparisons)
     [data]      DataConfig (target + [[data.sources]])
 
 Every section is optional (``[data]`` is needed by the stages that read data);
@@ -30,6 +31,7 @@ from gradselect.estimate.config import EstimateConfig
 from gradselect.evaluate.config import EvalConfig
 from gradselect.features.config import FeatureConfig
 from gradselect.model.config import AdapterConfig, ModelConfig
+from gradselect.pipeline import RunSection
 from gradselect.select.config import SelectConfig
 from gradselect.train.config import TrainConfig
 
@@ -51,6 +53,7 @@ class RunConfig(StrictConfig):
     features: FeatureConfig = pydantic.Field(default_factory=FeatureConfig)
     estimate: EstimateConfig = pydantic.Field(default_factory=EstimateConfig)
     select: SelectConfig = pydantic.Field(default_factory=SelectConfig)
+    run: "RunSection" = pydantic.Field(default_factory=lambda: RunSection())
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -1,0 +1,237 @@
+"""``gradselect run``: every stage of a run, each cached by the hash of its inputs.
+
+Stages, in order, each writing into the run folder::
+
+    meta_init/      fine-tune the base model on all sources (+ target train)
+    features/       output values and projected gradients at the meta-initialization
+    selection.json  estimate subsets and choose sources
+    final/<name>/   fine-tune the base model on the selection (and on each comparison subset)
+    metrics.json    target test metrics of every final model
+    report.md       a readable report with plots
+
+A stage's key is a hash of its slice of the config and of its upstream keys
+(the final fine-tunes hash the *chosen sources*, so a selection change that
+picks the same sources retrains nothing). ``stages/<name>.json`` records the
+key of the last completed run of a stage; a stage whose key is unchanged is
+skipped, ``force`` redoes named stages. A stage interrupted midway resumes if
+its key is unchanged and starts clean otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Literal, Sequence
+
+import pydantic
+
+from gradselect.configbase import StrictConfig
+from gradselect.errors import GradselectError
+from gradselect.io import write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+STAGES = ("meta_init", "features", "select", "final", "evaluate", "report")
+Comparison = Literal["all", "target-only", "grad-sim", "random"]
+
+
+class RunSection(StrictConfig):
+    """The ``[run]`` section: where a run lives and what the final model is compared with."""
+
+    run_dir: str = "runs/gradselect"
+    """Run folder (relative paths are taken from the current directory)."""
+    compare: list[Comparison] = pydantic.Field(default_factory=lambda: ["all", "target-only"])
+    """Also fine-tune and evaluate these subsets next to the selection."""
+    final_steps: int | None = pydantic.Field(default=None, ge=1)
+    """Optimizer steps of every final fine-tune (equal budgets); default: [train]'s epochs."""
+
+
+def _key(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _dump(model) -> dict | None:
+    return None if model is None else model.model_dump(mode="json")
+
+
+class Stage:
+    """Bookkeeping for one stage: its key, its record, and whether it must run."""
+
+    def __init__(self, run_dir: Path, name: str, key: str, outputs: Sequence[Path]):
+        self.run_dir, self.name, self.key, self.outputs = run_dir, name, key, list(outputs)
+        self.record = run_dir / "stages" / f"{name}.json"
+        self.running = run_dir / "stages" / f"{name}.running.json"
+
+    def is_current(self) -> bool:
+        if not self.record.exists():
+            return False
+        try:
+            done = json.loads(self.record.read_text())
+        except (OSError, json.JSONDecodeError):
+            return False
+        return done.get("key") == self.key and all(p.exists() for p in self.outputs)
+
+    def begin(self) -> None:
+        """Mark the stage as running; clear outputs left by a run with other inputs."""
+        previous = None
+        if self.running.exists():
+            try:
+                previous = json.loads(self.running.read_text()).get("key")
+            except (OSError, json.JSONDecodeError):
+                previous = None
+        if previous != self.key:
+            for p in self.outputs:
+                for q in (p, p.with_name(p.name + ".part")):
+                    if q.is_dir():
+                        shutil.rmtree(q)
+                    elif q.exists():
+                        q.unlink()
+        if self.record.exists():
+            self.record.unlink()
+        write_json_atomic(self.running, {"key": self.key})
+
+    def finish(self, seconds: float) -> None:
+        write_json_atomic(self.record, {"key": self.key, "seconds": seconds})
+        self.running.unlink(missing_ok=True)
+
+
+def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None = None, force: Sequence[str] = (),
+                 device: str = "auto", progress: bool = True) -> dict:
+    """Run every stage of ``config`` (a RunConfig with ``[data]``), skipping current ones.
+
+    Returns
+    -------
+    dict
+        ``{"ran": [...], "skipped": [...], "run_dir": str, "metrics": {...}}``
+    """
+    from gradselect.config import dump_config
+    from gradselect.data import load_taskset
+    from gradselect.estimate import SubsetEstimator
+    from gradselect.features import FeatureStore, featurize
+    from gradselect.select import Selection, pseudo_sources
+    from gradselect.train import train
+
+    if config.data is None:
+        raise GradselectError("gradselect run needs a [data] section with a target")
+    if config.select.pseudo_sources:
+        raise GradselectError(
+            "[select] pseudo_sources: clusters are groups of rows, not named sources, and gradselect run cannot "
+            "fine-tune on them yet; use gradselect featurize + gradselect select --pseudo-sources K"
+        )
+    unknown = [s for s in force if s not in STAGES]
+    if unknown:
+        raise GradselectError(f"unknown stage(s) {unknown} for --force; stages are {list(STAGES)}")
+    run_dir = Path(run_dir or config.run.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.toml", dump_config(config))
+    taskset = load_taskset(config.data, base_dir=base_dir)
+    fingerprint = taskset.fingerprint()
+    ran, skipped = [], []
+    common = dict(model_config=config.model, adapter_config=config.adapter, tokenize_config=config.tokenize,
+                  device=device, progress=progress)
+
+    def stage(name, key, outputs, work):
+        st = Stage(run_dir, name, key, outputs)
+        if st.is_current() and name not in force:
+            skipped.append(name)
+            log.info("stage %s: current, skipped", name)
+            return
+        log.info("stage %s: running", name)
+        start = time.perf_counter()
+        st.begin()
+        work()
+        st.finish(time.perf_counter() - start)
+        ran.append(name)
+
+    train_slice = (fingerprint, _dump(config.model), _dump(config.adapter), _dump(config.tokenize))
+
+    # 1. meta-initialization
+    meta_dir = run_dir / "meta_init"
+    meta_key = _key("meta_init", *train_slice, _dump(config.train))
+    stage("meta_init", meta_key, [meta_dir / "adapter"],
+          lambda: train(taskset, taskset.source_names, meta_dir, train_config=config.train, overwrite=True, **common))
+
+    # 2. features
+    feat_dir = run_dir / "features"
+    feat_key = _key("features", meta_key, _dump(config.features))
+    stage("features", feat_key, [feat_dir],
+          lambda: featurize(taskset, feat_dir, feature_config=config.features, adapter_path=meta_dir / "adapter",
+                            force=True, **common))
+
+    # 3. estimate + select
+    sel_path = run_dir / "selection.json"
+    sel_key = _key("select", feat_key, _dump(config.estimate), _dump(config.select))
+
+    def do_select():
+        from gradselect.estimate import FeatureArrays
+
+        arrays = FeatureArrays.from_store(FeatureStore.open(feat_dir))
+        if config.select.pseudo_sources:
+            arrays = pseudo_sources(arrays, config.select.pseudo_sources, seed=config.select.seed)
+        estimator = SubsetEstimator(config.estimate).fit(arrays)
+        selection = config.select.make_selector().select(estimator)
+        selection.params["base_loss"] = estimator.base_loss_
+        selection.params["estimator"] = _dump(estimator.config_)
+        comparisons = {}
+        for name in config.run.compare:
+            comp = {"all": "all", "target-only": "target-only", "grad-sim": "grad-sim", "random": "random"}[name]
+            from gradselect.select import SELECTORS
+
+            comparisons[name] = SELECTORS[comp]().select(estimator).chosen
+        selection.params["comparisons"] = comparisons
+        selection.save(sel_path)
+
+    stage("select", sel_key, [sel_path], do_select)
+    selection = Selection.load(sel_path)
+
+    # 4. final fine-tunes (content-addressed by the chosen sources)
+    final_train = config.train
+    if config.run.final_steps is not None:
+        final_train = config.train.model_copy(update={"max_steps": config.run.final_steps})
+    subsets = {"selection": selection.chosen, **selection.params.get("comparisons", {})}
+    final_keys = {}
+    for label, names in subsets.items():
+        folder = run_dir / "final" / label
+        key = _key("final", *train_slice, _dump(final_train), sorted(names))
+        final_keys[label] = key
+        stage(f"final-{label}" if label != "selection" else "final", key, [folder / "adapter"],
+              lambda folder=folder, names=names: train(taskset, names, folder, train_config=final_train,
+                                                       overwrite=True, **common))
+
+    # 5. evaluate on the target's test split
+    metrics_path = run_dir / "metrics.json"
+    eval_key = _key("evaluate", final_keys, _dump(config.evaluate))
+
+    def do_evaluate():
+        from gradselect.evaluate import exact_match, target_loss
+        from gradselect.model import load_for_inference, load_model
+
+        rows = {}
+        for label, names in subsets.items():
+            base, tok = load_model(config.model, device=device)
+            model = load_for_inference(base, run_dir / "final" / label / "adapter", config.adapter)
+            row = {"sources": list(names),
+                   "test_loss": target_loss(model, tok, taskset.target_test.examples, config.tokenize,
+                                            batch_size=config.evaluate.batch_size).loss}
+            if config.evaluate.exact_match:
+                row["test_exact_match"] = exact_match(model, tok, taskset.target_test, config.tokenize,
+                                                      config.evaluate).accuracy
+            rows[label] = row
+        write_json_atomic(metrics_path, {"split": "test", "n_examples": len(taskset.target_test), "rows": rows})
+
+    stage("evaluate", eval_key, [metrics_path], do_evaluate)
+
+    # 6. report (cheap: regenerated whenever anything upstream ran)
+    from gradselect.report import write_report
+
+    report_key = _key("report", sel_key, eval_key, meta_key)
+    stage("report", report_key, [run_dir / "report.md"], lambda: write_report(run_dir))
+    metrics = json.loads(metrics_path.read_text())
+    return {"ran": ran, "skipped": skipped, "run_dir": str(run_dir), "metrics": metrics, "selection": selection}

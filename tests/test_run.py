@@ -1,0 +1,115 @@
+"""gradselect run end to end on a tiny model: stages cached, re-run only downstream of a change."""
+
+import json
+
+import pytest
+
+from gradselect.cli import main
+
+CONFIG = """
+[data.target]
+name = "sums"
+reasoning_gym = "chain_sum"
+size = 40
+seed = 1
+
+[[data.sources]]
+name = "more_sums"
+reasoning_gym = "chain_sum"
+size = 16
+seed = 2
+
+[[data.sources]]
+name = "legs"
+reasoning_gym = "leg_counting"
+size = 16
+seed = 3
+
+[[data.sources]]
+name = "noisy_sums"
+reasoning_gym = "chain_sum"
+size = 16
+seed = 4
+label_noise = 1.0
+
+[model]
+name_or_path = "tiny-llama"
+
+[adapter]
+method = "full"
+
+[train]
+max_steps = 4
+batch_size = 8
+logging_steps = 1
+
+[features]
+proj_dim = 32
+params = ['layers\\.1\\..*proj']
+
+[select]
+rule = "top_k"
+k = {k}
+n_subsets = 20
+n_bootstrap = 50
+
+[evaluate]
+max_new_tokens = 4
+
+[run]
+run_dir = "{run_dir}"
+compare = ["all"]
+final_steps = 3
+"""
+
+
+def stage_records(run_dir):
+    return {p.stem: json.loads(p.read_text())["key"] for p in (run_dir / "stages").glob("*.json")
+            if not p.name.endswith(".running.json")}
+
+
+def test_run_caches_stages_and_reruns_downstream_only(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(CONFIG.format(k=1, run_dir=run_dir))
+    assert main(["run", str(cfg), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "stages run: meta_init, features, select, final, final-all, evaluate, report" in out
+    for artifact in ("report.md", "scores.png", "training.png", "selection.json", "metrics.json", "config.toml"):
+        assert (run_dir / artifact).exists(), artifact
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["rows"]) == {"selection", "all"} and len(metrics["rows"]["selection"]["sources"]) == 1
+    report = (run_dir / "report.md").read_text()
+    assert "## Source ranking" in report and "## Final models on the target's test split" in report
+    first = stage_records(run_dir)
+
+    assert main(["run", str(cfg), "-q"]) == 0
+    assert "stages run: none; skipped (inputs unchanged): meta_init, features, select, final, final-all, evaluate, " \
+           "report" in capsys.readouterr().out
+    assert stage_records(run_dir) == first
+
+    cfg.write_text(CONFIG.format(k=2, run_dir=run_dir))
+    assert main(["run", str(cfg), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "stages run: select, final, evaluate, report; skipped (inputs unchanged): meta_init, features, final-all" \
+           in out
+    again = stage_records(run_dir)
+    assert again["meta_init"] == first["meta_init"] and again["features"] == first["features"]
+    assert again["select"] != first["select"]
+    assert len(json.loads((run_dir / "selection.json").read_text())["chosen"]) == 2
+
+    assert main(["run", str(cfg), "-q", "--force", "features"]) == 0
+    assert "stages run: features; skipped" in capsys.readouterr().out
+    assert main(["run", str(cfg), "-q", "--force", "nope"]) == 2
+    assert "unknown stage(s) ['nope']" in capsys.readouterr().err
+
+    current = (run_dir / "report.md").read_text()
+    assert "2 of 3 sources chosen" in current
+    (run_dir / "report.md").unlink()
+    assert main(["report", str(run_dir)]) == 0
+    assert (run_dir / "report.md").read_text() == current
+
+
+def test_report_needs_a_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no selection.json" in capsys.readouterr().err
