@@ -113,3 +113,23 @@ def test_run_caches_stages_and_reruns_downstream_only(tmp_path, capsys):
 def test_report_needs_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no selection.json" in capsys.readouterr().err
+
+
+def test_interrupted_stage_resumes_with_same_inputs_and_starts_clean_otherwise(tmp_path):
+    from gradselect.pipeline import Stage
+
+    work = tmp_path / "meta_init"
+    (work / "checkpoints").mkdir(parents=True)
+    stage = Stage(tmp_path, "meta_init", "key-a", [work / "adapter"], workdir=work)
+    stage.begin()  # no earlier run: a fresh start clears leftovers
+    assert not work.exists()
+    (work / "checkpoints").mkdir(parents=True)
+    Stage(tmp_path, "meta_init", "key-a", [work / "adapter"], workdir=work).begin()  # same inputs: resume
+    assert (work / "checkpoints").exists()
+    Stage(tmp_path, "meta_init", "key-b", [work / "adapter"], workdir=work).begin()  # other inputs: clean
+    assert not work.exists()
+    (work / "adapter").mkdir(parents=True)
+    done = Stage(tmp_path, "meta_init", "key-b", [work / "adapter"], workdir=work)
+    done.finish(1.0)
+    assert done.is_current() and not done.running.exists()
+    assert not Stage(tmp_path, "meta_init", "key-c", [work / "adapter"]).is_current()

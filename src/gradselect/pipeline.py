@@ -64,8 +64,10 @@ def _dump(model) -> dict | None:
 class Stage:
     """Bookkeeping for one stage: its key, its record, and whether it must run."""
 
-    def __init__(self, run_dir: Path, name: str, key: str, outputs: Sequence[Path]):
+    def __init__(self, run_dir: Path, name: str, key: str, outputs: Sequence[Path], workdir: Path | None = None):
         self.run_dir, self.name, self.key, self.outputs = run_dir, name, key, list(outputs)
+        # What a run with other inputs may have left (e.g. training checkpoints): cleared on begin().
+        self.workdir = [workdir] if workdir is not None else self.outputs
         self.record = run_dir / "stages" / f"{name}.json"
         self.running = run_dir / "stages" / f"{name}.running.json"
 
@@ -87,7 +89,7 @@ class Stage:
             except (OSError, json.JSONDecodeError):
                 previous = None
         if previous != self.key:
-            for p in self.outputs:
+            for p in self.workdir:
                 for q in (p, p.with_name(p.name + ".part")):
                     if q.is_dir():
                         shutil.rmtree(q)
@@ -137,8 +139,8 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     common = dict(model_config=config.model, adapter_config=config.adapter, tokenize_config=config.tokenize,
                   device=device, progress=progress)
 
-    def stage(name, key, outputs, work):
-        st = Stage(run_dir, name, key, outputs)
+    def stage(name, key, outputs, work, workdir=None):
+        st = Stage(run_dir, name, key, outputs, workdir)
         if st.is_current() and name not in force:
             skipped.append(name)
             log.info("stage %s: current, skipped", name)
@@ -156,7 +158,8 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     meta_dir = run_dir / "meta_init"
     meta_key = _key("meta_init", *train_slice, _dump(config.train))
     stage("meta_init", meta_key, [meta_dir / "adapter"],
-          lambda: train(taskset, taskset.source_names, meta_dir, train_config=config.train, overwrite=True, **common))
+          lambda: train(taskset, taskset.source_names, meta_dir, train_config=config.train, overwrite=True, **common),
+          workdir=meta_dir)
 
     # 2. features
     feat_dir = run_dir / "features"
@@ -203,7 +206,8 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
         final_keys[label] = key
         stage(f"final-{label}" if label != "selection" else "final", key, [folder / "adapter"],
               lambda folder=folder, names=names: train(taskset, names, folder, train_config=final_train,
-                                                       overwrite=True, **common))
+                                                       overwrite=True, **common),
+              workdir=folder)
 
     # 5. evaluate on the target's test split
     metrics_path = run_dir / "metrics.json"
