@@ -5,17 +5,12 @@ unrelated ones, and two whose responses are all swapped between examples
 (label noise 1.0), so we know in advance which sources are suspect.
 Everything is generated locally; nothing is downloaded.
 
-Stages, each written into the run folder:
-
-1. meta-train on every source (+ target train)          -> ``meta_init/``
-2. features at the meta-initialization                   -> ``features/``
-3. random-ensemble selection on the estimates            -> ``selection.json``
-4. final fine-tunes from the base model on the selection, on all sources, on
-   the target only and on the gradient-similarity baseline, each with the same
-   number of optimizer steps (so more data does not simply mean more training),
-   scored on the target's test split                     -> ``final/``, ``demo_result.json``
-
-A stage whose output already exists is reused, so an interrupted demo resumes.
+The demo is ``gradselect run`` (:mod:`gradselect.pipeline`) on this embedded
+config: meta-train, featurize, random-ensemble selection, then final fine-tunes
+from the base model on the selection, on all sources, on the target only and on
+the gradient-similarity baseline, each with the same number of optimizer steps
+(so more data does not simply mean more training), scored on the target's test
+split. Stages are cached in the run folder, so an interrupted demo resumes.
 """
 
 from __future__ import annotations
@@ -24,8 +19,7 @@ import importlib.util
 import time
 from pathlib import Path
 
-from gradselect.config import RunConfig, dump_config
-from gradselect.io import write_json_atomic, write_text_atomic
+from gradselect.config import RunConfig
 
 PLANTED_NOISY = ("chain_sum_noisy", "arith_noisy")
 #: Optimizer steps of every final fine-tune (equal budgets), by model size.
@@ -77,64 +71,34 @@ def demo_config(*, quick: bool, model: str | None = None) -> RunConfig:
 
 def run_demo(out_dir: Path, *, quick: bool = False, model: str | None = None, device: str = "auto",
              progress: bool = True) -> dict:
-    """Run the demo into ``out_dir``, print its tables, and return the results."""
+    """Run the demo (``gradselect run`` on the embedded config) into ``out_dir``; print its tables."""
     from gradselect.cli import format_selection
     from gradselect.data import load_taskset
-    from gradselect.estimate import SubsetEstimator
-    from gradselect.evaluate import exact_match, target_loss
-    from gradselect.features import featurize
-    from gradselect.model import load_for_inference, load_model
-    from gradselect.select import GradientSimilarity
-    from gradselect.train import train
+    from gradselect.pipeline import run_pipeline
 
     config = demo_config(quick=quick, model=model)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / "config.toml", dump_config(config))
+    steps = FINAL_STEPS["tiny" if config.model.name_or_path.startswith("tiny-") else "smollm2"]
+    config = config.model_copy(update={"run": config.run.model_copy(update={
+        "run_dir": str(out_dir), "compare": ["all", "target-only", "grad-sim"], "final_steps": steps})})
     start = time.perf_counter()
     taskset = load_taskset(config.data)
     print(f"model {config.model.name_or_path}; target {taskset.target_train.name.split('/')[0]} "
           f"({len(taskset.target_train)} train / {len(taskset.target_dev)} dev / {len(taskset.target_test)} test); "
           f"sources: {', '.join(f'{s.name} ({len(s)})' for s in taskset.sources)}; "
           f"planted noisy: {', '.join(PLANTED_NOISY)}", flush=True)
-    common = dict(model_config=config.model, adapter_config=config.adapter, tokenize_config=config.tokenize,
-                  device=device, progress=progress)
-
-    def trained(folder: Path, names, train_config=config.train):
-        if not (folder / "train_result.json").exists():
-            train(taskset, names, folder, train_config=train_config, **common)
-        return folder / "adapter"
-
-    print("1/4 meta-training on all sources", flush=True)
-    meta = trained(out_dir / "meta_init", taskset.source_names)
-    print("2/4 features at the meta-initialization", flush=True)
-    store = featurize(taskset, out_dir / "features", feature_config=config.features, adapter_path=meta, **common)
-    print("3/4 estimating subsets and selecting", flush=True)
-    estimator = SubsetEstimator(config.estimate).fit(store)
-    selection = config.select.make_selector().select(estimator)
-    selection.save(out_dir / "selection.json")
-    grad_sim = GradientSimilarity().select(estimator)
-    print("\n" + format_selection(selection, estimator.base_loss_))
-    print("planted noisy: " + ", ".join(f"{n} (rank {selection.ranking().index(n) + 1} of {len(selection.scores)})"
-                                       for n in PLANTED_NOISY))
-    print("\n4/4 final fine-tunes from the base model (equal step budgets)", flush=True)
-    subsets = {"selection": selection.chosen, "all sources": taskset.source_names, "target only": [],
-               "grad-sim": grad_sim.chosen}
-    steps = FINAL_STEPS["tiny" if config.model.name_or_path.startswith("tiny-") else "smollm2"]
-    final_train = config.train.model_copy(update={"max_steps": steps})
-    rows = {}
-    for label, names in subsets.items():
-        adapter = trained(out_dir / "final" / label.replace(" ", "_"), names, final_train)
-        base, tok = load_model(config.model, device=device)
-        m = load_for_inference(base, adapter, config.adapter)
-        loss = target_loss(m, tok, taskset.target_test.examples, config.tokenize).loss
-        em = exact_match(m, tok, taskset.target_test, config.tokenize, config.evaluate).accuracy
-        rows[label] = {"sources": list(names), "test_loss": loss, "test_exact_match": em}
-    wall = time.perf_counter() - start
-    write_json_atomic(out_dir / "demo_result.json", {"rows": rows, "selection": selection.to_json(),
-                                                      "wall_seconds": wall})
+    print("meta-training on all sources, featurizing, selecting, then fine-tuning the base model on the "
+          f"selection and on each comparison ({steps} steps each)", flush=True)
+    result = run_pipeline(config, device=device, progress=progress)
+    selection = result["selection"]
+    print("\n" + format_selection(selection, selection.params.get("base_loss")))
+    ranking = selection.ranking()
+    print("planted noisy: " + ", ".join(f"{n} (rank {ranking.index(n) + 1} of {len(ranking)})" for n in PLANTED_NOISY))
+    rows = result["metrics"]["rows"]
+    labels = {"selection": "selection", "all": "all sources", "target-only": "target only", "grad-sim": "grad-sim"}
     print(f"\n{'fine-tuned on':<14}{'sources':>8}{'test loss':>11}{'exact match':>13}")
-    for label, r in rows.items():
+    for key, label in labels.items():
+        r = rows[key]
         print(f"{label:<14}{len(r['sources']):>8}{r['test_loss']:>11.4f}{r['test_exact_match']:>13.3f}")
-    print(f"\ndone in {wall:.0f} s; run folder {out_dir} (selection.json, demo_result.json)")
+    wall = time.perf_counter() - start
+    print(f"\ndone in {wall:.0f} s; run folder {out_dir} (report.md, selection.json, metrics.json)")
     return rows
