@@ -322,17 +322,6 @@ def cmd_featurize(args) -> int:
     return 0
 
 
-def _fitted_estimator(config, features: Path):
-    from gradselect.estimate import FeatureArrays, SubsetEstimator
-    from gradselect.features import FeatureStore
-    from gradselect.select import pseudo_sources
-
-    arrays = FeatureArrays.from_store(FeatureStore.open(features))
-    if config.select.pseudo_sources:
-        arrays = pseudo_sources(arrays, config.select.pseudo_sources, seed=config.select.seed)
-    return SubsetEstimator(config.estimate).fit(arrays)
-
-
 def _read_subsets(path: Path, names: list[str]) -> list[list[str]]:
     if not path.exists():
         raise GradselectError(f"{path}: subsets file not found")
@@ -360,13 +349,14 @@ def _read_subsets(path: Path, names: list[str]) -> list[list[str]]:
 def cmd_estimate(args) -> int:
     import pyarrow as pa
 
+    from gradselect.pipeline import fitted_estimator
     from gradselect.io import write_bytes_atomic
     from gradselect.select import EnsembleSelector
 
     if args.output.suffix not in (".parquet", ".csv"):
         raise GradselectError(f"{args.output}: output must end in .parquet or .csv")
     config = resolve_config(args, need_data=False)
-    est = _fitted_estimator(config, args.features)
+    est = fitted_estimator(config, args.features)
     names = est.source_names_
     if args.subsets is not None:
         subsets = _read_subsets(args.subsets, names)
@@ -401,8 +391,10 @@ def cmd_estimate(args) -> int:
 
 
 def cmd_select(args) -> int:
+    from gradselect.pipeline import fitted_estimator
+
     config = resolve_config(args, need_data=False)
-    est = _fitted_estimator(config, args.features)
+    est = fitted_estimator(config, args.features)
     selection = config.select.make_selector().select(est)
     selection.params["estimator"] = est.config_.model_dump(mode="json")
     out = args.output or args.features.parent / "selection.json"
@@ -439,11 +431,7 @@ def cmd_run(args) -> int:
     result = run_pipeline(config, base_dir=args.config.parent, run_dir=args.run_dir, force=args.force,
                           device=args.device, progress=not args.quiet)
     print(format_selection(result["selection"], result["selection"].params.get("base_loss")))
-    rows = result["metrics"]["rows"]
-    print(f"\n{'fine-tuned on':<14}{'sources':>8}{'test loss':>11}{'exact match':>13}")
-    for label, r in rows.items():
-        em = r.get("test_exact_match")
-        print(f"{label:<14}{len(r['sources']):>8}{r['test_loss']:>11.4f}{'' if em is None else f'{em:13.3f}'}")
+    print("\n" + format_metrics(result["metrics"]["rows"]))
     run_dir = Path(result["run_dir"])
     print(f"\nstages run: {', '.join(result['ran']) or 'none'}; skipped (inputs unchanged): "
           f"{', '.join(result['skipped']) or 'none'}")
@@ -456,6 +444,19 @@ def cmd_report(args) -> int:
 
     print(f"report: {write_report(args.run_dir)}")
     return 0
+
+
+def format_metrics(rows: dict, labels: dict | None = None) -> str:
+    """A plain-text table of final-model test metrics, selection first."""
+    labels = labels or {}
+    order = sorted(rows, key=lambda k: (k != "selection", list(labels).index(k) if k in labels else len(labels)))
+    lines = [f"{'fine-tuned on':<14}{'sources':>8}{'test loss':>11}{'exact match':>13}"]
+    for key in order:
+        r = rows[key]
+        em = r.get("test_exact_match")
+        lines.append(f"{labels.get(key, key):<14}{len(r['sources']):>8}{r['test_loss']:>11.4f}"
+                     f"{'' if em is None else f'{em:13.3f}'}")
+    return "\n".join(lines)
 
 
 def cmd_demo(args) -> int:

@@ -72,7 +72,7 @@ def demo_config(*, quick: bool, model: str | None = None) -> RunConfig:
 def run_demo(out_dir: Path, *, quick: bool = False, model: str | None = None, device: str = "auto",
              progress: bool = True) -> dict:
     """Run the demo (``gradselect run`` on the embedded config) into ``out_dir``; print its tables."""
-    from gradselect.cli import format_selection
+    from gradselect.cli import format_metrics, format_selection
     from gradselect.data import load_taskset
     from gradselect.pipeline import run_pipeline
 
@@ -95,10 +95,7 @@ def run_demo(out_dir: Path, *, quick: bool = False, model: str | None = None, de
     print("planted noisy: " + ", ".join(f"{n} (rank {ranking.index(n) + 1} of {len(ranking)})" for n in PLANTED_NOISY))
     rows = result["metrics"]["rows"]
     labels = {"selection": "selection", "all": "all sources", "target-only": "target only", "grad-sim": "grad-sim"}
-    print(f"\n{'fine-tuned on':<14}{'sources':>8}{'test loss':>11}{'exact match':>13}")
-    for key, label in labels.items():
-        r = rows[key]
-        print(f"{label:<14}{len(r['sources']):>8}{r['test_loss']:>11.4f}{r['test_exact_match']:>13.3f}")
+    print("\n" + format_metrics(rows, labels))
     wall = time.perf_counter() - start
     print(f"\ndone in {wall:.0f} s; run folder {out_dir} (report.md, selection.json, metrics.json)")
     return rows

@@ -104,6 +104,18 @@ class Stage:
         self.running.unlink(missing_ok=True)
 
 
+def fitted_estimator(config, features_dir: Path):
+    """A SubsetEstimator fitted on a feature store, with ``[select] pseudo_sources`` applied."""
+    from gradselect.estimate import FeatureArrays, SubsetEstimator
+    from gradselect.features import FeatureStore
+    from gradselect.select import pseudo_sources
+
+    arrays = FeatureArrays.from_store(FeatureStore.open(features_dir))
+    if config.select.pseudo_sources:
+        arrays = pseudo_sources(arrays, config.select.pseudo_sources, seed=config.select.seed)
+    return SubsetEstimator(config.estimate).fit(arrays)
+
+
 def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None = None, force: Sequence[str] = (),
                  device: str = "auto", progress: bool = True) -> dict:
     """Run every stage of ``config`` (a RunConfig with ``[data]``), skipping current ones.
@@ -115,9 +127,8 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     """
     from gradselect.config import dump_config
     from gradselect.data import load_taskset
-    from gradselect.estimate import SubsetEstimator
-    from gradselect.features import FeatureStore, featurize
-    from gradselect.select import Selection, pseudo_sources
+    from gradselect.features import featurize
+    from gradselect.select import Selection
     from gradselect.train import train
 
     if config.data is None:
@@ -173,22 +184,14 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     sel_key = _key("select", feat_key, _dump(config.estimate), _dump(config.select))
 
     def do_select():
-        from gradselect.estimate import FeatureArrays
+        from gradselect.select import SELECTORS
 
-        arrays = FeatureArrays.from_store(FeatureStore.open(feat_dir))
-        if config.select.pseudo_sources:
-            arrays = pseudo_sources(arrays, config.select.pseudo_sources, seed=config.select.seed)
-        estimator = SubsetEstimator(config.estimate).fit(arrays)
+        estimator = fitted_estimator(config, feat_dir)
         selection = config.select.make_selector().select(estimator)
         selection.params["base_loss"] = estimator.base_loss_
         selection.params["estimator"] = _dump(estimator.config_)
-        comparisons = {}
-        for name in config.run.compare:
-            comp = {"all": "all", "target-only": "target-only", "grad-sim": "grad-sim", "random": "random"}[name]
-            from gradselect.select import SELECTORS
-
-            comparisons[name] = SELECTORS[comp]().select(estimator).chosen
-        selection.params["comparisons"] = comparisons
+        selection.params["comparisons"] = {name: SELECTORS[name]().select(estimator).chosen
+                                           for name in config.run.compare}
         selection.save(sel_path)
 
     stage("select", sel_key, [sel_path], do_select)
