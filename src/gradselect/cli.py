@@ -154,6 +154,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser(
+        "validate",
+        help="trust check: estimates against real fine-tunes from the meta-initialization; calibration",
+        description="Fine-tune from the meta-initialization on k subsets (all sources, target only, then random), "
+        "measure the true target dev loss, and compare with the estimates: relative error beside the zero-order "
+        "baseline, R^2 of the change, Spearman and Kendall with bootstrap intervals, a noise floor from repeated "
+        "seeds, and a leave-one-out calibration of the radius (or lam) saved beside the features for later estimates.",
+    )
+    _add_run_inputs(p)
+    p.add_argument("--adapter", type=Path, required=True, help="the meta-initialization adapter the features came from")
+    p.add_argument("--features", type=Path, required=True, help="feature store folder")
+    p.add_argument("-o", "--output", type=Path, required=True, help="validation folder (runs cached inside)")
+    p.add_argument("--k", type=int, default=8, help="subsets to fine-tune (default 8)")
+    p.add_argument("--repeats", type=int, default=2, help="subsets fine-tuned again with another seed (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="subset sampling seed")
+    _add_common(p)
+
+    p = sub.add_parser(
         "run",
         help="every stage from one config, each cached: meta-train to report",
         description="Run meta-training, featurization, estimation + selection, the final fine-tunes (selection and "
@@ -424,6 +441,33 @@ def format_selection(selection, base_loss: float | None = None) -> str:
     return "\n".join(lines)
 
 
+def cmd_validate(args) -> int:
+    from gradselect.evaluate.trust import validate
+    from gradselect.features import FeatureStore
+
+    config, taskset = _config_and_taskset(args)
+    store = FeatureStore.open(args.features)
+    if store.manifest["dataset_fingerprint"] != taskset.fingerprint():
+        raise GradselectError(f"{args.features}: features were computed from other data than this config's")
+    report = validate(config, taskset, store, args.adapter, args.output, k=args.k, repeats=args.repeats,
+                      seed=args.seed, device=args.device, progress=not args.quiet)
+    m = report["metrics"]
+    print(f"{m['n_subsets']} subsets fine-tuned from the meta-initialization (true dev loss at theta*: "
+          f"{report['base_loss']:.5f})")
+    print(f"  mean relative error {m['mean_relative_error']:.2%} (max {m['max_relative_error']:.2%}); "
+          f"zero-order baseline {m['zero_order_mean_relative_error']:.2%}")
+    print(f"  R^2 of the change {m['r2_of_change']:.3f}; Spearman {m['spearman']:.3f} {m['spearman_ci95']}; "
+          f"Kendall {m['kendall']:.3f} {m['kendall_ci95']}")
+    if "noise_floor_mean_relative_difference" in report:
+        print(f"  noise floor (same subset, other seed): {report['noise_floor_mean_relative_difference']:.2%}")
+    c = report["calibration"]
+    if c.get("parameter"):
+        print(f"  calibrated {c['parameter']} = {c['value']:.4g}: mean relative error {c['mean_relative_error']:.2%}, "
+              f"leave-one-out {c['loo_mean_relative_error']:.2%}")
+    print(f"results: {args.output / 'validation.json'}, {args.output / 'validation.png'}")
+    return 0
+
+
 def cmd_run(args) -> int:
     from gradselect.pipeline import run_pipeline
 
@@ -472,6 +516,7 @@ COMMANDS = {
     "featurize": cmd_featurize,
     "estimate": cmd_estimate,
     "select": cmd_select,
+    "validate": cmd_validate,
     "run": cmd_run,
     "report": cmd_report,
     "demo": cmd_demo,

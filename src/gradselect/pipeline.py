@@ -113,7 +113,22 @@ def fitted_estimator(config, features_dir: Path):
     arrays = FeatureArrays.from_store(FeatureStore.open(features_dir))
     if config.select.pseudo_sources:
         arrays = pseudo_sources(arrays, config.select.pseudo_sources, seed=config.select.seed)
-    return SubsetEstimator(config.estimate).fit(arrays)
+    return SubsetEstimator(calibrated(config.estimate, Path(features_dir).parent / "calibration.json")).fit(arrays)
+
+
+def calibrated(estimate_config, calibration_file: Path):
+    """``estimate_config`` with a validated radius / lam applied, unless the config sets its own."""
+    if not calibration_file.exists():
+        return estimate_config
+    calib = json.loads(calibration_file.read_text())
+    key = calib.get("parameter")
+    if calib.get("mode") != estimate_config.mode or key not in ("radius", "lam"):
+        return estimate_config
+    if key in estimate_config.model_fields_set:
+        log.info("config sets %s; ignoring the calibrated value in %s", key, calibration_file)
+        return estimate_config
+    log.info("using calibrated %s = %.4g from %s", key, calib["value"], calibration_file)
+    return estimate_config.model_copy(update={key: calib["value"]})
 
 
 def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None = None, force: Sequence[str] = (),

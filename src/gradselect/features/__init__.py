@@ -8,7 +8,7 @@ One module per role: :mod:`~gradselect.features.output` (output functions),
 """
 
 from gradselect.features.config import FeatureConfig
-from gradselect.features.extract import featurize, merge_shards, store_rows
+from gradselect.features.extract import featurize, merge_shards, output_values, store_rows
 from gradselect.features.gradients import (
     GRADIENT_COMPUTERS,
     FuncGradientComputer,
@@ -49,6 +49,7 @@ __all__ = [
     "make_gradient_computer",
     "make_projector",
     "merge_shards",
+    "output_values",
     "select_parameters",
     "store_rows",
 ]

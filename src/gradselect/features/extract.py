@@ -326,3 +326,35 @@ def merge_shards(out_dir: str | Path, world_size: int, *, force: bool = False) -
     for s in shards:
         shutil.rmtree(s.path)
     return FeatureStore.open(out_dir)
+
+
+@torch.no_grad()
+def output_values(model, tokenizer, examples, tokenize_config: TokenizeConfig | None = None, *, output: str = "log_odds",
+                  batch_size: int = 8) -> np.ndarray:
+    """The output function's value for each example under ``model`` (forward passes only).
+
+    Returns
+    -------
+    ndarray of shape (n_examples,), float64
+    """
+    from gradselect.features.gradients import accepts_logits_to_keep, response_positions
+
+    fn = get_output_function(output)
+    tokens = tokenize_examples(examples, tokenizer, tokenize_config)
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+    values = []
+    for s in range(0, len(tokens), batch_size):
+        ids, labels = tokens.input_ids[s : s + batch_size], tokens.labels[s : s + batch_size]
+        width = max(map(len, ids))
+        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
+        label_t = torch.tensor([y + [IGNORE_INDEX] * (width - len(y)) for y in labels], device=device)
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
+        if accepts_logits_to_keep(model):
+            positions, gold = response_positions(label_t)
+            logits = model(input_ids=input_ids, attention_mask=mask, logits_to_keep=positions, use_cache=False).logits
+            values.append(fn.mean_over(logits, gold).double().cpu().numpy())
+        else:
+            logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+            values.append(fn(logits, label_t).double().cpu().numpy())
+    return np.concatenate(values) if values else np.zeros(0)

@@ -1,0 +1,127 @@
+"""The trust check on a tiny model: real fine-tunes from theta*, metrics, calibration, caching."""
+
+import json
+
+import numpy as np
+
+from gradselect.cli import main
+from gradselect.estimate.calibrate import calibrate
+from gradselect.estimate import EstimateConfig, FeatureArrays
+from gradselect.evaluate.trust import compare, validation_subsets
+from gradselect.features import FeatureStore, output_values
+
+CONFIG = """
+[data.target]
+reasoning_gym = "chain_sum"
+size = 40
+seed = 1
+
+[[data.sources]]
+name = "more"
+reasoning_gym = "chain_sum"
+size = 16
+seed = 2
+
+[[data.sources]]
+name = "legs"
+reasoning_gym = "leg_counting"
+size = 16
+seed = 3
+
+[[data.sources]]
+name = "noisy"
+reasoning_gym = "chain_sum"
+size = 16
+seed = 4
+label_noise = 1.0
+
+[model]
+name_or_path = "tiny-llama"
+
+[adapter]
+method = "full"
+
+[tokenize]
+max_length = 192
+
+[train]
+max_steps = 3
+batch_size = 8
+learning_rate = 1e-3
+
+[features]
+proj_dim = 32
+params = ['layers\\.1\\..*proj']
+"""
+
+
+def test_validate_end_to_end(tmp_path, capsys):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(CONFIG)
+    assert main(["train", str(cfg), "-o", str(tmp_path / "meta"), "-q"]) == 0
+    feats = tmp_path / "features"
+    assert main(["featurize", str(cfg), "--adapter", str(tmp_path / "meta" / "adapter"), "-o", str(feats), "-q"]) == 0
+    capsys.readouterr()
+
+    # The forward-only output values at theta* are the stored ones.
+    from gradselect.config import load_config
+    from gradselect.data import load_taskset
+    from gradselect.model import load_for_inference, load_model
+
+    config = load_config(cfg)
+    taskset = load_taskset(config.data)
+    base, tok = load_model(config.model, device="cpu")
+    model = load_for_inference(base, tmp_path / "meta" / "adapter", config.adapter)
+    store = FeatureStore.open(feats)
+    dev_b = output_values(model, tok, taskset.target_dev.examples, config.tokenize)
+    assert np.allclose(dev_b, store.b[store.rows_of(split="dev")], rtol=1e-5, atol=1e-6)
+
+    args = ["validate", str(cfg), "--adapter", str(tmp_path / "meta" / "adapter"), "--features", str(feats),
+            "-o", str(tmp_path / "val"), "--k", "3", "--repeats", "1", "-q"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "zero-order baseline" in out and "calibrated radius" in out and "noise floor" in out
+    report = json.loads((tmp_path / "val" / "validation.json").read_text())
+    assert [s["sources"] for s in report["subsets"]][:2] == [["more", "legs", "noisy"], []]
+    for s in report["subsets"]:
+        assert s["true_loss"] > 0 and s["estimated_loss"] > 0 and s["displacement"]["projected_norm"] > 0
+    assert (tmp_path / "val" / "validation.png").exists()
+    calib = json.loads((tmp_path / "calibration.json").read_text())
+    assert calib["parameter"] == "radius" and calib["value"] > 0
+    assert len(list((tmp_path / "val" / "runs").iterdir())) == 4  # 3 subsets + 1 repeat
+
+    # A larger k adds subsets and reuses the finished runs.
+    before = {p.name: p.stat().st_mtime for p in (tmp_path / "val" / "runs").iterdir()}
+    assert main(args[:-5] + ["--k", "4", "--repeats", "1", "-q"]) == 0
+    after = {p.name: p.stat().st_mtime for p in (tmp_path / "val" / "runs").iterdir()}
+    assert len(after) == 5 and all(after[n] == t for n, t in before.items())
+
+    # Later estimates use the calibrated radius (now the k = 4 calibration).
+    calib = json.loads((tmp_path / "calibration.json").read_text())
+    capsys.readouterr()
+    assert main(["select", "--features", str(feats), "--n-subsets", "10", "-q"]) == 0
+    saved = json.loads((tmp_path / "selection.json").read_text())
+    assert saved["params"]["estimator"]["radius"] == calib["value"]
+
+
+def test_compare_and_calibrate_on_synthetic_truth():
+    true = np.array([0.50, 0.45, 0.40, 0.47])
+    m = compare(true * 1.01, true, base=0.52)
+    assert abs(m["mean_relative_error"] - 0.01) < 1e-12 and m["spearman"] == 1.0 and m["kendall"] == 1.0
+    assert m["zero_order_mean_relative_error"] > m["mean_relative_error"] and m["r2_of_change"] > 0.9
+    subsets = validation_subsets(["a", "b", "c", "d"], 5, seed=0)
+    assert subsets[:2] == [["a", "b", "c", "d"], []] and len(subsets) == 5
+    assert len({tuple(s) for s in subsets}) == 5
+
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(300, 6))
+    b = rng.normal(1.0, 0.5, size=300)
+    arrays = FeatureArrays(g, b, {"a": np.arange(100, 200), "b": np.arange(200, 300)}, np.arange(0, 50),
+                           np.arange(50, 100), param_norm=3.0)
+    from gradselect.estimate import SubsetEstimator
+
+    subsets = [["a"], ["b"], ["a", "b"], []]
+    truth = SubsetEstimator(EstimateConfig(radius=0.7)).fit(arrays).estimate(subsets)
+    result = calibrate(arrays, EstimateConfig(), subsets, truth, projected_norms=[0.7, 0.7, 0.7, 0.7])
+    assert result["parameter"] == "radius" and abs(result["value"] - 0.7) / 0.7 < 0.2
+    assert result["mean_relative_error"] < 0.01
