@@ -100,6 +100,13 @@ def test_run_caches_stages_and_reruns_downstream_only(tmp_path, capsys):
 
     assert main(["run", str(cfg), "-q", "--force", "features"]) == 0
     assert "stages run: features; skipped" in capsys.readouterr().out
+    # Turning the trust check on runs it, and selection again with the calibrated radius.
+    cfg.write_text(CONFIG.format(k=2, run_dir=run_dir) + "validate_k = 3\nvalidate_repeats = 0\n")
+    assert main(["run", str(cfg), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "stages run: validate, select" in out and "meta_init, features" in out.split("skipped")[1]
+    assert (run_dir / "calibration.json").exists()
+    assert "## Trust check" in (run_dir / "report.md").read_text()
     assert main(["run", str(cfg), "-q", "--force", "nope"]) == 2
     assert "unknown stage(s) ['nope']" in capsys.readouterr().err
 

@@ -4,6 +4,8 @@ Stages, in order, each writing into the run folder::
 
     meta_init/      fine-tune the base model on all sources (+ target train)
     features/       output values and projected gradients at the meta-initialization
+    validation/     optional trust check ([run] validate_k): real fine-tunes from theta*,
+                    and calibration.json, which selection then uses
     selection.json  estimate subsets and choose sources
     final/<name>/   fine-tune the base model on the selection (and on each comparison subset)
     metrics.json    target test metrics of every final model
@@ -35,7 +37,7 @@ from gradselect.io import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-STAGES = ("meta_init", "features", "select", "final", "evaluate", "report")
+STAGES = ("meta_init", "features", "validate", "select", "final", "evaluate", "report")
 Comparison = Literal["all", "target-only", "grad-sim", "random"]
 
 
@@ -48,6 +50,11 @@ class RunSection(StrictConfig):
     """Also fine-tune and evaluate these subsets next to the selection."""
     final_steps: int | None = pydantic.Field(default=None, ge=1)
     """Optimizer steps of every final fine-tune (equal budgets); default: [train]'s epochs."""
+    validate_k: int = pydantic.Field(default=0, ge=0)
+    """Trust check before selecting: fine-tune from theta* on this many subsets (0: skip; >= 3 to
+    run). Its calibrated radius / lam is then used by selection."""
+    validate_repeats: int = pydantic.Field(default=2, ge=0)
+    """Trust check: subsets fine-tuned again with another seed (noise floor)."""
 
 
 def _key(*parts) -> str:
@@ -194,9 +201,23 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
           lambda: featurize(taskset, feat_dir, feature_config=config.features, adapter_path=meta_dir / "adapter",
                             force=True, **common))
 
-    # 3. estimate + select
+    # 3. trust check (optional): its calibration is picked up by selection
+    if config.run.validate_k:
+        from gradselect.evaluate.trust import validate
+        from gradselect.features import FeatureStore
+
+        val_key = _key("validate", feat_key, _dump(config.train), _dump(config.estimate), config.run.validate_k,
+                       config.run.validate_repeats)
+        stage("validate", val_key, [run_dir / "validation" / "validation.json"],
+              lambda: validate(config, taskset, FeatureStore.open(feat_dir), meta_dir / "adapter",
+                               run_dir / "validation", k=config.run.validate_k, repeats=config.run.validate_repeats,
+                               device=device, progress=progress))
+    calibration = run_dir / "calibration.json"
+
+    # 4. estimate + select
     sel_path = run_dir / "selection.json"
-    sel_key = _key("select", feat_key, _dump(config.estimate), _dump(config.select))
+    sel_key = _key("select", feat_key, _dump(config.estimate), _dump(config.select),
+                   calibration.read_text() if calibration.exists() else None)
 
     def do_select():
         from gradselect.select import SELECTORS
@@ -212,7 +233,7 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     stage("select", sel_key, [sel_path], do_select)
     selection = Selection.load(sel_path)
 
-    # 4. final fine-tunes (content-addressed by the chosen sources)
+    # 5. final fine-tunes (content-addressed by the chosen sources)
     final_train = config.train
     if config.run.final_steps is not None:
         final_train = config.train.model_copy(update={"max_steps": config.run.final_steps})
@@ -227,7 +248,7 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
                                                        overwrite=True, **common),
               workdir=folder)
 
-    # 5. evaluate on the target's test split
+    # 6. evaluate on the target's test split
     metrics_path = run_dir / "metrics.json"
     eval_key = _key("evaluate", final_keys, _dump(config.evaluate))
 
@@ -250,7 +271,7 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
 
     stage("evaluate", eval_key, [metrics_path], do_evaluate)
 
-    # 6. report (cheap: regenerated whenever anything upstream ran)
+    # 7. report (cheap: regenerated whenever anything upstream ran)
     from gradselect.report import write_report
 
     report_key = _key("report", sel_key, eval_key, meta_key)

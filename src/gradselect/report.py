@@ -108,6 +108,28 @@ def write_report(run_dir: str | Path) -> Path:
             lines.append(f"| {label} | {len(row['sources'])} | {row['test_loss']:.4f} | "
                          f"{'' if em is None else f'{em:.3f}'} |")
 
+    validation_file = run_dir / "validation" / "validation.json"
+    if validation_file.exists():
+        val = json.loads(validation_file.read_text())
+        m = val["metrics"]
+        lines += ["", "## Trust check: estimates against real fine-tunes", "",
+                  f"{m['n_subsets']} subsets fine-tuned from the meta-initialization (true dev loss there: "
+                  f"{val['base_loss']:.5f}).", "",
+                  "| mean rel. error | max rel. error | zero-order baseline | R^2 of change | Spearman | Kendall |",
+                  "|---|---|---|---|---|---|",
+                  f"| {m['mean_relative_error']:.2%} | {m['max_relative_error']:.2%} | "
+                  f"{m['zero_order_mean_relative_error']:.2%} | {m['r2_of_change']:.3f} | {m['spearman']:.3f} | "
+                  f"{m['kendall']:.3f} |"]
+        if "noise_floor_mean_relative_difference" in val:
+            lines += ["", f"Noise floor (same subset, another seed): "
+                          f"{val['noise_floor_mean_relative_difference']:.2%} mean relative difference."]
+        c = val.get("calibration", {})
+        if c.get("parameter"):
+            lines += ["", f"Calibrated {c['parameter']} = {c['value']:.4g} (mean relative error "
+                          f"{c['mean_relative_error']:.2%}, leave-one-out {c['loo_mean_relative_error']:.2%})."]
+        if (run_dir / "validation" / "validation.png").exists():
+            lines += ["", "![estimated vs true](validation/validation.png)"]
+
     curves = {"meta-initialization": _curve(run_dir / "meta_init" / "train_result.json")}
     for folder in sorted((run_dir / "final").glob("*")) if (run_dir / "final").exists() else []:
         curves[f"final: {folder.name}"] = _curve(folder / "train_result.json")
