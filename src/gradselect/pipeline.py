@@ -265,7 +265,7 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
                                             batch_size=config.evaluate.batch_size).loss}
             if config.evaluate.exact_match:
                 row["test_exact_match"] = exact_match(model, tok, taskset.target_test, config.tokenize,
-                                                      config.evaluate).accuracy
+                                                      config.evaluate, progress=progress).accuracy
             rows[label] = row
         write_json_atomic(metrics_path, {"split": "test", "n_examples": len(taskset.target_test), "rows": rows})
 
