@@ -24,3 +24,51 @@ def qa_rows():
 def _isolated_cache(tmp_path_factory, monkeypatch):
     # Converted models are cached per test session, never in the user's home.
     monkeypatch.setenv("GRADSELECT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+#: A whole run on the tiny Llama model, small enough for CI: a chain_sum target, a related
+#: source, an unrelated one and a planted noisy one. Tests append their own sections.
+TINY_RUN_TOML = """
+[data.target]
+reasoning_gym = "chain_sum"
+size = 40
+seed = 1
+
+[[data.sources]]
+name = "more"
+reasoning_gym = "chain_sum"
+size = 16
+seed = 2
+
+[[data.sources]]
+name = "legs"
+reasoning_gym = "leg_counting"
+size = 16
+seed = 3
+
+[[data.sources]]
+name = "noisy"
+reasoning_gym = "chain_sum"
+size = 16
+seed = 4
+label_noise = 1.0
+
+[model]
+name_or_path = "tiny-llama"
+
+[adapter]
+method = "full"
+
+[tokenize]
+max_length = 192
+
+[train]
+max_steps = 3
+batch_size = 8
+learning_rate = 1e-3
+logging_steps = 1
+
+[features]
+proj_dim = 32
+params = ['layers\\.1\\..*proj']
+"""

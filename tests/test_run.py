@@ -6,47 +6,9 @@ import pytest
 
 from gradselect.cli import main
 
-CONFIG = """
-[data.target]
-name = "sums"
-reasoning_gym = "chain_sum"
-size = 40
-seed = 1
+from conftest import TINY_RUN_TOML
 
-[[data.sources]]
-name = "more_sums"
-reasoning_gym = "chain_sum"
-size = 16
-seed = 2
-
-[[data.sources]]
-name = "legs"
-reasoning_gym = "leg_counting"
-size = 16
-seed = 3
-
-[[data.sources]]
-name = "noisy_sums"
-reasoning_gym = "chain_sum"
-size = 16
-seed = 4
-label_noise = 1.0
-
-[model]
-name_or_path = "tiny-llama"
-
-[adapter]
-method = "full"
-
-[train]
-max_steps = 4
-batch_size = 8
-logging_steps = 1
-
-[features]
-proj_dim = 32
-params = ['layers\\.1\\..*proj']
-
+CONFIG = TINY_RUN_TOML.replace("{", "{{").replace("}", "}}") + """
 [select]
 rule = "top_k"
 k = {k}

@@ -10,49 +10,9 @@ from gradselect.estimate import EstimateConfig, FeatureArrays
 from gradselect.evaluate.trust import compare, validation_subsets
 from gradselect.features import FeatureStore, output_values
 
-CONFIG = """
-[data.target]
-reasoning_gym = "chain_sum"
-size = 40
-seed = 1
+from conftest import TINY_RUN_TOML
 
-[[data.sources]]
-name = "more"
-reasoning_gym = "chain_sum"
-size = 16
-seed = 2
-
-[[data.sources]]
-name = "legs"
-reasoning_gym = "leg_counting"
-size = 16
-seed = 3
-
-[[data.sources]]
-name = "noisy"
-reasoning_gym = "chain_sum"
-size = 16
-seed = 4
-label_noise = 1.0
-
-[model]
-name_or_path = "tiny-llama"
-
-[adapter]
-method = "full"
-
-[tokenize]
-max_length = 192
-
-[train]
-max_steps = 3
-batch_size = 8
-learning_rate = 1e-3
-
-[features]
-proj_dim = 32
-params = ['layers\\.1\\..*proj']
-"""
+CONFIG = TINY_RUN_TOML
 
 
 def test_validate_end_to_end(tmp_path, capsys):
