@@ -103,7 +103,8 @@ def write_report(run_dir: str | Path) -> Path:
         lines += ["", "## Final models on the target's test split", "",
                   f"{metrics['n_examples']} test examples, never seen by estimation or selection.", "",
                   "| fine-tuned on | sources | test loss | exact match |", "|---|---|---|---|"]
-        for label, row in metrics["rows"].items():
+        for label in sorted(metrics["rows"], key=lambda k: k != "selection"):  # selection first
+            row = metrics["rows"][label]
             em = row.get("test_exact_match")
             lines.append(f"| {label} | {len(row['sources'])} | {row['test_loss']:.4f} | "
                          f"{'' if em is None else f'{em:.3f}'} |")
