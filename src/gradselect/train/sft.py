@@ -188,7 +188,9 @@ def train(
     )
     if not progress:
         trainer.remove_callback(PrinterCallback)
-    checkpoints = sorted((output_dir / "checkpoints").glob("checkpoint-*"))
+    checkpoints = sorted((output_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    if checkpoints:
+        log.warning("resuming training from %s", checkpoints[-1])
     outcome = trainer.train(resume_from_checkpoint=bool(checkpoints))
     best_dev = trainer.state.best_metric if dev_rows is not None else None
 

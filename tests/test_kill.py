@@ -1,0 +1,75 @@
+"""SIGKILL a real featurization or training process, rerun the same command, and check the result."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from gradselect.features import FeatureStore
+
+from conftest import TINY_RUN_TOML
+
+CLI = [sys.executable, "-m", "gradselect"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run_cli(*args, check=True):
+    return subprocess.run([*CLI, *args], env=ENV, capture_output=True, text=True, check=check, timeout=600)
+
+
+def kill_when(args, ready, timeout=300):
+    """Start the CLI, SIGKILL it as soon as ``ready()`` holds; return True if it was killed mid-run."""
+    proc = subprocess.Popen([*CLI, *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    start = time.time()
+    while proc.poll() is None and time.time() - start < timeout:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.02)
+    proc.wait()
+    return False
+
+
+def test_featurize_survives_sigkill_bitwise(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(TINY_RUN_TOML.replace("proj_dim = 32", "proj_dim = 32\nchunk_size = 4\nbatch_size = 1"))
+    run_cli("train", str(cfg), "-o", str(tmp_path / "meta"), "-q")
+    adapter = str(tmp_path / "meta" / "adapter")
+    run_cli("featurize", str(cfg), "--adapter", adapter, "-o", str(tmp_path / "whole"), "-q")
+
+    part = tmp_path / "killed.part" / "done.npy"
+
+    def some_chunks_done():
+        try:
+            return 2 <= int(np.load(part).sum()) < 10
+        except (OSError, ValueError, EOFError):
+            return False
+
+    assert kill_when(["featurize", str(cfg), "--adapter", adapter, "-o", str(tmp_path / "killed"), "-q"],
+                     some_chunks_done), "featurization finished before it could be killed"
+    assert not (tmp_path / "killed").exists() and (tmp_path / "killed.part").exists()
+    run_cli("featurize", str(cfg), "--adapter", adapter, "-o", str(tmp_path / "killed"), "-q")
+    a, b = FeatureStore.open(tmp_path / "whole"), FeatureStore.open(tmp_path / "killed")
+    assert np.array_equal(a.g, b.g) and np.array_equal(a.b, b.b) and a.ids == b.ids
+
+
+def test_training_survives_sigkill_and_resumes(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(TINY_RUN_TOML.replace("max_steps = 3", "max_steps = 40"))
+    out = tmp_path / "meta"
+    first_checkpoint = out / "checkpoints" / "checkpoint-10" / "trainer_state.json"
+    assert kill_when(["train", str(cfg), "-o", str(out), "-q"],
+                     lambda: first_checkpoint.exists() and not (out / "train_result.json").exists()), \
+        "training finished before it could be killed"
+    assert not (out / "adapter").exists() and not (out / "train_result.json").exists()
+    rerun = run_cli("train", str(cfg), "-o", str(out), "-q")
+    assert "resuming training from" in rerun.stderr and "checkpoint-" in rerun.stderr
+    assert (out / "adapter" / "model.safetensors").exists()
+    import json
+
+    assert json.loads((out / "train_result.json").read_text())["n_steps"] == 40
