@@ -75,7 +75,12 @@ def test_resume_from_last_checkpoint(tmp_path, taskset):
             shutil.rmtree(p)
     shutil.rmtree(first.adapter_dir)
     (tmp_path / "run" / "train_result.json").unlink()
+    # ... and a checkpoint whose save was cut short (Trainer writes trainer_state.json last).
+    half_written = tmp_path / "run" / "checkpoints" / "checkpoint-7"
+    half_written.mkdir()
+    (half_written / "model.safetensors").write_bytes(b"truncated")
     resumed = train(taskset, [], tmp_path / "run", train_config=cfg, progress=False, device="cpu")
+    assert not half_written.exists() or (half_written / "trainer_state.json").exists()
     steps_logged = [h["step"] for h in resumed.log_history if "loss" in h]
     assert resumed.n_steps == 8
     assert steps_logged[-2:] == [7, 8]

@@ -72,6 +72,25 @@ class TrainResult:
         return d
 
 
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint that was written completely; incomplete newer ones are removed.
+
+    HF Trainer writes a checkpoint in place and ``trainer_state.json`` last, so a
+    process killed while saving leaves a newest folder without it, which Trainer's
+    own ``resume_from_checkpoint=True`` would pick.
+    """
+    if not folder.exists():
+        return None
+    checkpoints = sorted(
+        (p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
+    while checkpoints and not (checkpoints[-1] / "trainer_state.json").exists():
+        log.warning("removing incomplete checkpoint %s", checkpoints[-1])
+        shutil.rmtree(checkpoints.pop())
+    return checkpoints[-1] if checkpoints else None
+
+
 def train(
     taskset: TaskSet,
     source_names: Sequence[str],
@@ -188,10 +207,10 @@ def train(
     )
     if not progress:
         trainer.remove_callback(PrinterCallback)
-    checkpoints = sorted((output_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    if checkpoints:
-        log.warning("resuming training from %s", checkpoints[-1])
-    outcome = trainer.train(resume_from_checkpoint=bool(checkpoints))
+    resume_from = last_complete_checkpoint(output_dir / "checkpoints")
+    if resume_from is not None:
+        log.warning("resuming training from %s", resume_from)
+    outcome = trainer.train(resume_from_checkpoint=None if resume_from is None else str(resume_from))
     best_dev = trainer.state.best_metric if dev_rows is not None else None
 
     result = TrainResult(
