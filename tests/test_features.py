@@ -244,3 +244,21 @@ def test_two_process_shards_equal_one_process(tmp_path, small_task):
     assert a.ids == b.ids and a.sources == b.sources
     assert np.array_equal(a.g, b.g) and np.array_equal(a.b, b.b) and np.array_equal(a.hidden, b.hidden)
     assert not list(tmp_path.glob("sharded.shard-*"))
+
+
+def test_non_finite_features_are_refused_naming_examples(tmp_path, small_task):
+    from gradselect.errors import GradselectError
+    from gradselect.estimate import FeatureArrays
+
+    taskset, adapter = small_task
+    store = featurize(taskset, tmp_path / "f", adapter_path=adapter, feature_config=FCFG, progress=False, device="cpu")
+    writable = FeatureStore.open(tmp_path / "f", writable=True)
+    g = np.array(writable.g[0:8])
+    g[3, 0] = np.nan
+    with pytest.raises(GradselectError, match=rf"non-finite features .* {store.ids[3]}"):
+        writable.write_chunk(0, g, np.array(writable.b[0:8]))
+    # A store damaged on disk is refused when read for estimation, naming the example.
+    writable.b[5] = np.inf
+    writable.b.flush()
+    with pytest.raises(GradselectError, match=rf"non-finite features for example\(s\) {store.ids[5]}"):
+        FeatureArrays.from_store(FeatureStore.open(tmp_path / "f"))
