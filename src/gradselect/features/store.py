@@ -22,8 +22,6 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 
 from gradselect.errors import GradselectError
@@ -184,7 +182,3 @@ def finalize(part: Path, final: Path) -> Path:
     os.replace(part, final)
     return final
 
-
-def describe(manifest: dict) -> dict[str, Any]:
-    """The compared fields of a manifest (for messages and tests)."""
-    return {k: v for k, v in manifest.items() if k not in UNCOMPARED_KEYS}
