@@ -10,6 +10,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
+def reorder_sources(arrays, order):
+    """The same features with the sources listed in ``order`` (indices into the current order)."""
+    from gradselect.estimate import FeatureArrays
+
+    names = arrays.source_names
+    return FeatureArrays(arrays.g, arrays.b, {names[i]: arrays.source_rows[names[i]] for i in order},
+                         arrays.train_rows, arrays.dev_rows, arrays.param_norm, arrays.hidden)
+
+
 def write_jsonl(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

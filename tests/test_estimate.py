@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
+from conftest import reorder_sources
 from gradselect.errors import GradselectError
 from gradselect.estimate import EstimateConfig, FeatureArrays, SubsetEstimator
 from gradselect.estimate.solvers import mean_logistic_loss, newton_l2, trust_region_exact
@@ -101,10 +102,8 @@ def test_reference_mode_matches_sklearn_direction():
 @pytest.mark.parametrize("solver", ["fast", "exact"])
 def test_reordering_sources_changes_nothing(mode, solver):
     arr = synthetic(5)
-    names = arr.source_names
     perm = [3, 0, 4, 1, 2]
-    shuffled = FeatureArrays(arr.g, arr.b, {names[i]: arr.source_rows[names[i]] for i in perm},
-                             arr.train_rows, arr.dev_rows, arr.param_norm)
+    shuffled = reorder_sources(arr, perm)
     cfg = EstimateConfig(mode=mode, solver=solver, lam=1e-2, radius=0.5)
     masks = np.random.default_rng(0).random((6, 5)) < 0.5
     a = SubsetEstimator(cfg).fit(arr).estimate(masks)

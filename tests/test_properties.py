@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import reorder_sources
 from gradselect.data import SourceSpec, load_sources
 from gradselect.errors import GradselectError
 from gradselect.estimate import EstimateConfig, FeatureArrays, SubsetEstimator
@@ -31,9 +32,7 @@ def features(seed, n_sources, d, scale=1.0, offset_scale=1.0):
 def test_estimates_are_invariant_to_source_order(seed, n_sources, d, mode, data):
     arr = features(seed, n_sources, d)
     perm = data.draw(st.permutations(range(n_sources)))
-    names = arr.source_names
-    shuffled = FeatureArrays(arr.g, arr.b, {names[i]: arr.source_rows[names[i]] for i in perm}, arr.train_rows,
-                             arr.dev_rows, arr.param_norm)
+    shuffled = reorder_sources(arr, perm)
     cfg = EstimateConfig(mode=mode[0], solver=mode[1], lam=1e-2, radius=0.3)
     masks = np.random.default_rng(seed).random((5, n_sources)) < 0.5
     a = SubsetEstimator(cfg).fit(arr).estimate(masks)
@@ -107,8 +106,7 @@ def test_selection_is_invariant_to_source_order(seed, n_sources, d, method, data
     arr = features(seed, n_sources, d)
     perm = data.draw(st.permutations(range(n_sources)))
     names = arr.source_names
-    shuffled = FeatureArrays(arr.g, arr.b, {names[i]: arr.source_rows[names[i]] for i in perm}, arr.train_rows,
-                             arr.dev_rows, arr.param_norm)
+    shuffled = reorder_sources(arr, perm)
     cfg = EstimateConfig(radius=0.3)
     if method == "ensemble":
         # The sampled subsets depend on source positions; scoring the same subsets must not.

@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
+from conftest import reorder_sources
 from gradselect.errors import GradselectError
 from gradselect.estimate import EstimateConfig, FeatureArrays, SubsetEstimator
 from gradselect.select import (
@@ -26,7 +27,7 @@ def planted(n_sources=10, harmful=(2, 5, 7), per_source=40, d=8, seed=0, hidden=
     rng = np.random.default_rng(seed)
     u = np.zeros(d)
     u[0] = 1.0
-    blocks, names, rows, start = [], [], {}, 0
+    blocks, rows = [], {}
     target = rng.normal(size=(80, d)) * 0.5 + u
     target[:40] *= 0.1  # weak target train rows: what the sources add decides the step
     blocks.append(target)
@@ -78,8 +79,7 @@ def test_reordering_sources_permutes_scores_only():
     arr = planted()
     names = arr.source_names
     perm = list(np.random.default_rng(0).permutation(len(names)))
-    shuffled = FeatureArrays(arr.g, arr.b, {names[i]: arr.source_rows[names[i]] for i in perm}, arr.train_rows,
-                             arr.dev_rows, arr.param_norm, arr.hidden)
+    shuffled = reorder_sources(arr, perm)
     cfg = EstimateConfig(radius=0.5)
     for method in ("forward", "backward", "grad-sim", "repr-sim", "all"):
         a = SELECTORS[method]().select(SubsetEstimator(cfg).fit(arr))

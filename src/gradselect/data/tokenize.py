@@ -63,6 +63,23 @@ class TokenizedBatch:
         ]
 
 
+def pad_right(input_ids: list[list[int]], labels: list[list[int]], pad_id: int, device=None):
+    """Right-pad a batch to its longest sequence.
+
+    Returns
+    -------
+    input_ids, attention_mask, labels : torch tensors of shape (n_examples, max_len)
+        Padding gets ``pad_id``, attention 0 and label -100.
+    """
+    import torch
+
+    width = max(map(len, input_ids))
+    ids = torch.tensor([x + [pad_id] * (width - len(x)) for x in input_ids], device=device)
+    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in input_ids], device=device)
+    lab = torch.tensor([y + [IGNORE_INDEX] * (width - len(y)) for y in labels], device=device)
+    return ids, mask, lab
+
+
 def render_prompt(example: Example, tokenizer, config: TokenizeConfig) -> tuple[str, bool]:
     """The prompt text as the model sees it, and whether it already holds special tokens."""
     messages = example.messages

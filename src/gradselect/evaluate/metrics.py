@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gradselect.data.examples import Example, Source
-from gradselect.data.tokenize import IGNORE_INDEX, TokenizeConfig, encode_prompt, tokenize_examples
+from gradselect.data.tokenize import IGNORE_INDEX, TokenizeConfig, encode_prompt, pad_right, tokenize_examples
 from gradselect.evaluate.config import EvalConfig
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -80,11 +80,7 @@ def target_loss(
     was_training = model.training
     model.eval()
     for sl in _batches(len(batch), batch_size):
-        ids, labels = batch.input_ids[sl], batch.labels[sl]
-        width = max(map(len, ids))
-        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
-        label_t = torch.tensor([y + [IGNORE_INDEX] * (width - len(y)) for y in labels], device=device)
-        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
+        input_ids, mask, label_t = pad_right(batch.input_ids[sl], batch.labels[sl], pad, device)
         logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
         target = label_t[:, 1:]
         nll = torch.nn.functional.cross_entropy(

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gradselect.data.examples import TaskSet
-from gradselect.data.tokenize import IGNORE_INDEX, TokenizeConfig, tokenize_examples
+from gradselect.data.tokenize import TokenizeConfig, pad_right, tokenize_examples
 from gradselect.errors import GradselectError
 from gradselect.features.config import FeatureConfig
 from gradselect.features.gradients import make_gradient_computer
@@ -245,11 +245,7 @@ def _fill(store, examples, tokenizer, tokenize_config, computer, projector, conf
 
         for s in range(rows.start, rows.stop, batch_size):
             e = min(rows.stop, s + batch_size)
-            ids, labels = tokens.input_ids[s:e], tokens.labels[s:e]
-            width = max(map(len, ids))
-            input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
-            label_t = torch.tensor([y + [IGNORE_INDEX] * (width - len(y)) for y in labels], device=device)
-            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
+            input_ids, mask, label_t = pad_right(tokens.input_ids[s:e], tokens.labels[s:e], pad, device)
             out = computer.compute(input_ids, mask, label_t)
             pending.append(out.grads)
             if sum(next(iter(p.values())).shape[0] for p in pending) >= config.project_batch_size:
@@ -345,11 +341,8 @@ def output_values(model, tokenizer, examples, tokenize_config: TokenizeConfig | 
     pad = tokenizer.pad_token_id
     values = []
     for s in range(0, len(tokens), batch_size):
-        ids, labels = tokens.input_ids[s : s + batch_size], tokens.labels[s : s + batch_size]
-        width = max(map(len, ids))
-        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
-        label_t = torch.tensor([y + [IGNORE_INDEX] * (width - len(y)) for y in labels], device=device)
-        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
+        input_ids, mask, label_t = pad_right(tokens.input_ids[s : s + batch_size],
+                                             tokens.labels[s : s + batch_size], pad, device)
         if accepts_logits_to_keep(model):
             positions, gold = response_positions(label_t)
             logits = model(input_ids=input_ids, attention_mask=mask, logits_to_keep=positions, use_cache=False).logits
