@@ -2,12 +2,19 @@
 
 import numpy as np
 import pytest
+import torch
 from scipy.optimize import minimize
 
 from conftest import reorder_sources
 from gradselect.errors import GradselectError
 from gradselect.estimate import EstimateConfig, FeatureArrays, SubsetEstimator
-from gradselect.estimate.solvers import mean_logistic_loss, newton_l2, trust_region_exact
+from gradselect.estimate.solvers import (
+    mean_logistic_loss,
+    newton_l2,
+    quadratic_step,
+    quadratic_trust_region,
+    trust_region_exact,
+)
 
 
 def synthetic(seed=0, n_sources=5, per_source=80, d=12):
@@ -67,10 +74,51 @@ def test_fast_equals_one_exact_newton_step():
     assert np.allclose(fast.estimate(subsets), exact.estimate(subsets), rtol=1e-9)
 
 
+@pytest.mark.parametrize("mode", ["l2", "trust_region", "reference"])
+def test_lowrank_at_full_rank_equals_fast(mode):
+    arr = synthetic(6)
+    masks = np.random.default_rng(1).random((8, 5)) < 0.5
+    cfg = EstimateConfig(mode=mode, lam=1e-2, radius=0.5)
+    fast = SubsetEstimator(cfg).fit(arr).solve(masks)
+    full = SubsetEstimator(cfg.model_copy(update={"solver": "lowrank", "rank": 12})).fit(arr).solve(masks)
+    assert np.allclose(full, fast, rtol=1e-8, atol=1e-12)
+
+
+def test_lowrank_is_exact_when_gradients_share_a_low_dimensional_subspace():
+    # Rows in a common 4-dim subspace of R^12: every Hessian lives there, so rank 4 loses nothing.
+    arr = synthetic(7)
+    basis = np.linalg.qr(np.random.default_rng(2).normal(size=(12, 4)))[0]
+    arr.g = arr.g @ basis @ basis.T
+    masks = np.random.default_rng(3).random((8, 5)) < 0.5
+    for mode in ("trust_region", "l2"):
+        cfg = EstimateConfig(mode=mode, lam=1e-2, radius=0.3)
+        fast = SubsetEstimator(cfg).fit(arr).estimate(masks)
+        low = SubsetEstimator(cfg.model_copy(update={"solver": "lowrank", "rank": 4})).fit(arr).estimate(masks)
+        assert np.allclose(low, fast, rtol=1e-9)
+
+
+def test_block_trust_region_equals_the_dense_block_diagonal_problem():
+    rng = np.random.default_rng(4)
+    m, k, d = 5, 3, 7
+    x = rng.normal(size=(m, k, 2 * k))
+    a = torch.as_tensor(x @ x.transpose(0, 2, 1) + 0.1 * np.eye(k))
+    tail = torch.as_tensor(rng.uniform(0.1, 3.0, size=(m, d - k)))
+    g = torch.as_tensor(rng.normal(size=(m, d)))
+    dense = torch.zeros(m, d, d, dtype=torch.float64)
+    dense[:, :k, :k] = a
+    dense[:, k:, k:] = torch.diag_embed(tail)
+    for radius in (1e-3, 0.3, 1e3):
+        block = quadratic_trust_region(a.clone(), tail, g, radius)
+        ref = quadratic_trust_region(dense.clone(), None, g, radius)
+        assert np.allclose(block, ref, rtol=1e-9, atol=1e-13)
+    assert np.allclose(quadratic_step(a, tail, g), quadratic_step(dense, None, g), rtol=1e-10)
+    assert np.allclose(quadratic_trust_region(a.clone(), tail, g, 1e3), quadratic_step(a, tail, g), rtol=1e-9)
+
+
 def test_small_radius_is_a_normalised_mean_gradient_step():
     arr = synthetic(3)
     r = 1e-6
-    for solver in ("fast", "exact"):
+    for solver in ("fast", "lowrank", "exact"):
         est = SubsetEstimator(EstimateConfig(solver=solver, radius=r)).fit(arr)
         v = est.solve([["s2"]])[0]
         rows = rows_of(arr, ["s2"])
@@ -99,7 +147,7 @@ def test_reference_mode_matches_sklearn_direction():
 
 
 @pytest.mark.parametrize("mode", ["l2", "trust_region", "reference"])
-@pytest.mark.parametrize("solver", ["fast", "exact"])
+@pytest.mark.parametrize("solver", ["fast", "lowrank", "exact"])
 def test_reordering_sources_changes_nothing(mode, solver):
     arr = synthetic(5)
     perm = [3, 0, 4, 1, 2]

@@ -50,7 +50,9 @@ def _add_features_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", type=Path, required=True, help="feature store folder (from gradselect featurize)")
     p.add_argument("--mode", dest="estimate_mode", choices=["trust_region", "l2", "reference"],
                    help="override [estimate].mode")
-    p.add_argument("--solver", dest="estimate_solver", choices=["fast", "exact"], help="override [estimate].solver")
+    p.add_argument("--solver", dest="estimate_solver", choices=["fast", "lowrank", "exact"],
+                   help="override [estimate].solver")
+    p.add_argument("--rank", dest="estimate_rank", type=int, help="override [estimate].rank (lowrank solver)")
     p.add_argument("--radius", dest="estimate_radius", type=float, help="override [estimate].radius")
     p.add_argument("--lam", dest="estimate_lam", type=float, help="override [estimate].lam")
 
@@ -244,6 +246,7 @@ def resolve_config(args: argparse.Namespace, *, need_data: bool = True):
     if getattr(args, "proj_dim", None) is not None:
         base.setdefault("features", {})["proj_dim"] = args.proj_dim
     for section, key in (("estimate", "mode"), ("estimate", "solver"), ("estimate", "radius"), ("estimate", "lam"),
+                         ("estimate", "rank"),
                          ("select", "method"), ("select", "rule"), ("select", "k"), ("select", "threshold"),
                          ("select", "n_subsets"), ("select", "alpha"), ("select", "seed"),
                          ("select", "pseudo_sources")):

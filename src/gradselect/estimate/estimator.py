@@ -8,20 +8,18 @@ statistics) and returns self; fitted state ends in ``_``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
 
 import numpy as np
-import torch
 
 from gradselect.errors import GradselectError
 from gradselect.estimate.config import EstimateConfig
 from gradselect.estimate.solvers import (
-    fast_l2,
-    fast_trust_region,
+    SufficientStatistics,
     mean_logistic_loss,
     newton_l2,
+    quadratic_step,
+    quadratic_trust_region,
     source_statistics,
-    summed_statistics,
     trust_region_exact,
 )
 
@@ -123,12 +121,15 @@ class SubsetEstimator:
         g_dev, b_dev = arrays.g[arrays.dev_rows], arrays.b[arrays.dev_rows]
         self._g_dev, self._b_dev = g_dev, b_dev
         self.base_loss_ = float(mean_logistic_loss(b_dev))
-        if cfg.solver == "fast":
+        if cfg.solver in ("fast", "lowrank"):
             b = np.zeros_like(arrays.b) if cfg.mode == "reference" else arrays.b
-            groups = [arrays.source_rows[n] for n in self.source_names_] + [arrays.train_rows]
-            counts, grads, hess = source_statistics(arrays.g, b, groups)
-            self.stats_ = (counts[:-1], grads[:-1], hess[:-1])
-            self.base_stats_ = (counts[-1], grads[-1], hess[-1]) if cfg.include_target_train else None
+            groups = [arrays.source_rows[n] for n in self.source_names_]
+            if cfg.include_target_train:
+                groups.append(arrays.train_rows)
+            raw = source_statistics(arrays.g, b, groups)
+            stats = SufficientStatistics.lowrank(*raw, cfg.rank) if cfg.solver == "lowrank" else SufficientStatistics.plain(*raw)
+            self.stats_ = stats[: self.n_sources_]
+            self.base_stats_ = stats[self.n_sources_ :] if cfg.include_target_train else None
         return self
 
     def _check_fitted(self):
@@ -165,27 +166,26 @@ class SubsetEstimator:
         return masks
 
     # -- solving ------------------------------------------------------------------
-    def solve(self, subsets, *, batch_size: int = 64) -> np.ndarray:
+    def solve(self, subsets, *, batch_size: int | None = None) -> np.ndarray:
         """The fitted step ``v_S`` of each subset, shape (n_subsets, proj_dim)."""
         masks = self.subset_masks(subsets)
-        if self.config_.solver == "fast":
+        if self.config_.solver != "exact":
+            # Batches of about 4M system entries (64 subsets at d = 256).
+            batch_size = batch_size or int(np.clip(2**22 // max(self.stats_.dense.shape[1] ** 2, 1), 1, 4096))
             parts = [self._solve_fast(masks[i : i + batch_size]) for i in range(0, len(masks), batch_size)]
             return np.concatenate(parts) if parts else np.zeros((0, self.arrays_.g.shape[1]))
         return np.stack([self._solve_exact(m) for m in masks]) if len(masks) else np.zeros((0, self.arrays_.g.shape[1]))
 
     def _solve_fast(self, masks: np.ndarray) -> np.ndarray:
         cfg = self.config_
-        n, r, h = summed_statistics(masks, *self.stats_, base=self.base_stats_)
+        stats = self.stats_.summed(masks, self.base_stats_)
         if cfg.mode == "l2":
-            return fast_l2(n, r, h, cfg.lam)
+            return stats.to_parameters(quadratic_step(*stats.system(cfg.lam)))
         if cfg.mode == "trust_region":
-            return fast_trust_region(n, r, h, self.radius_, ridge=cfg.lam * 1e-6)
+            return stats.to_parameters(quadratic_trust_region(*stats.system(cfg.lam * 1e-6), self.radius_))
         # sklearn's C per row count: lam = 1 / (2 C n), a different lam for each subset.
-        lam_ref = 1.0 / (2.0 * cfg.reference_c * n)
-        h.div_(n[:, None, None])
-        h.diagonal(dim1=1, dim2=2).add_(2 * lam_ref[:, None])
-        v = fast_l2(torch.ones_like(n), r / n[:, None], h, 0.0)
-        return self._rescale(v)
+        lam_ref = 1.0 / (2.0 * cfg.reference_c * stats.counts)
+        return self._rescale(stats.to_parameters(quadratic_step(*stats.system(lam_ref))))
 
     def _rows(self, mask: np.ndarray) -> np.ndarray:
         parts = [self.arrays_.source_rows[self.source_names_[i]] for i in np.flatnonzero(mask)]

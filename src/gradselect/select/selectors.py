@@ -183,7 +183,7 @@ class ForwardSelector(Selector):
             if not len(remaining):
                 break
             losses = estimator.estimate(_toggled(current, remaining))
-            best = int(np.argmin(losses))
+            best = _argmin_by_name(losses, [names[i] for i in remaining])
             if current.sum() >= cap or loss - losses[best] <= self.tol:
                 scores.update({names[i]: float(l - loss) if np.isfinite(loss) else float(l) for i, l in zip(remaining, losses)})
                 break
@@ -194,6 +194,14 @@ class ForwardSelector(Selector):
         chosen = [names[i] for i in np.flatnonzero(current)]
         return Selection(self.name, chosen, {n: scores[n] for n in names}, None, loss,
                          {"max_size": self.max_size, "tol": self.tol, "path": path})
+
+
+def _argmin_by_name(losses: np.ndarray, names: list[str]) -> int:
+    """Index of the smallest loss; ties within rounding go to the first name alphabetically,
+    so a choice never depends on the order the sources were listed in."""
+    low = float(np.min(losses))
+    tied = np.flatnonzero(losses <= low + 1e-9 * abs(low) + 1e-12)
+    return int(min(tied, key=lambda i: names[i]))
 
 
 class BackwardSelector(Selector):
@@ -221,7 +229,7 @@ class BackwardSelector(Selector):
                 scores.update({names[i]: 0.0 for i in present if names[i] not in scores})
                 break
             losses = estimator.estimate(_toggled(current, present))
-            best = int(np.argmin(losses))
+            best = _argmin_by_name(losses, [names[i] for i in present])
             if loss - losses[best] <= self.tol:
                 scores.update({names[i]: float(loss - l) for i, l in zip(present, losses)})
                 break
