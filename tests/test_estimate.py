@@ -172,3 +172,15 @@ def test_input_errors():
     with pytest.raises(GradselectError, match="empty subset"):
         est.estimate([[]])
     assert est.base_loss_ == pytest.approx(mean_logistic_loss(arr.b[arr.dev_rows]))
+
+
+def test_kkt_newton_and_the_bracketed_fallback_agree():
+    from gradselect.estimate.solvers import _kkt_newton, _trust_region_bracketed
+
+    arr = synthetic(8)
+    rows = rows_of(arr, ["s0", "s2"])
+    g, b = arr.g[rows], arr.b[rows]
+    for r in (0.05, 0.5):
+        fast_path = _kkt_newton(g, b, r, 1e-8, tol=1e-11, max_iter=100)
+        assert fast_path is not None and np.isclose(np.linalg.norm(fast_path), r, rtol=1e-10)
+        assert np.allclose(fast_path, _trust_region_bracketed(g, b, r, ridge=1e-8, tol=1e-11, max_iter=100), atol=1e-8)

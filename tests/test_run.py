@@ -72,6 +72,18 @@ def test_run_caches_stages_and_reruns_downstream_only(tmp_path, capsys):
     assert main(["run", str(cfg), "-q", "--force", "nope"]) == 2
     assert "unknown stage(s) ['nope']" in capsys.readouterr().err
 
+    # The conventional baseline: its own stage, its choice fine-tuned and evaluated, the cost ratio reported.
+    cfg.write_text(CONFIG.format(k=2, run_dir=run_dir) + "validate_k = 3\nvalidate_repeats = 0\n"
+                   "conventional_budget = 20\n")
+    assert main(["run", str(cfg), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "stages run: conventional, final-conventional, evaluate, report" in out
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    conv = json.loads((run_dir / "conventional" / "conventional.json").read_text())
+    assert metrics["rows"]["conventional"]["sources"] == conv["chosen"]
+    assert "## Conventional forward selection" in (run_dir / "report.md").read_text()
+    assert "cost ratio conventional / gradselect" in (run_dir / "report.md").read_text()
+
     current = (run_dir / "report.md").read_text()
     assert "2 of 3 sources chosen" in current
     (run_dir / "report.md").unlink()

@@ -8,6 +8,8 @@ Stages, in order, each writing into the run folder::
                     and calibration.json, which selection then uses
     selection.json  estimate subsets and choose sources
     final/<name>/   fine-tune the base model on the selection (and on each comparison subset)
+    conventional/   optional baseline ([run] conventional_budget): forward selection with one
+                    real fine-tune per candidate; its choice joins the final fine-tunes
     metrics.json    target test metrics of every final model
     report.md       a readable report with plots
 
@@ -37,8 +39,8 @@ from gradselect.io import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-STAGES = ("meta_init", "features", "validate", "select", "final", "evaluate", "report")
-Comparison = Literal["all", "target-only", "grad-sim", "random"]
+STAGES = ("meta_init", "features", "validate", "select", "conventional", "final", "evaluate", "report")
+Comparison = Literal["all", "target-only", "grad-sim", "repr-sim", "random", "forward"]
 
 
 class RunSection(StrictConfig):
@@ -55,6 +57,11 @@ class RunSection(StrictConfig):
     run). Its calibrated radius / lam is then used by selection."""
     validate_repeats: int = pydantic.Field(default=2, ge=0)
     """Trust check: subsets fine-tuned again with another seed (noise floor)."""
+    conventional_budget: int = pydantic.Field(default=0, ge=0)
+    """Also run the conventional baseline, forward selection with one real fine-tune (from the
+    base model, trained like the final fine-tunes) per candidate, with at most this many
+    fine-tunes (0: skip). Its choice is fine-tuned and evaluated beside the selection and the
+    report gives the cost ratio."""
 
 
 def _key(*parts) -> str:
@@ -238,6 +245,19 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     if config.run.final_steps is not None:
         final_train = config.train.model_copy(update={"max_steps": config.run.final_steps})
     subsets = {"selection": selection.chosen, **selection.params.get("comparisons", {})}
+
+    # (optional) the conventional baseline: trained like the final fine-tunes
+    conv_key = None
+    if config.run.conventional_budget:
+        from gradselect.evaluate.conventional import conventional_forward
+
+        conv_dir = run_dir / "conventional"
+        conv_key = _key("conventional", *train_slice, _dump(final_train), config.run.conventional_budget)
+        stage("conventional", conv_key, [conv_dir / "conventional.json"],
+              lambda: conventional_forward(config, taskset, conv_dir, train_config=final_train,
+                                           budget=config.run.conventional_budget, device=device, progress=progress),
+              workdir=conv_dir)
+        subsets["conventional"] = json.loads((conv_dir / "conventional.json").read_text())["chosen"]
     final_keys = {}
     for label, names in subsets.items():
         folder = run_dir / "final" / label
@@ -274,7 +294,7 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     # 7. report (cheap: regenerated whenever anything upstream ran)
     from gradselect.report import write_report
 
-    report_key = _key("report", sel_key, eval_key, meta_key)
+    report_key = _key("report", sel_key, eval_key, meta_key, conv_key)
     stage("report", report_key, [run_dir / "report.md"], lambda: write_report(run_dir))
     metrics = json.loads(metrics_path.read_text())
     return {"ran": ran, "skipped": skipped, "run_dir": str(run_dir), "metrics": metrics, "selection": selection}

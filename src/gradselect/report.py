@@ -68,6 +68,17 @@ def _curve(result_file: Path) -> list[tuple[int, float]]:
     return [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
 
 
+def cost_of_selection(run_dir: Path) -> float | None:
+    """Wall seconds of the stages gradselect needs to reach its final model, from ``stages/*.json``."""
+    total = 0.0
+    for name in ("meta_init", "features", "select", "final"):
+        record = run_dir / "stages" / f"{name}.json"
+        if not record.exists():
+            return None
+        total += json.loads(record.read_text()).get("seconds", 0.0)
+    return total
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write ``report.md`` (and ``scores.png``, ``training.png``) into ``run_dir``."""
     run_dir = Path(run_dir)
@@ -130,6 +141,18 @@ def write_report(run_dir: str | Path) -> Path:
                           f"{c['mean_relative_error']:.2%}, leave-one-out {c['loo_mean_relative_error']:.2%})."]
         if (run_dir / "validation" / "validation.png").exists():
             lines += ["", "![estimated vs true](validation/validation.png)"]
+
+    conventional_file = run_dir / "conventional" / "conventional.json"
+    if conventional_file.exists():
+        conv = json.loads(conventional_file.read_text())
+        lines += ["", "## Conventional forward selection (real fine-tunes)", "",
+                  f"{conv['n_finetunes']} fine-tunes from the base model, {conv['seconds']:.0f} s"
+                  + ("" if conv["finished"] else f" (stopped by the budget of {conv['budget']})")
+                  + f"; chose {', '.join(conv['chosen']) or 'no source'} (dev {conv['metric']} {conv['loss']:.5f})."]
+        ours = cost_of_selection(run_dir)
+        if ours:
+            lines += ["", f"gradselect's stages (meta-initialization, features, selection, final fine-tune): "
+                          f"{ours:.0f} s; cost ratio conventional / gradselect: {conv['seconds'] / ours:.1f}x."]
 
     curves = {"meta-initialization": _curve(run_dir / "meta_init" / "train_result.json")}
     for folder in sorted((run_dir / "final").glob("*")) if (run_dir / "final").exists() else []:

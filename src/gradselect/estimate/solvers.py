@@ -87,13 +87,62 @@ def trust_region_exact(
 
     By the KKT conditions the solution is the L2 solution for the multiplier
     ``lam >= ridge`` whose norm equals ``radius`` (or ``lam = ridge`` if that one
-    lies inside). ``lam`` is found by a safeguarded Newton iteration on
-    ``1/|v(lam)| - 1/radius`` with ``dv/dlam = -H^-1 2 v``, bracketed.
+    lies inside). Newton on the KKT system in ``(v, lam)`` jointly, started from
+    the one-step (fast) solution and its multiplier, usually converges in a few
+    iterations; if it does not, a bracketed search on ``lam`` (safeguarded Newton
+    on ``1/|v(lam)| - 1/radius``) finishes the job.
     """
     if ridge > 0:
         v, _ = newton_l2(g, b, ridge, tol=tol, max_iter=max_iter)
         if np.linalg.norm(v) <= radius:
             return v
+    v = _kkt_newton(g, b, radius, ridge, tol=tol, max_iter=max_iter)
+    if v is not None:
+        return v
+    return _trust_region_bracketed(g, b, radius, ridge=ridge, tol=tol, max_iter=max_iter)
+
+
+def _kkt_newton(g, b, radius, ridge, *, tol, max_iter) -> np.ndarray | None:
+    """Newton on ``grad f(v) + 2 lam v = 0, (|v|^2 - radius^2) / 2 = 0``; None if it fails."""
+    m, d = g.shape
+    p = expit(-b)
+    grad0 = -(g.T @ p) / m
+    hess0 = (g.T * (p * (1 - p) / m)) @ g
+    hess0[np.diag_indices(d)] += 2 * ridge
+    t = torch.from_numpy
+    v = quadratic_trust_region(t(hess0[None].copy()), None, t(grad0[None]), radius)[0].numpy()
+    vv = v @ v
+    if vv == 0:
+        return None
+    lam = ridge + max(0.0, -(v @ (grad0 + hess0 @ v)) / vv) / 2  # (A + mu I) v = -grad0, A = hess0
+    for _ in range(max_iter):
+        p = expit(-(b + g @ v))
+        f1 = -(g.T @ p) / m + 2 * lam * v
+        f2 = (v @ v - radius**2) / 2
+        if np.max(np.abs(f1)) < tol and abs(f2) <= 1e-12 * radius**2:
+            return v * (radius / np.linalg.norm(v)) if lam >= ridge else None
+        mat = (g.T * (p * (1 - p) / m)) @ g
+        mat[np.diag_indices(d)] += 2 * lam
+        try:
+            chol = np.linalg.cholesky(mat)
+        except np.linalg.LinAlgError:
+            return None
+        a, c = (_cho_solve(chol, x) for x in (f1, v))
+        dlam = (f2 - v @ a) / (2 * (v @ c))
+        v, lam = v - a - 2 * dlam * c, lam + dlam
+        if not np.isfinite(lam) or lam < 0:
+            return None
+    return None
+
+
+def _cho_solve(chol: np.ndarray, x: np.ndarray) -> np.ndarray:
+    from scipy.linalg import solve_triangular
+
+    return solve_triangular(chol.T, solve_triangular(chol, x, lower=True), lower=False)
+
+
+def _trust_region_bracketed(g, b, radius, *, ridge, tol, max_iter) -> np.ndarray:
+    """The fallback of :func:`trust_region_exact`: bracketed safeguarded Newton on ``lam``."""
     grad0 = -(g.T @ expit(-b)) / g.shape[0]
     # Strong convexity bounds the solution: |v(lam)| <= |grad f(0)| / (2 lam), so |v(hi)| <= radius.
     hi = max(ridge, np.linalg.norm(grad0) / (2 * radius))

@@ -83,6 +83,48 @@ def _run_key(names, seed, train_config) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def measure_truth(config, taskset, names: list[str], folder: Path, *, train_config, init_adapter: Path | None = None,
+                  store=None, device: str = "auto", progress: bool = True) -> dict:
+    """Fine-tune on ``names`` (+ target train) and measure the target dev loss; cached in ``folder/truth.json``.
+
+    Starts from ``init_adapter`` (theta*, for the trust check) or from the base model
+    (``None``: what a conventional selection does). Records the loss in the
+    estimator's functional (``loss``), token cross-entropy (``token_ce``), the
+    wall time of training + measuring (``seconds``) and, with a feature ``store`` and
+    an ``init_adapter``, how far training moved (``displacement``).
+    """
+    import time
+
+    from gradselect.estimate.solvers import mean_logistic_loss
+    from gradselect.evaluate.metrics import target_loss
+    from gradselect.features.extract import output_values
+    from gradselect.model import load_for_inference, load_model
+    from gradselect.train import train
+
+    result_file = Path(folder) / "truth.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    start = time.perf_counter()
+    train(taskset, names, folder, model_config=config.model, adapter_config=config.adapter,
+          train_config=train_config, tokenize_config=config.tokenize, init_adapter=init_adapter,
+          device=device, progress=progress, overwrite=True)
+    base, tok = load_model(config.model, device=device)
+    model = load_for_inference(base, Path(folder) / "adapter", config.adapter)
+    dev = taskset.target_dev.examples
+    b_new = output_values(model, tok, dev, config.tokenize, output=config.features.output)
+    truth = {
+        "sources": list(names),
+        "seed": train_config.seed,
+        "loss": float(mean_logistic_loss(b_new)),
+        "token_ce": target_loss(model, tok, dev, config.tokenize).loss,
+    }
+    if store is not None and init_adapter is not None:
+        truth["displacement"] = _displacement(model, init_adapter, config, store)
+    truth["seconds"] = time.perf_counter() - start
+    write_json_atomic(result_file, truth)
+    return truth
+
+
 def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: int = 8, repeats: int = 2,
              seed: int = 0, device: str = "auto", progress: bool = True) -> dict:
     """Fine-tune on k subsets from theta*, measure the truth, compare with estimates, calibrate.
@@ -105,11 +147,6 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
     """
     from gradselect.estimate import FeatureArrays, SubsetEstimator
     from gradselect.estimate.calibrate import calibrate
-    from gradselect.estimate.solvers import mean_logistic_loss
-    from gradselect.evaluate.metrics import target_loss
-    from gradselect.features.extract import output_values
-    from gradselect.model import load_for_inference, load_model
-    from gradselect.train import train
 
     if k < 3:
         raise GradselectError(f"validate needs k >= 3 subsets to compare ranks, got {k}")
@@ -119,29 +156,13 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
     subsets = validation_subsets(names, k, seed)
     if not config.estimate.include_target_train:
         subsets = [s for s in subsets if s]
-    dev = taskset.target_dev.examples
     runs = []
     plan = [(s, config.train.seed) for s in subsets] + [(s, config.train.seed + 1) for s in subsets[:repeats]]
     for names_s, train_seed in plan:
         train_cfg = config.train.model_copy(update={"seed": train_seed})
         folder = out_dir / "runs" / _run_key(names_s, train_seed, train_cfg)
-        result_file = folder / "truth.json"
-        if not result_file.exists():
-            train(taskset, names_s, folder, model_config=config.model, adapter_config=config.adapter,
-                  train_config=train_cfg, tokenize_config=config.tokenize, init_adapter=meta_adapter,
-                  device=device, progress=progress, overwrite=True)
-            base, tok = load_model(config.model, device=device)
-            model = load_for_inference(base, folder / "adapter", config.adapter)
-            b_new = output_values(model, tok, dev, config.tokenize, output=config.features.output)
-            truth = {
-                "sources": names_s,
-                "seed": train_seed,
-                "loss": float(mean_logistic_loss(b_new)),
-                "token_ce": target_loss(model, tok, dev, config.tokenize).loss,
-                "displacement": _displacement(model, meta_adapter, config, store),
-            }
-            write_json_atomic(result_file, truth)
-        runs.append(json.loads(result_file.read_text()))
+        runs.append(measure_truth(config, taskset, names_s, folder, train_config=train_cfg, init_adapter=meta_adapter,
+                                  store=store, device=device, progress=progress))
 
     primary = runs[: len(subsets)]
     true = np.array([r["loss"] for r in primary])

@@ -1,0 +1,247 @@
+"""Benchmark: estimates against real fine-tunes, harmful-source detection, and final selections.
+
+One run folder per suite, built with ``gradselect run`` (stages cached, so a rerun
+or a larger ``--k`` reuses finished work), then:
+
+1. **estimates vs truth**: the trust check fine-tunes from theta* on ``--k`` subsets
+   (all sources, target only, random halves; 2 repeated with another seed for the
+   noise floor). For each estimator mode: mean relative error, the zero-order
+   baseline, R^2 of the predicted change, Spearman; calibrated modes also with the
+   leave-one-out error of their calibration.
+2. **harmful sources, verified**: leave-one-out real fine-tunes from theta* (all
+   sources, and all but each one). A source is *truly harmful* when dropping it
+   lowers the true dev loss. The planted noisy sources are checked against this
+   before being used as ground truth. Detection by the estimator (dropping it lowers
+   the *estimated* loss) and by the selection (not chosen): precision, recall, F1.
+3. **selections**: target test loss / exact match of the final fine-tunes on each
+   method's choice (equal step budgets) and each method's wall time.
+
+Suites:
+
+    python benchmarks/fidelity.py planted --model tiny-llama -o runs/fidelity-tiny
+    python benchmarks/fidelity.py planted -o runs/demo          # SmolLM2 + LoRA: the demo's config
+    python benchmarks/fidelity.py bbh --bbh ../shared/data/bbh -o runs/fidelity-bbh
+
+``planted`` is the demo's reasoning-gym config (target chain_sum; 6 sources, two with
+all responses swapped); pointing ``-o`` at a finished demo folder reuses its stages.
+``bbh`` takes one BIG-Bench-Hard task as target and ``--n-sources`` others as
+sources (skips cleanly when the folder is absent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+BBH_SOURCES = [
+    "navigate", "web_of_lies", "sports_understanding", "causal_judgement", "formal_fallacies",
+    "logical_deduction_three_objects", "object_counting", "date_understanding", "hyperbaton", "snarks",
+    "disambiguation_qa", "temporal_sequences", "penguins_in_a_table", "ruin_names", "movie_recommendation",
+]
+COMPARE = ["all", "target-only", "grad-sim", "repr-sim", "random", "forward"]
+
+
+def planted_config(model: str | None):
+    from gradselect.demo import FINAL_STEPS, demo_config
+
+    quick = model is not None and model.startswith("tiny-")
+    config = demo_config(quick=quick, model=model)
+    steps = FINAL_STEPS["tiny" if config.model.name_or_path.startswith("tiny-") else "smollm2"]
+    return config, steps, ["chain_sum_noisy", "arith_noisy"]
+
+
+def bbh_config(bbh: Path, target: str, n_sources: int, per_source: int, model: str | None):
+    from gradselect.config import RunConfig
+
+    names = [s for s in BBH_SOURCES if s != target][:n_sources]
+    config = RunConfig.model_validate({
+        "data": {
+            "target": {"name": target, "path": str(bbh / f"{target}.json"), "max_examples": 120},
+            "sources": [{"name": n, "path": str(bbh / f"{n}.json"), "max_examples": per_source} for n in names],
+        },
+        "model": {"name_or_path": model or "smollm2"},
+        "features": {"proj_dim": 256, "hidden_states": True},
+        "tokenize": {"max_length": 256, "chat_template": True},
+        "train": {"epochs": 1, "learning_rate": 5e-4, "batch_size": 8, "logging_steps": 5},
+        "select": {"method": "ensemble", "n_subsets": 64},
+        "evaluate": {"max_new_tokens": 8, "exact_match": True},
+    })
+    return config, 30, []
+
+
+def prf(predicted: set, actual: set) -> dict:
+    tp = len(predicted & actual)
+    p = tp / len(predicted) if predicted else float("nan")
+    r = tp / len(actual) if actual else float("nan")
+    f1 = 2 * p * r / (p + r) if predicted and actual and (p + r) > 0 else float("nan")
+    return {"precision": p, "recall": r, "f1": f1, "predicted": sorted(predicted), "actual": sorted(actual)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("suite", choices=["planted", "bbh"])
+    p.add_argument("-o", "--out", type=Path, required=True, help="run folder")
+    p.add_argument("--model", help="model (default: smollm2)")
+    p.add_argument("--k", type=int, default=20, help="validated subsets")
+    p.add_argument("--bbh", type=Path, default=Path("../shared/data/bbh"))
+    p.add_argument("--target", default="boolean_expressions")
+    p.add_argument("--n-sources", type=int, default=10)
+    p.add_argument("--per-source", type=int, default=30)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+
+    from gradselect.data import load_taskset
+    from gradselect.estimate import FeatureArrays, SubsetEstimator
+    from gradselect.estimate.calibrate import calibrate
+    from gradselect.evaluate.trust import _run_key, compare, measure_truth
+    from gradselect.features import FeatureStore
+    from gradselect.io import write_json_atomic
+    from gradselect.pipeline import fitted_estimator, run_pipeline
+
+    if args.suite == "bbh":
+        if not (args.bbh / f"{args.target}.json").exists():
+            print(f"skipped: no BIG-Bench-Hard data at {args.bbh}")
+            return 0
+        config, steps, planted = bbh_config(args.bbh, args.target, args.n_sources, args.per_source, args.model)
+    else:
+        config, steps, planted = planted_config(args.model)
+    config = config.model_copy(update={"run": config.run.model_copy(update={
+        "run_dir": str(args.out), "compare": COMPARE, "final_steps": steps, "validate_k": args.k,
+        "validate_repeats": 2})})
+    start = time.perf_counter()
+    result = run_pipeline(config, device=args.device, progress=False)
+    run_dir = args.out
+    taskset = load_taskset(config.data)
+    store = FeatureStore.open(run_dir / "features")
+    arrays = FeatureArrays.from_store(store)
+    names = list(taskset.source_names)
+    validation = json.loads((run_dir / "validation" / "validation.json").read_text())
+    subsets = [s["sources"] for s in validation["subsets"]]
+    true = np.array([s["true_loss"] for s in validation["subsets"]])
+    base = validation["base_loss"]
+
+    # 1. estimates vs truth, per mode
+    modes = {}
+    for label, est_cfg in [
+        ("trust region, default radius", config.estimate),
+        ("trust region, calibrated", None),
+        ("l2, calibrated lam", config.estimate.model_copy(update={"mode": "l2"})),
+        ("reference (authors')", config.estimate.model_copy(update={"mode": "reference"})),
+        ("trust region, calibrated, lowrank", None),
+    ]:
+        calib = None
+        if label.startswith("trust region, calibrated"):
+            calib = validation["calibration"]
+            est_cfg = config.estimate.model_copy(update={"radius": calib["value"]})
+            if "lowrank" in label:
+                est_cfg = est_cfg.model_copy(update={"solver": "lowrank"})
+        elif label.startswith("l2"):
+            calib = calibrate(arrays, est_cfg, subsets, true)
+            est_cfg = est_cfg.model_copy(update={"lam": calib["value"]})
+        estimates = SubsetEstimator(est_cfg).fit(arrays).estimate(subsets)
+        row = compare(estimates, true, base)
+        if calib:
+            row["calibrated"] = {"parameter": calib["parameter"], "value": calib["value"],
+                                 "loo_mean_relative_error": calib["loo_mean_relative_error"]}
+        modes[label] = row
+
+    # 2. harmful sources: leave-one-out real fine-tunes from theta* (the trust check's training)
+    meta = run_dir / "meta_init" / "adapter"
+    loo_true = {}
+    train_cfg = config.train
+    for subset in [names] + [[n for n in names if n != s] for s in names]:
+        folder = run_dir / "validation" / "runs" / _run_key(subset, train_cfg.seed, train_cfg)
+        loo_true[tuple(subset)] = measure_truth(config, taskset, subset, folder, train_config=train_cfg,
+                                                init_adapter=meta, store=store, device=args.device,
+                                                progress=False)["loss"]
+    all_loss = loo_true[tuple(names)]
+    true_harm = {s: all_loss - loo_true[tuple(n for n in names if n != s)] for s in names}
+    estimator = fitted_estimator(config, run_dir / "features")
+    est = estimator.estimate([names] + [[n for n in names if n != s] for s in names])
+    est_harm = {s: float(est[0] - est[i + 1]) for i, s in enumerate(names)}
+    truly_harmful = {s for s in names if true_harm[s] > 0}
+    selection = json.loads((run_dir / "selection.json").read_text())
+    detection = {
+        "true_harm": true_harm, "estimated_harm": est_harm,
+        "planted_verified": {s: true_harm[s] > 0 for s in planted},
+        "estimate_vs_verified": prf({s for s in names if est_harm[s] > 0}, truly_harmful),
+        "selection_vs_verified": prf(set(names) - set(selection["chosen"]), truly_harmful),
+    }
+    if planted:
+        detection["estimate_vs_planted"] = prf({s for s in names if est_harm[s] > 0}, set(planted))
+        detection["selection_vs_planted"] = prf(set(names) - set(selection["chosen"]), set(planted))
+        detection["selection_ranking"] = sorted(selection["scores"], key=selection["scores"].get)
+
+    # 3. selections on the test split, with wall times
+    rows = selection_rows(run_dir)
+
+    out = {"suite": args.suite, "model": config.model.name_or_path, "n_sources": len(names),
+           "target": taskset.target_train.name, "sizes": {s.name: len(s) for s in taskset.sources},
+           "base_loss": base, "noise_floor": validation.get("noise_floor_mean_relative_difference"),
+           "modes": modes, "detection": detection, "selections": rows, "stage_seconds": stage_seconds(run_dir),
+           "wall_s_this_call": time.perf_counter() - start, "ran": result["ran"]}
+    write_json_atomic(run_dir / "fidelity.json", out)
+
+    print(f"# {args.suite} suite: {config.model.name_or_path}, {len(names)} sources, "
+          f"{len(subsets)} validated subsets, noise floor {out['noise_floor']:.2%}")
+    print("| estimator | mean rel. err | zero-order | R^2 of change | Spearman [95%] | calibrated (LOO err) |")
+    print("|---|---|---|---|---|---|")
+    for label, m in modes.items():
+        c = m.get("calibrated")
+        ci = m["spearman_ci95"]
+        print(f"| {label} | {m['mean_relative_error']:.2%} | {m['zero_order_mean_relative_error']:.2%} | "
+              f"{m['r2_of_change']:.2f} | {m['spearman']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] | "
+              + (f"{c['parameter']} {c['value']:.3g} ({c['loo_mean_relative_error']:.2%})" if c else "") + " |")
+    print("\n| source | true harm (loss(all) - loss(all - s)) | estimated harm | chosen |")
+    print("|---|---|---|---|")
+    for s in names:
+        print(f"| {s}{' (planted)' if s in planted else ''} | {true_harm[s]:+.4f} | {est_harm[s]:+.4f} | "
+              f"{'yes' if s in selection['chosen'] else ''} |")
+    for key in ("estimate_vs_verified", "selection_vs_verified", "estimate_vs_planted", "selection_vs_planted"):
+        if key in detection:
+            d = detection[key]
+            print(f"{key}: precision {d['precision']:.2f} recall {d['recall']:.2f} F1 {d['f1']:.2f} "
+                  f"(predicted {d['predicted']}, actual {d['actual']})")
+    print()
+    print_selection_rows(rows)
+    return 0
+
+
+def stage_seconds(run_dir: Path) -> dict:
+    return {p.stem: json.loads(p.read_text()).get("seconds", 0.0) for p in (run_dir / "stages").glob("*.json")
+            if not p.name.endswith(".running.json")}
+
+
+def selection_rows(run_dir: Path) -> dict:
+    """metrics.json rows with each method's wall time: its final fine-tune, plus meta-init + features +
+    selection for methods that need the features, plus the search for the conventional baseline."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    seconds = stage_seconds(run_dir)
+    shared = seconds.get("meta_init", 0) + seconds.get("features", 0) + seconds.get("select", 0)
+    rows = {}
+    for label, row in metrics["rows"].items():
+        wall = seconds.get("final" if label == "selection" else f"final-{label}", 0.0)
+        if label in ("selection", "grad-sim", "repr-sim", "forward"):
+            wall += shared
+        if label == "conventional":
+            wall += json.loads((run_dir / "conventional" / "conventional.json").read_text())["seconds"]
+        rows[label] = row | {"wall_s": wall}
+    return rows
+
+
+def print_selection_rows(rows: dict) -> None:
+    print("| method | sources | test loss | exact match | wall s |")
+    print("|---|---|---|---|---|")
+    for label, r in sorted(rows.items(), key=lambda kv: kv[1]["test_loss"]):
+        em = r.get("test_exact_match")
+        print(f"| {label} | {len(r['sources'])} | {r['test_loss']:.4f} | {'' if em is None else f'{em:.3f}'} | "
+              f"{r['wall_s']:.0f} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
