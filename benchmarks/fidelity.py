@@ -136,12 +136,12 @@ def main(argv=None) -> int:
     ]:
         calib = None
         if label.startswith("trust region, calibrated"):
-            calib = validation["calibration"]
+            calib = validation.get("calibration_candidates", {}).get("trust_region") or validation["calibration"]
             est_cfg = config.estimate.model_copy(update={"radius": calib["value"]})
             if "lowrank" in label:
                 est_cfg = est_cfg.model_copy(update={"solver": "lowrank"})
         elif label.startswith("l2"):
-            calib = calibrate(arrays, est_cfg, subsets, true)
+            calib = validation.get("calibration_candidates", {}).get("l2") or calibrate(arrays, est_cfg, subsets, true)
             est_cfg = est_cfg.model_copy(update={"lam": calib["value"]})
         estimates = SubsetEstimator(est_cfg).fit(arrays).estimate(subsets)
         row = compare(estimates, true, base)

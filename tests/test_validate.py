@@ -40,14 +40,19 @@ def test_validate_end_to_end(tmp_path, capsys):
             "-o", str(tmp_path / "val"), "--k", "3", "--repeats", "1", "-q"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "zero-order baseline" in out and "calibrated radius" in out and "noise floor" in out
+    assert "zero-order baseline" in out and "noise floor" in out
+    assert "calibrated trust_region radius" in out and "calibrated l2 lam" in out and "(chosen" in out
     report = json.loads((tmp_path / "val" / "validation.json").read_text())
     assert [s["sources"] for s in report["subsets"]][:2] == [["more", "legs", "noisy"], []]
     for s in report["subsets"]:
         assert s["true_loss"] > 0 and s["estimated_loss"] > 0 and s["displacement"]["projected_norm"] > 0
     assert (tmp_path / "val" / "validation.png").exists()
     calib = json.loads((tmp_path / "calibration.json").read_text())
-    assert calib["parameter"] == "radius" and calib["value"] > 0
+    # Both step models calibrated; the one with the lower leave-one-out error is named.
+    cands = calib["candidates"]
+    assert cands["trust_region"]["parameter"] == "radius" and cands["l2"]["parameter"] == "lam"
+    best = min(cands, key=lambda m: cands[m]["loo_mean_relative_error"])
+    assert calib["mode"] == best and calib["value"] == cands[best]["value"] > 0
     assert len(list((tmp_path / "val" / "runs").iterdir())) == 4  # 3 subsets + 1 repeat
 
     # A larger k adds subsets and reuses the finished runs.
@@ -61,7 +66,8 @@ def test_validate_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main(["select", "--features", str(feats), "--n-subsets", "10", "-q"]) == 0
     saved = json.loads((tmp_path / "selection.json").read_text())
-    assert saved["params"]["estimator"]["radius"] == calib["value"]
+    assert saved["params"]["estimator"]["mode"] == calib["mode"]
+    assert saved["params"]["estimator"][calib["parameter"]] == calib["value"]
 
 
 def test_compare_and_calibrate_on_synthetic_truth():
@@ -85,3 +91,22 @@ def test_compare_and_calibrate_on_synthetic_truth():
     result = calibrate(arrays, EstimateConfig(), subsets, truth, projected_norms=[0.7, 0.7, 0.7, 0.7])
     assert result["parameter"] == "radius" and abs(result["value"] - 0.7) / 0.7 < 0.2
     assert result["mean_relative_error"] < 0.01
+
+
+def test_calibrated_applies_the_chosen_mode_unless_the_config_fixes_it(tmp_path):
+    from gradselect.pipeline import calibrated
+
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({
+        "mode": "l2", "parameter": "lam", "value": 0.05, "mean_relative_error": 0.1, "loo_mean_relative_error": 0.12,
+        "candidates": {
+            "l2": {"parameter": "lam", "value": 0.05, "mean_relative_error": 0.1, "loo_mean_relative_error": 0.12},
+            "trust_region": {"parameter": "radius", "value": 0.3, "mean_relative_error": 0.2,
+                             "loo_mean_relative_error": 0.25}}}))
+    chosen = calibrated(EstimateConfig(), path)
+    assert chosen.mode == "l2" and chosen.lam == 0.05
+    fixed_mode = calibrated(EstimateConfig(mode="trust_region"), path)
+    assert fixed_mode.mode == "trust_region" and fixed_mode.radius == 0.3
+    own_step = calibrated(EstimateConfig(mode="trust_region", radius=1.5), path)
+    assert own_step.radius == 1.5
+    assert calibrated(EstimateConfig(), tmp_path / "missing.json") == EstimateConfig()

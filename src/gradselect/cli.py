@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune from the meta-initialization on k subsets (all sources, target only, then random), "
         "measure the true target dev loss, and compare with the estimates: relative error beside the zero-order "
         "baseline, R^2 of the change, Spearman and Kendall with bootstrap intervals, a noise floor from repeated "
-        "seeds, and a leave-one-out calibration of the radius (or lam) saved beside the features for later estimates.",
+        "seeds, and a leave-one-out calibration of the trust-region radius and of the L2 lam; the mode that generalises "
+        "better (and its step) is saved beside the features for later estimates.",
     )
     _add_run_inputs(p)
     p.add_argument("--adapter", type=Path, required=True, help="the meta-initialization adapter the features came from")
@@ -463,10 +464,10 @@ def cmd_validate(args) -> int:
           f"Kendall {m['kendall']:.3f} {m['kendall_ci95']}")
     if "noise_floor_mean_relative_difference" in report:
         print(f"  noise floor (same subset, other seed): {report['noise_floor_mean_relative_difference']:.2%}")
-    c = report["calibration"]
-    if c.get("parameter"):
-        print(f"  calibrated {c['parameter']} = {c['value']:.4g}: mean relative error {c['mean_relative_error']:.2%}, "
-              f"leave-one-out {c['loo_mean_relative_error']:.2%}")
+    for mode, c in report["calibration_candidates"].items():
+        chosen = " (chosen: lower leave-one-out error)" if mode == report["calibration"]["mode"] else ""
+        print(f"  calibrated {mode} {c['parameter']} = {c['value']:.4g}: mean relative error "
+              f"{c['mean_relative_error']:.2%}, leave-one-out {c['loo_mean_relative_error']:.2%}{chosen}")
     print(f"results: {args.output / 'validation.json'}, {args.output / 'validation.png'}")
     return 0
 

@@ -131,18 +131,29 @@ def fitted_estimator(config, features_dir: Path):
 
 
 def calibrated(estimate_config, calibration_file: Path):
-    """``estimate_config`` with a validated radius / lam applied, unless the config sets its own."""
+    """``estimate_config`` with the trust check's mode and step (radius / lam) applied.
+
+    The trust check calibrates both step models and names the one with the lower
+    leave-one-out error. A config that sets ``mode`` keeps it (with that mode's
+    calibrated step); one that sets the step itself keeps its own.
+    """
     if not calibration_file.exists():
         return estimate_config
     calib = json.loads(calibration_file.read_text())
-    key = calib.get("parameter")
-    if calib.get("mode") != estimate_config.mode or key not in ("radius", "lam"):
+    fields = estimate_config.model_fields_set
+    if "mode" in fields:
+        mode = estimate_config.mode
+        entry = calib.get("candidates", {}).get(mode) or (calib if calib.get("mode") == mode else None)
+    else:
+        mode, entry = calib.get("mode"), calib
+    key = (entry or {}).get("parameter")
+    if key not in ("radius", "lam"):
         return estimate_config
-    if key in estimate_config.model_fields_set:
-        log.info("config sets %s; ignoring the calibrated value in %s", key, calibration_file)
+    if key in fields or {"radius", "lam"} & fields and mode != estimate_config.mode:
+        log.info("config sets its own step; ignoring the calibration in %s", calibration_file)
         return estimate_config
-    log.info("using calibrated %s = %.4g from %s", key, calib["value"], calibration_file)
-    return estimate_config.model_copy(update={key: calib["value"]})
+    log.info("using calibrated mode %s, %s = %.4g from %s", mode, key, entry["value"], calibration_file)
+    return estimate_config.model_copy(update={"mode": mode, key: entry["value"]})
 
 
 def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None = None, force: Sequence[str] = (),

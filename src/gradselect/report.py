@@ -136,9 +136,10 @@ def write_report(run_dir: str | Path) -> Path:
             lines += ["", f"Noise floor (same subset, another seed): "
                           f"{val['noise_floor_mean_relative_difference']:.2%} mean relative difference."]
         c = val.get("calibration", {})
-        if c.get("parameter"):
-            lines += ["", f"Calibrated {c['parameter']} = {c['value']:.4g} (mean relative error "
-                          f"{c['mean_relative_error']:.2%}, leave-one-out {c['loo_mean_relative_error']:.2%})."]
+        for mode, cand in val.get("calibration_candidates", {}).items():
+            lines += ["", f"Calibrated {mode} {cand['parameter']} = {cand['value']:.4g} (mean relative error "
+                          f"{cand['mean_relative_error']:.2%}, leave-one-out {cand['loo_mean_relative_error']:.2%})"
+                          + ("; chosen for selection." if mode == c.get("mode") else ".")]
         if (run_dir / "validation" / "validation.png").exists():
             lines += ["", "![estimated vs true](validation/validation.png)"]
 

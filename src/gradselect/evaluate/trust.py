@@ -180,18 +180,29 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
     if repeat_pairs:
         diffs = [abs(a - b) / ((a + b) / 2) for a, b in repeat_pairs]
         report["noise_floor_mean_relative_difference"] = float(np.mean(diffs))
-    report["calibration"] = calibrate(arrays, config.estimate, [r["sources"] for r in primary], true,
-                                      [r["displacement"]["projected_norm"] for r in primary])
+    # Mode choice: calibrate both step models and keep the one that generalises (leave-one-out).
+    norms = [r["displacement"]["projected_norm"] for r in primary]
+    candidates = {mode: calibrate(arrays, config.estimate.model_copy(update={"mode": mode}),
+                                  [r["sources"] for r in primary], true, norms)
+                  for mode in ("trust_region", "l2")}
+    best = min(candidates, key=lambda mode: candidates[mode]["loo_mean_relative_error"])
+    report["calibration"] = candidates[best] | {"mode": best}
+    report["calibration_candidates"] = {mode: _calibration_summary(c) for mode, c in candidates.items()}
     write_json_atomic(out_dir / "validation.json", report)
     _scatter(report, out_dir / "validation.png")
     calib = report["calibration"]
     if calib.get("parameter"):
         # Beside the feature store, where fitted_estimator picks it up for later estimates.
         write_json_atomic(Path(store.path).parent / "calibration.json",
-                          {"mode": config.estimate.mode, "parameter": calib["parameter"], "value": calib["value"],
-                           "loo_mean_relative_error": calib["loo_mean_relative_error"],
+                          {"mode": calib["mode"], **_calibration_summary(calib),
+                           "candidates": report["calibration_candidates"],
                            "validation": str(out_dir / "validation.json")})
     return report
+
+
+def _calibration_summary(calib: dict) -> dict:
+    keys = ("parameter", "value", "mean_relative_error", "loo_mean_relative_error")
+    return {k: calib[k] for k in keys}
 
 
 def _displacement(model, meta_adapter: Path, config, store) -> dict:
