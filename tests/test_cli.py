@@ -140,6 +140,11 @@ def test_estimate_and_select(tmp_path, feature_store, capsys):
     sampled = tmp_path / "sampled.csv"
     assert main(["estimate", "--features", str(feature_store), "--n-subsets", "5", "-o", str(sampled), "-q"]) == 0
     assert pacsv.read_csv(sampled).num_rows == 5
+    # The low-rank solver at full rank reproduces the fast solver's table.
+    full = tmp_path / "full.csv"
+    assert main(["estimate", "--features", str(feature_store), "--subsets", str(subsets), "-o", str(full),
+                 "--solver", "lowrank", "--rank", "4096", "-q"]) == 0
+    assert pacsv.read_csv(full).column("estimated_loss").to_pylist() == pytest.approx(table["estimated_loss"], rel=1e-8)
     capsys.readouterr()
 
     for method in ["ensemble", "forward", "backward", "grad-sim", "random", "all", "target-only"]:
