@@ -61,7 +61,7 @@ def bbh_config(bbh: Path, target: str, n_sources: int, per_source: int, model: s
     names = [s for s in BBH_SOURCES if s != target][:n_sources]
     config = RunConfig.model_validate({
         "data": {
-            "target": {"name": target, "path": str(bbh / f"{target}.json"), "max_examples": 120},
+            "target": {"name": target, "path": str(bbh / f"{target}.json"), "max_examples": 100},
             "sources": [{"name": n, "path": str(bbh / f"{n}.json"), "max_examples": per_source} for n in names],
         },
         "model": {"name_or_path": model or "smollm2"},
@@ -71,7 +71,7 @@ def bbh_config(bbh: Path, target: str, n_sources: int, per_source: int, model: s
         "select": {"method": "ensemble", "n_subsets": 64},
         "evaluate": {"max_new_tokens": 8, "exact_match": True},
     })
-    return config, 30, []
+    return config, 20, []
 
 
 def prf(predicted: set, actual: set) -> dict:
@@ -91,14 +91,14 @@ def main(argv=None) -> int:
     p.add_argument("--bbh", type=Path, default=Path("../shared/data/bbh"))
     p.add_argument("--target", default="boolean_expressions")
     p.add_argument("--n-sources", type=int, default=10)
-    p.add_argument("--per-source", type=int, default=30)
+    p.add_argument("--per-source", type=int, default=20)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
 
     from gradselect.data import load_taskset
     from gradselect.estimate import FeatureArrays, SubsetEstimator
     from gradselect.estimate.calibrate import calibrate
-    from gradselect.evaluate.trust import _run_key, compare, measure_truth
+    from gradselect.evaluate.trust import _run_key, compare, measure_truth, validation_train_config
     from gradselect.features import FeatureStore
     from gradselect.io import write_json_atomic
     from gradselect.pipeline import fitted_estimator, run_pipeline
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     # 2. harmful sources: leave-one-out real fine-tunes from theta* (the trust check's training)
     meta = run_dir / "meta_init" / "adapter"
     loo_true = {}
-    train_cfg = config.train
+    train_cfg = validation_train_config(config)
     for subset in [names] + [[n for n in names if n != s] for s in names]:
         folder = run_dir / "validation" / "runs" / _run_key(subset, train_cfg.seed, train_cfg)
         loo_true[tuple(subset)] = measure_truth(config, taskset, subset, folder, train_config=train_cfg,

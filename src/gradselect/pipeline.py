@@ -224,7 +224,8 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
         from gradselect.evaluate.trust import validate
         from gradselect.features import FeatureStore
 
-        val_key = _key("validate", feat_key, _dump(config.train), _dump(config.estimate), config.run.validate_k,
+        val_key = _key("validate", feat_key, _dump(config.train), config.run.final_steps, _dump(config.estimate),
+                       config.run.validate_k,
                        config.run.validate_repeats)
         stage("validate", val_key, [run_dir / "validation" / "validation.json"],
               lambda: validate(config, taskset, FeatureStore.open(feat_dir), meta_dir / "adapter",

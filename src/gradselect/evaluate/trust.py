@@ -83,6 +83,19 @@ def _run_key(names, seed, train_config) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def validation_train_config(config):
+    """How the trust check fine-tunes from theta*: like the final fine-tunes.
+
+    With ``[run] final_steps`` every subset gets that many optimizer steps, so subsets
+    differ in *what* they train on, not in how long: the estimator models a step of
+    fixed length (trust region) on the subset's mean loss, whatever its size. With
+    epochs instead, a subset twice as large trains twice as long and moves twice as
+    far, which the estimate does not model.
+    """
+    steps = getattr(getattr(config, "run", None), "final_steps", None)
+    return config.train if steps is None else config.train.model_copy(update={"max_steps": steps})
+
+
 def measure_truth(config, taskset, names: list[str], folder: Path, *, train_config, init_adapter: Path | None = None,
                   store=None, device: str = "auto", progress: bool = True) -> dict:
     """Fine-tune on ``names`` (+ target train) and measure the target dev loss; cached in ``folder/truth.json``.
@@ -157,9 +170,10 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
     if not config.estimate.include_target_train:
         subsets = [s for s in subsets if s]
     runs = []
-    plan = [(s, config.train.seed) for s in subsets] + [(s, config.train.seed + 1) for s in subsets[:repeats]]
+    base_train = validation_train_config(config)
+    plan = [(s, base_train.seed) for s in subsets] + [(s, base_train.seed + 1) for s in subsets[:repeats]]
     for names_s, train_seed in plan:
-        train_cfg = config.train.model_copy(update={"seed": train_seed})
+        train_cfg = base_train.model_copy(update={"seed": train_seed})
         folder = out_dir / "runs" / _run_key(names_s, train_seed, train_cfg)
         runs.append(measure_truth(config, taskset, names_s, folder, train_config=train_cfg, init_adapter=meta_adapter,
                                   store=store, device=device, progress=progress))
