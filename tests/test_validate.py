@@ -110,3 +110,13 @@ def test_calibrated_applies_the_chosen_mode_unless_the_config_fixes_it(tmp_path)
     own_step = calibrated(EstimateConfig(mode="trust_region", radius=1.5), path)
     assert own_step.radius == 1.5
     assert calibrated(EstimateConfig(), tmp_path / "missing.json") == EstimateConfig()
+
+
+def test_trust_check_trains_like_the_final_fine_tunes():
+    from gradselect.config import RunConfig
+    from gradselect.evaluate.trust import validation_train_config
+
+    config = RunConfig.model_validate({"train": {"epochs": 2}})
+    assert validation_train_config(config) == config.train
+    fixed = config.model_copy(update={"run": config.run.model_copy(update={"final_steps": 7})})
+    assert validation_train_config(fixed).max_steps == 7 and validation_train_config(fixed).epochs == 2
