@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "validate",
         help="trust check: estimates against real fine-tunes from the meta-initialization; calibration",
-        description="Fine-tune from the meta-initialization on k subsets (all sources, target only, then random), "
+        description="Fine-tune from the meta-initialization on k subsets (all sources, target only, then random; "
+        "[run] final_steps optimizer steps each when set, so subsets differ in data, not in training length), "
         "measure the true target dev loss, and compare with the estimates: relative error beside the zero-order "
         "baseline, R^2 of the change, Spearman and Kendall with bootstrap intervals, a noise floor from repeated "
         "seeds, and a leave-one-out calibration of the trust-region radius and of the L2 lam; the mode that generalises "
