@@ -13,18 +13,11 @@ says so, and how many fine-tunes the unfinished step needed.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Literal
 
 from gradselect.errors import GradselectError
 from gradselect.io import write_json_atomic
-
-
-def _key(names, train_config) -> str:
-    payload = json.dumps([sorted(names), train_config.model_dump(mode="json")], sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def conventional_forward(config, taskset, out_dir: Path, *, train_config=None, budget: int | None = None,
@@ -57,7 +50,7 @@ def conventional_forward(config, taskset, out_dir: Path, *, train_config=None, b
         (False when the budget stopped it), ``runs`` (every fine-tune's result);
         also written to ``out_dir/conventional.json``.
     """
-    from gradselect.evaluate.trust import measure_truth
+    from gradselect.evaluate.trust import _run_key, measure_truth
 
     if budget is not None and budget < 1:
         raise GradselectError(f"conventional selection needs a budget >= 1 fine-tune, got {budget}")
@@ -68,7 +61,7 @@ def conventional_forward(config, taskset, out_dir: Path, *, train_config=None, b
     runs: list[dict] = []
 
     def measure(subset: list[str]) -> float:
-        truth = measure_truth(config, taskset, subset, out_dir / "runs" / _key(subset, train_config),
+        truth = measure_truth(config, taskset, subset, out_dir / "runs" / _run_key(subset, train_config.seed, train_config),
                               train_config=train_config, device=device, progress=progress)
         runs.append(truth)
         return truth[metric]
