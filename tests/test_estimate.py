@@ -13,6 +13,7 @@ from gradselect.estimate.solvers import (
     newton_l2,
     quadratic_step,
     quadratic_trust_region,
+    refine_on_rows,
     trust_region_exact,
 )
 
@@ -66,8 +67,8 @@ def test_fast_equals_one_exact_newton_step():
     arr = synthetic(2)
     subsets = [["s0"], ["s1", "s2", "s4"], []]
     fast = SubsetEstimator(EstimateConfig(mode="l2", solver="fast", lam=1e-2)).fit(arr)
-    one_step = SubsetEstimator(EstimateConfig(mode="l2", solver="exact", lam=1e-2, max_iter=1)).fit(arr)
-    assert np.allclose(fast.solve(subsets), one_step.solve(subsets), rtol=1e-10, atol=1e-12)
+    one_step = np.stack([newton_l2(arr.g[rows_of(arr, s)], arr.b[rows_of(arr, s)], 1e-2, max_iter=1)[0] for s in subsets])
+    assert np.allclose(fast.solve(subsets), one_step, rtol=1e-10, atol=1e-12)
     # Strong regularisation keeps v tiny, where one step is (nearly) the whole solution.
     fast = SubsetEstimator(EstimateConfig(mode="l2", solver="fast", lam=1e3)).fit(arr)
     exact = SubsetEstimator(EstimateConfig(mode="l2", solver="exact", lam=1e3)).fit(arr)
@@ -184,3 +185,34 @@ def test_kkt_newton_and_the_bracketed_fallback_agree():
         fast_path = _kkt_newton(g, b, r, 1e-8, tol=1e-11, max_iter=100)
         assert fast_path is not None and np.isclose(np.linalg.norm(fast_path), r, rtol=1e-10)
         assert np.allclose(fast_path, _trust_region_bracketed(g, b, r, ridge=1e-8, tol=1e-11, max_iter=100), atol=1e-8)
+
+
+@pytest.mark.parametrize("mode", ["l2", "trust_region", "reference"])
+def test_batched_exact_with_a_low_rank_start_equals_plain_newton_per_subset(mode):
+    # Rank 2 of d = 12: a poor model Hessian, so the rows have to do the work. Radius 0.25
+    # binds for every subset here (the unconstrained solutions have norms 0.33-0.54).
+    arr = synthetic(9)
+    masks = np.random.default_rng(5).random((7, 5)) < 0.5
+    cfg = EstimateConfig(mode=mode, solver="exact", rank=2, lam=1e-2, radius=0.25, reference_c=1e-2, tol=1e-12)
+    est = SubsetEstimator(cfg).fit(arr)
+    stats = est.stats_.summed(masks, est.base_stats_)
+    ridge = 1e-2 if mode == "l2" else (1e-8 if mode == "trust_region" else 1 / (2e-2 * stats.counts))
+    v, converged = refine_on_rows(est.rows_, masks, stats, ridge=ridge, radius=0.25 if mode == "trust_region" else None,
+                                  tol=1e-12)
+    assert converged.all()  # no subset needed the per-subset fallback
+    plain = np.stack([est._solve_one(m) for m in masks])
+    assert np.allclose(v, plain, rtol=1e-8, atol=1e-11)
+    if mode == "trust_region":
+        assert np.allclose(np.linalg.norm(v, axis=1), 0.25, rtol=1e-12)
+    assert np.allclose(est.solve(masks), est._rescale(v) if mode == "reference" else v, rtol=1e-12, atol=1e-15)
+
+
+def test_batched_exact_hands_non_binding_radii_to_the_fallback():
+    arr = synthetic(10)
+    masks = np.random.default_rng(6).random((4, 5)) < 0.5
+    est = SubsetEstimator(EstimateConfig(solver="exact", radius=1e6, lam=1e5)).fit(arr)  # ridge 0.1
+    stats = est.stats_.summed(masks, est.base_stats_)
+    _, converged = refine_on_rows(est.rows_, masks, stats, ridge=0.1, radius=1e6)
+    assert not converged.any()  # the ridge solution lies inside the ball: the multiplier went negative
+    ridge_solutions = [newton_l2(arr.g[r], arr.b[r], 0.1)[0] for r in (est._rows(m) for m in masks)]
+    assert np.allclose(est.solve(masks), np.stack(ridge_solutions), rtol=1e-9)

@@ -33,12 +33,16 @@ class EstimateConfig(StrictConfig):
     independent of the number of rows, one d x d factorisation per subset); ``lowrank``:
     the same step with each subset's Hessian kept dense only in the top ``rank``
     eigen-directions of the pooled Hessian and diagonal elsewhere (a rank x rank
-    factorisation per subset; equal to ``fast`` when rank >= proj_dim); ``exact``: Newton
-    iterations to convergence on the rows."""
+    factorisation per subset; equal to ``fast`` when rank >= proj_dim); ``exact``: solved to
+    ``tol`` on the rows — the ``lowrank`` step refined by chord iterations (one exact gradient
+    each, batched over subsets, Anderson-accelerated), with plain Newton per subset as the
+    fallback for any subset that does not converge or whose radius does not bind."""
     rank: int = pydantic.Field(default=32, ge=0)
     """``lowrank`` solver: directions in which each subset's Hessian is kept dense (on the
     demo's SmolLM2 features, rank 32 of d = 256 changed trust-region estimates by at most
-    1.2e-4 relative; the L2 mode at small ``lam`` needs far more, see benchmarks/README.md)."""
+    1.2e-4 relative; the L2 mode at small ``lam`` needs far more, see benchmarks/README.md).
+    The ``exact`` solver uses the same model as its start and preconditioner (the rank
+    changes its speed, not its answer)."""
     lam: float = pydantic.Field(default=1e-3, ge=0)
     """L2 strength of the ``l2`` mode (also a tiny ridge that keeps trust-region systems solvable)."""
     radius: float | None = pydantic.Field(default=None, gt=0)
@@ -53,7 +57,7 @@ class EstimateConfig(StrictConfig):
     tol: float = pydantic.Field(default=1e-10, gt=0)
     """Exact solver: stop when the gradient's max-norm is below this."""
     max_iter: int = pydantic.Field(default=100, ge=1)
-    """Exact solver: Newton iterations at most."""
+    """Exact solver: iterations at most (chord iterations, and Newton in the fallback)."""
     reference_c: float = pydantic.Field(default=1e-4, gt=0)
     """Reference mode: sklearn's inverse regularisation C."""
     reference_fraction: float = pydantic.Field(default=0.1, gt=0)

@@ -1,8 +1,8 @@
 """The subset estimator: fine-tuned target loss of any subset of sources, from features.
 
 Follows the scikit-learn contract: ``__init__`` stores the config, ``fit``
-reads the features (and, for the fast solver, per-source sufficient
-statistics) and returns self; fitted state ends in ``_``.
+reads the features and computes per-source sufficient statistics (and, for the
+exact solver, the per-source row blocks) and returns self; fitted state ends in ``_``.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ import numpy as np
 from gradselect.errors import GradselectError
 from gradselect.estimate.config import EstimateConfig
 from gradselect.estimate.solvers import (
+    RowBlocks,
     SufficientStatistics,
     mean_logistic_loss,
     newton_l2,
     quadratic_step,
     quadratic_trust_region,
+    refine_on_rows,
     source_statistics,
     trust_region_exact,
 )
@@ -121,15 +123,16 @@ class SubsetEstimator:
         g_dev, b_dev = arrays.g[arrays.dev_rows], arrays.b[arrays.dev_rows]
         self._g_dev, self._b_dev = g_dev, b_dev
         self.base_loss_ = float(mean_logistic_loss(b_dev))
-        if cfg.solver in ("fast", "lowrank"):
-            b = np.zeros_like(arrays.b) if cfg.mode == "reference" else arrays.b
-            groups = [arrays.source_rows[n] for n in self.source_names_]
-            if cfg.include_target_train:
-                groups.append(arrays.train_rows)
-            raw = source_statistics(arrays.g, b, groups)
-            stats = SufficientStatistics.lowrank(*raw, cfg.rank) if cfg.solver == "lowrank" else SufficientStatistics.plain(*raw)
-            self.stats_ = stats[: self.n_sources_]
-            self.base_stats_ = stats[self.n_sources_ :] if cfg.include_target_train else None
+        b = np.zeros_like(arrays.b) if cfg.mode == "reference" else arrays.b
+        groups = [arrays.source_rows[n] for n in self.source_names_]
+        base = arrays.train_rows if cfg.include_target_train else None
+        raw = source_statistics(arrays.g, b, groups + ([base] if base is not None else []))
+        # The exact solver starts from (and is preconditioned by) the low-rank model.
+        stats = SufficientStatistics.plain(*raw) if cfg.solver == "fast" else SufficientStatistics.lowrank(*raw, cfg.rank)
+        self.stats_ = stats[: self.n_sources_]
+        self.base_stats_ = stats[self.n_sources_ :] if base is not None else None
+        if cfg.solver == "exact":
+            self.rows_ = RowBlocks(arrays.g, b, groups, base)
         return self
 
     def _check_fitted(self):
@@ -169,12 +172,13 @@ class SubsetEstimator:
     def solve(self, subsets, *, batch_size: int | None = None) -> np.ndarray:
         """The fitted step ``v_S`` of each subset, shape (n_subsets, proj_dim)."""
         masks = self.subset_masks(subsets)
-        if self.config_.solver != "exact":
-            # Batches of about 4M system entries (64 subsets at d = 256).
-            batch_size = batch_size or int(np.clip(2**22 // max(self.stats_.dense.shape[1] ** 2, 1), 1, 4096))
-            parts = [self._solve_fast(masks[i : i + batch_size]) for i in range(0, len(masks), batch_size)]
-            return np.concatenate(parts) if parts else np.zeros((0, self.arrays_.g.shape[1]))
-        return np.stack([self._solve_exact(m) for m in masks]) if len(masks) else np.zeros((0, self.arrays_.g.shape[1]))
+        exact = self.config_.solver == "exact"
+        # Batches of about 4M system entries (64 subsets at d = 256 in the full-rank form);
+        # exact batches are capped where per-source GEMMs stop gaining from width.
+        batch_size = batch_size or int(np.clip(2**22 // max(self.stats_.dense.shape[1] ** 2, 1), 1, 256 if exact else 4096))
+        solve = self._solve_exact if exact else self._solve_fast
+        parts = [solve(masks[i : i + batch_size]) for i in range(0, len(masks), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.arrays_.g.shape[1]))
 
     def _solve_fast(self, masks: np.ndarray) -> np.ndarray:
         cfg = self.config_
@@ -187,13 +191,28 @@ class SubsetEstimator:
         lam_ref = 1.0 / (2.0 * cfg.reference_c * stats.counts)
         return self._rescale(stats.to_parameters(quadratic_step(*stats.system(lam_ref))))
 
+    def _solve_exact(self, masks: np.ndarray) -> np.ndarray:
+        cfg = self.config_
+        stats = self.stats_.summed(masks, self.base_stats_)
+        if cfg.mode == "trust_region":
+            ridge, radius = cfg.lam * 1e-6, self.radius_
+        else:
+            ridge = cfg.lam if cfg.mode == "l2" else 1.0 / (2.0 * cfg.reference_c * stats.counts)
+            radius = None
+        v, converged = refine_on_rows(self.rows_, masks, stats, ridge=ridge, radius=radius, tol=cfg.tol,
+                                      max_iter=cfg.max_iter)
+        for i in np.flatnonzero(~converged):  # rare: plain Newton on this subset's rows
+            v[i] = self._solve_one(masks[i])
+        return self._rescale(v) if cfg.mode == "reference" else v
+
     def _rows(self, mask: np.ndarray) -> np.ndarray:
         parts = [self.arrays_.source_rows[self.source_names_[i]] for i in np.flatnonzero(mask)]
         if self.config_.include_target_train:
             parts.append(self.arrays_.train_rows)
         return np.concatenate(parts)
 
-    def _solve_exact(self, mask: np.ndarray) -> np.ndarray:
+    def _solve_one(self, mask: np.ndarray) -> np.ndarray:
+        """One subset by plain Newton on its rows (before any rescaling)."""
         cfg = self.config_
         rows = self._rows(mask)
         g, b = self.arrays_.g[rows], self.arrays_.b[rows]
@@ -202,8 +221,7 @@ class SubsetEstimator:
         if cfg.mode == "trust_region":
             return trust_region_exact(g, b, self.radius_, ridge=cfg.lam * 1e-6, tol=cfg.tol, max_iter=cfg.max_iter)
         lam_ref = 1.0 / (2.0 * cfg.reference_c * len(rows))
-        v = newton_l2(g, np.zeros_like(b), lam_ref, tol=cfg.tol, max_iter=cfg.max_iter)[0]
-        return self._rescale(v[None])[0]
+        return newton_l2(g, np.zeros_like(b), lam_ref, tol=cfg.tol, max_iter=cfg.max_iter)[0]
 
     def _rescale(self, v: np.ndarray) -> np.ndarray:
         norms = np.linalg.norm(v, axis=1, keepdims=True)
