@@ -216,3 +216,16 @@ def test_batched_exact_hands_non_binding_radii_to_the_fallback():
     assert not converged.any()  # the ridge solution lies inside the ball: the multiplier went negative
     ridge_solutions = [newton_l2(arr.g[r], arr.b[r], 0.1)[0] for r in (est._rows(m) for m in masks)]
     assert np.allclose(est.solve(masks), np.stack(ridge_solutions), rtol=1e-9)
+
+
+def test_batched_exact_where_the_chord_stalls_still_returns_the_newton_solution():
+    # Fewer rows than dimensions and a weak ridge: long steps, the model Hessian is a poor
+    # Jacobian, and the stalled subsets are finished by per-subset Newton.
+    arr = synthetic(11, per_source=4, d=200)
+    masks = np.random.default_rng(7).random((5, 5)) < 0.5
+    est = SubsetEstimator(EstimateConfig(mode="l2", solver="exact", lam=1e-5)).fit(arr)
+    stats = est.stats_.summed(masks, est.base_stats_)
+    _, converged = refine_on_rows(est.rows_, masks, stats, ridge=1e-5)
+    plain = np.stack([est._solve_one(m) for m in masks])
+    assert np.allclose(est.solve(masks), plain, rtol=1e-8, atol=1e-10)
+    assert not converged.any()  # here every subset went to the fallback
