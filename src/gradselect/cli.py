@@ -52,7 +52,8 @@ def _add_features_inputs(p: argparse.ArgumentParser) -> None:
                    help="override [estimate].mode")
     p.add_argument("--solver", dest="estimate_solver", choices=["fast", "lowrank", "exact"],
                    help="override [estimate].solver")
-    p.add_argument("--rank", dest="estimate_rank", type=int, help="override [estimate].rank (lowrank solver)")
+    p.add_argument("--rank", dest="estimate_rank", type=int,
+                   help="override [estimate].rank (lowrank solver; the exact solver's preconditioner)")
     p.add_argument("--radius", dest="estimate_radius", type=float, help="override [estimate].radius")
     p.add_argument("--lam", dest="estimate_lam", type=float, help="override [estimate].lam")
 

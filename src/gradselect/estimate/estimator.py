@@ -201,7 +201,7 @@ class SubsetEstimator:
             radius = None
         v, converged = refine_on_rows(self.rows_, masks, stats, ridge=ridge, radius=radius, tol=cfg.tol,
                                       max_iter=cfg.max_iter)
-        for i in np.flatnonzero(~converged):  # rare: plain Newton on this subset's rows
+        for i in np.flatnonzero(~converged):  # stalled, or the radius does not bind: plain Newton
             v[i] = self._solve_one(masks[i])
         return self._rescale(v) if cfg.mode == "reference" else v
 
