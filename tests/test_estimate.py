@@ -229,3 +229,14 @@ def test_batched_exact_where_the_chord_stalls_still_returns_the_newton_solution(
     plain = np.stack([est._solve_one(m) for m in masks])
     assert np.allclose(est.solve(masks), plain, rtol=1e-8, atol=1e-10)
     assert not converged.any()  # here every subset went to the fallback
+
+
+def test_progress_bar_over_batches_changes_nothing(capsys):
+    arr = synthetic(12)
+    masks = np.random.default_rng(8).random((10, 5)) < 0.5
+    est = SubsetEstimator(EstimateConfig(solver="exact")).fit(arr)
+    quiet = est.estimate(masks)
+    est.solve(masks, batch_size=3, progress=True)
+    assert "estimate" in capsys.readouterr().err
+    assert np.allclose(est.predict_logodds(masks, progress=True), est.predict_logodds(masks))
+    assert np.allclose(est.estimate(masks, progress=True), quiet)

@@ -387,7 +387,7 @@ def cmd_estimate(args) -> int:
     else:
         sel = config.select
         masks = EnsembleSelector(n_subsets=sel.n_subsets, alpha=sel.alpha, seed=sel.seed).sample_subsets(len(names))
-    losses = est.estimate(masks) if len(masks) else np.zeros(0)
+    losses = est.estimate(masks, progress=not args.quiet) if len(masks) else np.zeros(0)
     table = pa.table({
         "subset": [";".join(n for n, m in zip(names, row) if m) for row in masks],
         "size": masks.sum(1).astype(np.int64),

@@ -36,7 +36,8 @@ class EstimateConfig(StrictConfig):
     factorisation per subset; equal to ``fast`` when rank >= proj_dim); ``exact``: solved to
     ``tol`` on the rows — the ``lowrank`` step refined by chord iterations (one exact gradient
     each, batched over subsets, Anderson-accelerated), with plain Newton per subset as the
-    fallback for any subset that does not converge or whose radius does not bind."""
+    fallback for any subset that does not converge or whose radius does not bind. It keeps a
+    float64 copy of the training rows (8 x rows x proj_dim bytes)."""
     rank: int = pydantic.Field(default=32, ge=0)
     """``lowrank`` solver: directions in which each subset's Hessian is kept dense (on the
     demo's SmolLM2 features, rank 32 of d = 256 changed trust-region estimates by at most

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from gradselect.errors import GradselectError
 from gradselect.estimate.config import EstimateConfig
@@ -169,15 +170,22 @@ class SubsetEstimator:
         return masks
 
     # -- solving ------------------------------------------------------------------
-    def solve(self, subsets, *, batch_size: int | None = None) -> np.ndarray:
-        """The fitted step ``v_S`` of each subset, shape (n_subsets, proj_dim)."""
+    def solve(self, subsets, *, batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+        """The fitted step ``v_S`` of each subset, shape (n_subsets, proj_dim).
+
+        ``progress``: a progress bar over the batches (when there is more than one).
+        """
         masks = self.subset_masks(subsets)
         exact = self.config_.solver == "exact"
         # Batches of about 4M system entries (64 subsets at d = 256 in the full-rank form);
         # exact batches are capped where per-source GEMMs stop gaining from width.
         batch_size = batch_size or int(np.clip(2**22 // max(self.stats_.dense.shape[1] ** 2, 1), 1, 256 if exact else 4096))
         solve = self._solve_exact if exact else self._solve_fast
-        parts = [solve(masks[i : i + batch_size]) for i in range(0, len(masks), batch_size)]
+        parts = []
+        with tqdm(total=len(masks), unit="subset", desc="estimate", disable=not progress or len(masks) <= batch_size) as bar:
+            for i in range(0, len(masks), batch_size):
+                parts.append(solve(masks[i : i + batch_size]))
+                bar.update(len(parts[-1]))
         return np.concatenate(parts) if parts else np.zeros((0, self.arrays_.g.shape[1]))
 
     def _solve_fast(self, masks: np.ndarray) -> np.ndarray:
@@ -228,12 +236,12 @@ class SubsetEstimator:
         return np.where(norms > 0, v * (self.reference_norm_ / np.where(norms > 0, norms, 1)), 0.0)
 
     # -- predicting ---------------------------------------------------------------
-    def predict_logodds(self, subsets) -> np.ndarray:
+    def predict_logodds(self, subsets, *, progress: bool = False) -> np.ndarray:
         """Predicted dev log-odds ``b + g . v_S``, shape (n_subsets, n_dev)."""
-        v = self.solve(subsets)
+        v = self.solve(subsets, progress=progress)
         return self._b_dev[None, :] + v @ self._g_dev.T
 
-    def estimate(self, subsets) -> np.ndarray:
+    def estimate(self, subsets, *, progress: bool = False) -> np.ndarray:
         """Estimated target dev loss of each subset, shape (n_subsets,)."""
-        z = self.predict_logodds(subsets)
+        z = self.predict_logodds(subsets, progress=progress)
         return mean_logistic_loss(z, axis=1)
