@@ -382,7 +382,11 @@ def _diagonal_trust_region_multiplier(diagonal, g, radius, n_iter: int = 30) -> 
         v = g / shifted
         norm = torch.linalg.vector_norm(v, dim=1)
         qsq = (v.square() / shifted).sum(1).clamp(min=torch.finfo(g.dtype).tiny)
-        mu = torch.clamp(mu + norm.square() / qsq * (norm - radius) / radius, min=0.0)
+        step = norm.square() / qsq * (norm - radius) / radius
+        mu = torch.clamp(mu + step, min=0.0)
+        # Only a start: once below the root (after the first step), stop when it barely moves.
+        if bool((step.abs() <= 1e-8 * mu).all()):
+            break
     return mu
 
 
