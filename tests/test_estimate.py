@@ -240,3 +240,15 @@ def test_progress_bar_over_batches_changes_nothing(capsys):
     assert "estimate" in capsys.readouterr().err
     assert np.allclose(est.predict_logodds(masks, progress=True), est.predict_logodds(masks))
     assert np.allclose(est.estimate(masks, progress=True), quiet)
+
+
+@pytest.mark.parametrize("mode", ["l2", "trust_region", "reference"])
+def test_batched_exact_without_target_train_rows(mode):
+    arr = synthetic(13)
+    masks = np.random.default_rng(9).random((6, 5)) < 0.6
+    masks[masks.sum(1) == 0, 0] = True
+    cfg = EstimateConfig(mode=mode, solver="exact", include_target_train=False, radius=0.2, lam=1e-2,
+                         reference_c=1e-2, tol=1e-12)
+    est = SubsetEstimator(cfg).fit(arr)
+    plain = np.stack([est._solve_one(m) for m in masks])
+    assert np.allclose(est.solve(masks), est._rescale(plain) if mode == "reference" else plain, rtol=1e-8, atol=1e-10)
