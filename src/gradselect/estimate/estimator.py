@@ -188,27 +188,30 @@ class SubsetEstimator:
                 bar.update(len(parts[-1]))
         return np.concatenate(parts) if parts else np.zeros((0, self.arrays_.g.shape[1]))
 
-    def _solve_fast(self, masks: np.ndarray) -> np.ndarray:
+    def _ridge(self, counts):
+        """Each subset's L2 strength, given its training-row count(s)."""
         cfg = self.config_
-        stats = self.stats_.summed(masks, self.base_stats_)
         if cfg.mode == "l2":
-            return stats.to_parameters(quadratic_step(*stats.system(cfg.lam)))
+            return cfg.lam
         if cfg.mode == "trust_region":
-            return stats.to_parameters(quadratic_trust_region(*stats.system(cfg.lam * 1e-6), self.radius_))
+            return cfg.lam * 1e-6  # only keeps the systems solvable
         # sklearn's C per row count: lam = 1 / (2 C n), a different lam for each subset.
-        lam_ref = 1.0 / (2.0 * cfg.reference_c * stats.counts)
-        return self._rescale(stats.to_parameters(quadratic_step(*stats.system(lam_ref))))
+        return 1.0 / (2.0 * cfg.reference_c * counts)
+
+    def _solve_fast(self, masks: np.ndarray) -> np.ndarray:
+        stats = self.stats_.summed(masks, self.base_stats_)
+        system = stats.system(self._ridge(stats.counts))
+        if self.config_.mode == "trust_region":
+            return stats.to_parameters(quadratic_trust_region(*system, self.radius_))
+        v = stats.to_parameters(quadratic_step(*system))
+        return self._rescale(v) if self.config_.mode == "reference" else v
 
     def _solve_exact(self, masks: np.ndarray) -> np.ndarray:
         cfg = self.config_
         stats = self.stats_.summed(masks, self.base_stats_)
-        if cfg.mode == "trust_region":
-            ridge, radius = cfg.lam * 1e-6, self.radius_
-        else:
-            ridge = cfg.lam if cfg.mode == "l2" else 1.0 / (2.0 * cfg.reference_c * stats.counts)
-            radius = None
-        v, converged = refine_on_rows(self.rows_, masks, stats, ridge=ridge, radius=radius, tol=cfg.tol,
-                                      max_iter=cfg.max_iter)
+        radius = self.radius_ if cfg.mode == "trust_region" else None
+        v, converged = refine_on_rows(self.rows_, masks, stats, ridge=self._ridge(stats.counts), radius=radius,
+                                      tol=cfg.tol, max_iter=cfg.max_iter)
         for i in np.flatnonzero(~converged):  # stalled, or the radius does not bind: plain Newton
             v[i] = self._solve_one(masks[i])
         return self._rescale(v) if cfg.mode == "reference" else v
@@ -224,12 +227,12 @@ class SubsetEstimator:
         cfg = self.config_
         rows = self._rows(mask)
         g, b = self.arrays_.g[rows], self.arrays_.b[rows]
-        if cfg.mode == "l2":
-            return newton_l2(g, b, cfg.lam, tol=cfg.tol, max_iter=cfg.max_iter)[0]
+        ridge = self._ridge(len(rows))
         if cfg.mode == "trust_region":
-            return trust_region_exact(g, b, self.radius_, ridge=cfg.lam * 1e-6, tol=cfg.tol, max_iter=cfg.max_iter)
-        lam_ref = 1.0 / (2.0 * cfg.reference_c * len(rows))
-        return newton_l2(g, np.zeros_like(b), lam_ref, tol=cfg.tol, max_iter=cfg.max_iter)[0]
+            return trust_region_exact(g, b, self.radius_, ridge=ridge, tol=cfg.tol, max_iter=cfg.max_iter)
+        if cfg.mode == "reference":
+            b = np.zeros_like(b)  # the authors' estimator has no offsets
+        return newton_l2(g, b, ridge, tol=cfg.tol, max_iter=cfg.max_iter)[0]
 
     def _rescale(self, v: np.ndarray) -> np.ndarray:
         norms = np.linalg.norm(v, axis=1, keepdims=True)

@@ -340,12 +340,8 @@ def quadratic_trust_region(a, tail, g, radius, max_iter: int = 50, rtol: float =
         vi = torch.empty_like(g)
         qsq = torch.zeros(m, dtype=g.dtype)
         if k:
-            shifted = a.clone()
-            shifted.diagonal(dim1=1, dim2=2).add_(mu[:, None])
-            chol, info = torch.linalg.cholesky_ex(shifted)
-            if bool((info != 0).any()):  # cannot happen for positive definite A; keep a clear failure
-                raise FloatingPointError("trust-region system is not positive definite; raise [estimate].lam")
-                # v = -L^-T L^-1 g and q = L^-1 v; two triangular solves each (cholesky_solve is slower).
+            chol = _shifted_cholesky(a, mu)
+            # v = -L^-T L^-1 g and q = L^-1 v; two triangular solves each (cholesky_solve is slower).
             y = torch.linalg.solve_triangular(chol, g[:, :k, None], upper=False)
             vi[:, :k] = -torch.linalg.solve_triangular(chol.mT, y, upper=True)[..., 0]
             qsq += torch.linalg.solve_triangular(chol, vi[:, :k, None], upper=False)[..., 0].square().sum(1)
@@ -477,9 +473,9 @@ def refine_on_rows(
         w = quadratic_step(a, tail, g0)
         mu0 = torch.zeros(m, dtype=g0.dtype)
     else:
-        w = quadratic_trust_region(a.clone(), tail, g0, radius)
+        w = quadratic_trust_region(a, tail, g0, radius)  # reads a, does not change it
         mu0 = _multiplier(a, tail, g0, w)
-    chol = _model_cholesky(a, mu0)
+    chol = _shifted_cholesky(a, mu0)
     tail = None if tail is None else tail + mu0[:, None]
 
     def model_solve(x):  # (A + mu0 I)^-1 x, x in parameter coordinates
@@ -544,10 +540,11 @@ def _multiplier(a, tail, g, v) -> torch.Tensor:
     return (-(v * (g + bv)).sum(1) / vv).clamp(min=0.0)
 
 
-def _model_cholesky(a, mu) -> torch.Tensor:
+def _shifted_cholesky(a, mu) -> torch.Tensor:
+    """Cholesky factors of ``A + mu I`` (batched); ``A`` is a sum of outer products plus a ridge."""
     shifted = a.clone()
     shifted.diagonal(dim1=1, dim2=2).add_(mu[:, None])
     chol, info = torch.linalg.cholesky_ex(shifted)
-    if bool((info != 0).any()):
+    if bool((info != 0).any()):  # cannot happen for positive definite A; keep a clear failure
         raise FloatingPointError("model Hessian is not positive definite; raise [estimate].lam")
     return chol
