@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     from gradselect.config import load_config
     from gradselect.data import load_taskset
     from gradselect.estimate import FeatureArrays, SubsetEstimator
-    from gradselect.estimate.calibrate import calibrate
+    from gradselect.validate import calibrate
     from gradselect.features import FeatureStore, featurize
 
     run_dir = args.run_dir

@@ -97,11 +97,11 @@ def main(argv=None) -> int:
 
     from gradselect.data import load_taskset
     from gradselect.estimate import FeatureArrays, SubsetEstimator
-    from gradselect.estimate.calibrate import calibrate
-    from gradselect.evaluate.trust import _run_key, compare, measure_truth, validation_train_config
     from gradselect.features import FeatureStore
     from gradselect.io import write_json_atomic
-    from gradselect.pipeline import fitted_estimator, run_pipeline
+    from gradselect.pipeline import run_pipeline
+    from gradselect.select import fitted_estimator
+    from gradselect.validate import apply_calibration, calibrate, compare, measure_truth, truth_key
 
     if args.suite == "bbh":
         if not (args.bbh / f"{args.target}.json").exists():
@@ -153,15 +153,16 @@ def main(argv=None) -> int:
     # 2. harmful sources: leave-one-out real fine-tunes from theta* (the trust check's training)
     meta = run_dir / "meta_init" / "adapter"
     loo_true = {}
-    train_cfg = validation_train_config(config)
+    train_cfg = config.final_train_config()
     for subset in [names] + [[n for n in names if n != s] for s in names]:
-        folder = run_dir / "validation" / "runs" / _run_key(subset, train_cfg.seed, train_cfg)
+        folder = run_dir / "validation" / "runs" / truth_key(config, taskset, subset, train_cfg, meta)
         loo_true[tuple(subset)] = measure_truth(config, taskset, subset, folder, train_config=train_cfg,
                                                 init_adapter=meta, store=store, device=args.device,
                                                 progress=False)["loss"]
     all_loss = loo_true[tuple(names)]
     true_harm = {s: all_loss - loo_true[tuple(n for n in names if n != s)] for s in names}
-    estimator = fitted_estimator(config, run_dir / "features")
+    estimate_config = apply_calibration(config.estimate, run_dir / "calibration.json", store.manifest)
+    estimator = fitted_estimator(estimate_config, config.select, run_dir / "features")
     est = estimator.estimate([names] + [[n for n in names if n != s] for s in names])
     est_harm = {s: float(est[0] - est[i + 1]) for i, s in enumerate(names)}
     truly_harmful = {s for s in names if true_harm[s] > 0}
@@ -220,27 +221,32 @@ def stage_seconds(run_dir: Path) -> dict:
 def selection_rows(run_dir: Path) -> dict:
     """metrics.json rows with each method's wall time: its final fine-tune, plus meta-init + features +
     selection for methods that need the features, plus the search for the conventional baseline."""
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    from gradselect.evaluate import MetricsTable
+
+    table = MetricsTable.load(run_dir / "metrics.json")
     seconds = stage_seconds(run_dir)
     shared = seconds.get("meta_init", 0) + seconds.get("features", 0) + seconds.get("select", 0)
     rows = {}
-    for label, row in metrics["rows"].items():
+    for label, row in table.rows.items():
         wall = seconds.get("final" if label == "selection" else f"final-{label}", 0.0)
         if label in ("selection", "grad-sim", "repr-sim", "forward"):
             wall += shared
         if label == "conventional":
             wall += json.loads((run_dir / "conventional" / "conventional.json").read_text())["seconds"]
-        rows[label] = row | {"wall_s": wall}
+        rows[label] = {"sources": row.sources, **{f"test_{k}": v for k, v in row.values.items()}, "wall_s": wall}
     return rows
 
 
 def print_selection_rows(rows: dict) -> None:
-    print("| method | sources | test loss | exact match | wall s |")
-    print("|---|---|---|---|---|")
+    from gradselect.evaluate import METRICS
+
+    columns = [m for m in METRICS if any(f"test_{m.key}" in r for r in rows.values())]
+    print("| method | sources | " + " | ".join(m.title for m in columns) + " | wall s |")
+    print("|---|---|" + "---|" * len(columns) + "---|")
     for label, r in sorted(rows.items(), key=lambda kv: kv[1]["test_loss"]):
-        em = r.get("test_exact_match")
-        print(f"| {label} | {len(r['sources'])} | {r['test_loss']:.4f} | {'' if em is None else f'{em:.3f}'} | "
-              f"{r['wall_s']:.0f} |")
+        cells = " | ".join("" if r.get(f"test_{m.key}") is None else format(r[f"test_{m.key}"], m.fmt)
+                           for m in columns)
+        print(f"| {label} | {len(r['sources'])} | {cells} | {r['wall_s']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import pytest
 from gradselect.config import load_config
 from gradselect.data import load_taskset
 from gradselect.errors import GradselectError
-from gradselect.evaluate.conventional import conventional_forward
+from gradselect.validate.conventional import conventional_forward
 
 from conftest import TINY_RUN_TOML
 

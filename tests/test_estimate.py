@@ -204,7 +204,7 @@ def test_batched_exact_with_a_low_rank_start_equals_plain_newton_per_subset(mode
     assert np.allclose(v, plain, rtol=1e-8, atol=1e-11)
     if mode == "trust_region":
         assert np.allclose(np.linalg.norm(v, axis=1), 0.25, rtol=1e-12)
-    assert np.allclose(est.solve(masks), est._rescale(v) if mode == "reference" else v, rtol=1e-12, atol=1e-15)
+    assert np.allclose(est.solve(masks), est.step_model_.finish(v), rtol=1e-12, atol=1e-15)
 
 
 def test_batched_exact_hands_non_binding_radii_to_the_fallback():
@@ -251,4 +251,4 @@ def test_batched_exact_without_target_train_rows(mode):
                          reference_c=1e-2, tol=1e-12)
     est = SubsetEstimator(cfg).fit(arr)
     plain = np.stack([est._solve_one(m) for m in masks])
-    assert np.allclose(est.solve(masks), est._rescale(plain) if mode == "reference" else plain, rtol=1e-8, atol=1e-10)
+    assert np.allclose(est.solve(masks), est.step_model_.finish(plain), rtol=1e-8, atol=1e-10)

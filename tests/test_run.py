@@ -97,20 +97,24 @@ def test_report_needs_a_run(tmp_path, capsys):
 
 
 def test_interrupted_stage_resumes_with_same_inputs_and_starts_clean_otherwise(tmp_path):
-    from gradselect.pipeline import Stage
+    from gradselect.pipeline import Stage, build_dir
 
-    work = tmp_path / "meta_init"
+    done_dir = tmp_path / "meta_init"
+    work = build_dir(done_dir)
     (work / "checkpoints").mkdir(parents=True)
-    stage = Stage(tmp_path, "meta_init", "key-a", [work / "adapter"], workdir=work)
+    stage = Stage(tmp_path, "meta_init", "key-a", [done_dir], staging=[work])
     stage.begin()  # no earlier run: a fresh start clears leftovers
     assert not work.exists()
     (work / "checkpoints").mkdir(parents=True)
-    Stage(tmp_path, "meta_init", "key-a", [work / "adapter"], workdir=work).begin()  # same inputs: resume
+    Stage(tmp_path, "meta_init", "key-a", [done_dir], staging=[work]).begin()  # same inputs: resume
     assert (work / "checkpoints").exists()
-    Stage(tmp_path, "meta_init", "key-b", [work / "adapter"], workdir=work).begin()  # other inputs: clean
+    Stage(tmp_path, "meta_init", "key-b", [done_dir], staging=[work]).begin()  # other inputs: clean
     assert not work.exists()
-    (work / "adapter").mkdir(parents=True)
-    done = Stage(tmp_path, "meta_init", "key-b", [work / "adapter"], workdir=work)
+    (done_dir / "adapter").mkdir(parents=True)
+    done = Stage(tmp_path, "meta_init", "key-b", [done_dir], staging=[work])
     done.finish(1.0)
     assert done.is_current() and not done.running.exists()
-    assert not Stage(tmp_path, "meta_init", "key-c", [work / "adapter"]).is_current()
+    assert not Stage(tmp_path, "meta_init", "key-c", [done_dir]).is_current()
+    # A redo with other inputs never touches the finished result or its record until it succeeds.
+    Stage(tmp_path, "meta_init", "key-c", [done_dir], staging=[work]).begin()
+    assert (done_dir / "adapter").exists() and done.is_current()

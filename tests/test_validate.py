@@ -5,9 +5,9 @@ import json
 import numpy as np
 
 from gradselect.cli import main
-from gradselect.estimate.calibrate import calibrate
+from gradselect.validate.calibration import calibrate
 from gradselect.estimate import EstimateConfig, FeatureArrays
-from gradselect.evaluate.trust import compare, validation_subsets
+from gradselect.validate.trust import compare, validation_subsets
 from gradselect.features import FeatureStore, output_values
 
 from conftest import TINY_RUN_TOML
@@ -94,7 +94,7 @@ def test_compare_and_calibrate_on_synthetic_truth():
 
 
 def test_calibrated_applies_the_chosen_mode_unless_the_config_fixes_it(tmp_path):
-    from gradselect.pipeline import calibrated
+    from gradselect.validate import apply_calibration as calibrated
 
     path = tmp_path / "calibration.json"
     path.write_text(json.dumps({
@@ -114,8 +114,8 @@ def test_calibrated_applies_the_chosen_mode_unless_the_config_fixes_it(tmp_path)
 
 def test_trust_check_trains_like_the_final_fine_tunes():
     from gradselect.config import RunConfig
-    from gradselect.evaluate.trust import validation_train_config
 
+    validation_train_config = RunConfig.final_train_config
     config = RunConfig.model_validate({"train": {"epochs": 2}})
     assert validation_train_config(config) == config.train
     fixed = config.model_copy(update={"run": config.run.model_copy(update={"final_steps": 7})})

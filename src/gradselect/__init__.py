@@ -4,8 +4,8 @@ The pipeline reads as the package layout: ``data -> model -> train -> features
 -> estimate -> select -> evaluate -> report``.
 """
 
-from gradselect.errors import ConfigError, DataError, GradselectError, ModelError
+from gradselect.errors import ArtifactError, ConfigError, DataError, GradselectError, ModelError
 
 __version__ = "0.1.0"
 
-__all__ = ["ConfigError", "DataError", "GradselectError", "ModelError", "__version__"]
+__all__ = ["ArtifactError", "ConfigError", "DataError", "GradselectError", "ModelError", "__version__"]

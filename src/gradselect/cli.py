@@ -48,8 +48,9 @@ def _add_run_inputs(p: argparse.ArgumentParser) -> None:
 def _add_features_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", type=Path, help="TOML run config ([estimate], [select] sections)")
     p.add_argument("--features", type=Path, required=True, help="feature store folder (from gradselect featurize)")
-    p.add_argument("--mode", dest="estimate_mode", choices=["trust_region", "l2", "reference"],
-                   help="override [estimate].mode")
+    from gradselect.estimate.modes import STEP_MODELS
+
+    p.add_argument("--mode", dest="estimate_mode", choices=list(STEP_MODELS), help="override [estimate].mode")
     p.add_argument("--solver", dest="estimate_solver", choices=["fast", "lowrank", "exact"],
                    help="override [estimate].solver")
     p.add_argument("--rank", dest="estimate_rank", type=int,
@@ -154,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pseudo-sources", dest="select_pseudo_sources", type=int,
                    help="cluster source rows into this many pseudo-sources first")
     p.add_argument("-o", "--output", type=Path, help="selection JSON to write (default: FEATURES/../selection.json)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite the selection.json of a gradselect run folder (which its select stage wrote)")
     _add_common(p)
 
     p = sub.add_parser(
@@ -204,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="tiny model and small sources (about a minute on 2 CPU cores)")
     p.add_argument("-o", "--output", type=Path, default=Path("runs/demo"), help="run folder (default: runs/demo)")
-    p.add_argument("--model", help="override the model (default: smollm2 if installed, else tiny-gpt2)")
+    p.add_argument("--model", help="override the model (default: smollm2 if installed, else tiny-llama)")
     _add_common(p)
     return parser
 
@@ -299,19 +302,16 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from gradselect.evaluate import exact_match, target_loss
+    from gradselect.evaluate import score_split
     from gradselect.io import write_json_atomic
-    from gradselect.model import load_for_inference, load_model
+    from gradselect.model import load_trained
 
     config, taskset = _config_and_taskset(args)
     split = {"train": taskset.target_train, "dev": taskset.target_dev, "test": taskset.target_test}[args.split]
-    model, tokenizer = load_model(config.model, device=args.device)
-    model = load_for_inference(model, args.adapter, config.adapter)
-    loss = target_loss(model, tokenizer, split.examples, config.tokenize, batch_size=config.evaluate.batch_size)
-    metrics = {"split": args.split, "n_examples": len(split), "loss": loss.loss, "n_tokens": loss.n_tokens}
-    if config.evaluate.exact_match and not args.no_exact_match:
-        em = exact_match(model, tokenizer, split, config.tokenize, config.evaluate, progress=not args.quiet)
-        metrics["exact_match"] = em.accuracy
+    model, tokenizer = load_trained(config.model, config.adapter, args.adapter, device=args.device)
+    values = score_split(model, tokenizer, split, config.tokenize, config.evaluate, progress=not args.quiet,
+                         skip=("exact_match",) if args.no_exact_match else ())
+    metrics = {"split": args.split, "n_examples": len(split), **values}
     if args.output:
         write_json_atomic(args.output, metrics)
     print(json.dumps(metrics, indent=2))
@@ -369,17 +369,25 @@ def _read_subsets(path: Path, names: list[str]) -> list[list[str]]:
     return subsets
 
 
-def cmd_estimate(args) -> int:
-    import pyarrow as pa
+def _estimator(config, features: Path):
+    """The estimator of a feature store, calibrated by a trust check run on that same store (if any)."""
+    from gradselect.features import FeatureStore
+    from gradselect.select import fitted_estimator
+    from gradselect.validate import apply_calibration
 
-    from gradselect.pipeline import fitted_estimator
-    from gradselect.io import write_bytes_atomic
+    manifest = FeatureStore.open(features).manifest
+    estimate_config = apply_calibration(config.estimate, Path(features).parent / "calibration.json", manifest)
+    return fitted_estimator(estimate_config, config.select, features)
+
+
+def cmd_estimate(args) -> int:
+    from gradselect.estimate import write_estimates
     from gradselect.select import EnsembleSelector
 
     if args.output.suffix not in (".parquet", ".csv"):
         raise GradselectError(f"{args.output}: output must end in .parquet or .csv")
     config = resolve_config(args, need_data=False)
-    est = fitted_estimator(config, args.features)
+    est = _estimator(config, args.features)
     names = est.source_names_
     if args.subsets is not None:
         subsets = _read_subsets(args.subsets, names)
@@ -387,69 +395,34 @@ def cmd_estimate(args) -> int:
     else:
         sel = config.select
         masks = EnsembleSelector(n_subsets=sel.n_subsets, alpha=sel.alpha, seed=sel.seed).sample_subsets(len(names))
-    losses = est.estimate(masks, progress=not args.quiet) if len(masks) else np.zeros(0)
-    table = pa.table({
-        "subset": [";".join(n for n, m in zip(names, row) if m) for row in masks],
-        "size": masks.sum(1).astype(np.int64),
-        "estimated_loss": losses,
-        "base_loss": np.full(len(losses), est.base_loss_),
-        **{f"has:{n}": masks[:, i] for i, n in enumerate(names)},
-    })
-    import io
-
-    buf = io.BytesIO()
-    if args.output.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        pq.write_table(table, buf)
-    else:
-        import pyarrow.csv as pacsv
-
-        pacsv.write_csv(table, buf)
-    write_bytes_atomic(args.output, buf.getvalue())
-    print(f"estimated {len(losses)} subsets of {len(names)} sources "
+    table = write_estimates(est, masks, args.output, progress=not args.quiet)
+    print(f"estimated {table.num_rows} subsets of {len(names)} sources "
           f"(mode {est.config_.mode}, solver {est.config_.solver}; meta-initialization {est.base_loss_:.4f}); "
           f"table: {args.output}")
     return 0
 
 
 def cmd_select(args) -> int:
-    from gradselect.pipeline import fitted_estimator
+    from gradselect.report import format_selection
+    from gradselect.select import select_sources
 
     config = resolve_config(args, need_data=False)
-    est = fitted_estimator(config, args.features)
-    selection = config.select.make_selector().select(est)
-    selection.params["estimator"] = est.config_.model_dump(mode="json")
     out = args.output or args.features.parent / "selection.json"
-    selection.save(out)
+    if args.output is None and (args.features.parent / "stages" / "select.json").exists() and not args.force:
+        raise GradselectError(
+            f"{out} belongs to a gradselect run folder (its select stage wrote it); write elsewhere with -o PATH, "
+            "or pass --force to overwrite it (the next gradselect run then redoes its select stage)")
+    est = _estimator(config, args.features)
+    selection = select_sources(est, config.select, out)
     print(format_selection(selection, est.base_loss_))
     print(f"selection: {out}")
     return 0
 
 
-def format_selection(selection, base_loss: float | None = None) -> str:
-    """A plain-text table of a selection: sources ranked, scores, intervals, chosen."""
-    lines = [f"method {selection.method}: {len(selection.chosen)} of {len(selection.scores)} sources chosen"]
-    width = max([len(n) for n in selection.scores] + [6])
-    header = f"  {'source':<{width}}  {'score':>10}"
-    if selection.intervals:
-        header += f"  {'95% interval':>23}"
-    lines.append(header + "  chosen")
-    for name in selection.ranking():
-        row = f"  {name:<{width}}  {selection.scores[name]:>10.5f}"
-        if selection.intervals:
-            lo, hi = selection.intervals[name]
-            row += f"  [{lo:>10.5f}, {hi:>10.5f}]"
-        lines.append(row + ("  *" if name in selection.chosen else ""))
-    if selection.estimated_loss is not None:
-        extra = f" (meta-initialization {base_loss:.5f})" if base_loss is not None else ""
-        lines.append(f"estimated target dev loss of the choice: {selection.estimated_loss:.5f}{extra}")
-    return "\n".join(lines)
-
-
 def cmd_validate(args) -> int:
-    from gradselect.evaluate.trust import validate
     from gradselect.features import FeatureStore
+    from gradselect.report import format_validation
+    from gradselect.validate import validate
 
     config, taskset = _config_and_taskset(args)
     store = FeatureStore.open(args.features)
@@ -457,31 +430,20 @@ def cmd_validate(args) -> int:
         raise GradselectError(f"{args.features}: features were computed from other data than this config's")
     report = validate(config, taskset, store, args.adapter, args.output, k=args.k, repeats=args.repeats,
                       seed=args.seed, device=args.device, progress=not args.quiet)
-    m = report["metrics"]
-    print(f"{m['n_subsets']} subsets fine-tuned from the meta-initialization (true dev loss at theta*: "
-          f"{report['base_loss']:.5f})")
-    print(f"  mean relative error {m['mean_relative_error']:.2%} (max {m['max_relative_error']:.2%}); "
-          f"zero-order baseline {m['zero_order_mean_relative_error']:.2%}")
-    print(f"  R^2 of the change {m['r2_of_change']:.3f}; Spearman {m['spearman']:.3f} {m['spearman_ci95']}; "
-          f"Kendall {m['kendall']:.3f} {m['kendall_ci95']}")
-    if "noise_floor_mean_relative_difference" in report:
-        print(f"  noise floor (same subset, other seed): {report['noise_floor_mean_relative_difference']:.2%}")
-    for mode, c in report["calibration_candidates"].items():
-        chosen = " (chosen: lower leave-one-out error)" if mode == report["calibration"]["mode"] else ""
-        print(f"  calibrated {mode} {c['parameter']} = {c['value']:.4g}: mean relative error "
-              f"{c['mean_relative_error']:.2%}, leave-one-out {c['loo_mean_relative_error']:.2%}{chosen}")
+    print(format_validation(report))
     print(f"results: {args.output / 'validation.json'}, {args.output / 'validation.png'}")
     return 0
 
 
 def cmd_run(args) -> int:
     from gradselect.pipeline import run_pipeline
+    from gradselect.report import format_metrics, format_selection
 
     config = resolve_config(args)
     result = run_pipeline(config, base_dir=args.config.parent, run_dir=args.run_dir, force=args.force,
                           device=args.device, progress=not args.quiet)
     print(format_selection(result["selection"], result["selection"].params.get("base_loss")))
-    print("\n" + format_metrics(result["metrics"]["rows"]))
+    print("\n" + format_metrics(result["metrics"]))
     run_dir = Path(result["run_dir"])
     print(f"\nstages run: {', '.join(result['ran']) or 'none'}; skipped (inputs unchanged): "
           f"{', '.join(result['skipped']) or 'none'}")
@@ -494,19 +456,6 @@ def cmd_report(args) -> int:
 
     print(f"report: {write_report(args.run_dir)}")
     return 0
-
-
-def format_metrics(rows: dict, labels: dict | None = None) -> str:
-    """A plain-text table of final-model test metrics, selection first."""
-    labels = labels or {}
-    order = sorted(rows, key=lambda k: (k != "selection", list(labels).index(k) if k in labels else len(labels)))
-    lines = [f"{'fine-tuned on':<14}{'sources':>8}{'test loss':>11}{'exact match':>13}"]
-    for key in order:
-        r = rows[key]
-        em = r.get("test_exact_match")
-        lines.append(f"{labels.get(key, key):<14}{len(r['sources']):>8}{r['test_loss']:>11.4f}"
-                     f"{'' if em is None else f'{em:13.3f}'}")
-    return "\n".join(lines)
 
 
 def cmd_demo(args) -> int:

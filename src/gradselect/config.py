@@ -8,10 +8,16 @@ Sections map one-to-one onto stage configs::
     [estimate]  EstimateConfig   [select]    SelectConfig
     [run]       RunSection (gradselect run: run folder, comparisons)
     [data]      DataConfig (target + [[data.sources]])
+    [provenance] Provenance (written into saved configs; informational)
 
 Every section is optional (``[data]`` is needed by the stages that read data);
 missing keys take documented defaults, unknown keys are errors that list the
-valid ones.
+valid ones. Rules that span sections are checked when the config loads, before
+any work; options that the chosen mode or method ignores warn.
+
+A run folder's ``config.toml`` (:func:`replay_config` + :func:`dump_config`) holds
+only the keys the user set, with data paths and the run folder made absolute, so
+``gradselect run RUN/config.toml`` reproduces the run from any working directory.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from __future__ import annotations
 import datetime
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+from typing import Literal
 
 import pydantic
 
@@ -31,7 +39,6 @@ from gradselect.estimate.config import EstimateConfig
 from gradselect.evaluate.config import EvalConfig
 from gradselect.features.config import FeatureConfig
 from gradselect.model.config import AdapterConfig, ModelConfig
-from gradselect.pipeline import RunSection
 from gradselect.select.config import SelectConfig
 from gradselect.train.config import TrainConfig
 
@@ -39,6 +46,45 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+
+Comparison = Literal["all", "target-only", "grad-sim", "repr-sim", "random", "forward"]
+
+
+class RunSection(StrictConfig):
+    """The ``[run]`` section: where a run lives and what the final model is compared with."""
+
+    run_dir: str = "runs/gradselect"
+    """Run folder (a relative path is taken from the current directory; saved configs store it absolute)."""
+    compare: list[Comparison] = pydantic.Field(default_factory=lambda: ["all", "target-only"])
+    """Also fine-tune and evaluate these subsets next to the selection."""
+    final_steps: int | None = pydantic.Field(default=None, ge=1)
+    """Optimizer steps of every final fine-tune (equal budgets); default: [train]'s epochs."""
+    validate_k: int = pydantic.Field(default=0, ge=0)
+    """Trust check before selecting: fine-tune from theta* on this many subsets (0: skip; >= 3 to
+    run). Its calibrated step is then used by selection."""
+    validate_repeats: int = pydantic.Field(default=2, ge=0)
+    """Trust check: subsets fine-tuned again with another seed (noise floor)."""
+    conventional_budget: int = pydantic.Field(default=0, ge=0)
+    """Also run the conventional baseline, forward selection with one real fine-tune (from the
+    base model, trained like the final fine-tunes) per candidate, with at most this many
+    fine-tunes (0: skip). Its choice is fine-tuned and evaluated beside the selection and the
+    report gives the cost ratio."""
+
+    @pydantic.field_validator("validate_k")
+    @classmethod
+    def _enough_subsets(cls, v: int) -> int:
+        if v in (1, 2):
+            raise ValueError("the trust check compares ranks and needs >= 3 subsets; set validate_k >= 3, or 0 to skip")
+        return v
+
+
+class Provenance(StrictConfig):
+    """Who wrote a saved config, and when (data, not comments: it survives a reload)."""
+
+    gradselect_version: str | None = None
+    git_sha: str | None = None
+    created: str | None = None
 
 
 class RunConfig(StrictConfig):
@@ -53,7 +99,40 @@ class RunConfig(StrictConfig):
     features: FeatureConfig = pydantic.Field(default_factory=FeatureConfig)
     estimate: EstimateConfig = pydantic.Field(default_factory=EstimateConfig)
     select: SelectConfig = pydantic.Field(default_factory=SelectConfig)
-    run: "RunSection" = pydantic.Field(default_factory=lambda: RunSection())
+    run: RunSection = pydantic.Field(default_factory=RunSection)
+    provenance: Provenance | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _cross_section(self) -> "RunConfig":
+        # Rules that span sections: all knowable before any training.
+        if self.train.include_target_train != self.estimate.include_target_train:
+            raise ValueError(
+                f"[train] include_target_train = {str(self.train.include_target_train).lower()} but [estimate] "
+                f"include_target_train = {str(self.estimate.include_target_train).lower()}: the estimate must model "
+                "the rows the fine-tunes train on; set both the same")
+        if not self.train.include_target_train and "target-only" in self.run.compare:
+            raise ValueError("[run] compare has 'target-only' but [train] include_target_train = false leaves it "
+                             "nothing to train on; remove it from compare")
+        if self.evaluate.exact_match and self.tokenize.max_length <= self.evaluate.max_new_tokens:
+            raise ValueError(
+                f"[tokenize] max_length = {self.tokenize.max_length} leaves no room for a prompt before "
+                f"[evaluate] max_new_tokens = {self.evaluate.max_new_tokens} generated tokens; raise max_length "
+                "or lower max_new_tokens")
+        needs_hidden = self.select.method == "repr-sim" or "repr-sim" in self.run.compare
+        if needs_hidden and not self.features.hidden_states:
+            raise ValueError("repr-sim compares mean hidden states: set [features] hidden_states = true")
+        return self
+
+    def final_train_config(self):
+        """How every final fine-tune (and every trust-check fine-tune) trains: ``[train]``, with
+        ``[run] final_steps`` optimizer steps when set.
+
+        With equal steps, subsets differ in *what* they train on, not in how long: the
+        estimator models a step of fixed length on the subset's mean loss, whatever its
+        size. With epochs instead, a subset twice as large trains twice as long.
+        """
+        steps = self.run.final_steps
+        return self.train if steps is None else self.train.model_copy(update={"max_steps": steps})
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -93,9 +172,43 @@ def provenance() -> dict:
     }
 
 
+def _absolute(path: str, base_dir: Path) -> str:
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else (base_dir / p).resolve())
+
+
+def replay_config(config: RunConfig, *, base_dir: Path | None, run_dir: Path | None = None) -> RunConfig:
+    """``config`` as a run folder saves it: data paths absolute (resolved against ``base_dir``,
+    the original config file's folder) and ``[run] run_dir`` the absolute folder actually used."""
+    base = Path(base_dir or ".").resolve()
+    data = config.data
+    if data is not None:
+        def fix(spec):
+            if spec is None:
+                return None
+            update = {}
+            if spec.path is not None:
+                update["path"] = _absolute(spec.path, base)
+            if spec.hf_dataset is not None and (base / spec.hf_dataset).exists():
+                update["hf_dataset"] = _absolute(spec.hf_dataset, base)
+            return spec.model_copy(update=update) if update else spec
+
+        update = {k: fix(getattr(data, k)) for k in ("target", "target_dev", "target_test") if getattr(data, k)}
+        if data.sources:
+            update["sources"] = [fix(s) for s in data.sources]
+        data = data.model_copy(update=update)
+    update = {"data": data}
+    if run_dir is not None:
+        update["run"] = config.run.model_copy(update={"run_dir": str(Path(run_dir).resolve())})
+    return config.model_copy(update=update)
+
+
 def dump_config(config: RunConfig) -> str:
-    """TOML text of ``config`` (None values omitted), with a provenance header."""
+    """TOML text of ``config``: only the keys that were set (defaults stay defaults on reload), with a
+    fresh ``[provenance]`` table."""
     import tomli_w
 
-    header = "".join(f"# {k}: {v}\n" for k, v in provenance().items())
-    return header + tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))
+    data = config.model_dump(mode="json", exclude_unset=True, exclude_none=True)
+    data.pop("provenance", None)
+    data["provenance"] = provenance()
+    return tomli_w.dumps(data)

@@ -72,9 +72,9 @@ def demo_config(*, quick: bool, model: str | None = None) -> RunConfig:
 def run_demo(out_dir: Path, *, quick: bool = False, model: str | None = None, device: str = "auto",
              progress: bool = True) -> dict:
     """Run the demo (``gradselect run`` on the embedded config) into ``out_dir``; print its tables."""
-    from gradselect.cli import format_metrics, format_selection
     from gradselect.data import load_taskset
     from gradselect.pipeline import run_pipeline
+    from gradselect.report import format_metrics, format_selection
 
     config = demo_config(quick=quick, model=model)
     steps = FINAL_STEPS["tiny" if config.model.name_or_path.startswith("tiny-") else "smollm2"]
@@ -93,9 +93,9 @@ def run_demo(out_dir: Path, *, quick: bool = False, model: str | None = None, de
     print("\n" + format_selection(selection, selection.params.get("base_loss")))
     ranking = selection.ranking()
     print("planted noisy: " + ", ".join(f"{n} (rank {ranking.index(n) + 1} of {len(ranking)})" for n in PLANTED_NOISY))
-    rows = result["metrics"]["rows"]
+    table = result["metrics"]
     labels = {"selection": "selection", "all": "all sources", "target-only": "target only", "grad-sim": "grad-sim"}
-    print("\n" + format_metrics(rows, labels))
+    print("\n" + format_metrics(table, labels))
     wall = time.perf_counter() - start
     print(f"\ndone in {wall:.0f} s; run folder {out_dir} (report.md, selection.json, metrics.json)")
-    return rows
+    return table

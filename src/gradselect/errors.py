@@ -48,3 +48,7 @@ class ConfigError(GradselectError):
 
 class ModelError(GradselectError):
     """A model or tokenizer cannot be loaded or adapted as asked."""
+
+
+class ArtifactError(GradselectError):
+    """A run artifact (feature store, selection, metrics, ...) is missing, corrupt or stale."""

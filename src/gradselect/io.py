@@ -3,12 +3,43 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+
+def content_key(*parts: Any) -> str:
+    """A short SHA-256 of JSON-serialised ``parts``: the cache key of anything built from them."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_json_artifact(path: Path, *, redo: str) -> Any:
+    """A JSON artifact of a run; a missing or corrupt file is one clear error naming the stage to redo."""
+    from gradselect.errors import ArtifactError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: not found; {redo}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ArtifactError(f"{path} is corrupt ({err}); {redo}") from None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -68,14 +99,30 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(part, ignore_errors=True)
         raise
-    _fsync_dir(part)
-    if path.exists():
-        old = path.with_name(path.name + ".old")
+    replace_dir(part, path)
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished folder ``src`` to ``dst``, replacing what was there only once ``src`` is complete."""
+    src, dst = Path(src), Path(dst)
+    _fsync_dir(src)
+    if dst.exists():
+        old = dst.with_name(dst.name + ".old")
         if old.exists():
             shutil.rmtree(old)
-        os.replace(path, old)
-        os.replace(part, path)
+        os.replace(dst, old)
+        os.replace(src, dst)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(part, path)
-    _fsync_dir(path.parent)
+        os.replace(src, dst)
+    _fsync_dir(dst.parent)
+
+
+def path_digest(path: Path) -> str | None:
+    """Identity of a stage output: a file's SHA-256, or for a folder its files' names and sizes (None if absent)."""
+    path = Path(path)
+    if path.is_file():
+        return file_digest(path)
+    if path.is_dir():
+        return content_key(sorted([str(p.relative_to(path)), p.stat().st_size] for p in path.rglob("*") if p.is_file()))
+    return None

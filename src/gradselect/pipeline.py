@@ -1,175 +1,159 @@
 """``gradselect run``: every stage of a run, each cached by the hash of its inputs.
 
-Stages, in order, each writing into the run folder::
+Stages, in order, each writing into the run folder (the writer of each artifact
+is the stage function named beside it)::
 
-    meta_init/      fine-tune the base model on all sources (+ target train)
-    features/       output values and projected gradients at the meta-initialization
-    validation/     optional trust check ([run] validate_k): real fine-tunes from theta*,
-                    and calibration.json, which selection then uses
-    selection.json  estimate subsets and choose sources
-    final/<name>/   fine-tune the base model on the selection (and on each comparison subset)
-    conventional/   optional baseline ([run] conventional_budget): forward selection with one
-                    real fine-tune per candidate; its choice joins the final fine-tunes
-    metrics.json    target test metrics of every final model
-    report.md       a readable report with plots
+    meta_init/        fine-tune the base model on all sources (+ target train)   train.train
+    features/         output values and projected gradients at theta*             features.featurize
+    validation/       optional trust check ([run] validate_k): real fine-tunes     validate.validate
+    calibration.json    from theta*, and the calibration selection then uses
+    selection.json    estimate subsets and choose sources                         select.select_sources
+    comparisons.json  the baseline subsets of [run] compare                       select.compare_subsets
+    conventional/     optional baseline ([run] conventional_budget)               validate.conventional_forward
+    final/<label>/    fine-tune the base model on the selection and comparisons   train.train
+    metrics.json      target test metrics of every final model                    evaluate.evaluate_models
+    report.md         a readable report with plots                                report.write_report
+    config.toml       the run's config, replayable (config.dump_config)
 
 A stage's key is a hash of its slice of the config and of its upstream keys
 (the final fine-tunes hash the *chosen sources*, so a selection change that
 picks the same sources retrains nothing). ``stages/<name>.json`` records the
-key of the last completed run of a stage; a stage whose key is unchanged is
-skipped, ``force`` redoes named stages. A stage interrupted midway resumes if
-its key is unchanged and starts clean otherwise.
+key of the last completed run of a stage and a digest of each output; a stage
+whose key is unchanged and whose outputs are as it wrote them is skipped,
+``force`` redoes named stages, and an output changed by hand makes its stage
+stale (redone, with a warning).
+
+Folder outputs are built beside the old result (``<name>.build/``) and swapped
+in only on success, and file outputs are replaced atomically, so a failed redo
+leaves the last good result and the stage records as they were. A stage
+interrupted midway resumes its build if its key is unchanged and starts the
+build clean otherwise.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
-import pydantic
-
-from gradselect.configbase import StrictConfig
-from gradselect.errors import GradselectError
-from gradselect.io import write_json_atomic, write_text_atomic
+from gradselect.errors import ConfigError, GradselectError
+from gradselect.io import content_key, path_digest, read_json_artifact, replace_dir, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 STAGES = ("meta_init", "features", "validate", "select", "conventional", "final", "evaluate", "report")
-Comparison = Literal["all", "target-only", "grad-sim", "repr-sim", "random", "forward"]
-
-
-class RunSection(StrictConfig):
-    """The ``[run]`` section: where a run lives and what the final model is compared with."""
-
-    run_dir: str = "runs/gradselect"
-    """Run folder (relative paths are taken from the current directory)."""
-    compare: list[Comparison] = pydantic.Field(default_factory=lambda: ["all", "target-only"])
-    """Also fine-tune and evaluate these subsets next to the selection."""
-    final_steps: int | None = pydantic.Field(default=None, ge=1)
-    """Optimizer steps of every final fine-tune (equal budgets); default: [train]'s epochs."""
-    validate_k: int = pydantic.Field(default=0, ge=0)
-    """Trust check before selecting: fine-tune from theta* on this many subsets (0: skip; >= 3 to
-    run). Its calibrated radius / lam is then used by selection."""
-    validate_repeats: int = pydantic.Field(default=2, ge=0)
-    """Trust check: subsets fine-tuned again with another seed (noise floor)."""
-    conventional_budget: int = pydantic.Field(default=0, ge=0)
-    """Also run the conventional baseline, forward selection with one real fine-tune (from the
-    base model, trained like the final fine-tunes) per candidate, with at most this many
-    fine-tunes (0: skip). Its choice is fine-tuned and evaluated beside the selection and the
-    report gives the cost ratio."""
-
-
-def _key(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(json.dumps(p, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
 
 
 def _dump(model) -> dict | None:
     return None if model is None else model.model_dump(mode="json")
 
 
-class Stage:
-    """Bookkeeping for one stage: its key, its record, and whether it must run."""
+def build_dir(final: Path) -> Path:
+    """Where a folder output is built before it replaces ``final``."""
+    return final.with_name(final.name + ".build")
 
-    def __init__(self, run_dir: Path, name: str, key: str, outputs: Sequence[Path], workdir: Path | None = None):
-        self.run_dir, self.name, self.key, self.outputs = run_dir, name, key, list(outputs)
-        # What a run with other inputs may have left (e.g. training checkpoints): cleared on begin().
-        self.workdir = [workdir] if workdir is not None else self.outputs
-        self.record = run_dir / "stages" / f"{name}.json"
-        self.running = run_dir / "stages" / f"{name}.running.json"
+
+class Stage:
+    """Bookkeeping for one stage: its key, its record, and whether it must run.
+
+    Parameters
+    ----------
+    run_dir : Path
+    name : str
+    key : str
+        Hash of the stage's inputs.
+    outputs : list of Path
+        What the stage leaves when it succeeds (digested into its record).
+    staging : list of Path
+        Where it builds them (cleared when a build of other inputs was interrupted).
+    """
+
+    def __init__(self, run_dir: Path, name: str, key: str, outputs: Sequence[Path], staging: Sequence[Path] = ()):
+        self.run_dir, self.name, self.key = Path(run_dir), name, key
+        self.outputs, self.staging = [Path(p) for p in outputs], [Path(p) for p in staging]
+        self.record = self.run_dir / "stages" / f"{name}.json"
+        self.running = self.run_dir / "stages" / f"{name}.running.json"
+        self.stale_reason: str | None = None
 
     def is_current(self) -> bool:
-        if not self.record.exists():
-            return False
+        """Finished with this key, and every output is as the stage wrote it."""
+        self.stale_reason = None
         try:
             done = json.loads(self.record.read_text())
         except (OSError, json.JSONDecodeError):
             return False
-        return done.get("key") == self.key and all(p.exists() for p in self.outputs)
+        if done.get("key") != self.key or not all(p.exists() for p in self.outputs):
+            return False
+        recorded = done.get("outputs", {})
+        for p in self.outputs:
+            rel = str(p.relative_to(self.run_dir)) if p.is_relative_to(self.run_dir) else str(p)
+            if rel in recorded and recorded[rel] != path_digest(p):
+                self.stale_reason = f"{p} changed since stage {self.name} wrote it"
+                return False
+        return True
 
-    def begin(self) -> None:
-        """Mark the stage as running; clear outputs left by a run with other inputs."""
+    def begin(self, *, fresh: bool = False) -> None:
+        """Mark the stage as running; clear builds left by a run with other inputs (or all, if ``fresh``).
+
+        The previous result and its record stay until :meth:`finish`.
+        """
         previous = None
         if self.running.exists():
             try:
                 previous = json.loads(self.running.read_text()).get("key")
             except (OSError, json.JSONDecodeError):
                 previous = None
-        if previous != self.key:
-            for p in self.workdir:
-                for q in (p, p.with_name(p.name + ".part")):
-                    if q.is_dir():
-                        shutil.rmtree(q)
-                    elif q.exists():
-                        q.unlink()
-        if self.record.exists():
-            self.record.unlink()
+        if previous != self.key or fresh:
+            for p in self.staging:
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
         write_json_atomic(self.running, {"key": self.key})
 
     def finish(self, seconds: float) -> None:
-        write_json_atomic(self.record, {"key": self.key, "seconds": seconds})
+        outputs = {(str(p.relative_to(self.run_dir)) if p.is_relative_to(self.run_dir) else str(p)): path_digest(p)
+                   for p in self.outputs}
+        write_json_atomic(self.record, {"key": self.key, "seconds": seconds, "outputs": outputs})
         self.running.unlink(missing_ok=True)
 
 
-def fitted_estimator(config, features_dir: Path):
-    """A SubsetEstimator fitted on a feature store, with ``[select] pseudo_sources`` applied."""
-    from gradselect.estimate import FeatureArrays, SubsetEstimator
-    from gradselect.features import FeatureStore
-    from gradselect.select import pseudo_sources
-
-    arrays = FeatureArrays.from_store(FeatureStore.open(features_dir))
-    if config.select.pseudo_sources:
-        arrays = pseudo_sources(arrays, config.select.pseudo_sources, seed=config.select.seed)
-    return SubsetEstimator(calibrated(config.estimate, Path(features_dir).parent / "calibration.json")).fit(arrays)
-
-
-def calibrated(estimate_config, calibration_file: Path):
-    """``estimate_config`` with the trust check's mode and step (radius / lam) applied.
-
-    The trust check calibrates both step models and names the one with the lower
-    leave-one-out error. A config that sets ``mode`` keeps it (with that mode's
-    calibrated step); one that sets the step itself keeps its own.
-    """
-    if not calibration_file.exists():
-        return estimate_config
-    calib = json.loads(calibration_file.read_text())
-    fields = estimate_config.model_fields_set
-    if "mode" in fields:
-        mode = estimate_config.mode
-        entry = calib.get("candidates", {}).get(mode) or (calib if calib.get("mode") == mode else None)
-    else:
-        mode, entry = calib.get("mode"), calib
-    key = (entry or {}).get("parameter")
-    if key not in ("radius", "lam"):
-        return estimate_config
-    if key in fields or {"radius", "lam"} & fields and mode != estimate_config.mode:
-        log.info("config sets its own step; ignoring the calibration in %s", calibration_file)
-        return estimate_config
-    log.info("using calibrated mode %s, %s = %.4g from %s", mode, key, entry["value"], calibration_file)
-    return estimate_config.model_copy(update={"mode": mode, key: entry["value"]})
+def check_against_data(config, taskset) -> None:
+    """Rules that need the data, checked before any training."""
+    names = taskset.source_names
+    if not names:
+        raise ConfigError("[data] sources: no auxiliary source; gradselect chooses among sources, give at least one")
+    sel = config.select
+    if sel.rule == "top_k" and sel.method == "ensemble" and sel.k is not None and sel.k > len(names):
+        raise ConfigError(f"[select] k = {sel.k} but there are only {len(names)} sources; lower k")
 
 
 def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None = None, force: Sequence[str] = (),
                  device: str = "auto", progress: bool = True) -> dict:
     """Run every stage of ``config`` (a RunConfig with ``[data]``), skipping current ones.
 
+    Parameters
+    ----------
+    base_dir : Path, optional
+        The config file's folder: relative data paths are resolved against it.
+    run_dir : Path, optional
+        Overrides ``[run] run_dir``.
+
     Returns
     -------
     dict
-        ``{"ran": [...], "skipped": [...], "run_dir": str, "metrics": {...}}``
+        ``{"ran": [...], "skipped": [...], "run_dir": str, "metrics": MetricsTable, "selection": Selection}``
     """
-    from gradselect.config import dump_config
+    from gradselect.config import dump_config, replay_config
     from gradselect.data import load_taskset
-    from gradselect.features import featurize
-    from gradselect.select import Selection
+    from gradselect.evaluate import MetricsTable, evaluate_models
+    from gradselect.features import FeatureStore, featurize
+    from gradselect.select import Selection, compare_subsets, fitted_estimator, select_sources
     from gradselect.train import train
+    from gradselect.validate import apply_calibration
 
     if config.data is None:
         raise GradselectError("gradselect run needs a [data] section with a target")
@@ -182,131 +166,123 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     if unknown:
         raise GradselectError(f"unknown stage(s) {unknown} for --force; stages are {list(STAGES)}")
     run_dir = Path(run_dir or config.run.run_dir)
+    taskset = load_taskset(config.data, base_dir=base_dir)  # bad data fails before the run folder is touched
+    check_against_data(config, taskset)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.toml", dump_config(config))
-    taskset = load_taskset(config.data, base_dir=base_dir)
+    saved_config = dump_config(replay_config(config, base_dir=base_dir, run_dir=run_dir))
     fingerprint = taskset.fingerprint()
     ran, skipped = [], []
     common = dict(model_config=config.model, adapter_config=config.adapter, tokenize_config=config.tokenize,
                   device=device, progress=progress)
 
-    def stage(name, key, outputs, work, workdir=None):
-        st = Stage(run_dir, name, key, outputs, workdir)
-        if st.is_current() and name not in force:
+    def stage(name, key, outputs, work, staging=()):
+        st = Stage(run_dir, name, key, outputs, staging)
+        if name not in force and st.is_current():
             skipped.append(name)
             log.info("stage %s: current, skipped", name)
             return
+        if st.stale_reason:
+            log.warning("%s; redoing the stage", st.stale_reason)
         log.info("stage %s: running", name)
         start = time.perf_counter()
-        st.begin()
+        st.begin(fresh=name in force)
         work()
         st.finish(time.perf_counter() - start)
         ran.append(name)
+        # The saved config describes what the folder holds: written once a stage built from it succeeds.
+        write_text_atomic(run_dir / "config.toml", saved_config)
+
+    def train_into(folder: Path, names, train_config, **kw):
+        build = build_dir(folder)
+        train(taskset, names, build, train_config=train_config, overwrite=True, **common, **kw)
+        replace_dir(build, folder)
 
     train_slice = (fingerprint, _dump(config.model), _dump(config.adapter), _dump(config.tokenize))
 
     # 1. meta-initialization
     meta_dir = run_dir / "meta_init"
-    meta_key = _key("meta_init", *train_slice, _dump(config.train))
-    stage("meta_init", meta_key, [meta_dir / "adapter"],
-          lambda: train(taskset, taskset.source_names, meta_dir, train_config=config.train, overwrite=True, **common),
-          workdir=meta_dir)
+    meta_key = content_key("meta_init", *train_slice, _dump(config.train))
+    stage("meta_init", meta_key, [meta_dir],
+          lambda: train_into(meta_dir, taskset.source_names, config.train), staging=[build_dir(meta_dir)])
 
-    # 2. features
+    # 2. features (built in features.build/, resumable from its own .part)
     feat_dir = run_dir / "features"
-    feat_key = _key("features", meta_key, _dump(config.features))
-    stage("features", feat_key, [feat_dir],
-          lambda: featurize(taskset, feat_dir, feature_config=config.features, adapter_path=meta_dir / "adapter",
-                            force=True, **common))
 
-    # 3. trust check (optional): its calibration is picked up by selection
+    def do_features():
+        build = build_dir(feat_dir)
+        featurize(taskset, build, feature_config=config.features, adapter_path=meta_dir / "adapter", force=True,
+                  **common)
+        replace_dir(build, feat_dir)
+
+    feat_key = content_key("features", meta_key, _dump(config.features))
+    stage("features", feat_key, [feat_dir], do_features,
+          staging=[build_dir(feat_dir), build_dir(feat_dir).with_name(build_dir(feat_dir).name + ".part")])
+
+    final_train = config.final_train_config()
+
+    # 3. trust check (optional): its calibration is used by selection in this run
+    calibration = run_dir / "calibration.json"
     if config.run.validate_k:
-        from gradselect.evaluate.trust import validate
-        from gradselect.features import FeatureStore
+        from gradselect.validate import validate
 
-        val_key = _key("validate", feat_key, _dump(config.train), config.run.final_steps, _dump(config.estimate),
-                       config.run.validate_k,
-                       config.run.validate_repeats)
-        stage("validate", val_key, [run_dir / "validation" / "validation.json"],
+        val_key = content_key("validate", feat_key, _dump(final_train), _dump(config.estimate),
+                              config.run.validate_k, config.run.validate_repeats)
+        # Fine-tunes are cached under content keys in validation/runs/: never cleared.
+        stage("validate", val_key, [run_dir / "validation" / "validation.json", calibration],
               lambda: validate(config, taskset, FeatureStore.open(feat_dir), meta_dir / "adapter",
                                run_dir / "validation", k=config.run.validate_k, repeats=config.run.validate_repeats,
                                device=device, progress=progress))
-    calibration = run_dir / "calibration.json"
 
-    # 4. estimate + select
-    sel_path = run_dir / "selection.json"
-    sel_key = _key("select", feat_key, _dump(config.estimate), _dump(config.select),
-                   calibration.read_text() if calibration.exists() else None)
+    # 4. estimate + select. Only this run's own trust check calibrates it.
+    manifest = FeatureStore.open(feat_dir).manifest
+    estimate_config = apply_calibration(config.estimate, calibration if config.run.validate_k else None, manifest)
+    sel_path, cmp_path = run_dir / "selection.json", run_dir / "comparisons.json"
+    sel_key = content_key("select", feat_key, _dump(estimate_config), _dump(config.select), list(config.run.compare))
 
     def do_select():
-        from gradselect.select import SELECTORS
+        estimator = fitted_estimator(estimate_config, config.select, feat_dir)
+        select_sources(estimator, config.select, sel_path)
+        compare_subsets(estimator, config.run.compare, cmp_path)
 
-        estimator = fitted_estimator(config, feat_dir)
-        selection = config.select.make_selector().select(estimator)
-        selection.params["base_loss"] = estimator.base_loss_
-        selection.params["estimator"] = _dump(estimator.config_)
-        selection.params["comparisons"] = {name: SELECTORS[name]().select(estimator).chosen
-                                           for name in config.run.compare}
-        selection.save(sel_path)
-
-    stage("select", sel_key, [sel_path], do_select)
+    stage("select", sel_key, [sel_path, cmp_path], do_select)
     selection = Selection.load(sel_path)
+    comparisons = read_json_artifact(cmp_path, redo="rerun with --force select")["subsets"]
 
     # 5. final fine-tunes (content-addressed by the chosen sources)
-    final_train = config.train
-    if config.run.final_steps is not None:
-        final_train = config.train.model_copy(update={"max_steps": config.run.final_steps})
-    subsets = {"selection": selection.chosen, **selection.params.get("comparisons", {})}
+    subsets = {"selection": selection.chosen, **comparisons}
 
     # (optional) the conventional baseline: trained like the final fine-tunes
     conv_key = None
     if config.run.conventional_budget:
-        from gradselect.evaluate.conventional import conventional_forward
+        from gradselect.validate import conventional_forward
 
         conv_dir = run_dir / "conventional"
-        conv_key = _key("conventional", *train_slice, _dump(final_train), config.run.conventional_budget)
+        conv_key = content_key("conventional", *train_slice, _dump(final_train), config.run.conventional_budget)
         stage("conventional", conv_key, [conv_dir / "conventional.json"],
               lambda: conventional_forward(config, taskset, conv_dir, train_config=final_train,
-                                           budget=config.run.conventional_budget, device=device, progress=progress),
-              workdir=conv_dir)
-        subsets["conventional"] = json.loads((conv_dir / "conventional.json").read_text())["chosen"]
+                                           budget=config.run.conventional_budget, device=device, progress=progress))
+        subsets["conventional"] = read_json_artifact(conv_dir / "conventional.json",
+                                                     redo="rerun with --force conventional")["chosen"]
     final_keys = {}
     for label, names in subsets.items():
         folder = run_dir / "final" / label
-        key = _key("final", *train_slice, _dump(final_train), sorted(names))
+        key = content_key("final", *train_slice, _dump(final_train), sorted(names))
         final_keys[label] = key
-        stage(f"final-{label}" if label != "selection" else "final", key, [folder / "adapter"],
-              lambda folder=folder, names=names: train(taskset, names, folder, train_config=final_train,
-                                                       overwrite=True, **common),
-              workdir=folder)
+        stage(f"final-{label}" if label != "selection" else "final", key, [folder],
+              lambda folder=folder, names=names: train_into(folder, names, final_train), staging=[build_dir(folder)])
 
     # 6. evaluate on the target's test split
     metrics_path = run_dir / "metrics.json"
-    eval_key = _key("evaluate", final_keys, _dump(config.evaluate))
-
-    def do_evaluate():
-        from gradselect.evaluate import exact_match, target_loss
-        from gradselect.model import load_for_inference, load_model
-
-        rows = {}
-        for label, names in subsets.items():
-            base, tok = load_model(config.model, device=device)
-            model = load_for_inference(base, run_dir / "final" / label / "adapter", config.adapter)
-            row = {"sources": list(names),
-                   "test_loss": target_loss(model, tok, taskset.target_test.examples, config.tokenize,
-                                            batch_size=config.evaluate.batch_size).loss}
-            if config.evaluate.exact_match:
-                row["test_exact_match"] = exact_match(model, tok, taskset.target_test, config.tokenize,
-                                                      config.evaluate, progress=progress).accuracy
-            rows[label] = row
-        write_json_atomic(metrics_path, {"split": "test", "n_examples": len(taskset.target_test), "rows": rows})
-
-    stage("evaluate", eval_key, [metrics_path], do_evaluate)
+    eval_key = content_key("evaluate", final_keys, _dump(config.evaluate))
+    models = {label: (names, run_dir / "final" / label / "adapter") for label, names in subsets.items()}
+    stage("evaluate", eval_key, [metrics_path],
+          lambda: evaluate_models(config, taskset, models, metrics_path, device=device, progress=progress))
 
     # 7. report (cheap: regenerated whenever anything upstream ran)
     from gradselect.report import write_report
 
-    report_key = _key("report", sel_key, eval_key, meta_key, conv_key)
+    report_key = content_key("report", sel_key, eval_key, meta_key, conv_key)
     stage("report", report_key, [run_dir / "report.md"], lambda: write_report(run_dir))
-    metrics = json.loads(metrics_path.read_text())
-    return {"ran": ran, "skipped": skipped, "run_dir": str(run_dir), "metrics": metrics, "selection": selection}
+    write_text_atomic(run_dir / "config.toml", saved_config)
+    return {"ran": ran, "skipped": skipped, "run_dir": str(run_dir), "metrics": MetricsTable.load(metrics_path),
+            "selection": selection}

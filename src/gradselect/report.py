@@ -1,7 +1,8 @@
-"""A readable report of a run folder: ``report.md`` with PNG plots beside it.
+"""Renderers of a run's artifacts: plain-text tables for the CLI, ``report.md`` with PNG plots.
 
-Reads only the run's artifacts (selection.json, metrics.json, train results),
-so ``gradselect report RUN_DIR`` can regenerate it at any time.
+Reads only the run's artifacts (selection.json, metrics.json, validation.json,
+train results), so ``gradselect report RUN_DIR`` can regenerate it at any time;
+the CLI, the demo and the benchmarks print tables with the same functions.
 """
 
 from __future__ import annotations
@@ -10,7 +11,74 @@ import json
 from pathlib import Path
 
 from gradselect.errors import GradselectError
-from gradselect.io import write_text_atomic
+from gradselect.evaluate.results import MetricsTable
+from gradselect.io import read_json_artifact, write_text_atomic
+from gradselect.select.result import Selection
+
+
+# -- plain-text tables ----------------------------------------------------------------------------------------
+def format_selection(selection: Selection, base_loss: float | None = None) -> str:
+    """A plain-text table of a selection: sources ranked, scores, intervals, chosen."""
+    lines = [f"method {selection.method}: {len(selection.chosen)} of {len(selection.scores)} sources chosen"]
+    width = max([len(n) for n in selection.scores] + [6])
+    header = f"  {'source':<{width}}  {'score':>10}"
+    if selection.intervals:
+        header += f"  {'95% interval':>23}"
+    lines.append(header + "  chosen")
+    for name in selection.ranking():
+        row = f"  {name:<{width}}  {selection.scores[name]:>10.5f}"
+        if selection.intervals:
+            lo, hi = selection.intervals[name]
+            row += f"  [{lo:>10.5f}, {hi:>10.5f}]"
+        lines.append(row + ("  *" if name in selection.chosen else ""))
+    if selection.estimated_loss is not None:
+        extra = f" (meta-initialization {base_loss:.5f})" if base_loss is not None else ""
+        lines.append(f"estimated target dev loss of the choice: {selection.estimated_loss:.5f}{extra}")
+    return "\n".join(lines)
+
+
+def _ordered(table: MetricsTable, labels: dict | None) -> list[str]:
+    labels = labels or {}
+    return sorted(table.rows, key=lambda k: (k != "selection", list(labels).index(k) if k in labels else len(labels)))
+
+
+def format_metrics(table: MetricsTable, labels: dict | None = None) -> str:
+    """A plain-text table of final-model metrics, selection first."""
+    labels = labels or {}
+    columns = table.columns()
+    lines = [f"{'fine-tuned on':<14}{'sources':>8}" + "".join(f"{m.title:>{max(len(m.title), 9) + 2}}" for m in columns)]
+    for key in _ordered(table, labels):
+        r = table.rows[key]
+        cells = "".join(
+            f"{'' if r.get(m.key) is None else format(r.get(m.key), m.fmt):>{max(len(m.title), 9) + 2}}"
+            for m in columns)
+        lines.append(f"{labels.get(key, key):<14}{len(r.sources):>8}" + cells)
+    return "\n".join(lines)
+
+
+def format_interval(ci, fmt: str = ".3f") -> str:
+    """``[lo, hi]`` at the precision of the values (``n/a`` when missing)."""
+    if not ci or any(x is None for x in ci):
+        return "n/a"
+    return f"[{format(ci[0], fmt)}, {format(ci[1], fmt)}]"
+
+
+def format_validation(report: dict) -> str:
+    """The trust check's figures as plain text."""
+    m = report["metrics"]
+    lines = [f"{m['n_subsets']} subsets fine-tuned from the meta-initialization (true dev loss at theta*: "
+             f"{report['base_loss']:.5f})",
+             f"  mean relative error {m['mean_relative_error']:.2%} (max {m['max_relative_error']:.2%}); "
+             f"zero-order baseline {m['zero_order_mean_relative_error']:.2%}",
+             f"  R^2 of the change {m['r2_of_change']:.3f}; Spearman {m['spearman']:.3f} "
+             f"{format_interval(m['spearman_ci95'])}; Kendall {m['kendall']:.3f} {format_interval(m['kendall_ci95'])}"]
+    if "noise_floor_mean_relative_difference" in report:
+        lines.append(f"  noise floor (same subset, other seed): {report['noise_floor_mean_relative_difference']:.2%}")
+    for mode, c in report["calibration_candidates"].items():
+        chosen = " (chosen: lower leave-one-out error)" if mode == report["calibration"]["mode"] else ""
+        lines.append(f"  calibrated {mode} {c['parameter']} = {c['value']:.4g}: mean relative error "
+                     f"{c['mean_relative_error']:.2%}, leave-one-out {c['loo_mean_relative_error']:.2%}{chosen}")
+    return "\n".join(lines)
 
 
 def _plot_scores(selection: dict, path: Path) -> bool:
@@ -85,7 +153,7 @@ def write_report(run_dir: str | Path) -> Path:
     sel_file = run_dir / "selection.json"
     if not sel_file.exists():
         raise GradselectError(f"{run_dir}: no selection.json; run gradselect run (or select) first")
-    selection = json.loads(sel_file.read_text())
+    selection = Selection.load(sel_file).to_json()
     lines = ["# gradselect run report", "", f"Run folder: `{run_dir}`", ""]
 
     lines += ["## Source ranking", "",
@@ -110,19 +178,20 @@ def write_report(run_dir: str | Path) -> Path:
 
     metrics_file = run_dir / "metrics.json"
     if metrics_file.exists():
-        metrics = json.loads(metrics_file.read_text())
+        table = MetricsTable.load(metrics_file)
+        columns = table.columns()
         lines += ["", "## Final models on the target's test split", "",
-                  f"{metrics['n_examples']} test examples, never seen by estimation or selection.", "",
-                  "| fine-tuned on | sources | test loss | exact match |", "|---|---|---|---|"]
-        for label in sorted(metrics["rows"], key=lambda k: k != "selection"):  # selection first
-            row = metrics["rows"][label]
-            em = row.get("test_exact_match")
-            lines.append(f"| {label} | {len(row['sources'])} | {row['test_loss']:.4f} | "
-                         f"{'' if em is None else f'{em:.3f}'} |")
+                  f"{table.n_examples} test examples, never seen by estimation or selection.", "",
+                  "| fine-tuned on | sources | " + " | ".join(m.title for m in columns) + " |",
+                  "|---|---|" + "---|" * len(columns)]
+        for label in _ordered(table, None):
+            row = table.rows[label]
+            cells = " | ".join("" if row.get(m.key) is None else format(row.get(m.key), m.fmt) for m in columns)
+            lines.append(f"| {label} | {len(row.sources)} | {cells} |")
 
     validation_file = run_dir / "validation" / "validation.json"
     if validation_file.exists():
-        val = json.loads(validation_file.read_text())
+        val = read_json_artifact(validation_file, redo="rerun with --force validate")
         m = val["metrics"]
         lines += ["", "## Trust check: estimates against real fine-tunes", "",
                   f"{m['n_subsets']} subsets fine-tuned from the meta-initialization (true dev loss there: "
@@ -145,7 +214,7 @@ def write_report(run_dir: str | Path) -> Path:
 
     conventional_file = run_dir / "conventional" / "conventional.json"
     if conventional_file.exists():
-        conv = json.loads(conventional_file.read_text())
+        conv = read_json_artifact(conventional_file, redo="rerun with --force conventional")
         lines += ["", "## Conventional forward selection (real fine-tunes)", "",
                   f"{conv['n_finetunes']} fine-tunes from the base model, {conv['seconds']:.0f} s"
                   + ("" if conv["finished"] else f" (stopped by the budget of {conv['budget']})")

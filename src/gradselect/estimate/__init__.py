@@ -2,5 +2,7 @@
 
 from gradselect.estimate.config import EstimateConfig
 from gradselect.estimate.estimator import FeatureArrays, SubsetEstimator
+from gradselect.estimate.modes import STEP_MODELS, StepModel
+from gradselect.estimate.table import write_estimates
 
-__all__ = ["EstimateConfig", "FeatureArrays", "SubsetEstimator"]
+__all__ = ["STEP_MODELS", "EstimateConfig", "FeatureArrays", "StepModel", "SubsetEstimator", "write_estimates"]

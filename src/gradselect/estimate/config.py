@@ -2,32 +2,27 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import pydantic
 
 from gradselect.configbase import StrictConfig
+from gradselect.estimate.modes import MODE_FIELDS, STEP_MODELS
 
 
 class EstimateConfig(StrictConfig):
     """How the fine-tuned target loss of a subset is estimated from features.
 
-    Modes
-    -----
-    ``trust_region`` (default)
-        Minimise the linearized training loss subject to ``|v| <= radius``: a
-        fixed step length, as Adam-style fine-tuning moves a similar distance
-        whatever the gradient size.
-    ``l2``
-        Minimise it plus ``lam * |v|^2``.
-    ``reference``
-        The authors' released estimator, for comparison: no offsets, L2 with
-        sklearn's ``C = reference_c``, the step rescaled to
-        ``reference_fraction * |theta*|``.
+    Modes are step models registered by name in
+    :data:`gradselect.estimate.modes.STEP_MODELS` (see that module):
+    ``trust_region`` (default; a step of fixed length ``radius``), ``l2`` (an L2
+    penalty ``lam``) and ``reference`` (the authors' released estimator as we
+    reproduce it). Options the chosen mode or solver does not read warn when set.
     """
 
-    mode: Literal["trust_region", "l2", "reference"] = "trust_region"
-    """Which estimator (see the class docstring)."""
+    mode: str = "trust_region"
+    """Step model, by registered name: trust_region, l2 or reference."""
     solver: Literal["fast", "lowrank", "exact"] = "fast"
     """``fast``: one Newton step from v = 0 with per-source sufficient statistics (cost
     independent of the number of rows, one d x d factorisation per subset); ``lowrank``:
@@ -45,7 +40,7 @@ class EstimateConfig(StrictConfig):
     The ``exact`` solver uses the same model as its start and preconditioner (the rank
     changes its speed, not its answer)."""
     lam: float = pydantic.Field(default=1e-3, ge=0)
-    """L2 strength of the ``l2`` mode (also a tiny ridge that keeps trust-region systems solvable)."""
+    """L2 strength of the ``l2`` mode (trust region: 1e-6 of it keeps the systems solvable)."""
     radius: float | None = pydantic.Field(default=None, gt=0)
     """Step length of the ``trust_region`` mode in projected units (|v| ~ the parameter
     displacement's norm). Default: ``radius_fraction * |theta*|``; ``gradselect validate``
@@ -63,3 +58,27 @@ class EstimateConfig(StrictConfig):
     """Reference mode: sklearn's inverse regularisation C."""
     reference_fraction: float = pydantic.Field(default=0.1, gt=0)
     """Reference mode: step norm as a fraction of |theta*|."""
+
+    @pydantic.field_validator("mode")
+    @classmethod
+    def _known_mode(cls, v: str) -> str:
+        if v not in STEP_MODELS:
+            raise ValueError(f"unknown mode {v!r}; modes are {', '.join(STEP_MODELS)}")
+        return v
+
+    @pydantic.model_validator(mode="after")
+    def _warn_ignored(self) -> "EstimateConfig":
+        step = STEP_MODELS[self.mode]
+        ignored = [f for f in MODE_FIELDS if f in self.model_fields_set and f not in step.reads]
+        if self.solver == "fast" and "rank" in self.model_fields_set:
+            ignored.append("rank")
+        if self.solver != "exact":
+            ignored += [f for f in ("tol", "max_iter") if f in self.model_fields_set]
+        for f in ignored:
+            by = "solver" if f in ("rank", "tol", "max_iter") else "mode"
+            warnings.warn(f"[estimate] {f} is ignored by {by} {getattr(self, by)!r}", UserWarning, stacklevel=2)
+        return self
+
+    def step_model(self, param_norm: float):
+        """This config's step model (see :mod:`gradselect.estimate.modes`)."""
+        return STEP_MODELS[self.mode](self, param_norm)

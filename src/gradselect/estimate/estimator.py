@@ -88,8 +88,10 @@ class SubsetEstimator:
     Attributes
     ----------
     source_names_ : list of str
-    radius_ : float
-        Step length used by the trust-region mode.
+    step_model_ : StepModel
+        The mode's step model (:mod:`gradselect.estimate.modes`).
+    radius_ : float or None
+        Bound on the step length (the trust-region mode; None otherwise).
     base_loss_ : float
         Estimated dev loss at v = 0 (the meta-initialization itself): the
         zero-order baseline every estimate should be compared with.
@@ -119,12 +121,12 @@ class SubsetEstimator:
         self.arrays_ = arrays
         self.source_names_ = arrays.source_names
         self.n_sources_ = len(self.source_names_)
-        self.radius_ = cfg.radius if cfg.radius is not None else cfg.radius_fraction * arrays.param_norm
-        self.reference_norm_ = cfg.reference_fraction * arrays.param_norm
+        self.step_model_ = cfg.step_model(arrays.param_norm)
+        self.radius_ = self.step_model_.radius
         g_dev, b_dev = arrays.g[arrays.dev_rows], arrays.b[arrays.dev_rows]
         self._g_dev, self._b_dev = g_dev, b_dev
         self.base_loss_ = float(mean_logistic_loss(b_dev))
-        b = np.zeros_like(arrays.b) if cfg.mode == "reference" else arrays.b
+        b = arrays.b if self.step_model_.offsets else np.zeros_like(arrays.b)
         groups = [arrays.source_rows[n] for n in self.source_names_]
         base = arrays.train_rows if cfg.include_target_train else None
         raw = source_statistics(arrays.g, b, groups + ([base] if base is not None else []))
@@ -188,33 +190,21 @@ class SubsetEstimator:
                 bar.update(len(parts[-1]))
         return np.concatenate(parts) if parts else np.zeros((0, self.arrays_.g.shape[1]))
 
-    def _ridge(self, counts):
-        """Each subset's L2 strength, given its training-row count(s)."""
-        cfg = self.config_
-        if cfg.mode == "l2":
-            return cfg.lam
-        if cfg.mode == "trust_region":
-            return cfg.lam * 1e-6  # only keeps the systems solvable
-        # sklearn's C per row count: lam = 1 / (2 C n), a different lam for each subset.
-        return 1.0 / (2.0 * cfg.reference_c * counts)
-
     def _solve_fast(self, masks: np.ndarray) -> np.ndarray:
         stats = self.stats_.summed(masks, self.base_stats_)
-        system = stats.system(self._ridge(stats.counts))
-        if self.config_.mode == "trust_region":
-            return stats.to_parameters(quadratic_trust_region(*system, self.radius_))
-        v = stats.to_parameters(quadratic_step(*system))
-        return self._rescale(v) if self.config_.mode == "reference" else v
+        system = stats.system(self.step_model_.ridge(stats.counts))
+        if self.radius_ is not None:
+            return self.step_model_.finish(stats.to_parameters(quadratic_trust_region(*system, self.radius_)))
+        return self.step_model_.finish(stats.to_parameters(quadratic_step(*system)))
 
     def _solve_exact(self, masks: np.ndarray) -> np.ndarray:
         cfg = self.config_
         stats = self.stats_.summed(masks, self.base_stats_)
-        radius = self.radius_ if cfg.mode == "trust_region" else None
-        v, converged = refine_on_rows(self.rows_, masks, stats, ridge=self._ridge(stats.counts), radius=radius,
-                                      tol=cfg.tol, max_iter=cfg.max_iter)
+        v, converged = refine_on_rows(self.rows_, masks, stats, ridge=self.step_model_.ridge(stats.counts),
+                                      radius=self.radius_, tol=cfg.tol, max_iter=cfg.max_iter)
         for i in np.flatnonzero(~converged):  # stalled, or the radius does not bind: plain Newton
             v[i] = self._solve_one(masks[i])
-        return self._rescale(v) if cfg.mode == "reference" else v
+        return self.step_model_.finish(v)
 
     def _rows(self, mask: np.ndarray) -> np.ndarray:
         parts = [self.arrays_.source_rows[self.source_names_[i]] for i in np.flatnonzero(mask)]
@@ -227,16 +217,12 @@ class SubsetEstimator:
         cfg = self.config_
         rows = self._rows(mask)
         g, b = self.arrays_.g[rows], self.arrays_.b[rows]
-        ridge = self._ridge(len(rows))
-        if cfg.mode == "trust_region":
+        if not self.step_model_.offsets:
+            b = np.zeros_like(b)
+        ridge = self.step_model_.ridge(len(rows))
+        if self.radius_ is not None:
             return trust_region_exact(g, b, self.radius_, ridge=ridge, tol=cfg.tol, max_iter=cfg.max_iter)
-        if cfg.mode == "reference":
-            b = np.zeros_like(b)  # the authors' estimator has no offsets
         return newton_l2(g, b, ridge, tol=cfg.tol, max_iter=cfg.max_iter)[0]
-
-    def _rescale(self, v: np.ndarray) -> np.ndarray:
-        norms = np.linalg.norm(v, axis=1, keepdims=True)
-        return np.where(norms > 0, v * (self.reference_norm_ / np.where(norms > 0, norms, 1)), 0.0)
 
     # -- predicting ---------------------------------------------------------------
     def predict_logodds(self, subsets, *, progress: bool = False) -> np.ndarray:

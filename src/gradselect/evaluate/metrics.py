@@ -143,3 +143,54 @@ def exact_match(
     else:
         correct = [p == extract(e.response) for p, e in zip(preds, examples)]
     return ExactMatchResult(sum(correct) / max(len(correct), 1), preds, correct)
+
+
+# -- the metric registry -------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """One final-model metric: how it is computed, named and printed.
+
+    Attributes
+    ----------
+    key : str
+        Its name in ``metrics.json`` rows (prefixed by the split: ``test_loss``).
+    title : str
+        Column title in tables.
+    fmt : str
+        Format spec of its values.
+    compute : callable
+        ``compute(model, tokenizer, split, tokenize_config, eval_config, progress) -> float``.
+    enabled : callable
+        ``enabled(eval_config) -> bool``: whether the config asks for it.
+    lower_is_better : bool
+    """
+
+    key: str
+    title: str
+    fmt: str
+    compute: Callable
+    enabled: Callable[[EvalConfig], bool] = lambda config: True
+    lower_is_better: bool = True
+
+
+def _loss_metric(model, tokenizer, split, tokenize_config, eval_config, progress) -> float:
+    return target_loss(model, tokenizer, split.examples, tokenize_config, batch_size=eval_config.batch_size).loss
+
+
+def _exact_match_metric(model, tokenizer, split, tokenize_config, eval_config, progress) -> float:
+    return exact_match(model, tokenizer, split, tokenize_config, eval_config, progress=progress).accuracy
+
+
+#: Metrics of every final model, in column order. To add one, append a Metric here.
+METRICS: list[Metric] = [
+    Metric("loss", "test loss", ".4f", _loss_metric),
+    Metric("exact_match", "exact match", ".3f", _exact_match_metric, enabled=lambda c: c.exact_match,
+           lower_is_better=False),
+]
+
+
+def score_split(model, tokenizer, split: Source, tokenize_config: TokenizeConfig, eval_config: EvalConfig, *,
+                progress: bool = False, skip: tuple[str, ...] = ()) -> dict[str, float]:
+    """Every enabled metric of ``model`` on ``split``, by metric key."""
+    return {m.key: float(m.compute(model, tokenizer, split, tokenize_config, eval_config, progress))
+            for m in METRICS if m.enabled(eval_config) and m.key not in skip}

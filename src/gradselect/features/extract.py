@@ -212,13 +212,17 @@ def _open_or_create(target: Path, manifest: dict, index: dict, config: FeatureCo
             if not force:
                 raise
     part = target.with_name(target.name + ".part")
-    if part.exists() and not force:
+    if part.exists():
+        # An interrupted run of the same inputs resumes (force or not); one of other inputs needs force.
         try:
             store = FeatureStore.open(part, expected=manifest, writable=True)
             log.info("resuming %s: %d of %d chunks done", part, int(store.done.sum()), len(store.done))
             return store
         except ManifestMismatch as err:
-            raise ManifestMismatch(f"{err} (an interrupted run with other inputs)") from None
+            if not force:
+                raise ManifestMismatch(f"{err} (an interrupted run with other inputs)") from None
+        except GradselectError:
+            log.warning("%s is unreadable; starting it again", part)
     return FeatureStore.create(part, manifest, index, dtype=config.dtype, hidden_dim=manifest["hidden_dim"])
 
 

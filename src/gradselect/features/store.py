@@ -24,8 +24,8 @@ import shutil
 from pathlib import Path
 import numpy as np
 
-from gradselect.errors import GradselectError
-from gradselect.io import write_bytes_atomic, write_json_atomic
+from gradselect.errors import ArtifactError, GradselectError
+from gradselect.io import read_json_artifact, write_bytes_atomic, write_json_atomic
 
 FORMAT_VERSION = 1
 #: Manifest keys that describe the run, not what was computed; never compared.
@@ -66,11 +66,22 @@ class FeatureStore:
         self.sources: list[str] = index["sources"]
         self.splits: list[str] = index["splits"]
         self._mode = mode
-        self.g = np.load(self.path / "g.npy", mmap_mode=mode)
-        self.b = np.load(self.path / "b.npy", mmap_mode=mode)
-        hidden = self.path / "hidden.npy"
-        self.hidden = np.load(hidden, mmap_mode=mode) if hidden.exists() else None
-        self.done = np.load(self.path / "done.npy")
+        self.g = self._array("g.npy", mode)
+        self.b = self._array("b.npy", mode)
+        self.hidden = self._array("hidden.npy", mode) if (self.path / "hidden.npy").exists() else None
+        self.done = self._array("done.npy", None)
+        n = len(self.ids)
+        if not (len(self.sources) == len(self.splits) == n and self.g.shape[0] == n and self.b.shape == (n,)):
+            raise ArtifactError(f"{self.path}: arrays and index.json disagree on the number of rows; "
+                                "recompute the features (gradselect featurize --force, or run --force features)")
+
+    def _array(self, name: str, mode):
+        """One .npy file of the store, never unpickled; a corrupt file is one clear error."""
+        try:
+            return np.load(self.path / name, mmap_mode=mode, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise ArtifactError(f"{self.path / name} is corrupt ({err}); recompute the features "
+                                "(gradselect featurize --force, or run --force features)") from None
 
     # -- construction -------------------------------------------------------------
     @classmethod
@@ -99,14 +110,19 @@ class FeatureStore:
         manifest_file = path / "manifest.json"
         if not manifest_file.exists():
             raise GradselectError(f"{path}: not a feature store (no manifest.json); run gradselect featurize")
-        manifest = json.loads(manifest_file.read_text())
+        redo = "recompute the features (gradselect featurize --force, or run --force features)"
+        manifest = read_json_artifact(manifest_file, redo=redo)
+        if not isinstance(manifest, dict):
+            raise ArtifactError(f"{manifest_file} is corrupt (not a JSON object); {redo}")
         if manifest.get("format_version") != FORMAT_VERSION:
             raise GradselectError(
                 f"{path}: feature store format {manifest.get('format_version')} is not {FORMAT_VERSION}; recompute it"
             )
         if expected is not None:
             compare_manifests(manifest, expected, path)
-        index = json.loads((path / "index.json").read_text())
+        index = read_json_artifact(path / "index.json", redo=redo)
+        if not isinstance(index, dict) or not all(isinstance(index.get(k), list) for k in ("ids", "sources", "splits")):
+            raise ArtifactError(f"{path / 'index.json'} is corrupt (needs lists ids, sources, splits); {redo}")
         return cls(path, manifest, index, "r+" if writable else "r")
 
     # -- writing ------------------------------------------------------------------

@@ -7,6 +7,8 @@ from gradselect.model.adapters import (
     apply_adapter,
     default_lora_targets,
     load_for_inference,
+    load_trained,
+    read_weights_folder,
     save_trained,
     trainable_parameters,
 )
@@ -21,6 +23,8 @@ __all__ = [
     "default_lora_targets",
     "load_for_inference",
     "load_model",
+    "load_trained",
+    "read_weights_folder",
     "make_tiny_model",
     "make_tiny_tokenizer",
     "pick_device",

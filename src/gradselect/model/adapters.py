@@ -108,16 +108,25 @@ def save_trained(model, out_dir: Path) -> None:
     model.save_pretrained(str(out_dir), safe_serialization=True)
 
 
-def load_full_weights(model, folder: Path) -> None:
-    """Load full fine-tuned weights (safetensors, never pickle) into ``model``."""
+def read_weights_folder(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a folder's ``*.safetensors`` files (never pickle), by saved name."""
     from safetensors.torch import load_file
 
-    files = sorted(folder.glob("*.safetensors"))
+    files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
         raise ModelError(f"{folder}: no .safetensors weights to start from")
     state = {}
     for f in files:
-        state.update(load_file(str(f)))
+        try:
+            state.update(load_file(str(f)))
+        except Exception as err:  # safetensors raises its own error types for corrupt headers
+            raise ModelError(f"{f}: cannot read the weights ({err}); retrain this folder") from None
+    return state
+
+
+def load_full_weights(model, folder: Path) -> None:
+    """Load full fine-tuned weights (safetensors, never pickle) into ``model``."""
+    state = read_weights_folder(folder)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected:
         raise ModelError(f"{folder}: weights do not match the model (unexpected: {unexpected[:5]})")
@@ -131,3 +140,11 @@ def load_for_inference(model, trained: str | Path | None, config: AdapterConfig 
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
+
+
+def load_trained(model_config, adapter_config, trained: str | Path | None, *, device: str = "auto"):
+    """The base model with a trained adapter (or full weights) applied, in eval mode, and its tokenizer."""
+    from gradselect.model.loading import load_model
+
+    base, tokenizer = load_model(model_config, device=device)
+    return load_for_inference(base, trained, adapter_config), tokenizer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import pydantic
@@ -38,6 +39,21 @@ class SelectConfig(StrictConfig):
     pseudo_sources: int | None = pydantic.Field(default=None, ge=1)
     """Cluster all source rows into this many pseudo-sources by k-means on projected
     gradients (for data without source labels) before selecting."""
+
+    @pydantic.model_validator(mode="after")
+    def _rules(self) -> "SelectConfig":
+        if self.method == "ensemble" and self.rule == "top_k" and self.k is None:
+            raise ValueError("rule = 'top_k' needs k (the number of sources to keep)")
+        reads = {
+            "ensemble": {"rule", "k", "threshold", "n_subsets", "alpha", "seed", "n_bootstrap"},
+            "forward": {"max_size", "tol"}, "backward": {"tol"},
+            "grad-sim": {"k"}, "repr-sim": {"k"}, "random": {"k", "seed"}, "all": set(), "target-only": set(),
+        }[self.method]
+        # seed and pseudo_sources apply whatever the method (clustering is seeded too).
+        ignored = sorted(self.model_fields_set - reads - {"method", "seed", "pseudo_sources"})
+        for f in ignored:
+            warnings.warn(f"[select] {f} is ignored by method {self.method!r}", UserWarning, stacklevel=2)
+        return self
 
     def make_selector(self):
         from gradselect.select.selectors import SELECTORS

@@ -6,8 +6,10 @@ import dataclasses
 import json
 from pathlib import Path
 
-from gradselect.errors import GradselectError
-from gradselect.io import write_json_atomic
+from gradselect.errors import ArtifactError
+from gradselect.io import read_json_artifact, write_json_atomic
+
+SELECTION_VERSION = 1
 
 
 @dataclasses.dataclass
@@ -44,20 +46,23 @@ class Selection:
         return sorted(self.scores, key=lambda n: self.scores[n])
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        return {"selection_version": SELECTION_VERSION, **dataclasses.asdict(self)}
 
     def save(self, path: str | Path) -> None:
         write_json_atomic(Path(path), self.to_json())
 
     @classmethod
-    def load(cls, path: str | Path) -> "Selection":
+    def load(cls, path: str | Path, *, redo: str = "rerun the select stage (--force select)") -> "Selection":
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise GradselectError(f"{path}: cannot read selection: {err}") from None
+        data = read_json_artifact(path, redo=redo)
+        missing = {"method", "chosen", "scores"} - set(data) if isinstance(data, dict) else {"method"}
+        if missing:
+            raise ArtifactError(f"{path}: not a selection file (missing {sorted(missing)}); {redo}")
+        ok = (isinstance(data["chosen"], list) and all(isinstance(n, str) for n in data["chosen"])
+              and isinstance(data["scores"], dict)
+              and all(isinstance(v, (int, float)) for v in data["scores"].values()))
+        if not ok:
+            raise ArtifactError(f"{path} is corrupt (chosen must be a list of names, scores a name -> number map); "
+                                f"{redo}")
         fields = {f.name for f in dataclasses.fields(cls)}
-        missing = {"method", "chosen", "scores"} - set(data)
-        if not isinstance(data, dict) or missing:
-            raise GradselectError(f"{path}: not a selection file (missing {sorted(missing)})")
         return cls(**{k: v for k, v in data.items() if k in fields})

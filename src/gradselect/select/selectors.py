@@ -29,6 +29,7 @@ import numpy as np
 from gradselect.errors import GradselectError
 from gradselect.estimate.estimator import SubsetEstimator
 from gradselect.select.result import Selection
+from gradselect.select.search import argmin_by_name, greedy_forward
 
 Rule = Literal["best_prefix", "top_k", "threshold"]
 
@@ -172,36 +173,12 @@ class ForwardSelector(Selector):
 
     def select(self, estimator):
         names = estimator.source_names_
-        current = np.zeros(len(names), dtype=bool)
         # Without target rows the empty subset trains on nothing: any first source is an improvement.
-        empty_ok = estimator.config_.include_target_train
-        loss = float(estimator.estimate(current[None])[0]) if empty_ok else np.inf
-        path, scores = [{"added": None, "loss": loss if empty_ok else None}], {}
-        cap = len(names) if self.max_size is None else min(len(names), self.max_size)
-        while True:
-            remaining = np.flatnonzero(~current)
-            if not len(remaining):
-                break
-            losses = estimator.estimate(_toggled(current, remaining))
-            best = _argmin_by_name(losses, [names[i] for i in remaining])
-            if current.sum() >= cap or loss - losses[best] <= self.tol:
-                scores.update({names[i]: float(l - loss) if np.isfinite(loss) else float(l) for i, l in zip(remaining, losses)})
-                break
-            scores[names[remaining[best]]] = float(losses[best] - loss) if np.isfinite(loss) else float(losses[best])
-            current[remaining[best]] = True
-            loss = float(losses[best])
-            path.append({"added": names[remaining[best]], "loss": loss})
-        chosen = [names[i] for i in np.flatnonzero(current)]
-        return Selection(self.name, chosen, {n: scores[n] for n in names}, None, loss,
-                         {"max_size": self.max_size, "tol": self.tol, "path": path})
-
-
-def _argmin_by_name(losses: np.ndarray, names: list[str]) -> int:
-    """Index of the smallest loss; ties within rounding go to the first name alphabetically,
-    so a choice never depends on the order the sources were listed in."""
-    low = float(np.min(losses))
-    tied = np.flatnonzero(losses <= low + 1e-9 * abs(low) + 1e-12)
-    return int(min(tied, key=lambda i: names[i]))
+        result = greedy_forward(names, estimator.estimate, empty_ok=estimator.config_.include_target_train,
+                                max_size=self.max_size, tol=self.tol)
+        chosen = [names[i] for i in np.flatnonzero(result.chosen)]
+        return Selection(self.name, chosen, {n: result.gains[n] for n in names}, None, result.loss,
+                         {"max_size": self.max_size, "tol": self.tol, "path": result.path})
 
 
 class BackwardSelector(Selector):
@@ -229,7 +206,7 @@ class BackwardSelector(Selector):
                 scores.update({names[i]: 0.0 for i in present if names[i] not in scores})
                 break
             losses = estimator.estimate(_toggled(current, present))
-            best = _argmin_by_name(losses, [names[i] for i in present])
+            best = argmin_by_name(losses, [names[i] for i in present])
             if loss - losses[best] <= self.tol:
                 scores.update({names[i]: float(loss - l) for i, l in zip(present, losses)})
                 break

@@ -3,7 +3,8 @@
 What gradselect replaces: start from the target alone; at every step fine-tune
 the base model on the current subset plus each remaining source, keep the
 source whose fine-tune reaches the lowest target dev loss, stop when no
-candidate improves (or at a size cap). Every fine-tune is cached under
+candidate improves (or at a size cap): :func:`gradselect.select.search.greedy_forward`,
+the routine forward selection on estimates uses, with real fine-tunes as the oracle. Every fine-tune is cached under
 ``out_dir/runs/<key>/``, so an interrupted search resumes, and its wall time
 is recorded, which gives the cost ratio against gradselect's own stages.
 
@@ -50,45 +51,38 @@ def conventional_forward(config, taskset, out_dir: Path, *, train_config=None, b
         (False when the budget stopped it), ``runs`` (every fine-tune's result);
         also written to ``out_dir/conventional.json``.
     """
-    from gradselect.evaluate.trust import _run_key, measure_truth
+    import numpy as np
+
+    from gradselect.select.search import greedy_forward
+    from gradselect.validate.truth import measure_truth, truth_key
 
     if budget is not None and budget < 1:
         raise GradselectError(f"conventional selection needs a budget >= 1 fine-tune, got {budget}")
     out_dir = Path(out_dir)
     train_config = train_config or config.train
     names = list(taskset.source_names)
-    cap = len(names) if max_size is None else min(max_size, len(names))
     runs: list[dict] = []
 
-    def measure(subset: list[str]) -> float:
-        truth = measure_truth(config, taskset, subset, out_dir / "runs" / _run_key(subset, train_config.seed, train_config),
-                              train_config=train_config, device=device, progress=progress)
-        runs.append(truth)
-        return truth[metric]
+    def oracle(masks: np.ndarray) -> np.ndarray:
+        losses = []
+        for mask in masks:
+            subset = [n for n, m in zip(names, mask) if m]
+            folder = out_dir / "runs" / truth_key(config, taskset, subset, train_config, None)
+            truth = measure_truth(config, taskset, subset, folder, train_config=train_config, device=device,
+                                  progress=progress)
+            runs.append(truth)
+            losses.append(truth[metric])
+        return np.array(losses)
 
-    current: list[str] = []
-    loss = measure(current)
-    path = [{"added": None, "loss": loss}]
-    finished = True
-    while len(current) < cap:
-        remaining = [n for n in names if n not in current]
-        if budget is not None and len(runs) + len(remaining) > budget:
-            finished = False
-            break
-        losses = {n: measure(current + [n]) for n in remaining}
-        best = min(remaining, key=lambda n: (losses[n], n))
-        if losses[best] >= loss:
-            break
-        current.append(best)
-        loss = losses[best]
-        path.append({"added": best, "loss": loss})
+    search = greedy_forward(names, oracle, max_size=max_size, budget=budget)
     result = {
+        "conventional_version": 1,
         "method": "conventional-forward",
         "metric": metric,
-        "chosen": [n for n in names if n in current],
-        "loss": loss,
-        "path": path,
-        "finished": finished,
+        "chosen": [n for n, m in zip(names, search.chosen) if m],
+        "loss": search.loss,
+        "path": search.path,
+        "finished": search.finished,
         "budget": budget,
         "n_finetunes": len(runs),
         "seconds": float(sum(r.get("seconds", 0.0) for r in runs)),

@@ -1,0 +1,220 @@
+"""Truth banks: seed-repeated real fine-tunes from theta* on many subsets, kept as data.
+
+A bank is one JSON file per suite under ``benchmarks/truth/``. It records how the
+meta-initialization theta* and its features were made (base-model, theta* and
+data digests, the suite's config), and one record per subset with the true target
+dev loss of every seed's fine-tune from theta* (``losses``, the estimator's
+functional; ``token_ce``, response-token cross-entropy), so an estimator can be
+re-scored against it without retraining.
+
+    python benchmarks/truthbank.py build planted12 --run-dir runs/bank-planted12
+    python benchmarks/truthbank.py build planted12 --run-dir runs/bank-planted12 --n-subsets 50 --seeds 2
+
+``build`` is resumable at two levels: every fine-tune is cached in the run folder
+under a content key (subset, seed, training config, theta* digest), and the bank
+file is rewritten atomically after each subset, so a later session on a fresh
+clone (no run folder) re-creates theta* (CPU meta-training is deterministic, the
+digests are checked) and only trains the subsets the bank still lacks.
+
+Subsets: all sources, target only, then keep-50% draws (each source in with
+probability 1/2, seeded, distinct). Each subset is fine-tuned with every seed
+before the next subset starts, so a partial bank holds complete repeat sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+BANK_VERSION = 1
+TRUTH_STEPS = 30
+
+
+def planted12_config():
+    """The demo's planted reasoning-gym data, grown: 12 sources (3 with swapped labels), dev 120, test 200."""
+    from gradselect.config import RunConfig
+
+    def rg(name, task, seed, noise=0.0, size=30):
+        return {"name": name, "reasoning_gym": task, "size": size, "seed": seed, "label_noise": noise}
+
+    sources = [
+        rg("chain_sum_more", "chain_sum", 11), rg("arith", "basic_arithmetic", 12), rg("legs", "leg_counting", 13),
+        rg("letters", "letter_counting", 14), rg("chain_sum_noisy", "chain_sum", 15, 1.0),
+        rg("arith_noisy", "basic_arithmetic", 16, 1.0), rg("decimal_chain_sum", "decimal_chain_sum", 17),
+        rg("products", "products", 18), rg("gcd", "gcd", 19), rg("number_sorting", "number_sorting", 22),
+        rg("spell_backward", "spell_backward", 23), rg("chain_sum_halfnoisy", "chain_sum", 24, 0.5),
+    ]
+    return RunConfig.model_validate({
+        "data": {
+            "target": {"name": "chain_sum", "reasoning_gym": "chain_sum", "size": 40, "seed": 10},
+            "target_dev": {"name": "chain_sum_dev", "reasoning_gym": "chain_sum", "size": 120, "seed": 20},
+            "target_test": {"name": "chain_sum_test", "reasoning_gym": "chain_sum", "size": 200, "seed": 21},
+            "sources": sources,
+        },
+        "model": {"name_or_path": "smollm2"},
+        "features": {"proj_dim": 256, "hidden_states": True},
+        "tokenize": {"max_length": 128, "chat_template": True},
+        "train": {"epochs": 1, "learning_rate": 5e-4, "batch_size": 8, "logging_steps": 5},
+        "evaluate": {"max_new_tokens": 12, "exact_match": True},
+    })
+
+
+SUITES = {"planted12": planted12_config}
+
+
+def keep_half_subsets(names: list[str], n: int, seed: int) -> list[list[str]]:
+    """All sources, target only, then distinct keep-50% draws: ``n`` random subsets beyond the two."""
+    rng = np.random.default_rng([seed, 13])
+    subsets = [list(names), []]
+    limit = 2 ** len(names)
+    while len(subsets) < n + 2 and len(subsets) < limit:
+        chosen = [s for s in names if rng.random() < 0.5]
+        if chosen not in subsets:
+            subsets.append(chosen)
+    return subsets
+
+
+def _sha(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(Path(path).glob("*.safetensors")):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _run_key(parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prepare(config, run_dir: Path, device: str):
+    """theta* (meta-training on all sources) and its features, cached in ``run_dir``."""
+    from gradselect.data import load_taskset
+    from gradselect.features import FeatureStore, featurize
+    from gradselect.train import train
+
+    taskset = load_taskset(config.data)
+    common = dict(model_config=config.model, adapter_config=config.adapter, tokenize_config=config.tokenize,
+                  device=device, progress=False)
+    meta = run_dir / "meta_init"
+    if not (meta / "train_result.json").exists():
+        train(taskset, taskset.source_names, meta, train_config=config.train, **common)
+    feat = run_dir / "features"
+    store = featurize(taskset, feat, feature_config=config.features, adapter_path=meta / "adapter", **common)
+    return taskset, meta / "adapter", store or FeatureStore.open(feat)
+
+
+def build(args) -> int:
+    from gradselect.io import write_json_atomic
+
+    try:  # the architecture step moves the trust check's truth measurement into gradselect.validate
+        from gradselect.validate.truth import measure_truth
+    except ImportError:
+        from gradselect.evaluate.trust import measure_truth
+
+    config = SUITES[args.suite]()
+    run_dir = Path(args.run_dir)
+    bank_path = Path(args.bank or Path(__file__).parent / "truth" / f"{args.suite}.json")
+    taskset, meta_adapter, store = prepare(config, run_dir, args.device)
+    names = list(taskset.source_names)
+    identity = {
+        "base_model_sha256": store.manifest["model"]["weights_sha256"],
+        "theta_star_sha256": _sha(meta_adapter),
+        "dataset_fingerprint": store.manifest["dataset_fingerprint"],
+        "features": {k: store.manifest[k] for k in ("projector", "output_function", "param_norm")},
+    }
+    truth_train = config.train.model_copy(update={"max_steps": TRUTH_STEPS})
+    bank = json.loads(bank_path.read_text()) if bank_path.exists() else None
+    if bank is not None and bank.get("identity") != identity:
+        print(f"{bank_path}: made from another theta* / data than this run ({run_dir}); refusing to mix them. "
+              f"Found {bank.get('identity')}, have {identity}", file=sys.stderr)
+        return 2
+    bank = bank or {
+        "bank_version": BANK_VERSION, "suite": args.suite, "identity": identity,
+        "config": config.model_dump(mode="json", exclude_none=True),
+        "truth_train": truth_train.model_dump(mode="json"),
+        "functional": "logistic loss of the mean gold-token log-odds on the target dev split",
+        "n_dev": len(taskset.target_dev), "sources": names, "subsets": [], "base_model_truth": [],
+    }
+    bank["machine"] = f"{platform.machine()}, {platform.processor() or 'cpu'}"
+    base_loss = _theta_star_loss(config, taskset, meta_adapter, args.device)
+    bank["theta_star"] = base_loss
+    done = {tuple(r["sources"]): r for r in bank["subsets"]}
+    plan = keep_half_subsets(names, args.n_subsets, seed=0)
+    seeds = list(range(args.seeds))
+    for i, subset in enumerate(plan):
+        record = done.get(tuple(subset)) or {"sources": subset, "seeds": [], "losses": [], "token_ce": [],
+                                             "projected_norm": [], "seconds": []}
+        for seed in seeds:
+            if seed in record["seeds"]:
+                continue
+            cfg = truth_train.model_copy(update={"seed": seed})
+            folder = run_dir / "truth" / _run_key([sorted(subset), cfg.model_dump(mode="json"),
+                                                    identity["theta_star_sha256"]])
+            start = time.perf_counter()
+            t = measure_truth(config, taskset, subset, folder, train_config=cfg, init_adapter=meta_adapter,
+                              store=store, device=args.device, progress=False)
+            record["seeds"].append(seed)
+            record["losses"].append(t["loss"])
+            record["token_ce"].append(t["token_ce"])
+            record["projected_norm"].append((t.get("displacement") or {}).get("projected_norm"))
+            record["seconds"].append(t.get("seconds", time.perf_counter() - start))
+        if tuple(subset) not in done:
+            bank["subsets"].append(record)
+            done[tuple(subset)] = record
+        bank["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        write_json_atomic(bank_path, bank)
+        print(f"[{i + 1}/{len(plan)}] {len(subset)} sources: losses {record['losses']}", flush=True)
+    # The truth a user gets: fine-tunes from the base model (one seed) on the first subsets.
+    have = {tuple(r["sources"]) for r in bank["base_model_truth"]}
+    for subset in plan[: args.base_subsets]:
+        if tuple(subset) in have:
+            continue
+        cfg = truth_train.model_copy(update={"seed": 0})
+        folder = run_dir / "truth_base" / _run_key([sorted(subset), cfg.model_dump(mode="json"), "base"])
+        t = measure_truth(config, taskset, subset, folder, train_config=cfg, init_adapter=None, device=args.device,
+                          progress=False)
+        bank["base_model_truth"].append({"sources": subset, "seed": 0, "loss": t["loss"], "token_ce": t["token_ce"]})
+        write_json_atomic(bank_path, bank)
+        print(f"base-model truth: {len(subset)} sources: {t['loss']:.5f}", flush=True)
+    return 0
+
+
+def _theta_star_loss(config, taskset, adapter, device) -> dict:
+    """theta*'s own dev loss, by a real forward pass (the zero-order baseline)."""
+    from gradselect.estimate.solvers import mean_logistic_loss
+    from gradselect.evaluate.metrics import target_loss
+    from gradselect.features.extract import output_values
+    from gradselect.model import load_for_inference, load_model
+
+    base, tok = load_model(config.model, device=device)
+    model = load_for_inference(base, adapter, config.adapter)
+    dev = taskset.target_dev.examples
+    b = output_values(model, tok, dev, config.tokenize, output=config.features.output)
+    return {"loss": float(mean_logistic_loss(b)), "token_ce": target_loss(model, tok, dev, config.tokenize).loss}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="grow a truth bank (resumable)")
+    b.add_argument("suite", choices=sorted(SUITES))
+    b.add_argument("--run-dir", required=True, help="cache of theta*, features and every fine-tune")
+    b.add_argument("--bank", help="bank file (default benchmarks/truth/SUITE.json)")
+    b.add_argument("--n-subsets", type=int, default=50, help="random keep-50%% subsets beyond all / target only")
+    b.add_argument("--seeds", type=int, default=2, help="fine-tunes per subset")
+    b.add_argument("--base-subsets", type=int, default=20, help="subsets also fine-tuned from the base model")
+    b.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    return build(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Calibration of the estimator's step on real fine-tunes, and the ``calibration.json`` artifact.
+
+:func:`calibrate` chooses a step model's parameter (the trust-region radius, the
+L2 lam: whatever :attr:`StepModel.parameter` names) on the model's own grid to
+minimise the mean relative error of the estimates against the true losses of
+validated subsets; leave-one-out (choose on all subsets but one, score the one
+left out) says how well that choice generalises instead of fitting noise.
+
+The artifact is written by :func:`write_calibration` (the trust check, beside the
+feature store it was fitted on, stamped with that store's identity) and read by
+:func:`apply_calibration`, which ignores it loudly for any other store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from gradselect.estimate.config import EstimateConfig
+from gradselect.estimate.estimator import SubsetEstimator
+from gradselect.estimate.modes import STEP_MODELS
+from gradselect.io import content_key, write_json_atomic
+
+log = logging.getLogger(__name__)
+CALIBRATION_VERSION = 1
+
+
+def calibrate(arrays, config: EstimateConfig, subsets: list[list[str]], true_losses, projected_norms=None,
+              n_grid: int = 25) -> dict:
+    """Best value of the mode's parameter for these validated subsets, with its leave-one-out error.
+
+    Parameters
+    ----------
+    arrays : FeatureArrays
+    config : EstimateConfig
+        Its mode decides the parameter (a mode without one returns ``parameter: None``).
+    subsets : list of list of str
+        Validated subsets (n_subsets).
+    true_losses : array of shape (n_subsets,)
+    projected_norms : sequence of float, optional
+        Measured projected displacements of the real fine-tunes (reported, and
+        centring the radius grid).
+    """
+    true = np.asarray(true_losses, dtype=float)
+    key = STEP_MODELS[config.mode].parameter
+    if key is None:
+        return {"parameter": None, "note": f"the {config.mode} mode has no calibrated parameter"}
+    norms = [x for x in (projected_norms or []) if x]
+    grid = config.step_model(arrays.param_norm).calibration_grid(norms, n_grid)
+    errors = np.empty((len(grid), len(true)))
+    for g, value in enumerate(grid):
+        est = SubsetEstimator(config.model_copy(update={key: float(value)})).fit(arrays).estimate(subsets)
+        errors[g] = np.abs(est - true) / true
+    mean_err = errors.mean(1)
+    best = int(np.argmin(mean_err))
+    loo = []
+    for i in range(len(true)):
+        others = np.delete(errors, i, axis=1).mean(1)
+        loo.append(errors[int(np.argmin(others)), i])
+    return {
+        "parameter": key,
+        "value": float(grid[best]),
+        "mean_relative_error": float(mean_err[best]),
+        "loo_mean_relative_error": float(np.mean(loo)),
+        "measured_projected_norm_median": float(np.median(norms)) if norms else None,
+        "grid": [float(x) for x in grid],
+        "grid_mean_relative_error": [float(x) for x in mean_err],
+    }
+
+
+def features_identity(manifest: dict) -> str:
+    """What a calibration was fitted on: base model, theta*, data, projector and output function."""
+    return content_key(manifest.get("model", {}).get("weights_sha256"), manifest.get("adapter", {}).get("sha256"),
+                       manifest.get("dataset_fingerprint"), manifest.get("projector"), manifest.get("output_function"))
+
+
+def write_calibration(path: Path, chosen: dict, candidates: dict, *, manifest: dict, validation: Path) -> None:
+    """The trust check's calibration, stamped with the identity of the features it was fitted on."""
+    write_json_atomic(Path(path), {
+        "calibration_version": CALIBRATION_VERSION, "mode": chosen["mode"],
+        **{k: chosen[k] for k in ("parameter", "value", "mean_relative_error", "loo_mean_relative_error")},
+        "candidates": candidates, "features": features_identity(manifest), "validation": str(validation),
+    })
+
+
+def apply_calibration(estimate_config: EstimateConfig, calibration_file: Path | None, manifest: dict | None = None):
+    """``estimate_config`` with the trust check's mode and step applied from ``calibration_file``.
+
+    The trust check calibrates every step model and names the one with the lower
+    leave-one-out error. A config that sets ``mode`` keeps it (with that mode's
+    calibrated step); one that sets the step itself keeps its own. A calibration
+    fitted on other features than ``manifest``'s is ignored with a warning.
+    """
+    if calibration_file is None or not Path(calibration_file).exists():
+        return estimate_config
+    try:
+        calib = json.loads(Path(calibration_file).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        warnings.warn(f"{calibration_file} is corrupt ({err}); estimating without it", UserWarning, stacklevel=2)
+        return estimate_config
+    if manifest is not None and calib.get("features") != features_identity(manifest):
+        warnings.warn(f"{calibration_file} was fitted on other features (another model, theta*, data or projector) "
+                      "and is ignored; rerun gradselect validate on these features", UserWarning, stacklevel=2)
+        return estimate_config
+    fields = estimate_config.model_fields_set
+    if "mode" in fields:
+        mode = estimate_config.mode
+        entry = calib.get("candidates", {}).get(mode) or (calib if calib.get("mode") == mode else None)
+    else:
+        mode, entry = calib.get("mode"), calib
+    key = (entry or {}).get("parameter")
+    if mode not in STEP_MODELS or key != STEP_MODELS[mode].parameter or key is None:
+        return estimate_config
+    steps = {cls.parameter for cls in STEP_MODELS.values() if cls.parameter}
+    if key in fields or steps & fields and mode != estimate_config.mode:
+        log.info("config sets its own step; ignoring the calibration in %s", calibration_file)
+        return estimate_config
+    log.info("using calibrated mode %s, %s = %.4g from %s", mode, key, entry["value"], calibration_file)
+    return estimate_config.model_copy(update={"mode": mode, key: entry["value"]})

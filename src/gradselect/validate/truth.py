@@ -1,0 +1,105 @@
+"""Real fine-tunes as ground truth: train on a subset, measure the target dev loss.
+
+:func:`measure_truth` is the one place a subset is fine-tuned to be measured: the
+trust check (from theta*), the conventional baseline (from the base model) and the
+benchmarks' truth banks all call it. Each fine-tune is cached in a folder named by
+:func:`truth_key`, a hash of everything the result depends on (model, adapter,
+tokenization, output function, training config and seed, the data, the start
+weights and the subset), so a changed input never returns an old model's loss.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from gradselect.io import content_key, file_digest, write_json_atomic
+
+
+def _folder_digest(folder: Path | None) -> str | None:
+    if folder is None:
+        return None
+    files = sorted(Path(folder).glob("*.safetensors"))
+    return content_key([[f.name, file_digest(f)] for f in files])
+
+
+def truth_key(config, taskset, names, train_config, init_adapter: Path | None) -> str:
+    """Cache key of one fine-tune + measurement: every input that changes its result."""
+    dump = lambda m: m.model_dump(mode="json")  # noqa: E731
+    return content_key(
+        "truth", sorted(names), dump(train_config), dump(config.model), dump(config.adapter), dump(config.tokenize),
+        config.features.output, taskset.fingerprint(), _folder_digest(init_adapter),
+    )
+
+
+def measure_truth(config, taskset, names: list[str], folder: Path, *, train_config, init_adapter: Path | None = None,
+                  store=None, device: str = "auto", progress: bool = True) -> dict:
+    """Fine-tune on ``names`` (+ target train) and measure the target dev loss; cached in ``folder/truth.json``.
+
+    Starts from ``init_adapter`` (theta*, for the trust check) or from the base model
+    (``None``: what a conventional selection does). Records the loss in the
+    estimator's functional (``loss``), token cross-entropy (``token_ce``), the
+    wall time of training + measuring (``seconds``) and, with a feature ``store`` and
+    an ``init_adapter``, how far training moved (``displacement``). Name ``folder``
+    with :func:`truth_key` so that a cached result is one of the same inputs.
+    """
+    from gradselect.estimate.solvers import mean_logistic_loss
+    from gradselect.evaluate.metrics import target_loss
+    from gradselect.features.extract import output_values
+    from gradselect.model import load_trained
+    from gradselect.train import train
+
+    result_file = Path(folder) / "truth.json"
+    if result_file.exists():
+        try:
+            return json.loads(result_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            pass  # a corrupt cache entry is measured again
+    start = time.perf_counter()
+    train(taskset, names, folder, model_config=config.model, adapter_config=config.adapter,
+          train_config=train_config, tokenize_config=config.tokenize, init_adapter=init_adapter,
+          device=device, progress=progress, overwrite=True)
+    model, tok = load_trained(config.model, config.adapter, Path(folder) / "adapter", device=device)
+    dev = taskset.target_dev.examples
+    b_new = output_values(model, tok, dev, config.tokenize, output=config.features.output)
+    truth = {
+        "sources": list(names),
+        "seed": train_config.seed,
+        "loss": float(mean_logistic_loss(b_new)),
+        "token_ce": target_loss(model, tok, dev, config.tokenize).loss,
+        "init": None if init_adapter is None else str(init_adapter),
+    }
+    if store is not None and init_adapter is not None:
+        truth["displacement"] = displacement(model, init_adapter, store)
+    truth["seconds"] = time.perf_counter() - start
+    write_json_atomic(result_file, truth)
+    return truth
+
+
+def displacement(model, start_adapter: Path, store) -> dict:
+    """How far fine-tuning moved the differentiated parameters from ``start_adapter``.
+
+    Returns ``param_norm`` (|theta - theta_start| over the store's parameters) and
+    ``projected_norm`` (the norm of the same delta through the store's projector).
+    """
+    from gradselect.features.projector import make_projector
+    from gradselect.model import read_weights_folder
+
+    params = {n: p.detach().double().cpu() for n, p in model.named_parameters()}
+    start = read_weights_folder(start_adapter)
+    shapes = {n: tuple(s) for n, s in store.manifest["params"]}
+    delta = {}
+    for name in shapes:
+        # Saved LoRA keys drop peft's adapter name (".default"); full weights keep the model's names.
+        saved = start.get(name, start.get(name.replace(".default", "")))
+        if name not in params or saved is None:
+            return {"param_norm": None, "projected_norm": None}
+        delta[name] = (params[name] - saved.double()).float()[None]
+    proj = store.manifest["projector"]
+    projector = make_projector(proj["kind"], shapes, proj["dim"], proj["seed"])
+    v = projector.project(delta)[0]
+    return {"param_norm": float(torch.sqrt(sum((d.double() ** 2).sum() for d in delta.values()))),
+            "projected_norm": float(v.norm())}
