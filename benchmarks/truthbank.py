@@ -90,10 +90,6 @@ def _sha(path: Path) -> str:
     return h.hexdigest()
 
 
-def _run_key(parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def prepare(config, run_dir: Path, device: str):
     """theta* (meta-training on all sources) and its features, cached in ``run_dir``."""
     from gradselect.data import load_taskset
@@ -114,10 +110,7 @@ def prepare(config, run_dir: Path, device: str):
 def build(args) -> int:
     from gradselect.io import write_json_atomic
 
-    try:  # the architecture step moves the trust check's truth measurement into gradselect.validate
-        from gradselect.validate.truth import measure_truth
-    except ImportError:
-        from gradselect.evaluate.trust import measure_truth
+    from gradselect.validate import measure_truth, truth_key
 
     config = SUITES[args.suite]()
     run_dir = Path(args.run_dir)
@@ -156,8 +149,7 @@ def build(args) -> int:
             if seed in record["seeds"]:
                 continue
             cfg = truth_train.model_copy(update={"seed": seed})
-            folder = run_dir / "truth" / _run_key([sorted(subset), cfg.model_dump(mode="json"),
-                                                    identity["theta_star_sha256"]])
+            folder = run_dir / "truth" / truth_key(config, taskset, subset, cfg, meta_adapter)
             start = time.perf_counter()
             t = measure_truth(config, taskset, subset, folder, train_config=cfg, init_adapter=meta_adapter,
                               store=store, device=args.device, progress=False)
@@ -178,7 +170,7 @@ def build(args) -> int:
         if tuple(subset) in have:
             continue
         cfg = truth_train.model_copy(update={"seed": 0})
-        folder = run_dir / "truth_base" / _run_key([sorted(subset), cfg.model_dump(mode="json"), "base"])
+        folder = run_dir / "truth_base" / truth_key(config, taskset, subset, cfg, None)
         t = measure_truth(config, taskset, subset, folder, train_config=cfg, init_adapter=None, device=args.device,
                           progress=False)
         bank["base_model_truth"].append({"sources": subset, "seed": 0, "loss": t["loss"], "token_ce": t["token_ce"]})
@@ -192,10 +184,9 @@ def _theta_star_loss(config, taskset, adapter, device) -> dict:
     from gradselect.estimate.solvers import mean_logistic_loss
     from gradselect.evaluate.metrics import target_loss
     from gradselect.features.extract import output_values
-    from gradselect.model import load_for_inference, load_model
+    from gradselect.model import load_trained
 
-    base, tok = load_model(config.model, device=device)
-    model = load_for_inference(base, adapter, config.adapter)
+    model, tok = load_trained(config.model, config.adapter, adapter, device=device)
     dev = taskset.target_dev.examples
     b = output_values(model, tok, dev, config.tokenize, output=config.features.output)
     return {"loss": float(mean_logistic_loss(b)), "token_ce": target_loss(model, tok, dev, config.tokenize).loss}

@@ -29,7 +29,7 @@ class OutputFunction(abc.ABC):
 
     @abc.abstractmethod
     def token_values(self, logits: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
-        """Per-token values.
+        r"""Per-token values.
 
         Parameters
         ----------
@@ -43,7 +43,7 @@ class OutputFunction(abc.ABC):
         """
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean of the token values over the response positions of each sequence.
+        r"""Mean of the token values over the response positions of each sequence.
 
         Parameters
         ----------
@@ -59,7 +59,7 @@ class OutputFunction(abc.ABC):
         return self.mean_over(logits[..., :-1, :], labels[..., 1:])
 
     def mean_over(self, logits: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
-        """Mean token value where ``gold != -100``, logits already aligned with gold.
+        r"""Mean token value where ``gold != -100``, logits already aligned with gold.
 
         Parameters
         ----------

@@ -1,0 +1,89 @@
+"""A run folder stays what its stages wrote: hand-made selections are refused or detected, configs replay."""
+
+import json
+import tomllib
+
+from gradselect.cli import main
+
+from conftest import TINY_RUN_TOML, write_jsonl
+
+RUN = TINY_RUN_TOML + """
+[[data.sources]]
+name = "extra"
+path = "data/extra.jsonl"
+
+[select]
+rule = "top_k"
+k = 1
+n_subsets = 20
+n_bootstrap = 50
+
+[evaluate]
+max_new_tokens = 4
+
+[run]
+run_dir = "runs/r"
+compare = ["all"]
+final_steps = 3
+"""
+
+
+def _setup(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    write_jsonl(tmp_path / "data" / "extra.jsonl",
+                [{"prompt": f"Add {i} and {i + 1}.", "response": str(2 * i + 1)} for i in range(12)])
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(RUN)
+    monkeypatch.chdir(tmp_path)
+    return cfg
+
+
+def test_a_hand_made_selection_is_refused_then_detected(tmp_path, monkeypatch, capsys):
+    cfg = _setup(tmp_path, monkeypatch)
+    run_dir = tmp_path / "runs" / "r"
+    assert main(["run", str(cfg), "-q"]) == 0
+    original = json.loads((run_dir / "selection.json").read_text())
+    capsys.readouterr()
+
+    # gradselect select does not overwrite a run's selection unless told to.
+    assert main(["select", "--features", str(run_dir / "features"), "--method", "all", "-q"]) == 2
+    assert "-o PATH" in capsys.readouterr().err
+    assert json.loads((run_dir / "selection.json").read_text()) == original
+    assert main(["select", "--features", str(run_dir / "features"), "--method", "all", "--force", "-q"]) == 0
+    assert json.loads((run_dir / "selection.json").read_text())["method"] == "all"
+    capsys.readouterr()
+
+    # The next run sees the edit, redoes selection, and keeps every comparison fine-tune.
+    assert main(["run", str(cfg), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "stages run: select" in out and "final-all" in out.split("skipped")[1]
+    again = json.loads((run_dir / "selection.json").read_text())
+    assert again["method"] == original["method"] and again["chosen"] == original["chosen"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["rows"]) == {"selection", "all"}
+    # One schema, with versions; the comparison subsets live in their own file.
+    assert again["selection_version"] == 1 and "comparisons" not in again["params"]
+    assert json.loads((run_dir / "comparisons.json").read_text())["subsets"]["all"] == ["more", "legs", "noisy",
+                                                                                       "extra"]
+    assert metrics["metrics_version"] == 1
+
+
+def test_a_run_folder_config_replays_from_any_directory(tmp_path, monkeypatch, capsys):
+    cfg = _setup(tmp_path, monkeypatch)
+    run_dir = tmp_path / "runs" / "r"
+    assert main(["run", str(cfg), "-q"]) == 0
+    capsys.readouterr()
+    saved = tomllib.loads((run_dir / "config.toml").read_text())
+    # Only what the user set, data paths and the run folder absolute, provenance as data.
+    assert "estimate" not in saved and "adapter" in saved
+    assert saved["data"]["sources"][-1]["path"] == str(tmp_path / "data" / "extra.jsonl")
+    assert saved["run"]["run_dir"] == str(run_dir)
+    assert saved["provenance"]["gradselect_version"]
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["run", str(run_dir / "config.toml"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "stages run: none" in out
+    assert not (elsewhere / "runs").exists()
