@@ -73,3 +73,25 @@ def test_training_survives_sigkill_and_resumes(tmp_path):
     import json
 
     assert json.loads((out / "train_result.json").read_text())["n_steps"] == 40
+
+
+def test_featurization_under_run_resumes_after_sigkill(tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(TINY_RUN_TOML.replace("proj_dim = 32", "proj_dim = 32\nchunk_size = 4\nbatch_size = 1")
+                   + f'\n[run]\nrun_dir = "{run_dir}"\ncompare = []\nfinal_steps = 2\n')
+    part = run_dir / "features.build.part" / "done.npy"
+
+    def some_chunks_done():
+        try:
+            return 2 <= int(np.load(part).sum()) < 10
+        except (OSError, ValueError, EOFError):
+            return False
+
+    assert kill_when(["run", str(cfg), "-q"], some_chunks_done), "featurization finished before it could be killed"
+    rerun = run_cli("run", str(cfg), "-q")
+    assert "resuming" in rerun.stderr and "chunks done" in rerun.stderr
+    run_cli("featurize", str(cfg), "--adapter", str(run_dir / "meta_init" / "adapter"), "-o", str(tmp_path / "whole"),
+            "-q")
+    a, b = FeatureStore.open(tmp_path / "whole"), FeatureStore.open(run_dir / "features")
+    assert np.array_equal(a.g, b.g) and np.array_equal(a.b, b.b) and a.ids == b.ids

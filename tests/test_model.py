@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -89,3 +91,29 @@ def test_cuda_requested_without_cuda():
         pytest.skip("CUDA present")
     with pytest.raises(ModelError, match="CUDA is not available"):
         load_model(device="cuda")
+
+
+def test_bad_model_inputs_are_one_clear_model_error(tmp_path):
+    from gradselect.errors import ModelError
+    from gradselect.model import make_tiny_model
+
+    def fails(name, match, device="cpu"):
+        with pytest.raises(ModelError, match=match):
+            load_model(ModelConfig(name_or_path=str(name)), device=device)
+
+    fails(tmp_path / "nowhere", "model folder not found")
+    (tmp_path / "empty").mkdir()
+    fails(tmp_path / "empty", "no config.json")
+    model, tok = make_tiny_model("llama")
+    model.save_pretrained(tmp_path / "no_tok")
+    fails(tmp_path / "no_tok", "no tokenizer files")
+    remote = tmp_path / "remote"
+    model.save_pretrained(remote)
+    tok.save_pretrained(remote)
+    cfg = json.loads((remote / "config.json").read_text())
+    (remote / "config.json").write_text(json.dumps(cfg | {"auto_map": {"AutoModelForCausalLM": "x.Y"}}))
+    fails(remote, "auto_map")
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"not a gguf file at all")
+    fails(fake, "not a readable GGUF model")
+    fails("tiny-llama", "is not a device", device="gpu0")

@@ -15,10 +15,24 @@ import pydantic
 from gradselect.errors import ConfigError
 
 
+def _numeric(annotation: Any) -> bool:
+    """Whether a field takes numbers and not booleans (``int``, ``float``, ``int | None``, ...)."""
+    args = getattr(annotation, "__args__", None) or (annotation,)
+    return bool(set(args) & {int, float}) and bool not in args
+
+
 class StrictConfig(pydantic.BaseModel):
-    """Base of every gradselect config: unknown keys are errors."""
+    """Base of every gradselect config: unknown keys are errors, and booleans are not numbers."""
 
     model_config = pydantic.ConfigDict(extra="forbid", validate_assignment=True)
+
+    @pydantic.field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, value, info):
+        # pydantic reads `epochs = true` as 1.0; a typo like that must not train for one epoch.
+        if isinstance(value, bool) and _numeric(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number, got a boolean")
+        return value
 
 
 def _model_at(model_cls: type[pydantic.BaseModel], loc: tuple) -> type[pydantic.BaseModel] | None:

@@ -122,13 +122,21 @@ class Stage:
 
 
 def check_against_data(config, taskset) -> None:
-    """Rules that need the data, checked before any training."""
+    """Rules that need the data (and the tokenizer), checked before any training."""
+    from gradselect.data.tokenize import tokenize_examples
+    from gradselect.model import load_tokenizer
+
     names = taskset.source_names
     if not names:
         raise ConfigError("[data] sources: no auxiliary source; gradselect chooses among sources, give at least one")
     sel = config.select
     if sel.rule == "top_k" and sel.method == "ensemble" and sel.k is not None and sel.k > len(names):
         raise ConfigError(f"[select] k = {sel.k} but there are only {len(names)} sources; lower k")
+    # Every response must fit max_length; the train rows are checked when training starts, the held-out
+    # splits would only fail at featurization or evaluation, hours later.
+    tokenizer = load_tokenizer(config.model)
+    for split in (taskset.target_dev, taskset.target_test):
+        tokenize_examples(split.examples, tokenizer, config.tokenize)
 
 
 def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None = None, force: Sequence[str] = (),

@@ -27,6 +27,11 @@ def load_taskset(config: DataConfig, *, base_dir: Path | None = None) -> TaskSet
     DataError
         On any bad file or record, duplicate source names, or an empty split.
     """
+    for what in ("target_dev", "target_test"):
+        spec = getattr(config, what)
+        if spec is not None and spec.model_dump(exclude={"name"}) == config.target.model_dump(exclude={"name"}):
+            raise DataError(f"{what} is the same data as target (same spec); give the held-out split its own "
+                            "file or drop it to split the target", field=what)
     target = _single(config.target, "target", base_dir)
     dev = _single(config.target_dev, "target_dev", base_dir) if config.target_dev else None
     test = _single(config.target_test, "target_test", base_dir) if config.target_test else None
@@ -98,12 +103,30 @@ def split_examples(
 
 
 def _warn_overlap(splits: dict[str, Source], sources: list[Source]) -> None:
-    target_pairs = {(e.prompt, e.response) for s in splits.values() for e in s.examples}
+    """Leakage between the target's splits and into the sources: warn, naming what it makes optimistic."""
+    pairs = {name: {(e.prompt, e.response) for e in src.examples} for name, src in splits.items()}
+    for a, b in (("train", "test"), ("train", "dev"), ("dev", "test")):
+        shared = len(pairs[a] & pairs[b])
+        if shared:
+            what = "test metrics" if b == "test" else "dev estimates"
+            warnings.warn(
+                f"{shared} identical example(s) are in both the target's {a} and {b} splits: the {what} are "
+                "optimistic; deduplicate the target (or its explicit target_dev / target_test files)",
+                stacklevel=3,
+            )
     for src in sources:
-        shared = sum((e.prompt, e.response) in target_pairs for e in src.examples)
+        leaked = sum((e.prompt, e.response) in pairs["test"] for e in src.examples)
+        if leaked:
+            # A warning, not an error: tiny closed-vocabulary tasks (lookups, yes/no) repeat pairs by design.
+            warnings.warn(
+                f"source {src.name!r} contains {leaked} of the target's test example(s): fine-tunes on it train on "
+                "test examples, so its test metrics measure memory, not transfer; remove them from the source",
+                stacklevel=3,
+            )
+        shared = sum((e.prompt, e.response) in pairs["train"] | pairs["dev"] for e in src.examples)
         if shared:
             warnings.warn(
-                f"source {src.name!r} contains {shared} example(s) that also appear in the target; "
-                "estimates of its benefit will be optimistic",
-                stacklevel=2,
+                f"source {src.name!r} contains {shared} example(s) that also appear in the target's train or dev "
+                "split; estimates of its benefit will be optimistic",
+                stacklevel=3,
             )

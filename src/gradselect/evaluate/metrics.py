@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from typing import Callable
 
 import torch
@@ -120,9 +121,15 @@ def exact_match(
     was_training = model.training
     model.eval()
     examples = source.examples
-    limit = tokenize_config.max_length - eval_config.max_new_tokens
+    limit = max(tokenize_config.max_length - eval_config.max_new_tokens, 1)
+    shortened = []
     for sl in tqdm(list(_batches(len(examples), eval_config.batch_size)), desc="generate", disable=not progress):
-        prompts = [encode_prompt(e, tokenizer, tokenize_config)[-max(limit, 1):] for e in examples[sl]]
+        prompts = []
+        for e in examples[sl]:
+            ids = encode_prompt(e, tokenizer, tokenize_config)
+            if len(ids) > limit:
+                shortened.append(e.id)
+            prompts.append(ids[-limit:])
         width = max(map(len, prompts))
         # Left padding, so every prompt ends where generation starts.
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
@@ -138,6 +145,11 @@ def exact_match(
         for row in out[:, width:]:
             preds.append(extract(tokenizer.decode(row, skip_special_tokens=True)))
     model.train(was_training)
+    if shortened:
+        warnings.warn(
+            f"{len(shortened)} prompt(s) were cut to their last {limit} tokens to leave room for "
+            f"{eval_config.max_new_tokens} generated ones (e.g. {', '.join(shortened[:3])}); raise "
+            "[tokenize] max_length or lower [evaluate] max_new_tokens", UserWarning, stacklevel=2)
     if source.checker is not None:
         correct = [source.checker(p, e) >= 1.0 for p, e in zip(preds, examples)]
     else:

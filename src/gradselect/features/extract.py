@@ -216,7 +216,7 @@ def _open_or_create(target: Path, manifest: dict, index: dict, config: FeatureCo
         # An interrupted run of the same inputs resumes (force or not); one of other inputs needs force.
         try:
             store = FeatureStore.open(part, expected=manifest, writable=True)
-            log.info("resuming %s: %d of %d chunks done", part, int(store.done.sum()), len(store.done))
+            log.warning("resuming %s: %d of %d chunks done", part, int(store.done.sum()), len(store.done))
             return store
         except ManifestMismatch as err:
             if not force:

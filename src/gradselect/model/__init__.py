@@ -13,7 +13,7 @@ from gradselect.model.adapters import (
     trainable_parameters,
 )
 from gradselect.model.config import AdapterConfig, ModelConfig
-from gradselect.model.loading import load_model, pick_device, pick_dtype, resolve_model_path
+from gradselect.model.loading import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_path
 from gradselect.model.tiny import make_tiny_model, make_tiny_tokenizer
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "default_lora_targets",
     "load_for_inference",
     "load_model",
+    "load_tokenizer",
     "load_trained",
     "read_weights_folder",
     "make_tiny_model",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import pydantic
@@ -39,3 +40,11 @@ class AdapterConfig(StrictConfig):
     """Dropout on the LoRA input."""
     target_modules: list[str] | None = None
     """Module names to adapt; by default the attention projections of the architecture."""
+
+    @pydantic.model_validator(mode="after")
+    def _warn_ignored(self) -> "AdapterConfig":
+        if self.method == "full":
+            for f in sorted({"r", "alpha", "dropout", "target_modules"} & self.model_fields_set):
+                warnings.warn(f"[adapter] {f} is ignored by method 'full' (it trains every weight)", UserWarning,
+                              stacklevel=2)
+        return self

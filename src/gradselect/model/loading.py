@@ -33,9 +33,16 @@ def pick_device(device: str = "auto") -> torch.device:
     """``auto`` is CUDA when present, else CPU; anything else is checked for availability."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelError(f"device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"device {device!r} requested but CUDA is not available; use device = 'cpu' or 'auto'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ModelError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
     return dev
 
 
@@ -70,8 +77,11 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     if importlib.util.find_spec("gguf") is None:
         raise ModelError("loading a GGUF file needs the gguf package: pip install 'gradselect[smollm2]'")
     folder, name = str(gguf_path.parent), gguf_path.name
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    except Exception as err:  # the GGUF reader raises many types (ValueError, KeyError, struct.error, ...)
+        raise ModelError(f"{gguf_path}: not a readable GGUF model ({type(err).__name__}: {err})") from None
     # The weights are dequantized on load; drop the quantizer so save_pretrained
     # writes plain float tensors.
     model.hf_quantizer = None
@@ -105,7 +115,36 @@ def resolve_model_path(config: ModelConfig) -> str:
             raise ModelError(f"GGUF file not found: {gguf}")
         target = cache_dir() / f"{gguf.stem}-{_file_digest(gguf)[:12]}"
         return str(target if target.exists() else convert_gguf(gguf, target))
+    local = Path(name).expanduser()
+    if local.exists():
+        _check_model_folder(local)
+        return str(local)
+    if name.startswith(("/", "./", "../", "~")) or name.endswith(("/", os.sep)) or name.count("/") > 1:
+        raise ModelError(f"model folder not found: {name}")
     return name
+
+
+def _check_model_folder(folder: Path) -> None:
+    """A local model folder has what from_pretrained needs, and no remote code."""
+    import json
+
+    if not folder.is_dir():
+        raise ModelError(f"{folder}: a model is a folder with config.json and weights, or a .gguf file")
+    config_file = folder / "config.json"
+    if not config_file.exists():
+        raise ModelError(f"{folder}: no config.json; a model folder is what save_pretrained writes "
+                         "(config.json, weights, tokenizer files)")
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelError(f"{config_file}: not valid JSON ({err})") from None
+    if isinstance(config, dict) and config.get("auto_map"):
+        raise ModelError(f"{config_file}: the model needs its own Python code (auto_map), which gradselect never "
+                         "runs; use a model whose architecture transformers ships")
+    tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+    if not any((folder / f).exists() for f in tokenizer_files):
+        raise ModelError(f"{folder}: no tokenizer files ({', '.join(tokenizer_files)}); save the tokenizer into "
+                         "the model folder (tokenizer.save_pretrained)")
 
 
 def _file_digest(path: Path) -> str:
@@ -116,6 +155,26 @@ def _file_digest(path: Path) -> str:
         f.seek(max(0, path.stat().st_size - (1 << 20)))
         h.update(f.read())
     return h.hexdigest()
+
+
+def load_tokenizer(config: ModelConfig | None = None):
+    """The model's tokenizer alone (cheap: for checks before any weights are loaded), pad token set."""
+    from transformers import AutoTokenizer
+
+    config = config or ModelConfig()
+    if config.name_or_path in TINY_MODELS:
+        from gradselect.model.tiny import make_tiny_tokenizer
+
+        tokenizer = make_tiny_tokenizer()
+    else:
+        path = resolve_model_path(config)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, revision=config.revision)
+        except (OSError, ValueError, KeyError) as err:
+            raise ModelError(f"cannot load the tokenizer of model {config.name_or_path!r}: {err}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def load_model(config: ModelConfig | None = None, *, device: str = "auto"):
@@ -145,7 +204,7 @@ def load_model(config: ModelConfig | None = None, *, device: str = "auto"):
             model = AutoModelForCausalLM.from_pretrained(
                 path, dtype=dtype, attn_implementation=config.attn_implementation, revision=config.revision
             )
-        except OSError as err:
+        except (OSError, ValueError, KeyError) as err:
             raise ModelError(
                 f"cannot load model {config.name_or_path!r}: {err}\n"
                 "Give a local folder with config.json and weights, a .gguf file, a built-in name "

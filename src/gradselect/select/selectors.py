@@ -70,6 +70,33 @@ def apply_rule(estimator: SubsetEstimator, scores: dict[str, float], rule: Rule,
     return [n for n in names if n in picked], extra
 
 
+def check_informative(losses: np.ndarray, estimator: SubsetEstimator, *, ties_allowed: bool = False) -> None:
+    """Refuse to rank on estimates that cannot tell subsets apart.
+
+    All subsets estimated alike (within rounding), or every estimate at the floor of
+    the loss (a step so long that the linearized loss saturates), rank sources by
+    noise; the usual cause is a step the data cannot support (an L2 ``lam`` too small,
+    a radius far from what fine-tuning moves) or a meta-initialization already
+    confident on nearly every response token. ``ties_allowed``: a few candidates may tie
+    (a stepwise step); only saturation is refused then.
+    """
+    losses = np.asarray(losses, dtype=float)
+    if len(losses) < 2:
+        return
+    scale = max(abs(float(np.mean(losses))), abs(estimator.base_loss_), 1e-300)
+    if not ties_allowed and float(np.ptp(losses)) <= 1e-9 * scale:
+        raise GradselectError(
+            f"all {len(losses)} estimated subsets have the same target dev loss ({float(losses[0]):.6g}; theta*: "
+            f"{estimator.base_loss_:.6g}), so the estimates cannot rank sources. The step "
+            f"(mode {estimator.config_.mode}) saturates or does nothing here: run gradselect validate to calibrate "
+            "it, or set [estimate] radius / lam")
+    if float(np.max(losses)) <= 1e-6 * max(estimator.base_loss_, 1e-300):
+        raise GradselectError(
+            f"every estimated subset loss is ~0 (max {float(np.max(losses)):.3g}, theta*: {estimator.base_loss_:.6g}): "
+            f"the step of mode {estimator.config_.mode} is far longer than fine-tuning moves; run gradselect "
+            "validate to calibrate it, or raise [estimate] lam / lower radius")
+
+
 class Selector(abc.ABC):
     """Chooses sources using a fitted :class:`SubsetEstimator` (and its features)."""
 
@@ -122,6 +149,7 @@ class EnsembleSelector(Selector):
         names = estimator.source_names_
         masks = self.sample_subsets(len(names))
         losses = estimator.estimate(masks)
+        check_informative(losses, estimator)
         w = masks.astype(np.float64)
         counts = w.sum(0)
         if (counts == 0).any():
@@ -174,7 +202,13 @@ class ForwardSelector(Selector):
     def select(self, estimator):
         names = estimator.source_names_
         # Without target rows the empty subset trains on nothing: any first source is an improvement.
-        result = greedy_forward(names, estimator.estimate, empty_ok=estimator.config_.include_target_train,
+        def oracle(masks):
+            losses = estimator.estimate(masks)
+            if len(masks) == len(names):  # the first step: every single source
+                check_informative(losses, estimator, ties_allowed=True)
+            return losses
+
+        result = greedy_forward(names, oracle, empty_ok=estimator.config_.include_target_train,
                                 max_size=self.max_size, tol=self.tol)
         chosen = [names[i] for i in np.flatnonzero(result.chosen)]
         return Selection(self.name, chosen, {n: result.gains[n] for n in names}, None, result.loss,

@@ -1,0 +1,200 @@
+"""A hostile user's inputs, kills and corruptions: no finished result lost, one clear message each."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from gradselect.cli import main
+
+from conftest import TINY_RUN_TOML
+
+RUN = TINY_RUN_TOML + """
+[select]
+rule = "top_k"
+k = 1
+n_subsets = 20
+n_bootstrap = 50
+
+[evaluate]
+max_new_tokens = 4
+
+[run]
+run_dir = "{run_dir}"
+compare = ["all"]
+final_steps = 3
+"""
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One finished tiny run; tests work on copies of it."""
+    base = tmp_path_factory.mktemp("finished")
+    cfg = base / "run.toml"
+    cfg.write_text(RUN.format(run_dir=base / "run"))
+    assert main(["run", str(cfg), "-q"]) == 0
+    return base / "run"
+
+
+@pytest.fixture
+def run_copy(finished, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(RUN.format(run_dir=run_dir))
+    return cfg, run_dir
+
+
+def snapshot(run_dir):
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and "checkpoints" not in p.parts}
+
+
+def test_a_failed_redo_keeps_the_last_good_result(run_copy, capsys):
+    cfg, run_dir = run_copy
+    before = snapshot(run_dir)
+    # A model-name typo against a finished run: fails before anything is touched.
+    cfg.write_text(cfg.read_text().replace('name_or_path = "tiny-llama"', 'name_or_path = "./tiny-llamma"'))
+    assert main(["run", str(cfg), "-q"]) == 2
+    assert "model folder not found" in capsys.readouterr().err
+    assert snapshot(run_dir) == before
+
+    # A redo that fails midway (corrupt features under --force select) leaves selection.json and the records.
+    cfg.write_text(RUN.format(run_dir=run_dir))
+    g = run_dir / "features" / "g.npy"
+    good = g.read_bytes()
+    g.write_bytes(b"\0" * 16 + good[16:])  # same size: the stage record still takes it for its own
+    assert main(["run", str(cfg), "-q", "--force", "select"]) == 2
+    err = capsys.readouterr().err
+    assert "g.npy is corrupt" in err and "--force features" in err
+    g.write_bytes(good)
+    after = snapshot(run_dir)
+    assert {k: v for k, v in after.items() if not k.startswith("stages/")} == \
+           {k: v for k, v in before.items() if not k.startswith("stages/")}
+    assert all(after[k] == before[k] for k in before if k.startswith("stages/") and "running" not in k)
+
+    # --force evaluate redoes it in place: metrics.json is replaced, never missing.
+    assert main(["run", str(cfg), "-q", "--force", "evaluate"]) == 0
+    assert json.loads((run_dir / "metrics.json").read_text())["rows"].keys() == {"selection", "all"}
+
+
+@pytest.mark.parametrize("artifact, damage, message", [
+    ("features/manifest.json", "{not json", "manifest.json is corrupt"),
+    ("features/index.json", '{"ids": 3}', "index.json is corrupt"),
+    ("features/g.npy", "\x93NUMPY", "g.npy is corrupt"),
+    ("selection.json", '{"method": "x"}', "not a selection file"),
+    ("metrics.json", "[1, 2", "metrics.json is corrupt"),
+])
+def test_corrupt_artifacts_give_one_clear_error(run_copy, capsys, artifact, damage, message):
+    cfg, run_dir = run_copy
+    (run_dir / artifact).write_text(damage)
+    if artifact.startswith("features/"):
+        code = main(["select", "--features", str(run_dir / "features"), "-o", str(run_dir / "other.json"), "-q"])
+    else:
+        code = main(["report", str(run_dir)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "rerun" in err or "recompute" in err
+
+
+def test_an_edited_output_is_stale_and_redone(run_copy, capsys):
+    cfg, run_dir = run_copy
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["rows"]["selection"]["test_loss"] = 0.0
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["run", str(cfg), "-q"]) == 0
+    assert "stages run: evaluate" in capsys.readouterr().out
+    assert json.loads((run_dir / "metrics.json").read_text())["rows"]["selection"]["test_loss"] > 0
+
+
+def test_a_calibration_from_other_features_is_ignored_loudly(run_copy, capsys):
+    cfg, run_dir = run_copy
+    (run_dir / "calibration.json").write_text(json.dumps({
+        "mode": "l2", "parameter": "lam", "value": 0.5, "mean_relative_error": 0.1, "loo_mean_relative_error": 0.1,
+        "candidates": {}, "features": "someone-else"}))
+    with pytest.warns(UserWarning, match="fitted on other features"):
+        assert main(["select", "--features", str(run_dir / "features"), "-o", str(run_dir / "s.json"), "-q"]) == 0
+    assert json.loads((run_dir / "s.json").read_text())["params"]["estimator"]["mode"] == "trust_region"
+    # gradselect run ignores it too: only its own trust check calibrates it ([run] validate_k is 0 here).
+    assert main(["run", str(cfg), "-q"]) == 0
+    assert json.loads((run_dir / "selection.json").read_text())["params"]["estimator"]["mode"] == "trust_region"
+
+
+def test_truth_is_keyed_by_everything_it_depends_on(tmp_path):
+    from gradselect.config import RunConfig
+    from gradselect.validate import truth_key
+
+    class FakeTaskset:
+        def __init__(self, fp):
+            self.fp = fp
+
+        def fingerprint(self):
+            return self.fp
+
+    config = RunConfig()
+    train = config.train
+    key = truth_key(config, FakeTaskset("a"), ["x"], train, None)
+    other_model = config.model_copy(update={"model": config.model.model_copy(update={"name_or_path": "tiny-llama"})})
+    assert truth_key(other_model, FakeTaskset("a"), ["x"], train, None) != key
+    assert truth_key(config, FakeTaskset("b"), ["x"], train, None) != key
+    assert truth_key(config, FakeTaskset("a"), ["x"], train.model_copy(update={"seed": 1}), None) != key
+    assert truth_key(config, FakeTaskset("a"), ["x"], train, None) == key
+    start = tmp_path / "theta"
+    start.mkdir()
+    (start / "model.safetensors").write_bytes(b"one")
+    with_start = truth_key(config, FakeTaskset("a"), ["x"], train, start)
+    (start / "model.safetensors").write_bytes(b"two")
+    assert with_start != key and truth_key(config, FakeTaskset("a"), ["x"], train, start) != with_start
+
+
+def test_degenerate_estimates_refuse_to_rank():
+    from gradselect.errors import GradselectError
+    from gradselect.estimate import EstimateConfig, FeatureArrays, SubsetEstimator
+    from gradselect.select import EnsembleSelector
+    from gradselect.select.selectors import check_informative
+
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(100, 8))
+    same = np.arange(40, 100)
+    # Four sources made of the same rows: every subset has the same mean loss, hence the same estimate.
+    arrays = FeatureArrays(g, rng.normal(1, 0.3, size=100), {s: same for s in "abcd"}, np.arange(0, 20),
+                           np.arange(20, 40))
+    est = SubsetEstimator(EstimateConfig(include_target_train=False)).fit(arrays)
+    with pytest.raises(GradselectError, match="same target dev loss"):
+        EnsembleSelector(n_subsets=10).select(est)
+    # Every estimate at the floor of the loss: a step far longer than fine-tuning moves.
+    with pytest.raises(GradselectError, match="~0"):
+        check_informative(np.array([1e-9, 2e-9, 3e-9]), est)
+    check_informative(np.array([0.30, 0.31]), est)  # informative estimates pass
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"evaluate": {"max_new_tokens": True}}, "expected a number, got a boolean"),
+    ({"run": {"validate_k": 1}}, "needs >= 3 subsets"),
+])
+def test_booleans_and_small_k_are_config_errors(tmp_path, capsys, data, message):
+    import tomli_w
+
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(TINY_RUN_TOML + "\n" + tomli_w.dumps(data))
+    assert main(["run", str(cfg), "-q"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_data_hazards_warn_or_fail(tmp_path):
+    from gradselect.data import DataConfig, load_taskset
+    from gradselect.errors import DataError
+
+    rows = [{"prompt": f"q{i % 5}", "response": f"a{i % 5}"} for i in range(40)]  # every row repeated 8 times
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:5]))
+    with pytest.warns(UserWarning) as caught:
+        load_taskset(DataConfig.model_validate({"target": {"path": str(tmp_path / "t.jsonl")},
+                                                "sources": [{"path": str(tmp_path / "s.jsonl")}]}))
+    text = " ".join(str(w.message) for w in caught)
+    assert "both the target's train and test splits" in text and "test example(s)" in text
+    with pytest.raises(DataError, match="target_test is the same data as target"):
+        load_taskset(DataConfig.model_validate({"target": {"path": str(tmp_path / "t.jsonl")},
+                                                "target_test": {"path": str(tmp_path / "t.jsonl")}}))
