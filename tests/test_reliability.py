@@ -198,3 +198,40 @@ def test_data_hazards_warn_or_fail(tmp_path):
     with pytest.raises(DataError, match="target_test is the same data as target"):
         load_taskset(DataConfig.model_validate({"target": {"path": str(tmp_path / "t.jsonl")},
                                                 "target_test": {"path": str(tmp_path / "t.jsonl")}}))
+
+
+def test_data_dependent_checks_come_before_any_training(tmp_path, capsys):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(TINY_RUN_TOML + '\n[select]\nrule = "top_k"\nk = 9\n' + f'\n[run]\nrun_dir = "{tmp_path / "run"}"\n')
+    assert main(["run", str(cfg), "-q"]) == 2
+    assert "k = 9 but there are only 3 sources" in capsys.readouterr().err
+    # A held-out response that cannot fit max_length would only fail at featurization or evaluation.
+    rows = [{"prompt": f"q{i}", "response": "x" * (5 if i < 20 else 60)} for i in range(30)]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = TINY_RUN_TOML.replace('[data.target]\nreasoning_gym = "chain_sum"\nsize = 40\nseed = 1\n',
+                                 f'[data.target]\npath = "{tmp_path / "t.jsonl"}"\n')
+    text = text.replace("max_length = 192", "max_length = 40")
+    cfg.write_text(text + f'\n[evaluate]\nmax_new_tokens = 4\n[run]\nrun_dir = "{tmp_path / "run"}"\n')
+    assert main(["run", str(cfg), "-q"]) == 2
+    assert "response does not fit in max_length=40" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_sources_is_a_clear_error(tmp_path, capsys):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('[data.target]\nreasoning_gym = "chain_sum"\nsize = 30\n[model]\nname_or_path = "tiny-llama"\n'
+                   f'[run]\nrun_dir = "{tmp_path / "run"}"\n')
+    assert main(["run", str(cfg), "-q"]) == 2
+    assert "no auxiliary source" in capsys.readouterr().err
+
+
+def test_cut_prompts_warn():
+    from gradselect.data import Example, Source
+    from gradselect.data.tokenize import TokenizeConfig
+    from gradselect.evaluate import EvalConfig, exact_match
+    from gradselect.model import make_tiny_model
+
+    model, tok = make_tiny_model("llama")
+    src = Source("t", [Example(id=f"t:{i}", prompt="x" * 40, response="1") for i in range(2)])
+    with pytest.warns(UserWarning, match="2 prompt\\(s\\) were cut to their last 12 tokens"):
+        exact_match(model, tok, src, TokenizeConfig(max_length=16), EvalConfig(max_new_tokens=4))

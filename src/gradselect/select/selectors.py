@@ -50,6 +50,8 @@ def apply_rule(estimator: SubsetEstimator, scores: dict[str, float], rule: Rule,
     if rule == "top_k":
         if k is None:
             raise GradselectError("rule 'top_k' needs k")
+        if int(k) > len(names):
+            raise GradselectError(f"rule 'top_k' with k = {k} but there are only {len(names)} sources; lower k")
         picked = set(ranked[: int(k)])
     elif rule == "threshold":
         if threshold is None:
