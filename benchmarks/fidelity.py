@@ -16,6 +16,10 @@ or a larger ``--k`` reuses finished work), then:
 3. **selections**: target test loss / exact match of the final fine-tunes on each
    method's choice (equal step budgets) and each method's wall time.
 
+Truth banks (seed-repeated fine-tunes from theta* on 50+ subsets, committed as JSON):
+
+    python benchmarks/fidelity.py score --bank benchmarks/truth/planted12.json
+
 Suites:
 
     python benchmarks/fidelity.py planted --model tiny-llama -o runs/fidelity-tiny
@@ -83,6 +87,12 @@ def prf(predicted: set, actual: set) -> dict:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["score"]:  # re-score estimators against a committed truth bank (benchmarks/truthbank.py)
+        sys.path.insert(0, str(Path(__file__).parent))
+        from truthbank import main as truthbank_main
+
+        return truthbank_main(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", choices=["planted", "bbh"])
     p.add_argument("-o", "--out", type=Path, required=True, help="run folder")
@@ -190,13 +200,13 @@ def main(argv=None) -> int:
 
     print(f"# {args.suite} suite: {config.model.name_or_path}, {len(names)} sources, "
           f"{len(subsets)} validated subsets, noise floor {out['noise_floor']:.2%}")
-    print("| estimator | mean rel. err | zero-order | R^2 of change | Spearman [95%] | calibrated (LOO err) |")
+    print("| estimator | mean rel. err | zero-order | skill of change | Spearman [95%] | calibrated (LOO err) |")
     print("|---|---|---|---|---|---|")
     for label, m in modes.items():
         c = m.get("calibrated")
         ci = m["spearman_ci95"]
         print(f"| {label} | {m['mean_relative_error']:.2%} | {m['zero_order_mean_relative_error']:.2%} | "
-              f"{m['r2_of_change']:.2f} | {m['spearman']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] | "
+              f"{m['skill_of_change']:.2f} | {m['spearman']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] | "
               + (f"{c['parameter']} {c['value']:.3g} ({c['loo_mean_relative_error']:.2%})" if c else "") + " |")
     print("\n| source | true harm (loss(all) - loss(all - s)) | estimated harm | chosen |")
     print("|---|---|---|---|")

@@ -9,6 +9,7 @@ re-scored against it without retraining.
 
     python benchmarks/truthbank.py build planted12 --run-dir runs/bank-planted12
     python benchmarks/truthbank.py build planted12 --run-dir runs/bank-planted12 --n-subsets 50 --seeds 2
+    python benchmarks/fidelity.py score --bank benchmarks/truth/planted12.json     # = truthbank.py score
 
 ``build`` is resumable at two levels: every fine-tune is cached in the run folder
 under a content key (subset, seed, training config, theta* digest), and the bank
@@ -27,6 +28,7 @@ import argparse
 import datetime
 import hashlib
 import json
+import os
 import platform
 import sys
 import time
@@ -179,6 +181,141 @@ def build(args) -> int:
     return 0
 
 
+def _variants(arrays, subsets, true, base_true, norms):
+    """Held-out estimates of each estimator variant, shape (n_subsets,) each.
+
+    Nothing here is fitted on the subset it predicts: fixed-step variants fit nothing;
+    the others are leave-one-out (:mod:`gradselect.validate.fidelity`).
+    """
+    from gradselect.estimate import EstimateConfig, SubsetEstimator
+    from gradselect.validate.fidelity import loo_affine, loo_select, pairwise_accuracy
+
+    def est(cfg):
+        model = SubsetEstimator(cfg).fit(arrays)
+        return model.estimate(subsets), model.base_loss_
+
+    out = {}
+    default, base_est = est(EstimateConfig())
+    out["trust_region, default radius"] = default
+    out["trust_region, default radius, lowrank"] = est(EstimateConfig(solver="lowrank", rank=32))[0]
+    out["l2, default lam"] = est(EstimateConfig(mode="l2"))[0]
+    out["reference"] = est(EstimateConfig(mode="reference"))[0]
+    # The radius grid is fixed in advance (around the default), so it carries no held-out information.
+    r0 = EstimateConfig().radius_fraction * arrays.param_norm
+    grid = r0 * np.logspace(-2, 1.5, 36)
+    by_radius = {f"{r:.4g}": est(EstimateConfig(radius=float(r)))[0] for r in grid}
+    mre = lambda e, t: -float(np.mean(np.abs(e - t) / t))  # noqa: E731
+    out["trust_region, radius by LOO relative error"] = loo_select(by_radius, true, mre)[0]
+    ranked, _ = loo_select(by_radius, true, pairwise_accuracy)
+    out["trust_region, radius by LOO pairwise order"] = ranked
+    # The order-best radius, with its level fitted separately (affine, LOO): order and level both held out.
+    affine = np.empty(len(true))
+    for i in range(len(true)):
+        keep = np.arange(len(true)) != i
+        marks = {k: pairwise_accuracy(v[keep], true[keep]) for k, v in by_radius.items()}
+        best = by_radius[max(marks, key=marks.get)]
+        affine[i] = _affine_fit(best[keep], true[keep], base_est, base_true, best[i])
+    out["trust_region, radius by LOO pairwise order + LOO level"] = affine
+    out["trust_region, default radius + LOO level"] = loo_affine(default, true, base_est, base_true)
+    measured = list(norms)
+    if all(x is not None for x in measured):
+        loo_r = np.empty(len(true))
+        for i in range(len(true)):
+            r = float(np.median([m for j, m in enumerate(measured) if j != i]))
+            loo_r[i] = SubsetEstimator(EstimateConfig(radius=r)).fit(arrays).estimate([subsets[i]])[0]
+        out["trust_region, radius = median measured displacement (LOO)"] = loo_r
+    return out, base_est
+
+
+def _affine_fit(x_est, y_true, base_est, base_true, x_new) -> float:
+    d_est, d_true = np.asarray(x_est) - base_est, np.asarray(y_true) - base_true
+    slope, intercept = np.polyfit(d_est, d_true, 1) if np.ptp(d_est) > 0 else (0.0, float(d_true.mean()))
+    return float(base_true + intercept + slope * (x_new - base_est))
+
+
+def score_bank(args) -> int:
+    from scipy.stats import spearmanr
+
+    from gradselect.estimate import FeatureArrays
+    from gradselect.io import write_json_atomic
+    from gradselect.validate.fidelity import noise_ceiling, score
+
+    bank_path = Path(args.bank)
+    try:
+        bank = json.loads(bank_path.read_text())
+        records = [r for r in bank["subsets"] if r["losses"]]
+        suite = bank["suite"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        print(f"{bank_path}: not a truth bank ({err})", file=sys.stderr)
+        return 2
+    if len(records) < 4:
+        print(f"{bank_path}: {len(records)} subsets measured so far; scoring needs at least 4", file=sys.stderr)
+        return 2
+    config = SUITES[suite]()
+    run_dir = Path(args.run_dir or f"runs/bank-{suite}")
+    taskset, meta_adapter, store = prepare(config, run_dir, args.device)
+    identity = {
+        "base_model_sha256": store.manifest["model"]["weights_sha256"],
+        "theta_star_sha256": _sha(meta_adapter),
+        "dataset_fingerprint": store.manifest["dataset_fingerprint"],
+        "features": {k: store.manifest[k] for k in ("projector", "output_function", "param_norm")},
+    }
+    if identity != bank["identity"]:
+        diff = [k for k in identity if identity[k] != bank["identity"].get(k)]
+        print(f"{bank_path} is stale: this machine's theta* / features differ in {diff} from the ones the bank "
+              f"was measured at; rebuild it (truthbank.py build {suite}) or score on the machine that made it",
+              file=sys.stderr)
+        return 2
+    arrays = FeatureArrays.from_store(store)
+    subsets = [r["sources"] for r in records]
+    true = np.array([np.mean(r["losses"]) for r in records])
+    true_ce = np.array([np.mean(r["token_ce"]) for r in records])
+    base_true = bank["theta_star"]["loss"]
+    ceiling = noise_ceiling([r["losses"] for r in records])
+    norms = [np.mean([x for x in r["projected_norm"] if x is not None]) if any(r["projected_norm"]) else None
+             for r in records]
+    variants, base_est = _variants(arrays, subsets, true, base_true, norms)
+    scores = {}
+    for name, est in variants.items():
+        m = score(est, true, base_estimated=base_est, base_true=base_true)
+        m["r2_change"] = m["skill_of_change"]
+        m["ceiling_spearman"] = ceiling["ceiling_spearman"]
+        m["spearman_vs_token_ce_truth"] = float(spearmanr(est, true_ce)[0])
+        scores[name] = m
+    base_truth = {tuple(r["sources"]): r["loss"] for r in bank.get("base_model_truth", [])}
+    common = [i for i, r in enumerate(records) if tuple(r["sources"]) in base_truth]
+    two_truths = None
+    if len(common) >= 4:
+        bt = np.array([base_truth[tuple(records[i]["sources"])] for i in common])
+        two_truths = {"n_subsets": len(common), "spearman_theta_star_vs_base": float(spearmanr(true[common], bt)[0]),
+                      "spearman_default_estimate_vs_base": float(
+                          spearmanr(variants["trust_region, default radius"][common], bt)[0])}
+    out = {
+        "bank": str(bank_path), "suite": suite, "n_subsets": len(records),
+        "seeds_per_subset": sorted({len(r["losses"]) for r in records}),
+        "theta_star_loss": base_true, "estimator_base_loss": base_est,
+        "ceiling_spearman": ceiling["ceiling_spearman"], "ceiling": ceiling,
+        "truth_spread_sd": float(np.std(true)), "base_model_truth": two_truths, "variants": scores,
+        "command": "python benchmarks/fidelity.py score --bank " + str(bank_path),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    scores_path = bank_path.with_name(bank_path.stem + ".scores.json")
+    write_json_atomic(scores_path, out)
+    print(f"# {suite}: {len(records)} subsets, seeds {out['seeds_per_subset']}; ceiling Spearman "
+          f"{ceiling['ceiling_spearman']:.3f} (seed-to-seed {ceiling['spearman_seed_to_seed']:.3f}, mean relative "
+          f"difference {ceiling['mean_relative_difference']:.2%})")
+    print("| variant | Spearman [95%] | pairwise [95%] | skill of change | mean rel. err | zero-order |")
+    print("|---|---|---|---|---|---|")
+    fmt = lambda ci: "n/a" if not ci else f"[{ci[0]:.2f}, {ci[1]:.2f}]"  # noqa: E731
+    for name, m in scores.items():
+        print(f"| {name} | {m['spearman']:.3f} {fmt(m['spearman_ci95'])} | {m['pairwise_accuracy']:.3f} "
+              f"{fmt(m['pairwise_accuracy_ci95'])} | {m['skill_of_change']:.3f} | {m['mean_relative_error']:.2%} | "
+              f"{m['zero_order_mean_relative_error']:.2%} |")
+    print(f"scores: {scores_path}")
+    return 0
+
+
 def _theta_star_loss(config, taskset, adapter, device) -> dict:
     """theta*'s own dev loss, by a real forward pass (the zero-order baseline)."""
     from gradselect.estimate.solvers import mean_logistic_loss
@@ -203,8 +340,12 @@ def main(argv=None) -> int:
     b.add_argument("--seeds", type=int, default=2, help="fine-tunes per subset")
     b.add_argument("--base-subsets", type=int, default=20, help="subsets also fine-tuned from the base model")
     b.add_argument("--device", default="auto")
+    sc = sub.add_parser("score", help="score every estimator variant against a bank (no training if cached)")
+    sc.add_argument("--bank", required=True)
+    sc.add_argument("--run-dir", help="cache of theta* and features (default runs/bank-SUITE)")
+    sc.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    return build(args)
+    return build(args) if args.command == "build" else score_bank(args)
 
 
 if __name__ == "__main__":

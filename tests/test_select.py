@@ -22,14 +22,19 @@ from gradselect.select import (
 )
 
 
-def planted(n_sources=10, harmful=(2, 5, 7), per_source=40, d=8, seed=0, hidden=True):
+def planted(n_sources=10, harmful=(2, 5, 7), per_source=40, d=8, seed=0, hidden=True, clean_target=False):
     """Sources whose gradients point with (helpful) or against (harmful) the target's."""
     rng = np.random.default_rng(seed)
     u = np.zeros(d)
     u[0] = 1.0
     blocks, rows = [], {}
     target = rng.normal(size=(80, d)) * 0.5 + u
-    target[:40] *= 0.1  # weak target train rows: what the sources add decides the step
+    # Target train rows that barely point at the target's direction: alone they step the wrong way
+    # (a trust-region step has a fixed length, so only direction counts); the sources decide the step.
+    if clean_target:  # target train rows as well aimed as the dev rows: the target alone steps best
+        target[:40] *= 0.1
+    else:
+        target[:40] = rng.normal(size=(40, d)) * 0.5 + 0.05 * u
     blocks.append(target)
     start = 80
     for i in range(n_sources):
@@ -138,3 +143,13 @@ def test_pseudo_sources_recover_planted_groups():
     assert list(clusters.source_rows) == ["cluster-0", "cluster-1"]
     with pytest.raises(GradselectError, match="k must be between"):
         pseudo_sources(arr, 1000)
+
+
+def test_choosing_no_source_is_possible_and_said():
+    from gradselect.report import format_selection
+
+    est = SubsetEstimator(EstimateConfig(mode="l2", lam=1e-2)).fit(planted(clean_target=True))
+    sel = EnsembleSelector(n_subsets=100, seed=1, n_bootstrap=200).select(est)
+    assert sel.chosen == [] and sel.params["no_source_helps"]
+    assert sel.params["target_only_loss"] <= min(sel.params["prefix_losses"])
+    assert "no source helps" in format_selection(sel)

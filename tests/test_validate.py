@@ -74,7 +74,7 @@ def test_compare_and_calibrate_on_synthetic_truth():
     true = np.array([0.50, 0.45, 0.40, 0.47])
     m = compare(true * 1.01, true, base=0.52)
     assert abs(m["mean_relative_error"] - 0.01) < 1e-12 and m["spearman"] == 1.0 and m["kendall"] == 1.0
-    assert m["zero_order_mean_relative_error"] > m["mean_relative_error"] and m["r2_of_change"] > 0.9
+    assert m["zero_order_mean_relative_error"] > m["mean_relative_error"] and m["skill_of_change"] > 0.9
     subsets = validation_subsets(["a", "b", "c", "d"], 5, seed=0)
     assert subsets[:2] == [["a", "b", "c", "d"], []] and len(subsets) == 5
     assert len({tuple(s) for s in subsets}) == 5

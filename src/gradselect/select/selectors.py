@@ -67,6 +67,14 @@ def apply_rule(estimator: SubsetEstimator, scores: dict[str, float], rule: Rule,
         best = int(np.argmin(losses))
         picked = set(ranked[: best + 1])
         extra["prefix_losses"] = [float(x) for x in losses]
+        # "No auxiliary source" is a candidate too: a fixed-length step lowers the linearized loss for any
+        # data, so a prefix must beat the target alone, not theta*.
+        if estimator.config_.include_target_train:
+            alone = float(estimator.estimate(np.zeros((1, len(names)), dtype=bool))[0])
+            extra["target_only_loss"] = alone
+            if alone <= float(losses[best]):
+                picked = set()
+                extra["no_source_helps"] = True
     else:
         raise GradselectError(f"unknown rule {rule!r}; rules are best_prefix, top_k, threshold")
     return [n for n in names if n in picked], extra

@@ -26,42 +26,12 @@ from gradselect.validate.truth import measure_truth, truth_key
 VALIDATION_VERSION = 1
 
 
-def _bootstrap_ci(fn, x, y, n=1000, seed=0):
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(n):
-        idx = rng.integers(0, len(x), len(x))
-        if len(set(idx)) < 3:
-            continue
-        v = fn(x[idx], y[idx])
-        if np.isfinite(v):
-            vals.append(v)
-    return [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))] if vals else [float("nan")] * 2
-
-
 def compare(estimated: np.ndarray, true: np.ndarray, base: float) -> dict:
-    """Error, rank and skill figures of estimates against true losses (n_subsets each)."""
-    from scipy.stats import kendalltau, spearmanr
+    """Error, rank and skill figures of estimates against true losses (n_subsets each);
+    see :func:`gradselect.validate.fidelity.score`."""
+    from gradselect.validate.fidelity import score
 
-    estimated, true = np.asarray(estimated, float), np.asarray(true, float)
-    rel = np.abs(estimated - true) / true
-    zero = np.abs(base - true) / true
-    d_true, d_est = true - base, estimated - base
-    ss = ((d_true - d_true.mean()) ** 2).sum()
-    r2 = float(1 - ((d_est - d_true) ** 2).sum() / ss) if ss > 0 else float("nan")
-    rho = lambda a, b: spearmanr(a, b)[0]  # noqa: E731
-    tau = lambda a, b: kendalltau(a, b)[0]  # noqa: E731
-    return {
-        "n_subsets": int(len(true)),
-        "mean_relative_error": float(rel.mean()),
-        "max_relative_error": float(rel.max()),
-        "zero_order_mean_relative_error": float(zero.mean()),
-        "r2_of_change": r2,
-        "spearman": float(rho(estimated, true)) if len(true) > 2 else float("nan"),
-        "spearman_ci95": _bootstrap_ci(rho, estimated, true) if len(true) > 2 else None,
-        "kendall": float(tau(estimated, true)) if len(true) > 2 else float("nan"),
-        "kendall_ci95": _bootstrap_ci(tau, estimated, true) if len(true) > 2 else None,
-    }
+    return score(estimated, true, base_estimated=base)
 
 
 def validation_subsets(names: list[str], k: int, seed: int) -> list[list[str]]:

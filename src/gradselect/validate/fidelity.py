@@ -1,0 +1,191 @@
+"""Figures of estimates against real fine-tunes, the truth's own noise ceiling, and held-out calibration.
+
+Every figure here is computed across subsets (n_subsets values each):
+
+- ``spearman`` / ``pearson`` / ``kendall`` with bootstrap 95% intervals over subsets;
+- ``pairwise_accuracy``: the share of subset pairs whose true order the estimates get
+  right (pairs tied in truth are skipped) — what a selection rule relies on;
+- ``skill_of_change``: ``1 - sum (d_est - d_true)^2 / sum d_true^2`` with ``d = loss -
+  loss(theta*)``: how much better than the zero-order baseline (predict no change) the
+  estimates are, 1 at best, 0 for no better, negative for worse. (The ordinary R^2 of
+  the losses is ``r2_losses``; shifting both by theta*'s loss does not change it.)
+- ``mean_relative_error`` and the zero-order baseline's.
+
+:func:`noise_ceiling` measures how well one seed of the truth predicts another;
+:func:`loo_affine` and :func:`loo_select` give leave-one-out predictions, in which a
+held-out subset never influences its own prediction.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy.stats import kendalltau, pearsonr, spearmanr
+
+
+def bootstrap_ci(fn: Callable, x, y, *, n: int = 1000, seed: int = 0) -> list[float] | None:
+    """95% percentile interval of ``fn(x, y)`` over subsets resampled with replacement."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3:
+        return None
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n):
+        idx = rng.integers(0, len(x), len(x))
+        if len(set(idx)) < 3:
+            continue
+        with np.errstate(all="ignore"):
+            v = fn(x[idx], y[idx])
+        if np.isfinite(v):
+            vals.append(v)
+    return [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))] if vals else None
+
+
+def pairwise_accuracy(estimated, true) -> float:
+    """Share of subset pairs ordered as in truth (pairs tied in truth skipped; ties in the estimate count half)."""
+    e, t = np.asarray(estimated, float), np.asarray(true, float)
+    i, j = np.triu_indices(len(t), 1)
+    dt, de = np.sign(t[i] - t[j]), np.sign(e[i] - e[j])
+    keep = dt != 0
+    if not keep.any():
+        return float("nan")
+    return float(np.mean(np.where(de[keep] == 0, 0.5, de[keep] == dt[keep])))
+
+
+def skill_of_change(estimated, true, base_estimated: float, base_true: float) -> float:
+    """``1 - sum (d_est - d_true)^2 / sum d_true^2``: the estimates' skill over predicting no change."""
+    d_true = np.asarray(true, float) - base_true
+    d_est = np.asarray(estimated, float) - base_estimated
+    denom = float((d_true ** 2).sum())
+    return float(1 - ((d_est - d_true) ** 2).sum() / denom) if denom > 0 else float("nan")
+
+
+def _rho(a, b):
+    return spearmanr(a, b)[0]
+
+
+def _tau(a, b):
+    return kendalltau(a, b)[0]
+
+
+def _pearson(a, b):
+    return pearsonr(a, b)[0] if np.std(a) > 0 and np.std(b) > 0 else float("nan")
+
+
+def score(estimated, true, *, base_estimated: float, base_true: float | None = None, seed: int = 0) -> dict:
+    """Every figure of ``estimated`` against ``true`` (both of shape (n_subsets,)).
+
+    ``base_estimated``: the estimator's loss at theta* (its v = 0); ``base_true``: theta*'s
+    measured loss (default: the same).
+    """
+    e, t = np.asarray(estimated, float), np.asarray(true, float)
+    base_true = base_estimated if base_true is None else base_true
+    n = len(t)
+    rel = np.abs(e - t) / t
+    ss_tot = float(((t - t.mean()) ** 2).sum())
+    out = {
+        "n_subsets": int(n),
+        "mean_relative_error": float(rel.mean()),
+        "max_relative_error": float(rel.max()),
+        "zero_order_mean_relative_error": float((np.abs(base_true - t) / t).mean()),
+        "skill_of_change": skill_of_change(e, t, base_estimated, base_true),
+        "r2_losses": float(1 - ((e - t) ** 2).sum() / ss_tot) if ss_tot > 0 else float("nan"),
+        "pairwise_accuracy": pairwise_accuracy(e, t),
+    }
+    for name, fn in (("spearman", _rho), ("kendall", _tau), ("pearson", _pearson)):
+        with np.errstate(all="ignore"):
+            out[name] = float(fn(e, t)) if n > 2 else float("nan")
+        out[f"{name}_ci95"] = bootstrap_ci(fn, e, t, seed=seed) if n > 2 else None
+    out["pairwise_accuracy_ci95"] = bootstrap_ci(pairwise_accuracy, e, t, seed=seed) if n > 2 else None
+    return out
+
+
+def spearman_brown(r: float, k: float) -> float:
+    """Reliability of the mean of ``k`` measurements from the reliability ``r`` of one."""
+    return float(k * r / (1 + (k - 1) * r)) if np.isfinite(r) and 1 + (k - 1) * r != 0 else float("nan")
+
+
+def noise_ceiling(losses_by_seed: list[list[float]], *, k: int | None = None) -> dict:
+    """How well one seed's truth predicts another's, across subsets.
+
+    Parameters
+    ----------
+    losses_by_seed : list of list of float
+        Per subset, its true losses (one per seed); subsets with fewer than 2 seeds are skipped.
+    k : int, optional
+        Seeds averaged in the truth (default: the most common count), for the Spearman-Brown ceiling.
+
+    Returns
+    -------
+    dict
+        ``spearman_seed_to_seed`` (seed A vs seed B: the reliability r of one seed) with its
+        interval; ``ceiling_spearman``, the Spearman an estimator that knew each subset's expected
+        loss exactly would reach against the k-seed mean: sqrt of the Spearman-Brown reliability
+        k r / (1 + (k - 1) r); ``r2_seed_to_seed``,
+        ``mean_relative_difference`` (|a - b| / mean(a, b)), ``n_subsets``.
+    """
+    pairs = np.array([[s[0], s[1]] for s in losses_by_seed if len(s) >= 2], dtype=float)
+    if k is None:
+        k = int(np.bincount([len(s) for s in losses_by_seed]).argmax()) if losses_by_seed else 1
+    if len(pairs) < 3:
+        return {"n_subsets": int(len(pairs)), "spearman_seed_to_seed": float("nan"), "ceiling_spearman": float("nan"),
+                "r2_seed_to_seed": float("nan"), "mean_relative_difference": float("nan"), "seeds": k}
+    a, b = pairs[:, 0], pairs[:, 1]
+    rho = float(_rho(a, b))
+    ss = float(((b - b.mean()) ** 2).sum())
+    return {
+        "n_subsets": int(len(pairs)),
+        "seeds": k,
+        "spearman_seed_to_seed": rho,
+        "spearman_seed_to_seed_ci95": bootstrap_ci(_rho, a, b),
+        "pairwise_accuracy_seed_to_seed": pairwise_accuracy(a, b),
+        "r2_seed_to_seed": float(1 - ((a - b) ** 2).sum() / ss) if ss > 0 else float("nan"),
+        "mean_relative_difference": float(np.mean(np.abs(a - b) / ((a + b) / 2))),
+        # The truth is a k-seed mean: its reliability is the Spearman-Brown step-up of one seed's.
+        "ceiling_spearman": float(np.sqrt(max(spearman_brown(rho, k), 0.0))) if k > 1 else rho,
+    }
+
+
+def loo_affine(estimated, true, base_estimated: float, base_true: float) -> np.ndarray:
+    """Leave-one-out level fit: ``d_true ~ a + b d_est``, fitted without subset i, predicts subset i.
+
+    Two parameters, so the order of the estimates is kept (for b > 0) and only their level
+    and scale change. Returns the held-out predicted losses (n_subsets,).
+    """
+    d_est = np.asarray(estimated, float) - base_estimated
+    d_true = np.asarray(true, float) - base_true
+    out = np.empty_like(d_est)
+    for i in range(len(d_est)):
+        keep = np.arange(len(d_est)) != i
+        x, y = d_est[keep], d_true[keep]
+        if np.ptp(x) > 0:
+            slope, intercept = np.polyfit(x, y, 1)
+        else:
+            slope, intercept = 0.0, float(y.mean())
+        out[i] = base_true + intercept + slope * d_est[i]
+    return out
+
+
+def loo_select(candidates: dict[str, np.ndarray], true, criterion: Callable[[np.ndarray, np.ndarray], float]):
+    """Leave-one-out choice among candidate estimates: for each subset i, the candidate scoring best by
+    ``criterion(est, true)`` (higher is better) on the other subsets predicts subset i.
+
+    Returns
+    -------
+    predictions : ndarray of shape (n_subsets,)
+    chosen : list of str
+        The candidate used for each subset.
+    """
+    true = np.asarray(true, float)
+    names = list(candidates)
+    stack = np.array([np.asarray(candidates[n], float) for n in names])
+    preds, chosen = np.empty(len(true)), []
+    for i in range(len(true)):
+        keep = np.arange(len(true)) != i
+        with np.errstate(all="ignore"):
+            marks = [criterion(stack[c, keep], true[keep]) for c in range(len(names))]
+        best = int(np.nanargmax(marks)) if np.isfinite(marks).any() else 0
+        preds[i] = stack[best, i]
+        chosen.append(names[best])
+    return preds, chosen

@@ -1,0 +1,57 @@
+"""What the fidelity figures rest on: pairwise order, the noise ceiling, and leave-one-out that is really held out."""
+
+import numpy as np
+import pytest
+
+from gradselect.validate.fidelity import (
+    loo_affine,
+    loo_select,
+    noise_ceiling,
+    pairwise_accuracy,
+    score,
+    skill_of_change,
+    spearman_brown,
+)
+
+
+def test_pairwise_accuracy_and_skill():
+    true = np.array([0.5, 0.4, 0.3, 0.2])
+    assert pairwise_accuracy(true, true) == 1.0 and pairwise_accuracy(-true, true) == 0.0
+    assert pairwise_accuracy(np.ones(4), true) == 0.5  # estimated ties count half
+    assert skill_of_change(true, true, 0.6, 0.6) == 1.0
+    assert skill_of_change(np.full(4, 0.6), true, 0.6, 0.6) == 0.0  # predicting no change: no skill
+    m = score(true + 0.01, true, base_estimated=0.6)
+    assert m["spearman"] == 1.0 and m["pairwise_accuracy"] == 1.0 and m["r2_losses"] < 1.0
+    lo, hi = m["spearman_ci95"]
+    assert lo <= 1.0 <= hi + 1e-12
+
+
+def test_noise_ceiling_from_repeated_seeds():
+    rng = np.random.default_rng(0)
+    expected = rng.normal(1.0, 0.2, size=60)
+    exact = noise_ceiling([[e, e] for e in expected])
+    assert exact["spearman_seed_to_seed"] == 1.0 and exact["ceiling_spearman"] == 1.0
+    noisy = noise_ceiling([[e + rng.normal(0, 0.2), e + rng.normal(0, 0.2)] for e in expected])
+    r = noisy["spearman_seed_to_seed"]
+    assert 0.2 < r < 0.8
+    # The truth is a 2-seed mean: its ceiling is sqrt of the Spearman-Brown reliability, above one seed's r.
+    assert noisy["ceiling_spearman"] == pytest.approx(np.sqrt(2 * r / (1 + r))) and noisy["ceiling_spearman"] > r
+    assert spearman_brown(0.5, 3) == pytest.approx(0.75)
+    assert noise_ceiling([[1.0], [2.0]])["n_subsets"] == 0
+
+
+def test_leave_one_out_never_sees_the_held_out_subset():
+    rng = np.random.default_rng(1)
+    true = rng.normal(1.0, 0.1, size=12)
+    est = 0.9 + 0.5 * (true - 1.0) + rng.normal(0, 0.01, size=12)
+    base = loo_affine(est, true, 0.95, 1.05)
+    cands = {"a": est, "b": -est, "c": est + 0.1}
+    preds, chosen = loo_select(cands, true, lambda e, t: -np.mean(np.abs(e - t)))
+    for i in range(len(true)):
+        wild = true.copy()
+        wild[i] = 50.0  # only subset i's truth changes
+        assert loo_affine(est, wild, 0.95, 1.05)[i] == pytest.approx(base[i], abs=1e-12)
+        p2, c2 = loo_select(cands, wild, lambda e, t: -np.mean(np.abs(e - t)))
+        assert p2[i] == preds[i] and c2[i] == chosen[i]
+    # The level fit moves the estimates onto the truth's scale without reordering them.
+    assert np.mean(np.abs(base - true)) < np.mean(np.abs(est - true))
