@@ -41,18 +41,20 @@ def test_validate_end_to_end(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "zero-order baseline" in out and "noise floor" in out
-    assert "calibrated trust_region radius" in out and "calibrated l2 lam" in out and "(chosen" in out
+    assert "level-only calibration of trust_region radius" in out and "level-only calibration of l2 lam" in out
+    assert "step for selection, chosen by pairwise order" in out and "held out" in out
     report = json.loads((tmp_path / "val" / "validation.json").read_text())
     assert [s["sources"] for s in report["subsets"]][:2] == [["more", "legs", "noisy"], []]
     for s in report["subsets"]:
         assert s["true_loss"] > 0 and s["estimated_loss"] > 0 and s["displacement"]["projected_norm"] > 0
     assert (tmp_path / "val" / "validation.png").exists()
     calib = json.loads((tmp_path / "calibration.json").read_text())
-    # Both step models calibrated; the one with the lower leave-one-out error is named.
+    # Both step models tried; the step that orders the validated subsets best is named, with its level map.
     cands = calib["candidates"]
     assert cands["trust_region"]["parameter"] == "radius" and cands["l2"]["parameter"] == "lam"
-    best = min(cands, key=lambda m: cands[m]["loo_mean_relative_error"])
-    assert calib["mode"] == best and calib["value"] == cands[best]["value"] > 0
+    assert calib["criterion"] == "pairwise_accuracy" and set(calib["level"]) == {"intercept", "slope"}
+    assert calib["mode"] == report["calibration"]["mode"] and calib["value"] == report["calibration"]["value"] > 0
+    assert report["calibration"]["loo"]["n_subsets"] == 3
     assert len(list((tmp_path / "val" / "runs").iterdir())) == 4  # 3 subsets + 1 repeat
 
     # A larger k adds subsets and reuses the finished runs.
@@ -120,3 +122,28 @@ def test_trust_check_trains_like_the_final_fine_tunes():
     assert validation_train_config(config) == config.train
     fixed = config.model_copy(update={"run": config.run.model_copy(update={"final_steps": 7})})
     assert validation_train_config(fixed).max_steps == 7 and validation_train_config(fixed).epochs == 2
+
+
+def test_ranking_calibration_orders_first_and_holds_out():
+    from gradselect.estimate import SubsetEstimator
+    from gradselect.validate.calibration import calibrate_for_ranking
+
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(400, 6))
+    b = rng.normal(1.0, 0.5, size=400)
+    rows = {s: np.arange(100 + 50 * i, 150 + 50 * i) for i, s in enumerate("abcdef")}
+    arrays = FeatureArrays(g, b, rows, np.arange(0, 50), np.arange(50, 100), param_norm=3.0)
+    subsets = [list(c) for c in ("ab", "cd", "ef", "abc", "def", "ace", "bdf", "a", "f", "abcdef")]
+    # Truth: a radius the grid does not hold, with its level shifted and scaled (a calibration must recover
+    # the order and, apart, the level).
+    est = SubsetEstimator(EstimateConfig(radius=0.77)).fit(arrays)
+    true = est.base_loss_ + 0.5 * (est.estimate(subsets) - est.base_loss_) - 0.01
+    result = calibrate_for_ranking(arrays, EstimateConfig(), subsets, true)
+    assert result["mode"] == "trust_region" and result["in_sample_pairwise_accuracy"] >= 0.95
+    assert result["loo"]["pairwise_accuracy"] >= 0.9 and result["loo"]["mean_relative_error"] < 0.01
+    # A held-out subset never reaches its own prediction: change only its truth, its prediction stays.
+    wild = true.copy()
+    wild[3] = 5.0
+    again = calibrate_for_ranking(arrays, EstimateConfig(), subsets, wild)
+    assert again["held_out_predictions"][3] == result["held_out_predictions"][3]
+    assert again["held_out_predictions"][4] != result["held_out_predictions"][4]  # the others saw it

@@ -77,10 +77,16 @@ def format_validation(report: dict) -> str:
              f"{format_interval(m['pairwise_accuracy_ci95'])}"]
     if "noise_floor_mean_relative_difference" in report:
         lines.append(f"  noise floor (same subset, other seed): {report['noise_floor_mean_relative_difference']:.2%}")
-    for mode, c in report["calibration_candidates"].items():
-        chosen = " (chosen: lower leave-one-out error)" if mode == report["calibration"]["mode"] else ""
-        lines.append(f"  calibrated {mode} {c['parameter']} = {c['value']:.4g}: mean relative error "
-                     f"{c['mean_relative_error']:.2%}, leave-one-out {c['loo_mean_relative_error']:.2%}{chosen}")
+    c = report["calibration"]
+    if "loo" in c:
+        loo = c["loo"]
+        lines.append(f"  step for selection, chosen by pairwise order: {c['mode']} {c['parameter']} = {c['value']:.4g}; "
+                     f"held out (choice and level fitted without the subset): Spearman {loo['spearman']:.3f} "
+                     f"{format_interval(loo['spearman_ci95'])}, pairwise order {loo['pairwise_accuracy']:.3f}, "
+                     f"mean relative error {loo['mean_relative_error']:.2%} after the level fit")
+    for mode, cand in report["calibration_candidates"].items():
+        lines.append(f"  level-only calibration of {mode} {cand['parameter']} = {cand['value']:.4g}: mean relative error "
+                     f"{cand['mean_relative_error']:.2%}, leave-one-out {cand['loo_mean_relative_error']:.2%}")
     return "\n".join(lines)
 
 
@@ -212,10 +218,19 @@ def write_report(run_dir: str | Path) -> Path:
             lines += ["", f"Noise floor (same subset, another seed): "
                           f"{val['noise_floor_mean_relative_difference']:.2%} mean relative difference."]
         c = val.get("calibration", {})
+        if "loo" in c:
+            loo = c["loo"]
+            lines += ["", f"Step for selection, chosen by how well it orders the validated subsets (pairwise order "
+                          f"accuracy): **{c['mode']} {c['parameter']} = {c['value']:.4g}**. Held out (the choice and "
+                          f"the level fitted without the subset predicted): Spearman {loo['spearman']:.3f} "
+                          f"{format_interval(loo['spearman_ci95'])}, pairwise order accuracy "
+                          f"{loo['pairwise_accuracy']:.3f}, mean relative error {loo['mean_relative_error']:.2%} "
+                          f"(zero-order {loo['zero_order_mean_relative_error']:.2%}), skill of the change "
+                          f"{loo['skill_of_change']:.3f}."]
         for mode, cand in val.get("calibration_candidates", {}).items():
-            lines += ["", f"Calibrated {mode} {cand['parameter']} = {cand['value']:.4g} (mean relative error "
-                          f"{cand['mean_relative_error']:.2%}, leave-one-out {cand['loo_mean_relative_error']:.2%})"
-                          + ("; chosen for selection." if mode == c.get("mode") else ".")]
+            lines += ["", f"Level-only calibration of {mode} {cand['parameter']} = {cand['value']:.4g} (mean relative "
+                          f"error {cand['mean_relative_error']:.2%}, leave-one-out {cand['loo_mean_relative_error']:.2%})"
+                          "; for reference, not used."]
         if (run_dir / "validation" / "validation.png").exists():
             lines += ["", "![estimated vs true](validation/validation.png)"]
 

@@ -83,6 +83,7 @@ def write_calibration(path: Path, chosen: dict, candidates: dict, *, manifest: d
     write_json_atomic(Path(path), {
         "calibration_version": CALIBRATION_VERSION, "mode": chosen["mode"],
         **{k: chosen[k] for k in ("parameter", "value", "mean_relative_error", "loo_mean_relative_error")},
+        **{k: chosen[k] for k in ("criterion", "level") if k in chosen},
         "candidates": candidates, "features": features_identity(manifest), "validation": str(validation),
     })
 
@@ -121,3 +122,96 @@ def apply_calibration(estimate_config: EstimateConfig, calibration_file: Path | 
         return estimate_config
     log.info("using calibrated mode %s, %s = %.4g from %s", mode, key, entry["value"], calibration_file)
     return estimate_config.model_copy(update={"mode": mode, key: entry["value"]})
+
+
+def calibrate_for_ranking(arrays, config: EstimateConfig, subsets: list[list[str]], true_losses,
+                          n_grid: int = 25) -> dict:
+    """Choose the step model and its parameter by how well they *order* the validated subsets, then fit
+    the level separately; every reported figure is leave-one-out.
+
+    Selection uses only the order of the estimates, so the step is chosen by pairwise order
+    accuracy (the share of subset pairs ordered as in truth), never traded for the level.
+    The level, an affine map of the predicted change ``d_true ~ a + b d_est`` (two
+    parameters, order-preserving for b > 0), is fitted after. The candidates are the
+    configured step first, then a grid per calibrated mode fixed in advance (it depends on
+    |theta*|, never on the truth), so the held-out subset influences neither.
+
+    Returns
+    -------
+    dict
+        ``mode``, ``parameter``, ``value`` (chosen on all subsets), ``level`` (``intercept``,
+        ``slope`` of the affine map), ``in_sample_pairwise_accuracy``, and ``loo``: the figures
+        of :func:`gradselect.validate.fidelity.score` for the held-out predictions (choice and
+        level both fitted without the subset predicted), with ``loo_choices`` (how often each
+        mode was chosen).
+    """
+    from gradselect.estimate.modes import calibrated_modes
+    from gradselect.validate.fidelity import pairwise_accuracy, score
+
+    true = np.asarray(true_losses, dtype=float)
+    configs = [config]
+    for mode in calibrated_modes():
+        cfg = config.model_copy(update={"mode": mode})
+        key = STEP_MODELS[mode].parameter
+        configs += [cfg.model_copy(update={key: float(v)}) for v in cfg.step_model(arrays.param_norm).calibration_grid(
+            [], n_grid)]
+    estimates, base = [], None
+    for cfg in configs:
+        est = SubsetEstimator(cfg).fit(arrays)
+        estimates.append(est.estimate(subsets))
+        base = est.base_loss_
+    estimates = np.array(estimates)  # (n_candidates, n_subsets)
+    # A step that saturates the functional (every estimate ~0) or estimates every subset alike orders
+    # them by rounding noise: never a candidate (selection would refuse to rank on it).
+    scale = max(abs(base), 1e-300)
+    usable = (estimates.max(1) > 1e-6 * scale) & (np.ptp(estimates, axis=1) > 1e-9 * scale)
+    usable[0] |= not usable.any()
+
+    def choose(keep):
+        marks = np.array([pairwise_accuracy(e[keep], true[keep]) if ok else np.nan
+                          for e, ok in zip(estimates, usable)])
+        return int(np.nanargmax(marks)) if np.isfinite(marks).any() else 0  # ties: the configured step first
+
+    def level(c, keep):
+        d_est, d_true = estimates[c, keep] - base, true[keep] - base
+        if np.ptp(d_est) > 0 and keep.sum() >= 2:
+            slope, intercept = np.polyfit(d_est, d_true, 1)
+        else:
+            slope, intercept = 0.0, float(d_true.mean())
+        return float(intercept), float(slope)
+
+    held_out, choices = np.empty(len(true)), []
+    for i in range(len(true)):
+        keep = np.arange(len(true)) != i
+        c = choose(keep)
+        a, b = level(c, keep)
+        held_out[i] = base + a + b * (estimates[c, i] - base)
+        choices.append(configs[c].mode)
+    every = np.ones(len(true), dtype=bool)
+    c = choose(every)
+    a, b = level(c, every)
+    chosen = configs[c]
+    key = STEP_MODELS[chosen.mode].parameter
+    value = getattr(chosen, key) if key else None
+    if key == "radius" and value is None:
+        value = chosen.step_model(arrays.param_norm).radius
+    loo = score(held_out, true, base_estimated=base)
+    loo["loo_choices"] = {m: choices.count(m) for m in sorted(set(choices))}
+    per_mode = {}
+    for mode in calibrated_modes():
+        idx = [j for j, cfg in enumerate(configs) if cfg.mode == mode and j > 0 and usable[j]]
+        marks = [pairwise_accuracy(estimates[j], true) for j in idx]
+        j = idx[int(np.nanargmax(marks))] if idx and np.isfinite(marks).any() else None
+        if j is not None:
+            p = STEP_MODELS[mode].parameter
+            per_mode[mode] = {"parameter": p, "value": float(getattr(configs[j], p)),
+                              "in_sample_pairwise_accuracy": float(marks[idx.index(j)])}
+    return {
+        "per_mode": per_mode,
+        "criterion": "pairwise_accuracy", "mode": chosen.mode, "parameter": key, "value": value,
+        "level": {"intercept": a, "slope": b}, "in_sample_pairwise_accuracy": pairwise_accuracy(estimates[c], true),
+        "loo": loo, "n_candidates": len(configs), "held_out_predictions": [float(x) for x in held_out],
+        # What apply_calibration and the summaries read:
+        "mean_relative_error": float(np.mean(np.abs(base + a + b * (estimates[c] - base) - true) / true)),
+        "loo_mean_relative_error": loo["mean_relative_error"],
+    }

@@ -53,6 +53,10 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
              seed: int = 0, device: str = "auto", progress: bool = True) -> dict:
     """Fine-tune on k subsets from theta*, measure the truth, compare with estimates, calibrate.
 
+    The calibration selection then uses is :func:`~gradselect.validate.calibration.calibrate_for_ranking`
+    (the step that orders the validated subsets best, its level fitted apart, figures held out);
+    each mode's level-only calibration is reported beside it.
+
     Parameters
     ----------
     config : RunConfig
@@ -71,7 +75,7 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
     """
     from gradselect.estimate import FeatureArrays, SubsetEstimator
     from gradselect.estimate.modes import calibrated_modes
-    from gradselect.validate.calibration import calibrate, write_calibration
+    from gradselect.validate.calibration import calibrate, calibrate_for_ranking, write_calibration
 
     if k < 3:
         raise GradselectError(f"validate needs k >= 3 subsets to compare ranks, got {k}")
@@ -107,20 +111,21 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
     if repeat_pairs:
         diffs = [abs(a - b) / ((a + b) / 2) for a, b in repeat_pairs]
         report["noise_floor_mean_relative_difference"] = float(np.mean(diffs))
-    # Mode choice: calibrate both step models and keep the one that generalises (leave-one-out).
+    # The step for selection: chosen by how well it orders the subsets, its level fitted apart;
+    # the figures reported for it are leave-one-out (choice included).
+    validated = [r["sources"] for r in primary]
+    report["calibration"] = calibrate_for_ranking(arrays, config.estimate, validated, true)
+    # For reference: each mode's step fitted to the level alone (mean relative error), as before.
     norms = [r["displacement"]["projected_norm"] for r in primary]
-    candidates = {mode: calibrate(arrays, config.estimate.model_copy(update={"mode": mode}),
-                                  [r["sources"] for r in primary], true, norms)
+    candidates = {mode: calibrate(arrays, config.estimate.model_copy(update={"mode": mode}), validated, true, norms)
                   for mode in calibrated_modes()}
-    best = min(candidates, key=lambda mode: candidates[mode]["loo_mean_relative_error"])
-    report["calibration"] = candidates[best] | {"mode": best}
     report["calibration_candidates"] = {mode: _calibration_summary(c) for mode, c in candidates.items()}
     write_json_atomic(out_dir / "validation.json", report)
     _scatter(report, out_dir / "validation.png")
     calib = report["calibration"]
     if calib.get("parameter"):
         # Beside the feature store, stamped with its identity: later estimates on it pick it up.
-        write_calibration(Path(store.path).parent / "calibration.json", calib, report["calibration_candidates"],
+        write_calibration(Path(store.path).parent / "calibration.json", calib, calib["per_mode"],
                           manifest=store.manifest, validation=out_dir / "validation.json")
     return report
 
