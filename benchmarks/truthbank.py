@@ -227,6 +227,36 @@ def _variants(arrays, subsets, true, base_true, norms):
     return out, base_est
 
 
+def _forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, norms, device):
+    """Parameter-space steps scored by real forward passes at theta* + step (gradselect.estimate.forward)."""
+    from gradselect.estimate.forward import ForwardPassEstimator, SourceGradients
+    from gradselect.model import apply_adapter, load_model
+    from gradselect.validate.fidelity import loo_affine
+
+    model, tok = load_model(config.model, device=device)
+    model = apply_adapter(model, config.adapter, init_adapter=meta_adapter)
+    cache = run_dir / "source_gradients.safetensors"
+    if cache.exists():
+        grads = SourceGradients.load(cache)
+    else:
+        grads = SourceGradients.compute(model, tok, taskset, config.tokenize, progress=True)
+        grads.save(cache)
+    out = {}
+    for step in ("sign", "normalized"):
+        est = ForwardPassEstimator(step).fit(model, tok, grads, taskset.target_dev.examples, config.tokenize)
+        default = est.estimate(subsets, progress=True)
+        out[f"forward pass, {step} step, default length"] = default
+        out[f"forward pass, {step} step, default length + LOO level"] = loo_affine(default, true, est.base_loss_,
+                                                                                  float(est.base_loss_))
+        if all(x is not None for x in norms):
+            # Length = the median displacement the *other* real fine-tunes measured (projected norms,
+            # which the projection keeps close to the parameter-space norm).
+            loo = np.array([est.estimate([subsets[i]], length=float(np.median(np.delete(np.array(norms), i))))[0]
+                            for i in range(len(subsets))])
+            out[f"forward pass, {step} step, length = LOO median measured displacement"] = loo
+    return out
+
+
 def _affine_fit(x_est, y_true, base_est, base_true, x_new) -> float:
     d_est, d_true = np.asarray(x_est) - base_est, np.asarray(y_true) - base_true
     slope, intercept = np.polyfit(d_est, d_true, 1) if np.ptp(d_est) > 0 else (0.0, float(d_true.mean()))
@@ -275,6 +305,8 @@ def score_bank(args) -> int:
     norms = [np.mean([x for x in r["projected_norm"] if x is not None]) if any(r["projected_norm"]) else None
              for r in records]
     variants, base_est = _variants(arrays, subsets, true, base_true, norms)
+    if args.forward:
+        variants.update(_forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, norms, args.device))
     scores = {}
     for name, est in variants.items():
         m = score(est, true, base_estimated=base_est, base_true=base_true)
@@ -344,6 +376,8 @@ def main(argv=None) -> int:
     sc.add_argument("--bank", required=True)
     sc.add_argument("--run-dir", help="cache of theta* and features (default runs/bank-SUITE)")
     sc.add_argument("--device", default="auto")
+    sc.add_argument("--forward", action="store_true",
+                    help="also score forward-pass variants (one dev forward pass per subset and variant)")
     args = p.parse_args(argv)
     return build(args) if args.command == "build" else score_bank(args)
 

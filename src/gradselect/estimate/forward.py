@@ -1,0 +1,208 @@
+"""Forward-pass estimates: a subset's step taken in parameter space and scored by a real forward pass.
+
+The linear estimate scores a step as ``b + g . v`` in projected space. Here the step
+is built in the trainable parameters themselves, from per-source sums of the
+training-loss gradient at theta* (:class:`SourceGradients`, one batched backward pass
+per source, no per-example gradients), and the target dev loss at ``theta* + step`` is
+measured with a real forward pass, in the estimator's functional. One dev forward
+pass per subset: for re-ranking candidates or checking an ensemble's top, not for
+10,000-subset ensembles.
+
+Step models (``step``)
+----------------------
+``sign``
+    Every coordinate moved by the same amount against the sign of the subset's mean
+    gradient: the shape of AdamW's first steps, which move each coordinate by about the
+    learning rate whatever the gradient's size.
+``normalized``
+    Against the mean gradient's direction.
+
+Both have the total length ``length`` (parameter-space norm): set it to what real
+fine-tunes move (the trust check measures it), or it defaults to
+``length_fraction * |theta*|`` over the trainable parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from gradselect.errors import ArtifactError, GradselectError
+
+Step = Literal["sign", "normalized"]
+TARGET = "__target_train__"
+
+
+@dataclasses.dataclass
+class SourceGradients:
+    """Per-source sums of the training-loss gradient at theta* (parameter space).
+
+    Attributes
+    ----------
+    counts : dict of str to int
+        Examples per source (the target's train split under ``__target_train__``).
+    sums : dict of str to dict of str to Tensor
+        Per source, per trainable parameter: the sum over its examples of the gradient of
+        the example's mean response-token cross-entropy (float32, on the CPU).
+    """
+
+    counts: dict[str, int]
+    sums: dict[str, dict[str, torch.Tensor]]
+
+    @classmethod
+    def compute(cls, model, tokenizer, taskset, tokenize_config, *, batch_size: int = 8,
+                progress: bool = False) -> "SourceGradients":
+        """One batched backward pass per batch of each source's examples (and the target's train split)."""
+        from gradselect.data.tokenize import IGNORE_INDEX, pad_right, tokenize_examples
+
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        if not params:
+            raise GradselectError("the model has no trainable parameters to take a step in")
+        device = next(model.parameters()).device
+        groups = {s.name: s.examples for s in taskset.sources} | {TARGET: taskset.target_train.examples}
+        counts, sums = {}, {}
+        was_training = model.training
+        model.eval()  # no dropout: the gradient at theta* itself
+        with tqdm(total=sum(map(len, groups.values())), desc="source gradients", disable=not progress) as bar:
+            for name, examples in groups.items():
+                tokens = tokenize_examples(examples, tokenizer, tokenize_config)
+                acc = {n: torch.zeros_like(p, dtype=torch.float32, device="cpu") for n, p in params.items()}
+                for s in range(0, len(tokens), batch_size):
+                    ids, mask, labels = pad_right(tokens.input_ids[s:s + batch_size], tokens.labels[s:s + batch_size],
+                                                  tokenizer.pad_token_id, device)
+                    model.zero_grad(set_to_none=True)
+                    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+                    target = labels[:, 1:]
+                    nll = torch.nn.functional.cross_entropy(
+                        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX,
+                        reduction="none").view(target.shape)  # [n_batch, seq-1]
+                    valid = (target != IGNORE_INDEX).float()
+                    per_example = (nll * valid).sum(1) / valid.sum(1).clamp(min=1)
+                    per_example.sum().backward()
+                    for n, p in params.items():
+                        if p.grad is not None:
+                            acc[n] += p.grad.detach().float().cpu()
+                    bar.update(len(ids))
+                counts[name], sums[name] = len(tokens), acc
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+        return cls(counts, sums)
+
+    def save(self, path: Path) -> None:
+        """One safetensors file (``<source>::<param>`` keys) and a JSON beside it with the counts."""
+        from safetensors.torch import save_file
+
+        from gradselect.io import write_bytes_atomic, write_json_atomic
+
+        path = Path(path)
+        flat = {f"{s}::{n}": t.contiguous() for s, d in self.sums.items() for n, t in d.items()}
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(flat, str(tmp))
+        write_bytes_atomic(path, tmp.read_bytes())
+        tmp.unlink()
+        write_json_atomic(path.with_suffix(".json"), {"counts": self.counts})
+
+    @classmethod
+    def load(cls, path: Path) -> "SourceGradients":
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        try:
+            flat = load_file(str(path))
+            counts = json.loads(path.with_suffix(".json").read_text())["counts"]
+        except Exception as err:  # safetensors raises its own types for a corrupt header
+            raise ArtifactError(f"{path} is corrupt ({err}); delete it to recompute the source gradients") from None
+        sums: dict[str, dict[str, torch.Tensor]] = {}
+        for key, t in flat.items():
+            source, param = key.split("::", 1)
+            sums.setdefault(source, {})[param] = t
+        return cls(counts, sums)
+
+
+class ForwardPassEstimator:
+    """Estimated target dev loss of subsets: a parameter-space step from theta*, scored by a forward pass.
+
+    Parameters
+    ----------
+    step : {"sign", "normalized"}
+    length : float, optional
+        Norm of the step over the trainable parameters (default ``length_fraction * |theta*|``).
+    length_fraction : float
+    include_target_train : bool
+        Count the target's train split in every subset's mean gradient.
+    output : str
+        The output function (the estimator's functional is the logistic loss of its mean).
+
+    Attributes
+    ----------
+    base_loss_ : float
+        The dev loss at theta* by the same forward pass.
+    param_norm_ : float
+        |theta*| over the trainable parameters.
+    """
+
+    def __init__(self, step: Step = "sign", *, length: float | None = None, length_fraction: float = 0.1,
+                 include_target_train: bool = True, output: str = "log_odds", batch_size: int = 8):
+        self.step, self.length, self.length_fraction = step, length, length_fraction
+        self.include_target_train, self.output, self.batch_size = include_target_train, output, batch_size
+
+    def fit(self, model, tokenizer, gradients: SourceGradients, dev_examples, tokenize_config) -> "ForwardPassEstimator":
+        from gradselect.estimate.solvers import mean_logistic_loss
+        from gradselect.features.extract import output_values
+
+        if self.step not in ("sign", "normalized"):
+            raise GradselectError(f"unknown step {self.step!r}; steps are sign, normalized")
+        self.model_, self.tokenizer_, self.gradients_ = model, tokenizer, gradients
+        self.dev_, self.tokenize_config_ = list(dev_examples), tokenize_config
+        self.params_ = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        missing = [n for n in self.params_ if any(n not in d for d in gradients.sums.values())]
+        if missing:
+            raise GradselectError(f"the source gradients lack parameter(s) {missing[:3]}: computed for another model")
+        self.source_names_ = [s for s in gradients.sums if s != TARGET]
+        self.param_norm_ = float(torch.sqrt(sum((p.detach().double() ** 2).sum() for p in self.params_.values())))
+        self.length_ = self.length if self.length is not None else self.length_fraction * self.param_norm_
+        b = output_values(model, tokenizer, self.dev_, tokenize_config, output=self.output, batch_size=self.batch_size)
+        self.base_loss_ = float(mean_logistic_loss(b))
+        return self
+
+    def direction(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """The unit-free step of a subset (before scaling to ``length_``), by parameter."""
+        groups = list(names) + ([TARGET] if self.include_target_train else [])
+        unknown = [n for n in names if n not in self.gradients_.sums]
+        if unknown:
+            raise GradselectError(f"unknown source(s) {unknown}; sources are {self.source_names_}")
+        if not groups:
+            raise GradselectError("an empty subset has no training rows when include_target_train is false")
+        n = sum(self.gradients_.counts[g] for g in groups)
+        mean = {p: sum(self.gradients_.sums[g][p] for g in groups) / n for p in self.params_}
+        return {p: -(torch.sign(m) if self.step == "sign" else m) for p, m in mean.items()}
+
+    @torch.no_grad()
+    def estimate(self, subsets, *, length: float | None = None, progress: bool = False) -> np.ndarray:
+        """Dev loss at ``theta* + step`` for each subset (lists of names), shape (n_subsets,)."""
+        from gradselect.estimate.solvers import mean_logistic_loss
+        from gradselect.features.extract import output_values
+
+        length = self.length_ if length is None else length
+        out = []
+        for names in tqdm(subsets, desc="forward passes", disable=not progress):
+            d = self.direction(names)
+            norm = float(torch.sqrt(sum((t.double() ** 2).sum() for t in d.values())))
+            scale = length / norm if norm > 0 else 0.0
+            saved = {p: t.detach().clone() for p, t in self.params_.items()}
+            try:
+                for p, t in self.params_.items():
+                    t.add_((d[p] * scale).to(t.device, t.dtype))
+                b = output_values(self.model_, self.tokenizer_, self.dev_, self.tokenize_config_, output=self.output,
+                                  batch_size=self.batch_size)
+            finally:
+                for p, t in self.params_.items():
+                    t.copy_(saved[p])
+            out.append(float(mean_logistic_loss(b)))
+        return np.array(out)
