@@ -227,7 +227,7 @@ def _variants(arrays, subsets, true, base_true, norms):
     return out, base_est
 
 
-def _forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, norms, device):
+def _forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, base_true, norms, device):
     """Parameter-space steps scored by real forward passes at theta* + step (gradselect.estimate.forward)."""
     from gradselect.estimate.forward import ForwardPassEstimator, SourceGradients
     from gradselect.model import apply_adapter, load_model
@@ -247,7 +247,7 @@ def _forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, nor
         default = est.estimate(subsets, progress=True)
         out[f"forward pass, {step} step, default length"] = default
         out[f"forward pass, {step} step, default length + LOO level"] = loo_affine(default, true, est.base_loss_,
-                                                                                  float(est.base_loss_))
+                                                                                  base_true)
         if all(x is not None for x in norms):
             # Length = the median displacement the *other* real fine-tunes measured (projected norms,
             # which the projection keeps close to the parameter-space norm).
@@ -306,7 +306,8 @@ def score_bank(args) -> int:
              for r in records]
     variants, base_est = _variants(arrays, subsets, true, base_true, norms)
     if args.forward:
-        variants.update(_forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, norms, args.device))
+        variants.update(_forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, base_true, norms,
+                                         args.device))
     scores = {}
     for name, est in variants.items():
         m = score(est, true, base_estimated=base_est, base_true=base_true)

@@ -153,3 +153,25 @@ def test_choosing_no_source_is_possible_and_said():
     assert sel.chosen == [] and sel.params["no_source_helps"]
     assert sel.params["target_only_loss"] <= min(sel.params["prefix_losses"])
     assert "no source helps" in format_selection(sel)
+
+
+def test_kmm_accounts_for_redundancy_where_gradient_similarity_does_not():
+    from gradselect.select import SELECTORS
+
+    rng = np.random.default_rng(0)
+    d = 16
+    u1, u2 = np.eye(d)[0], np.eye(d)[1]
+    blocks = [rng.normal(size=(40, d)) * 0.05 + (u1 + u2)]  # target train + dev
+    rows, start = {}, 40
+    for name, direction in (("a", u1), ("a_copy", u1), ("b", u2 + 0.3 * np.eye(d)[2])):
+        blocks.append(rng.normal(size=(30, d)) * 0.05 + direction)
+        rows[name] = np.arange(start, start + 30)
+        start += 30
+    g = np.concatenate(blocks)
+    arrays = FeatureArrays(g, rng.normal(0.5, 0.3, size=len(g)), rows, np.arange(0, 20), np.arange(20, 40))
+    est = SubsetEstimator(EstimateConfig(radius=0.5)).fit(arrays)
+    sim = SELECTORS["grad-sim"](k=2).select(est)
+    kmm = SELECTORS["kmm"](k=2).select(est)
+    assert set(sim.chosen) == {"a", "a_copy"}  # both copies align best with the target
+    assert "b" in kmm.chosen and len(kmm.chosen) == 2  # the second copy adds nothing to the match
+    assert SELECTORS["kmm"]().select(est).params["weights"]["b"] > 0

@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_features_inputs(p)
     p.add_argument("--method", dest="select_method",
-                   choices=["ensemble", "forward", "backward", "grad-sim", "repr-sim", "random", "all", "target-only"],
+                   choices=["ensemble", "forward", "backward", "grad-sim", "repr-sim", "kmm", "random", "all",
+                            "target-only"],
                    help="override [select].method (default: ensemble)")
     p.add_argument("--rule", dest="select_rule", choices=["best_prefix", "top_k", "threshold"],
                    help="override [select].rule")

@@ -48,7 +48,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-Comparison = Literal["all", "target-only", "grad-sim", "repr-sim", "random", "forward"]
+Comparison = Literal["all", "target-only", "grad-sim", "repr-sim", "kmm", "random", "forward"]
 
 
 class RunSection(StrictConfig):

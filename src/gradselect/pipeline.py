@@ -249,8 +249,8 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
 
     def do_select():
         estimator = fitted_estimator(estimate_config, config.select, feat_dir)
-        select_sources(estimator, config.select, sel_path)
-        compare_subsets(estimator, config.run.compare, cmp_path)
+        chosen = select_sources(estimator, config.select, sel_path).chosen
+        compare_subsets(estimator, config.run.compare, cmp_path, size=len(chosen))
 
     stage("select", sel_key, [sel_path, cmp_path], do_select)
     selection = Selection.load(sel_path)

@@ -9,7 +9,7 @@ import pydantic
 
 from gradselect.configbase import StrictConfig
 
-Method = Literal["ensemble", "forward", "backward", "grad-sim", "repr-sim", "random", "all", "target-only"]
+Method = Literal["ensemble", "forward", "backward", "grad-sim", "repr-sim", "kmm", "random", "all", "target-only"]
 
 
 class SelectConfig(StrictConfig):
@@ -47,7 +47,8 @@ class SelectConfig(StrictConfig):
         reads = {
             "ensemble": {"rule", "k", "threshold", "n_subsets", "alpha", "seed", "n_bootstrap"},
             "forward": {"max_size", "tol"}, "backward": {"tol"},
-            "grad-sim": {"k"}, "repr-sim": {"k"}, "random": {"k", "seed"}, "all": set(), "target-only": set(),
+            "grad-sim": {"k"}, "repr-sim": {"k"}, "kmm": {"k"}, "random": {"k", "seed"}, "all": set(),
+            "target-only": set(),
         }[self.method]
         # seed and pseudo_sources apply whatever the method (clustering is seeded too).
         ignored = sorted(self.model_fields_set - reads - {"method", "seed", "pseudo_sources"})
@@ -66,7 +67,7 @@ class SelectConfig(StrictConfig):
             return SELECTORS[m](max_size=self.max_size, tol=self.tol)
         if m == "backward":
             return SELECTORS[m](tol=self.tol)
-        if m in ("grad-sim", "repr-sim"):
+        if m in ("grad-sim", "repr-sim", "kmm"):
             return SELECTORS[m](k=self.k)
         if m == "random":
             return SELECTORS[m](k=self.k, seed=self.seed)

@@ -41,8 +41,20 @@ def select_sources(estimator: SubsetEstimator, select_config, out: Path) -> Sele
     return selection
 
 
-def compare_subsets(estimator: SubsetEstimator, methods, out: Path) -> dict[str, list[str]]:
-    """The sources each baseline method picks on the same estimator; write ``out`` (comparisons.json)."""
-    subsets = {name: SELECTORS[name]().select(estimator).chosen for name in methods}
-    write_json_atomic(Path(out), {"comparisons_version": COMPARISONS_VERSION, "subsets": subsets})
+#: Baselines that take a number of sources: compared at the selection's size (equal budgets).
+SIZED = {"grad-sim": "k", "repr-sim": "k", "random": "k", "kmm": "k", "forward": "max_size"}
+
+
+def compare_subsets(estimator: SubsetEstimator, methods, out: Path, *, size: int | None = None) -> dict[str, list[str]]:
+    """The sources each baseline method picks on the same estimator; write ``out`` (comparisons.json).
+
+    With ``size`` (the selection's number of sources), every baseline that can be told how
+    many sources to keep keeps that many, so a comparison differs in *which* sources, not
+    in how many; ``all`` and ``target-only`` are sizes of their own.
+    """
+    subsets = {}
+    for name in methods:
+        kwargs = {SIZED[name]: size} if size is not None and name in SIZED and (size > 0 or name != "forward") else {}
+        subsets[name] = SELECTORS[name](**kwargs).select(estimator).chosen
+    write_json_atomic(Path(out), {"comparisons_version": COMPARISONS_VERSION, "size": size, "subsets": subsets})
     return subsets
