@@ -98,3 +98,23 @@ def test_a_registered_metric_reaches_every_table():
         assert table.to_json()["rows"]["selection"]["test_accuracy"] == 0.5
     finally:
         METRICS.remove(extra)
+
+
+def test_final_metrics_carry_intervals_and_paired_differences(tmp_path):
+    from gradselect.evaluate import MetricRow, MetricsTable
+    from gradselect.evaluate.metrics import PerExample
+
+    rng = np.random.default_rng(0)
+    loss = PerExample(rng.normal(1.0, 0.3, 80) * 4, np.full(80, 4.0))
+    better = PerExample(loss.num - 0.8, loss.den)  # the same examples, 0.2 lower each
+    table = MetricsTable("test", 80, {"selection": MetricRow("selection", ["a"], {"loss": loss.value}, {"loss": loss}),
+                                      "all": MetricRow("all", ["a", "b"], {"loss": better.value}, {"loss": better}),
+                                      "same": MetricRow("same", ["a"], {"loss": loss.value}, {"loss": loss})})
+    lo, hi = table.rows["selection"].interval("loss")
+    assert lo < loss.value < hi
+    d = table.versus("all", "loss")
+    assert d["difference"] == pytest.approx(-0.2) and d["ci95"][0] == pytest.approx(-0.2) == d["ci95"][1]
+    assert table.versus("same", "loss") == {"difference": 0.0, "ci95": [0.0, 0.0]}
+    table.save(tmp_path / "metrics.json")
+    again = MetricsTable.load(tmp_path / "metrics.json")
+    assert again.versus("all", "loss") == d and again.rows["all"].interval("loss") == table.rows["all"].interval("loss")

@@ -303,16 +303,17 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from gradselect.evaluate import score_split
+    from gradselect.evaluate.metrics import bootstrap_interval, score_split_examples
     from gradselect.io import write_json_atomic
     from gradselect.model import load_trained
 
     config, taskset = _config_and_taskset(args)
     split = {"train": taskset.target_train, "dev": taskset.target_dev, "test": taskset.target_test}[args.split]
     model, tokenizer = load_trained(config.model, config.adapter, args.adapter, device=args.device)
-    values = score_split(model, tokenizer, split, config.tokenize, config.evaluate, progress=not args.quiet,
-                         skip=("exact_match",) if args.no_exact_match else ())
-    metrics = {"split": args.split, "n_examples": len(split), **values}
+    per = score_split_examples(model, tokenizer, split, config.tokenize, config.evaluate, progress=not args.quiet,
+                               skip=("exact_match",) if args.no_exact_match else ())
+    metrics = {"split": args.split, "n_examples": len(split), **{k: v.value for k, v in per.items()},
+               "ci95": {k: bootstrap_interval(v) for k, v in per.items()}}
     if args.output:
         write_json_atomic(args.output, metrics)
     print(json.dumps(metrics, indent=2))

@@ -44,18 +44,46 @@ def _ordered(table: MetricsTable, labels: dict | None) -> list[str]:
     return sorted(table.rows, key=lambda k: (k != "selection", list(labels).index(k) if k in labels else len(labels)))
 
 
+def _metric_cell(row, metric) -> str:
+    value = row.get(metric.key)
+    if value is None:
+        return ""
+    ci = row.interval(metric.key)
+    return format(value, metric.fmt) + (f" {format_interval(ci, metric.fmt)}" if ci else "")
+
+
+def _difference_cell(table: MetricsTable, label: str, metric) -> str:
+    d = table.versus(label, metric.key)
+    if d is None:
+        return ""
+    fmt = "+" + metric.fmt
+    return f"{format(d['difference'], fmt)} [{format(d['ci95'][0], fmt)}, {format(d['ci95'][1], fmt)}]"
+
+
+def _grid(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in rows)
+
+
 def format_metrics(table: MetricsTable, labels: dict | None = None) -> str:
-    """A plain-text table of final-model metrics, selection first."""
+    """A plain-text table of final-model metrics (with 95% intervals over test examples), selection first,
+    then each comparison's paired difference to the selection."""
     labels = labels or {}
     columns = table.columns()
-    lines = [f"{'fine-tuned on':<14}{'sources':>8}" + "".join(f"{m.title:>{max(len(m.title), 9) + 2}}" for m in columns)]
-    for key in _ordered(table, labels):
+    order = _ordered(table, labels)
+    grid = [["fine-tuned on", "sources"] + [m.title for m in columns]]
+    for key in order:
         r = table.rows[key]
-        cells = "".join(
-            f"{'' if r.get(m.key) is None else format(r.get(m.key), m.fmt):>{max(len(m.title), 9) + 2}}"
-            for m in columns)
-        lines.append(f"{labels.get(key, key):<14}{len(r.sources):>8}" + cells)
-    return "\n".join(lines)
+        grid.append([labels.get(key, key), str(len(r.sources))] + [_metric_cell(r, m) for m in columns])
+    text = _grid(grid)
+    others = [k for k in order if k != "selection" and "selection" in table.rows]
+    diffs = [[labels.get(k, k)] + [_difference_cell(table, k, m) for m in columns] for k in others]
+    if diffs and any(any(c for c in row[1:]) for row in diffs):
+        text += (f"\n\nminus the selection, on the same {table.n_examples} test examples (95% paired bootstrap "
+                 "interval; an interval that excludes 0 is a difference beyond test-set noise):\n")
+        text += _grid([["fine-tuned on"] + [m.title for m in columns]] + diffs)
+    return text
 
 
 def format_interval(ci, fmt: str = ".3f") -> str:
@@ -190,13 +218,21 @@ def write_report(run_dir: str | Path) -> Path:
         table = MetricsTable.load(metrics_file)
         columns = table.columns()
         lines += ["", "## Final models on the target's test split", "",
-                  f"{table.n_examples} test examples, never seen by estimation or selection.", "",
+                  f"{table.n_examples} test examples, never seen by estimation or selection; 95% bootstrap "
+                  "intervals over the test examples.", "",
                   "| fine-tuned on | sources | " + " | ".join(m.title for m in columns) + " |",
                   "|---|---|" + "---|" * len(columns)]
-        for label in _ordered(table, None):
+        order = _ordered(table, None)
+        for label in order:
             row = table.rows[label]
-            cells = " | ".join("" if row.get(m.key) is None else format(row.get(m.key), m.fmt) for m in columns)
-            lines.append(f"| {label} | {len(row.sources)} | {cells} |")
+            lines.append(f"| {label} | {len(row.sources)} | " + " | ".join(_metric_cell(row, m) for m in columns)
+                         + " |")
+        others = [k for k in order if k != "selection" and "selection" in table.rows]
+        if others and table.versus(others[0], columns[0].key) is not None:
+            lines += ["", "Each comparison minus the selection on the same test examples (95% paired bootstrap "
+                          "interval):", "",
+                      "| fine-tuned on | " + " | ".join(m.title for m in columns) + " |", "|---|" + "---|" * len(columns)]
+            lines += [f"| {k} | " + " | ".join(_difference_cell(table, k, m) for m in columns) + " |" for k in others]
 
     validation_file = run_dir / "validation" / "validation.json"
     if validation_file.exists():

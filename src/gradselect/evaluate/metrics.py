@@ -7,6 +7,7 @@ import re
 import warnings
 from typing import Callable
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -28,11 +29,14 @@ class LossResult:
     example_loss : list of float
         Per example, the mean over its own response tokens (n_examples).
     n_tokens : int
+    example_tokens : list of int
+        Per example, its response tokens (n_examples).
     """
 
     loss: float
     example_loss: list[float]
     n_tokens: int
+    example_tokens: list[int] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -77,7 +81,7 @@ def target_loss(
     batch = tokenize_examples(examples, tokenizer, tokenize_config)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
-    total, count, per_example = 0.0, 0, []
+    total, count, per_example, per_count = 0.0, 0, [], []
     was_training = model.training
     model.eval()
     for sl in _batches(len(batch), batch_size):
@@ -93,8 +97,9 @@ def target_loss(
         total += tok_sum.sum().item()
         count += int(tok_count.sum().item())
         per_example.extend((tok_sum / tok_count.clamp(min=1)).tolist())
+        per_count.extend(tok_count.tolist())
     model.train(was_training)
-    return LossResult(total / max(count, 1), per_example, count)
+    return LossResult(total / max(count, 1), per_example, count, per_count)
 
 
 @torch.no_grad()
@@ -158,6 +163,25 @@ def exact_match(
 
 
 # -- the metric registry -------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class PerExample:
+    """A metric as a ratio of per-example sums, so intervals resample examples: value = sum(num) / sum(den).
+
+    Attributes
+    ----------
+    num, den : ndarray of shape (n_examples,)
+        Token cross-entropy: each example's summed token loss and its token count (the value is
+        then token-weighted); exact match: 1/0 and 1.
+    """
+
+    num: np.ndarray
+    den: np.ndarray
+
+    @property
+    def value(self) -> float:
+        return float(self.num.sum() / max(float(self.den.sum()), 1e-300))
+
+
 @dataclasses.dataclass(frozen=True)
 class Metric:
     """One final-model metric: how it is computed, named and printed.
@@ -171,7 +195,7 @@ class Metric:
     fmt : str
         Format spec of its values.
     compute : callable
-        ``compute(model, tokenizer, split, tokenize_config, eval_config, progress) -> float``.
+        ``compute(model, tokenizer, split, tokenize_config, eval_config, progress) -> PerExample``.
     enabled : callable
         ``enabled(eval_config) -> bool``: whether the config asks for it.
     lower_is_better : bool
@@ -185,12 +209,15 @@ class Metric:
     lower_is_better: bool = True
 
 
-def _loss_metric(model, tokenizer, split, tokenize_config, eval_config, progress) -> float:
-    return target_loss(model, tokenizer, split.examples, tokenize_config, batch_size=eval_config.batch_size).loss
+def _loss_metric(model, tokenizer, split, tokenize_config, eval_config, progress) -> PerExample:
+    r = target_loss(model, tokenizer, split.examples, tokenize_config, batch_size=eval_config.batch_size)
+    counts = np.asarray(r.example_tokens, dtype=float)
+    return PerExample(np.asarray(r.example_loss, dtype=float) * counts, counts)
 
 
-def _exact_match_metric(model, tokenizer, split, tokenize_config, eval_config, progress) -> float:
-    return exact_match(model, tokenizer, split, tokenize_config, eval_config, progress=progress).accuracy
+def _exact_match_metric(model, tokenizer, split, tokenize_config, eval_config, progress) -> PerExample:
+    r = exact_match(model, tokenizer, split, tokenize_config, eval_config, progress=progress)
+    return PerExample(np.asarray(r.correct, dtype=float), np.ones(len(r.correct)))
 
 
 #: Metrics of every final model, in column order. To add one, append a Metric here.
@@ -201,8 +228,35 @@ METRICS: list[Metric] = [
 ]
 
 
+def score_split_examples(model, tokenizer, split: Source, tokenize_config: TokenizeConfig, eval_config: EvalConfig, *,
+                         progress: bool = False, skip: tuple[str, ...] = ()) -> dict[str, PerExample]:
+    """Every enabled metric of ``model`` on ``split``, per example, by metric key."""
+    return {m.key: m.compute(model, tokenizer, split, tokenize_config, eval_config, progress)
+            for m in METRICS if m.enabled(eval_config) and m.key not in skip}
+
+
 def score_split(model, tokenizer, split: Source, tokenize_config: TokenizeConfig, eval_config: EvalConfig, *,
                 progress: bool = False, skip: tuple[str, ...] = ()) -> dict[str, float]:
     """Every enabled metric of ``model`` on ``split``, by metric key."""
-    return {m.key: float(m.compute(model, tokenizer, split, tokenize_config, eval_config, progress))
-            for m in METRICS if m.enabled(eval_config) and m.key not in skip}
+    values = score_split_examples(model, tokenizer, split, tokenize_config, eval_config, progress=progress, skip=skip)
+    return {k: v.value for k, v in values.items()}
+
+
+def bootstrap_interval(values: PerExample, *, n: int = 2000, seed: int = 0) -> list[float]:
+    """95% percentile interval of the metric over test examples resampled with replacement."""
+    rng = np.random.default_rng([seed, 7])
+    idx = rng.integers(0, len(values.num), size=(n, len(values.num)))
+    stats = values.num[idx].sum(1) / np.maximum(values.den[idx].sum(1), 1e-300)
+    return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
+
+
+def paired_difference(a: PerExample, b: PerExample, *, n: int = 2000, seed: int = 0) -> dict:
+    """``a - b`` on the same test examples, with a 95% interval from resampling the examples jointly."""
+    if len(a.num) != len(b.num):
+        raise ValueError("paired metrics need the same test examples")
+    rng = np.random.default_rng([seed, 7])
+    idx = rng.integers(0, len(a.num), size=(n, len(a.num)))
+    diff = (a.num[idx].sum(1) / np.maximum(a.den[idx].sum(1), 1e-300)
+            - b.num[idx].sum(1) / np.maximum(b.den[idx].sum(1), 1e-300))
+    return {"difference": a.value - b.value,
+            "ci95": [float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))]}

@@ -11,8 +11,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
+
 from gradselect.errors import ArtifactError
-from gradselect.evaluate.metrics import METRICS, score_split
+from gradselect.evaluate.metrics import (
+    METRICS,
+    PerExample,
+    bootstrap_interval,
+    paired_difference,
+    score_split_examples,
+)
 from gradselect.io import read_json_artifact, write_json_atomic
 
 METRICS_VERSION = 1
@@ -29,14 +37,23 @@ class MetricRow:
     sources : list of str
     values : dict of str to float
         By metric key (``loss``, ``exact_match``, ...).
+    per_example : dict of str to PerExample, optional
+        The same metrics per test example (for intervals and paired differences).
     """
 
     label: str
     sources: list[str]
     values: dict[str, float]
+    per_example: dict[str, PerExample] | None = None
 
     def get(self, key: str) -> float | None:
         return self.values.get(key)
+
+    def interval(self, key: str) -> list[float] | None:
+        """95% bootstrap interval over test examples."""
+        if not self.per_example or key not in self.per_example:
+            return None
+        return bootstrap_interval(self.per_example[key])
 
 
 @dataclasses.dataclass
@@ -47,12 +64,29 @@ class MetricsTable:
     n_examples: int
     rows: dict[str, MetricRow]
 
+    def versus(self, label: str, key: str, reference: str = "selection") -> dict | None:
+        """``label``'s metric minus the reference row's on the same examples, with its 95% interval."""
+        a, b = self.rows.get(label), self.rows.get(reference)
+        if a is None or b is None or not a.per_example or not b.per_example or key not in a.per_example \
+                or key not in b.per_example:
+            return None
+        return paired_difference(a.per_example[key], b.per_example[key])
+
     def to_json(self) -> dict:
-        return {
-            "metrics_version": METRICS_VERSION, "split": self.split, "n_examples": self.n_examples,
-            "rows": {label: {"sources": list(r.sources), **{f"{self.split}_{k}": v for k, v in r.values.items()}}
-                     for label, r in self.rows.items()},
-        }
+        rows = {}
+        for label, r in self.rows.items():
+            row = {"sources": list(r.sources), **{f"{self.split}_{k}": v for k, v in r.values.items()}}
+            if r.per_example:
+                row["ci95"] = {k: r.interval(k) for k in r.per_example}
+                row["vs_selection"] = {k: self.versus(label, k) for k in r.per_example} if label != "selection" \
+                    else {}
+                row["per_example"] = {k: {"num": v.num.tolist(), "den": v.den.tolist()}
+                                      for k, v in r.per_example.items()}
+            rows[label] = row
+        return {"metrics_version": METRICS_VERSION, "split": self.split, "n_examples": self.n_examples,
+                "interval": "95% bootstrap over test examples (2000 resamples); vs_selection: paired difference "
+                            "row - selection on the same examples",
+                "rows": rows}
 
     def save(self, path: Path) -> None:
         write_json_atomic(Path(path), self.to_json())
@@ -63,9 +97,13 @@ class MetricsTable:
         try:
             split = data["split"]
             prefix = f"{split}_"
-            rows = {label: MetricRow(label, list(r["sources"]),
-                                     {k[len(prefix):]: float(v) for k, v in r.items() if k.startswith(prefix)})
-                    for label, r in data["rows"].items()}
+            rows = {}
+            for label, r in data["rows"].items():
+                per = {k: PerExample(np.asarray(v["num"], float), np.asarray(v["den"], float))
+                       for k, v in (r.get("per_example") or {}).items()} or None
+                rows[label] = MetricRow(label, list(r["sources"]),
+                                        {k[len(prefix):]: float(v) for k, v in r.items() if k.startswith(prefix)},
+                                        per)
             return cls(split, int(data["n_examples"]), rows)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ArtifactError(f"{path} is corrupt (bad field {err}); {redo}") from None
@@ -90,8 +128,9 @@ def evaluate_models(config, taskset, models: dict[str, tuple[list[str], Path]], 
     rows = {}
     for label, (names, adapter) in models.items():
         model, tok = load_trained(config.model, config.adapter, adapter, device=device)
-        rows[label] = MetricRow(label, list(names), score_split(model, tok, taskset.target_test, config.tokenize,
-                                                                config.evaluate, progress=progress))
+        per = score_split_examples(model, tok, taskset.target_test, config.tokenize, config.evaluate,
+                                   progress=progress)
+        rows[label] = MetricRow(label, list(names), {k: v.value for k, v in per.items()}, per)
     table = MetricsTable("test", len(taskset.target_test), rows)
     table.save(out)
     return table
