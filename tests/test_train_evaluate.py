@@ -156,3 +156,44 @@ def test_exact_match_after_memorising(tmp_path):
     assert res.predictions == ["A0", "A1", "A2", "A3"] and res.accuracy == 1.0
     graded = exact_match(model, tok, Source("t", examples, checker=lambda a, e: float(a == "A0")))
     assert graded.correct == [True, False, False, False]
+
+
+def test_choice_accuracy_picks_the_most_likely_choice(tmp_path):
+    import numpy as np
+
+    from gradselect.data import Example, Source
+    from gradselect.evaluate.metrics import choice_accuracy
+    from gradselect.model import make_tiny_model
+
+    model, tok = make_tiny_model("llama")
+    examples = [Example(f"t:{i}", f"Q{i}?", "(B)", choices=("(A)", "(B)", "(C)")) for i in range(3)]
+    examples.append(Example("t:3", "no choices", "x"))
+    correct, preds = choice_accuracy(model, tok, Source("t", examples))
+    for e, pred in zip(examples[:3], preds[:3]):
+        lls = [-target_loss(model, tok, [Example(e.id, e.prompt, c)]).example_loss[0]
+               * target_loss(model, tok, [Example(e.id, e.prompt, c)]).n_tokens for c in e.choices]
+        assert pred == e.choices[int(np.argmax(lls))]
+    assert correct[3] is None and preds[3] is None
+    assert correct[:3] == [p == "(B)" for p in preds[:3]]
+
+
+def test_multiple_choice_data_keeps_its_choices(tmp_path):
+    import json
+
+    from gradselect.data import DataConfig, load_taskset
+
+    bbh = {"examples": [{"input": f"Q{i}\nOptions:\n(A) x\n(B) y\n(C) z", "target": "(B)" if i % 2 else "(C)"}
+                        for i in range(20)]}
+    (tmp_path / "bbh.json").write_text(json.dumps(bbh))
+    yesno = [{"prompt": f"q{i}", "response": "Yes" if i % 3 else "No"} for i in range(20)]
+    (tmp_path / "yesno.jsonl").write_text("".join(json.dumps(r) + "\n" for r in yesno))
+    scored = {"examples": [{"input": f"q{i}", "target_scores": {"a": 0, "b": 1, "c": 0}} for i in range(20)]}
+    (tmp_path / "scored.json").write_text(json.dumps(scored))
+    numbers = [{"prompt": f"q{i}", "response": str(i)} for i in range(20)]
+    (tmp_path / "numbers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in numbers))
+    for name, choices in (("bbh.json", ("(A)", "(B)", "(C)")), ("yesno.jsonl", ("No", "Yes")),
+                          ("scored.json", ("a", "b", "c")), ("numbers.jsonl", None)):
+        ts = load_taskset(DataConfig.model_validate({"target": {"path": str(tmp_path / name)}}))
+        assert all(e.choices == choices for e in ts.target_test.examples), name
+        if choices:
+            assert all(e.response in e.choices for e in ts.target_test.examples)

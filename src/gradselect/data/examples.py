@@ -30,12 +30,16 @@ class Example:
     meta : mapping
         Free-form, in-memory only (e.g. the reasoning-gym entry its checker
         needs, or ``noisy=True`` for a planted corrupted label).
+    choices : tuple of str, optional
+        Candidate responses of a multiple-choice example (the gold ``response`` is
+        one of them): scored by log-likelihood (the ``mc_accuracy`` metric).
     """
 
     id: str
     prompt: str
     response: str
     messages: tuple[Mapping[str, str], ...] | None = None
+    choices: tuple[str, ...] | None = None
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
@@ -108,5 +112,7 @@ class TaskSet:
             h.update(part.name.encode())
             for e in part.examples:
                 payload = [e.id, e.prompt, e.response, None if e.messages is None else list(e.messages)]
+                if e.choices is not None:  # (appended only when present: older fingerprints stay valid)
+                    payload.append(list(e.choices))
                 h.update(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode())
         return h.hexdigest()

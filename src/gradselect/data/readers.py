@@ -131,6 +131,8 @@ def _bigbench_target(row: dict) -> dict:
     elif target is None and isinstance(row.get("target_scores"), dict) and row["target_scores"]:
         scores = row["target_scores"]
         row["target"] = max(scores, key=lambda k: scores[k])
+        if len(scores) > 1 and all(isinstance(k, str) for k in scores):
+            row["_choices"] = list(scores)  # multiple choice: every scored answer is a candidate
     return row
 
 

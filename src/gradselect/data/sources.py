@@ -7,7 +7,9 @@ are seeded, so the same spec always yields the same examples.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +85,21 @@ def _group(records: list[Record], spec: SourceSpec, *, default_name: str, origin
             name = default_name
         examples = groups.setdefault(name, [])
         examples.append(_example(rec, spec, name, len(examples), prompt_col, response_col))
-    return [Source(name, examples) for name, examples in groups.items()]
+    return [Source(name, _closed_answer_set(examples)) for name, examples in groups.items()]
+
+
+def _closed_answer_set(examples: list[Example]) -> list[Example]:
+    """A source whose answers come from a small closed set (True/False, Yes/No, valid/invalid: at most
+    4 distinct responses, each given at least twice, over 10+ examples) is multiple choice over that set."""
+    if len(examples) < 10 or any(e.choices for e in examples) or any(e.messages for e in examples):
+        return examples
+    counts: dict[str, int] = {}
+    for e in examples:
+        counts[e.response] = counts.get(e.response, 0) + 1
+    if not 2 <= len(counts) <= 4 or min(counts.values()) < 2:
+        return examples
+    choices = tuple(sorted(counts))
+    return [dataclasses.replace(e, choices=choices) for e in examples]
 
 
 def _columns(records: list[Record]) -> set[str]:
@@ -141,7 +157,24 @@ def _example(rec: Record, spec: SourceSpec, source: str, index: int, prompt_col,
         messages = _messages(rec, spec.messages_column)
         prompt = "\n".join(m["content"] for m in messages[:-1])
         return Example(ex_id, prompt, messages[-1]["content"], messages=messages)
-    return Example(ex_id, _string(rec, prompt_col), _string(rec, response_col))
+    prompt, response = _string(rec, prompt_col), _string(rec, response_col)
+    return Example(ex_id, prompt, response, choices=_choices(rec, prompt, response))
+
+
+_OPTION = re.compile(r"^\s*\(([A-Z])\)\s", re.MULTILINE)
+
+
+def _choices(rec: Record, prompt: str, response: str) -> tuple[str, ...] | None:
+    """A record's candidate answers: BIG-bench ``target_scores``, a ``choices`` list field, or
+    BIG-Bench-Hard's lettered options (``Options:`` lines ``(A) ...``, answered ``(B)``)."""
+    given = rec.fields.get("_choices", rec.fields.get("choices"))
+    if isinstance(given, list) and len(given) > 1 and all(isinstance(c, str) for c in given):
+        return tuple(given) if response in given else None
+    if re.fullmatch(r"\([A-Z]\)", response.strip()) and "Options:" in prompt:
+        letters = _OPTION.findall(prompt.split("Options:", 1)[1])
+        if len(letters) > 1 and f"({response.strip()[1]})" in {f"({x})" for x in letters}:
+            return tuple(f"({x})" for x in letters)
+    return None
 
 
 def _id(rec: Record, column: str) -> str:

@@ -17,6 +17,9 @@ class EvalConfig(StrictConfig):
     """Examples per forward pass."""
     exact_match: bool = True
     """Also generate answers greedily and score them."""
+    multiple_choice: bool = True
+    """Also score multiple-choice examples (BIG-bench ``target_scores``, BIG-Bench-Hard options, closed
+    answer sets) by the log-likelihood of each choice: the ``choice accuracy`` metric."""
     max_new_tokens: int = pydantic.Field(default=32, ge=1)
     """Longest generated answer."""
     answer_extractor: Literal["first_line", "strip", "last_number", "regex"] = "first_line"

@@ -162,6 +162,39 @@ def exact_match(
     return ExactMatchResult(sum(correct) / max(len(correct), 1), preds, correct)
 
 
+@torch.no_grad()
+def choice_accuracy(model, tokenizer, source: Source, tokenize_config: TokenizeConfig | None = None, *,
+                    batch_size: int = 16) -> tuple[list[bool | None], list[str | None]]:
+    """Multiple-choice answers by log-likelihood: each example's choice with the highest summed
+    response-token log-probability given its prompt.
+
+    Returns
+    -------
+    correct : list of bool or None
+        Per example (n_examples); None for an example without choices.
+    predictions : list of str or None
+    """
+    variants, owners = [], []
+    for i, e in enumerate(source.examples):
+        for c in e.choices or ():
+            messages = None if e.messages is None else (*e.messages[:-1], {"role": "assistant", "content": c})
+            variants.append(Example(e.id, e.prompt, c, messages=messages))
+            owners.append(i)
+    correct: list[bool | None] = [None] * len(source.examples)
+    preds: list[str | None] = [None] * len(source.examples)
+    if not variants:
+        return correct, preds
+    r = target_loss(model, tokenizer, variants, tokenize_config, batch_size=batch_size)
+    loglik = -np.asarray(r.example_loss) * np.asarray(r.example_tokens)  # summed log-probability
+    best: dict[int, tuple[float, str]] = {}
+    for i, v, ll in zip(owners, variants, loglik):
+        if i not in best or ll > best[i][0]:
+            best[i] = (float(ll), v.response)
+    for i, (_, choice) in best.items():
+        preds[i], correct[i] = choice, choice == source.examples[i].response
+    return correct, preds
+
+
 # -- the metric registry -------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class PerExample:
@@ -195,7 +228,8 @@ class Metric:
     fmt : str
         Format spec of its values.
     compute : callable
-        ``compute(model, tokenizer, split, tokenize_config, eval_config, progress) -> PerExample``.
+        ``compute(model, tokenizer, split, tokenize_config, eval_config, progress) -> PerExample``, or
+        None where the metric does not apply to the split.
     enabled : callable
         ``enabled(eval_config) -> bool``: whether the config asks for it.
     lower_is_better : bool
@@ -220,19 +254,34 @@ def _exact_match_metric(model, tokenizer, split, tokenize_config, eval_config, p
     return PerExample(np.asarray(r.correct, dtype=float), np.ones(len(r.correct)))
 
 
+def _choice_metric(model, tokenizer, split, tokenize_config, eval_config, progress) -> PerExample | None:
+    correct, _ = choice_accuracy(model, tokenizer, split, tokenize_config, batch_size=eval_config.batch_size)
+    if all(c is None for c in correct):
+        return None  # no multiple-choice example in this split
+    return PerExample(np.array([float(bool(c)) for c in correct]), np.array([float(c is not None) for c in correct]))
+
+
 #: Metrics of every final model, in column order. To add one, append a Metric here.
 METRICS: list[Metric] = [
     Metric("loss", "test loss", ".4f", _loss_metric),
     Metric("exact_match", "exact match", ".3f", _exact_match_metric, enabled=lambda c: c.exact_match,
+           lower_is_better=False),
+    Metric("mc_accuracy", "choice accuracy", ".3f", _choice_metric, enabled=lambda c: c.multiple_choice,
            lower_is_better=False),
 ]
 
 
 def score_split_examples(model, tokenizer, split: Source, tokenize_config: TokenizeConfig, eval_config: EvalConfig, *,
                          progress: bool = False, skip: tuple[str, ...] = ()) -> dict[str, PerExample]:
-    """Every enabled metric of ``model`` on ``split``, per example, by metric key."""
-    return {m.key: m.compute(model, tokenizer, split, tokenize_config, eval_config, progress)
-            for m in METRICS if m.enabled(eval_config) and m.key not in skip}
+    """Every enabled metric of ``model`` on ``split``, per example, by metric key (metrics that do not
+    apply to the split, e.g. choice accuracy without choices, are left out)."""
+    out = {}
+    for m in METRICS:
+        if m.enabled(eval_config) and m.key not in skip:
+            value = m.compute(model, tokenizer, split, tokenize_config, eval_config, progress)
+            if value is not None:
+                out[m.key] = value
+    return out
 
 
 def score_split(model, tokenizer, split: Source, tokenize_config: TokenizeConfig, eval_config: EvalConfig, *,
