@@ -235,3 +235,15 @@ def test_cut_prompts_warn():
     src = Source("t", [Example(id=f"t:{i}", prompt="x" * 40, response="1") for i in range(2)])
     with pytest.warns(UserWarning, match="2 prompt\\(s\\) were cut to their last 12 tokens"):
         exact_match(model, tok, src, TokenizeConfig(max_length=16), EvalConfig(max_new_tokens=4))
+
+
+def test_force_features_with_bad_weights_keeps_the_old_store(run_copy, capsys):
+    cfg, run_dir = run_copy
+    before = snapshot(run_dir / "features")
+    weights = next((run_dir / "meta_init" / "adapter").glob("*.safetensors"))
+    data = weights.read_bytes()
+    weights.write_bytes(b"\0" * 16 + data[16:])  # same size: meta_init still looks current
+    assert main(["run", str(cfg), "-q", "--force", "features"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the weights" in err or "corrupt" in err
+    assert snapshot(run_dir / "features") == before
