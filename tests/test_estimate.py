@@ -252,3 +252,26 @@ def test_batched_exact_without_target_train_rows(mode):
     est = SubsetEstimator(cfg).fit(arr)
     plain = np.stack([est._solve_one(m) for m in masks])
     assert np.allclose(est.solve(masks), est.step_model_.finish(plain), rtol=1e-8, atol=1e-10)
+
+
+def test_streaming_lowrank_statistics_equal_the_dense_path_and_accept_float32():
+    from gradselect.estimate.solvers import (
+        SufficientStatistics,
+        lowrank_statistics,
+        quadratic_trust_region,
+        source_statistics,
+    )
+
+    rng = np.random.default_rng(3)
+    g = rng.normal(size=(600, 12)).astype(np.float32).astype(np.float64)
+    b = rng.normal(1.0, 0.5, size=600)
+    groups = [np.arange(i * 100, (i + 1) * 100) for i in range(6)]
+    masks = rng.random((20, 6)) < 0.5
+    masks[:, 0] = True
+    dense = SufficientStatistics.lowrank(*source_statistics(g, b, groups), 4)
+    streamed = lowrank_statistics(g.astype(np.float32), b, groups, 4, block_rows=37)  # float32 in, blocks
+
+    def steps(stats):  # in projected coordinates: independent of the signs of the basis columns
+        return stats.to_parameters(quadratic_trust_region(*stats.summed(masks).system(1e-9), 0.3))
+
+    assert np.allclose(steps(dense), steps(streamed), rtol=1e-8, atol=1e-10)

@@ -17,6 +17,7 @@ from gradselect.estimate.config import EstimateConfig
 from gradselect.estimate.solvers import (
     RowBlocks,
     SufficientStatistics,
+    lowrank_statistics,
     mean_logistic_loss,
     newton_l2,
     quadratic_step,
@@ -33,7 +34,9 @@ class FeatureArrays:
 
     Attributes
     ----------
-    g : ndarray of shape (n_rows, proj_dim), float64
+    g : ndarray of shape (n_rows, proj_dim)
+        float32 (the feature store's memmap, never copied whole) or float64; solvers cast
+        blocks of rows to float64 as they read them.
     b : ndarray of shape (n_rows,), float64
     source_rows : dict of str to int array
         Rows of each auxiliary source, in source order (n_sources).
@@ -55,7 +58,7 @@ class FeatureArrays:
 
     @classmethod
     def from_store(cls, store) -> "FeatureArrays":
-        g = np.asarray(store.g, dtype=np.float64)
+        g = store.g  # the memmap itself: a float64 copy of every row would double memory at FLAN scale
         b = np.asarray(store.b, dtype=np.float64)
         bad = ~(np.isfinite(g).all(1) & np.isfinite(b))
         if bad.any():
@@ -123,15 +126,20 @@ class SubsetEstimator:
         self.n_sources_ = len(self.source_names_)
         self.step_model_ = cfg.step_model(arrays.param_norm)
         self.radius_ = self.step_model_.radius
-        g_dev, b_dev = arrays.g[arrays.dev_rows], arrays.b[arrays.dev_rows]
+        g_dev = np.asarray(arrays.g[arrays.dev_rows], dtype=np.float64)
+        b_dev = np.asarray(arrays.b[arrays.dev_rows], dtype=np.float64)
         self._g_dev, self._b_dev = g_dev, b_dev
         self.base_loss_ = float(mean_logistic_loss(b_dev))
         b = arrays.b if self.step_model_.offsets else np.zeros_like(arrays.b)
         groups = [arrays.source_rows[n] for n in self.source_names_]
         base = arrays.train_rows if cfg.include_target_train else None
-        raw = source_statistics(arrays.g, b, groups + ([base] if base is not None else []))
-        # The exact solver starts from (and is preconditioned by) the low-rank model.
-        stats = SufficientStatistics.plain(*raw) if cfg.solver == "fast" else SufficientStatistics.lowrank(*raw, cfg.rank)
+        all_groups = groups + ([base] if base is not None else [])
+        # The exact solver starts from (and is preconditioned by) the low-rank model, which is built
+        # without per-source d x d matrices (what makes thousands of sources fit in memory).
+        if cfg.solver == "fast":
+            stats = SufficientStatistics.plain(*source_statistics(arrays.g, b, all_groups))
+        else:
+            stats = lowrank_statistics(arrays.g, b, all_groups, cfg.rank)
         self.stats_ = stats[: self.n_sources_]
         self.base_stats_ = stats[self.n_sources_ :] if base is not None else None
         if cfg.solver == "exact":
@@ -216,7 +224,7 @@ class SubsetEstimator:
         """One subset by plain Newton on its rows (before any rescaling)."""
         cfg = self.config_
         rows = self._rows(mask)
-        g, b = self.arrays_.g[rows], self.arrays_.b[rows]
+        g, b = np.asarray(self.arrays_.g[rows], dtype=np.float64), self.arrays_.b[rows]
         if not self.step_model_.offsets:
             b = np.zeros_like(b)
         ridge = self.step_model_.ridge(len(rows))

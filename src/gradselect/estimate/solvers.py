@@ -205,6 +205,48 @@ def source_statistics(g: np.ndarray, b: np.ndarray, groups: list[np.ndarray]) ->
     return counts, grad_sums, hess_sums
 
 
+def lowrank_statistics(g: np.ndarray, b: np.ndarray, groups: list[np.ndarray], rank: int,
+                       block_rows: int = 8192) -> "SufficientStatistics":
+    """:meth:`SufficientStatistics.lowrank` of :func:`source_statistics`, without any per-group d x d matrix.
+
+    Two passes over the rows, a block at a time (``g`` may be a float32 memmap; each block is
+    cast to float64 on its own): the pooled Hessian (one d x d matrix) and its eigenbasis
+    ``U``; then each group's rows rotated into ``U``, keeping the top ``rank`` x ``rank`` block
+    and the diagonal of the rest. Memory: O(d^2 + n_groups (rank^2 + d)) instead of
+    O(n_groups d^2), which is what lets n = 1,729 sources at d = 400 fit (the dense sums
+    alone would take 2.2 GB).
+    """
+    d = g.shape[1]
+    k = min(rank, d)
+
+    def blocks(rows):
+        for s in range(0, len(rows), block_rows):
+            r = rows[s:s + block_rows]
+            gb = np.asarray(g[r], dtype=np.float64)
+            p = expit(-np.asarray(b[r], dtype=np.float64))
+            yield gb, p
+
+    pooled = np.zeros((d, d))
+    for rows in groups:
+        for gb, p in blocks(rows):
+            pooled += (gb.T * (p * (1 - p))) @ gb
+    _, vecs = np.linalg.eigh(pooled)
+    basis = vecs[:, ::-1].copy()
+    counts = np.array([len(rows) for rows in groups], dtype=np.float64)
+    grads = np.zeros((len(groups), d))
+    dense = np.zeros((len(groups), k, k))
+    tail = np.zeros((len(groups), d - k))
+    for j, rows in enumerate(groups):
+        for gb, p in blocks(rows):
+            z = gb @ basis  # [rows, d] in eigen-coordinates
+            w = p * (1 - p)
+            grads[j] -= z.T @ p
+            dense[j] += (z[:, :k].T * w) @ z[:, :k]
+            tail[j] += w @ (z[:, k:] ** 2)
+    t = lambda x: torch.as_tensor(x, dtype=torch.float64)  # noqa: E731
+    return SufficientStatistics(t(counts), t(grads), t(dense), t(tail), t(basis))
+
+
 @dataclasses.dataclass
 class SufficientStatistics:
     """Per-source statistics at v = 0, in a basis where each subset's system is cheap.
