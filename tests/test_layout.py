@@ -22,7 +22,7 @@ LAYERS = [
     {"evaluate"},
     {"validate"},
     {"config"},
-    {"report"},
+    {"report", "export"},
     {"pipeline"},
     {"demo"},
     {"cli"},

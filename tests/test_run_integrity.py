@@ -1,7 +1,13 @@
 """A run folder stays what its stages wrote: hand-made selections are refused or detected, configs replay."""
 
 import json
-import tomllib
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+import pytest
 
 from gradselect.cli import main
 
@@ -87,3 +93,52 @@ def test_a_run_folder_config_replays_from_any_directory(tmp_path, monkeypatch, c
     out = capsys.readouterr().out
     assert "stages run: none" in out
     assert not (elsewhere / "runs").exists()
+
+
+def test_run_with_pseudo_sources_trains_on_the_chosen_clusters(tmp_path, monkeypatch, capsys):
+    cfg = _setup(tmp_path, monkeypatch)
+    run_dir = tmp_path / "runs" / "r"
+    text = RUN.replace("[select]\n", "[select]\npseudo_sources = 3\n")
+    cfg.write_text(text)
+    assert main(["run", str(cfg), "-q"]) == 0
+    clusters = json.loads((run_dir / "clusters.json").read_text())["clusters"]
+    assert list(clusters) == ["cluster-0", "cluster-1", "cluster-2"]
+    assert sum(map(len, clusters.values())) == 16 * 3 + 12  # every source example, in exactly one cluster
+    selection = json.loads((run_dir / "selection.json").read_text())
+    assert len(selection["chosen"]) == 1 and selection["chosen"][0] in clusters
+    assert selection["params"]["chosen_examples"] == clusters[selection["chosen"][0]]
+    trained = json.loads((run_dir / "final" / "selection" / "train_result.json").read_text())
+    n_target_train = trained["n_examples"] - len(clusters[selection["chosen"][0]])
+    assert n_target_train > 0  # the chosen cluster's examples plus the target's train split
+    assert "## Clusters (pseudo-sources)" in (run_dir / "report.md").read_text()
+    capsys.readouterr()
+
+    # Another K: features are reused, selection and the fine-tunes redone.
+    cfg.write_text(text.replace("pseudo_sources = 3", "pseudo_sources = 2"))
+    assert main(["run", str(cfg), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "meta_init, features" in out.split("skipped")[1] and "stages run: select, final" in out
+    assert len(json.loads((run_dir / "clusters.json").read_text())["clusters"]) == 2
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "hf"])
+def test_export_round_trips_the_selected_training_set(tmp_path, monkeypatch, capsys, fmt):
+    import csv
+
+    cfg = _setup(tmp_path, monkeypatch)
+    run_dir = tmp_path / "runs" / "r"
+    assert main(["run", str(cfg), "-q"]) == 0
+    out = tmp_path / "export"
+    assert main(["export", str(run_dir), "--format", fmt, "-o", str(out), "-q"]) == 0
+    if fmt == "jsonl":
+        rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    else:
+        import datasets
+
+        rows = datasets.load_from_disk(str(out / "dataset")).to_list()
+    trained = json.loads((run_dir / "final" / "selection" / "train_result.json").read_text())
+    chosen = json.loads((run_dir / "selection.json").read_text())["chosen"]
+    assert len(rows) == trained["n_examples"]  # exactly what the final fine-tune trained on
+    assert {r["source"] for r in rows} == {"target/train", *chosen}
+    scores = list(csv.DictReader((out / "scores.csv").read_text().splitlines()))
+    assert [r["source"] for r in scores if r["chosen"] == "True"] == chosen and len(scores) == 4

@@ -201,6 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser(
+        "export",
+        help="the selected training set (and the scores) of a run folder, for your own training stack",
+        description="Write the examples the final fine-tune on the selection trained on (the chosen sources' or "
+        "clusters' examples plus the target's train split) as train.jsonl (--format jsonl) or a datasets folder "
+        "(--format hf), and scores.csv with every source's score, interval, size and choice, into OUT.",
+    )
+    p.add_argument("run_dir", type=Path, help="a run folder written by gradselect run")
+    p.add_argument("--format", dest="fmt", choices=["jsonl", "hf"], default="jsonl", help="default: jsonl")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.add_argument("--without-target-train", action="store_true", help="leave out the target's train split")
+    _add_common(p)
+
+    p = sub.add_parser(
         "demo",
         help="run the embedded reasoning-gym example (no network)",
         description="Run gradselect on the embedded default: a reasoning-gym target with clean and planted "
@@ -460,6 +473,15 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from gradselect.export import export_selection
+
+    result = export_selection(args.run_dir, args.output, fmt=args.fmt, include_target_train=not args.without_target_train)
+    print(f"exported {result['n_examples']} examples ({', '.join(result['chosen']) or 'target only'}) to "
+          f"{args.output}: {', '.join(result['files'])}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from gradselect.demo import run_demo
 
@@ -476,6 +498,7 @@ COMMANDS = {
     "validate": cmd_validate,
     "run": cmd_run,
     "report": cmd_report,
+    "export": cmd_export,
     "demo": cmd_demo,
 }
 

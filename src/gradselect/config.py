@@ -118,6 +118,9 @@ class RunConfig(StrictConfig):
                 f"[tokenize] max_length = {self.tokenize.max_length} leaves no room for a prompt before "
                 f"[evaluate] max_new_tokens = {self.evaluate.max_new_tokens} generated tokens; raise max_length "
                 "or lower max_new_tokens")
+        if self.select.pseudo_sources and (self.run.validate_k or self.run.conventional_budget):
+            raise ValueError("[select] pseudo_sources with [run] validate_k or conventional_budget: the trust check "
+                             "and the conventional baseline do not run on clusters yet; set them to 0")
         needs_hidden = self.select.method == "repr-sim" or "repr-sim" in self.run.compare
         if needs_hidden and not self.features.hidden_states:
             raise ValueError("repr-sim compares mean hidden states: set [features] hidden_states = true")

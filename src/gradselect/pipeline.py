@@ -7,7 +7,8 @@ is the stage function named beside it)::
     features/         output values and projected gradients at theta*             features.featurize
     validation/       optional trust check ([run] validate_k): real fine-tunes     validate.validate
     calibration.json    from theta*, and the calibration selection then uses
-    selection.json    estimate subsets and choose sources                         select.select_sources
+    clusters.json     with [select] pseudo_sources: the clusters, as example ids  select.write_clusters
+    selection.json    estimate subsets and choose sources (or clusters)           select.select_sources
     comparisons.json  the baseline subsets of [run] compare                       select.compare_subsets
     conventional/     optional baseline ([run] conventional_budget)               validate.conventional_forward
     final/<label>/    fine-tune the base model on the selection and comparisons   train.train
@@ -159,17 +160,19 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     from gradselect.data import load_taskset
     from gradselect.evaluate import MetricsTable, evaluate_models
     from gradselect.features import FeatureStore, featurize
-    from gradselect.select import Selection, compare_subsets, fitted_estimator, select_sources
+    from gradselect.select import (
+        Selection,
+        clustered_taskset,
+        compare_subsets,
+        fitted_estimator,
+        select_sources,
+        write_clusters,
+    )
     from gradselect.train import train
     from gradselect.validate import apply_calibration
 
     if config.data is None:
         raise GradselectError("gradselect run needs a [data] section with a target")
-    if config.select.pseudo_sources:
-        raise GradselectError(
-            "[select] pseudo_sources: clusters are groups of rows, not named sources, and gradselect run cannot "
-            "fine-tune on them yet; use gradselect featurize + gradselect select --pseudo-sources K"
-        )
     unknown = [s for s in force if s not in STAGES]
     if unknown:
         raise GradselectError(f"unknown stage(s) {unknown} for --force; stages are {list(STAGES)}")
@@ -200,9 +203,9 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
         # The saved config describes what the folder holds: written once a stage built from it succeeds.
         write_text_atomic(run_dir / "config.toml", saved_config)
 
-    def train_into(folder: Path, names, train_config, **kw):
+    def train_into(folder: Path, names, train_config, data=None):
         build = build_dir(folder)
-        train(taskset, names, build, train_config=train_config, overwrite=True, **common, **kw)
+        train(data or taskset, names, build, train_config=train_config, overwrite=True, **common)
         replace_dir(build, folder)
 
     train_slice = (fingerprint, _dump(config.model), _dump(config.adapter), _dump(config.tokenize))
@@ -245,16 +248,25 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     manifest = FeatureStore.open(feat_dir).manifest
     estimate_config = apply_calibration(config.estimate, calibration if config.run.validate_k else None, manifest)
     sel_path, cmp_path = run_dir / "selection.json", run_dir / "comparisons.json"
+    clusters_path = run_dir / "clusters.json"
+    pseudo = bool(config.select.pseudo_sources)
     sel_key = content_key("select", feat_key, _dump(estimate_config), _dump(config.select), list(config.run.compare))
 
     def do_select():
         estimator = fitted_estimator(estimate_config, config.select, feat_dir)
-        chosen = select_sources(estimator, config.select, sel_path).chosen
+        clusters = write_clusters(estimator, feat_dir, config.select, clusters_path) if pseudo else None
+        chosen = select_sources(estimator, config.select, sel_path, clusters=clusters).chosen
         compare_subsets(estimator, config.run.compare, cmp_path, size=len(chosen))
 
-    stage("select", sel_key, [sel_path, cmp_path], do_select)
+    stage("select", sel_key, [sel_path, cmp_path] + ([clusters_path] if pseudo else []), do_select)
     selection = Selection.load(sel_path)
     comparisons = read_json_artifact(cmp_path, redo="rerun with --force select")["subsets"]
+    # With pseudo-sources the final fine-tunes train on the chosen clusters' examples.
+    train_taskset = taskset
+    if pseudo:
+        train_taskset = clustered_taskset(
+            taskset, read_json_artifact(clusters_path, redo="rerun with --force select")["clusters"])
+        train_slice = (train_taskset.fingerprint(), *train_slice[1:])
 
     # 5. final fine-tunes (content-addressed by the chosen sources)
     subsets = {"selection": selection.chosen, **comparisons}
@@ -277,7 +289,8 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
         key = content_key("final", *train_slice, _dump(final_train), sorted(names))
         final_keys[label] = key
         stage(f"final-{label}" if label != "selection" else "final", key, [folder],
-              lambda folder=folder, names=names: train_into(folder, names, final_train), staging=[build_dir(folder)])
+              lambda folder=folder, names=names: train_into(folder, names, final_train, train_taskset),
+              staging=[build_dir(folder)])
 
     # 6. evaluate on the target's test split
     metrics_path = run_dir / "metrics.json"

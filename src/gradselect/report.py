@@ -213,6 +213,21 @@ def write_report(run_dir: str | Path) -> Path:
     if _plot_scores(selection, run_dir / "scores.png"):
         lines += ["", "![source scores](scores.png)"]
 
+    clusters_file = run_dir / "clusters.json"
+    if clusters_file.exists():
+        clusters = read_json_artifact(clusters_file, redo="rerun with --force select")
+        lines += ["", "## Clusters (pseudo-sources)", "",
+                  f"All source examples pooled and clustered into {len(clusters['clusters'])} groups by their projected "
+                  f"gradients ({clusters['method']}); the clusters are the sources above.", "",
+                  "| cluster | examples | from sources | e.g. | chosen |", "|---|---|---|---|---|"]
+        for name, pairs in clusters["clusters"].items():
+            origin: dict[str, int] = {}
+            for src, _ in pairs:
+                origin[src] = origin.get(src, 0) + 1
+            mix = ", ".join(f"{s} {n}" for s, n in sorted(origin.items(), key=lambda kv: -kv[1])[:3])
+            examples = ", ".join(f"`{ex}`" for _, ex in pairs[:3])
+            lines.append(f"| {name} | {len(pairs)} | {mix} | {examples} | {'yes' if name in selection['chosen'] else ''} |")
+
     metrics_file = run_dir / "metrics.json"
     if metrics_file.exists():
         table = MetricsTable.load(metrics_file)

@@ -37,8 +37,11 @@ class SelectConfig(StrictConfig):
     tol: float = pydantic.Field(default=0.0, ge=0)
     """Stepwise: stop when the best step changes the estimate by no more than this."""
     pseudo_sources: int | None = pydantic.Field(default=None, ge=1)
-    """Cluster all source rows into this many pseudo-sources by k-means on projected
-    gradients (for data without source labels) before selecting."""
+    """Cluster all source rows (every source pooled) into this many pseudo-sources by their
+    projected gradients before selecting: for data without source labels, e.g. one
+    chain-of-thought dataset. ``gradselect run`` then fine-tunes on the chosen clusters' examples."""
+    pseudo_source_method: Literal["agglomerative", "kmeans"] = "agglomerative"
+    """Clustering: agglomerative (cosine distance, average linkage; the authors' choice) or k-means."""
 
     @pydantic.model_validator(mode="after")
     def _rules(self) -> "SelectConfig":
@@ -51,7 +54,7 @@ class SelectConfig(StrictConfig):
             "target-only": set(),
         }[self.method]
         # seed and pseudo_sources apply whatever the method (clustering is seeded too).
-        ignored = sorted(self.model_fields_set - reads - {"method", "seed", "pseudo_sources"})
+        ignored = sorted(self.model_fields_set - reads - {"method", "seed", "pseudo_sources", "pseudo_source_method"})
         for f in ignored:
             warnings.warn(f"[select] {f} is ignored by method {self.method!r}", UserWarning, stacklevel=2)
         return self

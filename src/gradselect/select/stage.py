@@ -18,6 +18,7 @@ from gradselect.select.result import Selection
 from gradselect.select.selectors import SELECTORS
 
 COMPARISONS_VERSION = 1
+CLUSTERS_VERSION = 1
 
 
 def fitted_estimator(estimate_config, select_config, features_dir: Path) -> SubsetEstimator:
@@ -28,17 +29,51 @@ def fitted_estimator(estimate_config, select_config, features_dir: Path) -> Subs
     """
     arrays = FeatureArrays.from_store(FeatureStore.open(features_dir))
     if select_config.pseudo_sources:
-        arrays = pseudo_sources(arrays, select_config.pseudo_sources, seed=select_config.seed)
+        arrays = pseudo_sources(arrays, select_config.pseudo_sources, seed=select_config.seed,
+                                method=select_config.pseudo_source_method)
     return SubsetEstimator(estimate_config).fit(arrays)
 
 
-def select_sources(estimator: SubsetEstimator, select_config, out: Path) -> Selection:
-    """Choose sources with ``[select]``'s method on a fitted estimator; write ``out`` (selection.json)."""
+def select_sources(estimator: SubsetEstimator, select_config, out: Path, *, clusters: dict | None = None) -> Selection:
+    """Choose sources with ``[select]``'s method on a fitted estimator; write ``out`` (selection.json).
+
+    With ``clusters`` (from :func:`write_clusters`), the selection also lists the chosen
+    clusters' examples (``params["chosen_examples"]``, ``[source, id]`` pairs).
+    """
     selection = select_config.make_selector().select(estimator)
     selection.params["base_loss"] = estimator.base_loss_
     selection.params["estimator"] = estimator.config_.model_dump(mode="json")
+    if clusters is not None:
+        selection.params["chosen_examples"] = [pair for name in selection.chosen for pair in clusters[name]]
     selection.save(out)
     return selection
+
+
+def write_clusters(estimator: SubsetEstimator, features_dir: Path, select_config, out: Path) -> dict[str, list]:
+    """The pseudo-sources of a clustered estimator as ``[source, example id]`` lists; write ``out`` (clusters.json)."""
+    store = FeatureStore.open(features_dir)
+    clusters = {name: [[store.sources[r], store.ids[r]] for r in rows.tolist()]
+                for name, rows in estimator.arrays_.source_rows.items()}
+    write_json_atomic(Path(out), {"clusters_version": CLUSTERS_VERSION, "k": select_config.pseudo_sources,
+                                  "method": select_config.pseudo_source_method, "seed": select_config.seed,
+                                  "clusters": clusters})
+    return clusters
+
+
+def clustered_taskset(taskset, clusters: dict[str, list]):
+    """The task set with its sources replaced by the clusters (each a Source of the examples it holds)."""
+    from gradselect.data.examples import Source, TaskSet
+    from gradselect.errors import ArtifactError
+
+    by_key = {(s.name, e.id): e for s in taskset.sources for e in s.examples}
+    sources = []
+    for name, pairs in clusters.items():
+        try:
+            sources.append(Source(name, [by_key[(src, ex)] for src, ex in pairs]))
+        except KeyError as err:
+            raise ArtifactError(f"clusters.json names example {err} that the data no longer holds; "
+                                "rerun with --force select") from None
+    return TaskSet(taskset.target_train, taskset.target_dev, taskset.target_test, sources)
 
 
 #: Baselines that take a number of sources: compared at the selection's size (equal budgets).
