@@ -8,7 +8,7 @@ from gradselect.cli import build_parser, main
 
 from conftest import write_jsonl
 
-VERBS = ["train", "evaluate", "featurize", "estimate", "select", "validate", "run", "report", "demo"]
+VERBS = ["train", "evaluate", "featurize", "estimate", "select", "validate", "run", "report", "export", "demo"]
 
 
 @pytest.mark.parametrize("verb", VERBS)
