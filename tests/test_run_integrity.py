@@ -142,3 +142,19 @@ def test_export_round_trips_the_selected_training_set(tmp_path, monkeypatch, cap
     assert {r["source"] for r in rows} == {"target/train", *chosen}
     scores = list(csv.DictReader((out / "scores.csv").read_text().splitlines()))
     assert [r["source"] for r in scores if r["chosen"] == "True"] == chosen and len(scores) == 4
+
+
+def test_less_comparison_trains_on_as_many_examples_as_the_selection(tmp_path, monkeypatch, capsys):
+    cfg = _setup(tmp_path, monkeypatch)
+    run_dir = tmp_path / "runs" / "r"
+    cfg.write_text(RUN.replace('compare = ["all"]', 'compare = ["all", "less", "kmm"]'))
+    assert main(["run", str(cfg), "-q"]) == 0
+    compared = json.loads((run_dir / "comparisons.json").read_text())
+    chosen = json.loads((run_dir / "selection.json").read_text())["chosen"]
+    sizes = {"more": 16, "legs": 16, "noisy": 16, "extra": 12}
+    assert len(compared["examples"]["less"]) == sum(sizes[n] for n in chosen) == compared["n_examples"]
+    assert len(compared["subsets"]["kmm"]) == len(chosen)  # equal budgets
+    ours = json.loads((run_dir / "final" / "selection" / "train_result.json").read_text())["n_examples"]
+    less = json.loads((run_dir / "final" / "less" / "train_result.json").read_text())["n_examples"]
+    assert less == ours
+    assert set(json.loads((run_dir / "metrics.json").read_text())["rows"]) == {"selection", "all", "less", "kmm"}

@@ -176,3 +176,14 @@ def test_kmm_accounts_for_redundancy_where_gradient_similarity_does_not():
     assert set(sim.chosen) == {"a", "a_copy"}  # both copies align best with the target
     assert "b" in kmm.chosen and len(kmm.chosen) == 2  # the second copy adds nothing to the match
     assert SELECTORS["kmm"]().select(est).params["weights"]["b"] > 0
+
+
+def test_less_examples_are_the_rows_most_aligned_with_the_target():
+    from gradselect.select.selectors import less_examples
+
+    arr = planted(n_sources=4, harmful=(1, 3), seed=2)
+    est = SubsetEstimator(EstimateConfig(radius=0.5)).fit(arr)
+    rows = less_examples(est, 50)
+    helpful = set(arr.source_rows["src0"]) | set(arr.source_rows["src2"])
+    assert len(rows) == 50 and len(set(rows.tolist()) & helpful) >= 48
+    assert len(less_examples(est, 10_000)) == 160

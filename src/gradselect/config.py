@@ -48,7 +48,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-Comparison = Literal["all", "target-only", "grad-sim", "repr-sim", "kmm", "random", "forward"]
+Comparison = Literal["all", "target-only", "grad-sim", "repr-sim", "kmm", "less", "random", "forward"]
 
 
 class RunSection(StrictConfig):
@@ -57,7 +57,8 @@ class RunSection(StrictConfig):
     run_dir: str = "runs/gradselect"
     """Run folder (a relative path is taken from the current directory; saved configs store it absolute)."""
     compare: list[Comparison] = pydantic.Field(default_factory=lambda: ["all", "target-only"])
-    """Also fine-tune and evaluate these subsets next to the selection."""
+    """Also fine-tune and evaluate these subsets next to the selection (sized baselines keep as many
+    sources as the selection; ``less`` keeps as many examples)."""
     final_steps: int | None = pydantic.Field(default=None, ge=1)
     """Optimizer steps of every final fine-tune (equal budgets); default: [train]'s epochs."""
     validate_k: int = pydantic.Field(default=0, ge=0)

@@ -164,6 +164,7 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
         Selection,
         clustered_taskset,
         compare_subsets,
+        examples_taskset,
         fitted_estimator,
         select_sources,
         write_clusters,
@@ -256,11 +257,14 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
         estimator = fitted_estimator(estimate_config, config.select, feat_dir)
         clusters = write_clusters(estimator, feat_dir, config.select, clusters_path) if pseudo else None
         chosen = select_sources(estimator, config.select, sel_path, clusters=clusters).chosen
-        compare_subsets(estimator, config.run.compare, cmp_path, size=len(chosen))
+        n_examples = sum(len(estimator.arrays_.source_rows[n]) for n in chosen)
+        compare_subsets(estimator, config.run.compare, cmp_path, size=len(chosen), n_examples=n_examples,
+                        features_dir=feat_dir)
 
     stage("select", sel_key, [sel_path, cmp_path] + ([clusters_path] if pseudo else []), do_select)
     selection = Selection.load(sel_path)
-    comparisons = read_json_artifact(cmp_path, redo="rerun with --force select")["subsets"]
+    compared = read_json_artifact(cmp_path, redo="rerun with --force select")
+    comparisons, example_sets = compared["subsets"], compared.get("examples", {})
     # With pseudo-sources the final fine-tunes train on the chosen clusters' examples.
     train_taskset = taskset
     if pseudo:
@@ -286,10 +290,13 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     final_keys = {}
     for label, names in subsets.items():
         folder = run_dir / "final" / label
-        key = content_key("final", *train_slice, _dump(final_train), sorted(names))
+        data, pairs = train_taskset, example_sets.get(label)
+        if pairs is not None:  # an example-level baseline: one source made of the examples it chose
+            data = examples_taskset(taskset, label, pairs)
+        key = content_key("final", *train_slice, _dump(final_train), sorted(names), pairs)
         final_keys[label] = key
         stage(f"final-{label}" if label != "selection" else "final", key, [folder],
-              lambda folder=folder, names=names: train_into(folder, names, final_train, train_taskset),
+              lambda folder=folder, names=names, data=data: train_into(folder, names, final_train, data),
               staging=[build_dir(folder)])
 
     # 6. evaluate on the target's test split

@@ -17,13 +17,21 @@ from gradselect.select.selectors import (
     apply_rule,
 )
 from gradselect.select.search import SearchResult, greedy_forward
-from gradselect.select.stage import clustered_taskset, compare_subsets, fitted_estimator, select_sources, write_clusters
+from gradselect.select.stage import (
+    clustered_taskset,
+    compare_subsets,
+    examples_taskset,
+    fitted_estimator,
+    select_sources,
+    write_clusters,
+)
 
 __all__ = [
     "SELECTION_VERSION",
     "SearchResult",
     "clustered_taskset",
     "compare_subsets",
+    "examples_taskset",
     "fitted_estimator",
     "greedy_forward",
     "select_sources",

@@ -366,6 +366,23 @@ class KernelMeanMatching(GradientSimilarity):
                           "entry_order": [names[i] for i in order]})
 
 
+def less_examples(estimator: SubsetEstimator, n_examples: int) -> np.ndarray:
+    """LESS-style example-level selection: the ``n_examples`` source rows whose projected gradient has the
+    highest cosine with the target dev split's mean gradient, best first (row indices).
+
+    LESS (Xia et al., 2024) preconditions each gradient with the warm-up run's Adam second
+    moments before projecting; these features are projected without it, so this is the
+    SGD variant of its score.
+    """
+    a = estimator.arrays_
+    rows = np.sort(np.concatenate([a.source_rows[n] for n in estimator.source_names_]))
+    g = np.asarray(a.g[rows], dtype=np.float64)
+    t = np.asarray(a.g[a.dev_rows], dtype=np.float64).mean(0)
+    cos = (g @ t) / np.maximum(np.linalg.norm(g, axis=1) * np.linalg.norm(t), 1e-300)
+    order = np.argsort(-cos, kind="stable")
+    return rows[order[: max(0, min(int(n_examples), len(rows)))]]
+
+
 class RandomSelector(Selector):
     """Baseline: k sources drawn at random (seeded); k defaults to half of them."""
 

@@ -80,16 +80,44 @@ def clustered_taskset(taskset, clusters: dict[str, list]):
 SIZED = {"grad-sim": "k", "repr-sim": "k", "random": "k", "kmm": "k", "forward": "max_size"}
 
 
-def compare_subsets(estimator: SubsetEstimator, methods, out: Path, *, size: int | None = None) -> dict[str, list[str]]:
+#: Example-level baselines: they choose examples, not sources (comparisons.json ``examples``).
+EXAMPLE_LEVEL = ("less",)
+
+
+def compare_subsets(estimator: SubsetEstimator, methods, out: Path, *, size: int | None = None,
+                    n_examples: int | None = None, features_dir: Path | None = None) -> dict:
     """The sources each baseline method picks on the same estimator; write ``out`` (comparisons.json).
 
     With ``size`` (the selection's number of sources), every baseline that can be told how
     many sources to keep keeps that many, so a comparison differs in *which* sources, not
-    in how many; ``all`` and ``target-only`` are sizes of their own.
+    in how many; ``all`` and ``target-only`` are sizes of their own. Example-level
+    baselines (``less``) keep ``n_examples`` examples (the selection's), listed as
+    ``[source, id]`` pairs under ``examples``; their subset is named after themselves.
+
+    Returns
+    -------
+    dict
+        ``{"subsets": {method: [names]}, "examples": {method: [[source, id], ...]}}``
     """
-    subsets = {}
+    from gradselect.select.selectors import less_examples
+
+    subsets, examples = {}, {}
     for name in methods:
+        if name in EXAMPLE_LEVEL:
+            if features_dir is None or n_examples is None:
+                raise ValueError("example-level comparisons need features_dir and n_examples")
+            store = FeatureStore.open(features_dir)
+            rows = less_examples(estimator, n_examples)
+            examples[name] = [[store.sources[r], store.ids[r]] for r in rows.tolist()]
+            subsets[name] = [name]
+            continue
         kwargs = {SIZED[name]: size} if size is not None and name in SIZED and (size > 0 or name != "forward") else {}
         subsets[name] = SELECTORS[name](**kwargs).select(estimator).chosen
-    write_json_atomic(Path(out), {"comparisons_version": COMPARISONS_VERSION, "size": size, "subsets": subsets})
-    return subsets
+    write_json_atomic(Path(out), {"comparisons_version": COMPARISONS_VERSION, "size": size, "n_examples": n_examples,
+                                  "subsets": subsets, "examples": examples})
+    return {"subsets": subsets, "examples": examples}
+
+
+def examples_taskset(taskset, name: str, pairs: list):
+    """The task set with one source, ``name``, holding the listed ``[source, id]`` examples."""
+    return clustered_taskset(taskset, {name: pairs})
