@@ -217,6 +217,12 @@ def _variants(arrays, subsets, true, base_true, norms):
         affine[i] = _affine_fit(best[keep], true[keep], base_est, base_true, best[i])
     out["trust_region, radius by LOO pairwise order + LOO level"] = affine
     out["trust_region, default radius + LOO level"] = loo_affine(default, true, base_est, base_true)
+    # Kernel surrogates over subset indicators (Kernel Surrogate Models, ICLR 2026), leave-one-out on the truth:
+    # the data-only baseline (no features), and a correction of the default estimate by its residuals.
+    out["indicator kernel ridge on the other truths (LOO, no features)"] = _loo_kernel_ridge(
+        arrays.source_names, subsets, true)
+    out["default radius + kernel ridge on its residuals (LOO)"] = default + _loo_kernel_ridge(
+        arrays.source_names, subsets, true - default)
     measured = list(norms)
     if all(x is not None for x in measured):
         loo_r = np.empty(len(true))
@@ -254,6 +260,22 @@ def _forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, bas
             loo = np.array([est.estimate([subsets[i]], length=float(np.median(np.delete(np.array(norms), i))))[0]
                             for i in range(len(subsets))])
             out[f"forward pass, {step} step, length = LOO median measured displacement"] = loo
+    return out
+
+
+def _loo_kernel_ridge(names, subsets, y, alpha: float = 1e-2) -> np.ndarray:
+    """Leave-one-out predictions of ``y`` by RBF kernel ridge on subset indicators (gamma = 1 / n_sources)."""
+    from sklearn.kernel_ridge import KernelRidge
+
+    x = np.array([[n in s for n in names] for s in subsets], dtype=float)
+    y = np.asarray(y, float)
+    out = np.empty(len(y))
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        model = KernelRidge(alpha=alpha, kernel="rbf", gamma=1.0 / len(names))
+        mean = y[keep].mean()
+        model.fit(x[keep], y[keep] - mean)
+        out[i] = mean + model.predict(x[i:i + 1])[0]
     return out
 
 

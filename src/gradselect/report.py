@@ -23,7 +23,7 @@ def format_selection(selection: Selection, base_loss: float | None = None) -> st
     width = max([len(n) for n in selection.scores] + [6])
     header = f"  {'source':<{width}}  {'score':>10}"
     if selection.intervals:
-        header += f"  {'95% interval':>23}"
+        header += f"  {'95% MC interval':>23}"
     lines.append(header + "  chosen")
     for name in selection.ranking():
         row = f"  {name:<{width}}  {selection.scores[name]:>10.5f}"
@@ -33,9 +33,14 @@ def format_selection(selection: Selection, base_loss: float | None = None) -> st
         lines.append(row + ("  *" if name in selection.chosen else ""))
     if selection.params.get("no_source_helps"):
         lines.append("no source helps: the target alone is estimated lower than every prefix of the ranking")
+    if selection.intervals:
+        lines.append("MC interval: the Monte-Carlo error of the mean over the sampled subsets (it shrinks with "
+                     "n_subsets), not the uncertainty of the source's effect")
     if selection.estimated_loss is not None:
-        extra = f" (meta-initialization {base_loss:.5f})" if base_loss is not None else ""
-        lines.append(f"estimated target dev loss of the choice: {selection.estimated_loss:.5f}{extra}")
+        extra = f"; meta-initialization {base_loss:.5f}" if base_loss is not None else ""
+        lines.append(f"estimated target dev loss of the choice: {selection.estimated_loss:.5f}{extra} (the "
+                     "estimator's own scale, for ranking; gradselect validate measures how far it is from real "
+                     "fine-tunes)")
     return "\n".join(lines)
 
 
@@ -200,8 +205,13 @@ def write_report(run_dir: str | Path) -> Path:
     params = selection.get("params", {})
     if params.get("base_loss") is not None and selection.get("estimated_loss") is not None:
         lines += [f"Estimated target dev loss of the choice: {selection['estimated_loss']:.5f} "
-                  f"(meta-initialization: {params['base_loss']:.5f}).", ""]
-    header = "| rank | source | score | 95% interval | chosen |"
+                  f"(meta-initialization: {params['base_loss']:.5f}), on the estimator's own scale: for ranking, "
+                  "not a prediction; the trust check (`[run] validate_k`) measures how far it is from real "
+                  "fine-tunes.", ""]
+    if selection.get("intervals"):
+        lines += ["MC interval: the Monte-Carlo error of the mean over the sampled subsets (it shrinks as "
+                  "`n_subsets` grows), not the uncertainty of a source's effect.", ""]
+    header = "| rank | source | score | 95% MC interval | chosen |"
     lines += [header, "|---|---|---|---|---|"]
     ranked = sorted(selection["scores"], key=lambda n: selection["scores"][n])
     intervals = selection.get("intervals") or {}
