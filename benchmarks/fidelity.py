@@ -102,6 +102,7 @@ def main(argv=None) -> int:
     p.add_argument("--target", default="boolean_expressions")
     p.add_argument("--n-sources", type=int, default=10)
     p.add_argument("--per-source", type=int, default=20)
+    p.add_argument("--harm-seeds", type=int, default=3, help="seeds of each leave-one-out fine-tune (>= 3)")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
 
@@ -160,26 +161,39 @@ def main(argv=None) -> int:
                                  "loo_mean_relative_error": calib["loo_mean_relative_error"]}
         modes[label] = row
 
-    # 2. harmful sources: leave-one-out real fine-tunes from theta* (the trust check's training)
+    # 2. harmful sources: leave-one-out real fine-tunes from theta* (the trust check's training), with
+    # --harm-seeds seeds each; a source is harmful (helpful) only when the 95% interval of its paired
+    # effect loss(all) - loss(all - s) over the seeds lies above (below) zero, undetermined otherwise.
+    from scipy.stats import t as student_t
+
     meta = run_dir / "meta_init" / "adapter"
+    base_cfg = config.final_train_config()
     loo_true = {}
-    train_cfg = config.final_train_config()
-    for subset in [names] + [[n for n in names if n != s] for s in names]:
-        folder = run_dir / "validation" / "runs" / truth_key(config, taskset, subset, train_cfg, meta)
-        loo_true[tuple(subset)] = measure_truth(config, taskset, subset, folder, train_config=train_cfg,
-                                                init_adapter=meta, store=store, device=args.device,
-                                                progress=False)["loss"]
-    all_loss = loo_true[tuple(names)]
-    true_harm = {s: all_loss - loo_true[tuple(n for n in names if n != s)] for s in names}
+    for seed in range(args.harm_seeds):
+        train_cfg = base_cfg.model_copy(update={"seed": base_cfg.seed + seed})
+        for subset in [names] + [[n for n in names if n != s] for s in names]:
+            folder = run_dir / "validation" / "runs" / truth_key(config, taskset, subset, train_cfg, meta)
+            loo_true[(tuple(subset), seed)] = measure_truth(config, taskset, subset, folder, train_config=train_cfg,
+                                                            init_adapter=meta, store=store, device=args.device,
+                                                            progress=False)["loss"]
+    effects = {s: np.array([loo_true[(tuple(names), k)] - loo_true[(tuple(n for n in names if n != s), k)]
+                            for k in range(args.harm_seeds)]) for s in names}
+    true_harm = {s: float(e.mean()) for s, e in effects.items()}
+    half = {s: float(student_t.ppf(0.975, len(e) - 1) * e.std(ddof=1) / np.sqrt(len(e))) if len(e) > 1
+            else float("inf") for s, e in effects.items()}
+    harm_ci = {s: [true_harm[s] - half[s], true_harm[s] + half[s]] for s in names}
+    verdict = {s: "harmful" if harm_ci[s][0] > 0 else "helpful" if harm_ci[s][1] < 0 else "undetermined"
+               for s in names}
     estimate_config = apply_calibration(config.estimate, run_dir / "calibration.json", store.manifest)
     estimator = fitted_estimator(estimate_config, config.select, run_dir / "features")
     est = estimator.estimate([names] + [[n for n in names if n != s] for s in names])
     est_harm = {s: float(est[0] - est[i + 1]) for i, s in enumerate(names)}
-    truly_harmful = {s for s in names if true_harm[s] > 0}
+    truly_harmful = {s for s in names if verdict[s] == "harmful"}
     selection = json.loads((run_dir / "selection.json").read_text())
     detection = {
-        "true_harm": true_harm, "estimated_harm": est_harm,
-        "planted_verified": {s: true_harm[s] > 0 for s in planted},
+        "true_harm": true_harm, "true_harm_ci95": harm_ci, "verdict": verdict, "harm_seeds": args.harm_seeds,
+        "estimated_harm": est_harm,
+        "planted_verified": {s: verdict[s] == "harmful" for s in planted},
         "estimate_vs_verified": prf({s for s in names if est_harm[s] > 0}, truly_harmful),
         "selection_vs_verified": prf(set(names) - set(selection["chosen"]), truly_harmful),
     }
@@ -208,11 +222,12 @@ def main(argv=None) -> int:
         print(f"| {label} | {m['mean_relative_error']:.2%} | {m['zero_order_mean_relative_error']:.2%} | "
               f"{m['skill_of_change']:.2f} | {m['spearman']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] | "
               + (f"{c['parameter']} {c['value']:.3g} ({c['loo_mean_relative_error']:.2%})" if c else "") + " |")
-    print("\n| source | true harm (loss(all) - loss(all - s)) | estimated harm | chosen |")
-    print("|---|---|---|---|")
+    print(f"\n| source | true harm (loss(all) - loss(all - s)), {args.harm_seeds} seeds [95%] | verdict | "
+          "estimated harm | chosen |")
+    print("|---|---|---|---|---|")
     for s in names:
-        print(f"| {s}{' (planted)' if s in planted else ''} | {true_harm[s]:+.4f} | {est_harm[s]:+.4f} | "
-              f"{'yes' if s in selection['chosen'] else ''} |")
+        print(f"| {s}{' (planted)' if s in planted else ''} | {true_harm[s]:+.4f} [{harm_ci[s][0]:+.4f}, "
+              f"{harm_ci[s][1]:+.4f}] | {verdict[s]} | {est_harm[s]:+.4f} | {'yes' if s in selection['chosen'] else ''} |")
     for key in ("estimate_vs_verified", "selection_vs_verified", "estimate_vs_planted", "selection_vs_planted"):
         if key in detection:
             d = detection[key]
