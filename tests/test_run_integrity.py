@@ -158,3 +158,19 @@ def test_less_comparison_trains_on_as_many_examples_as_the_selection(tmp_path, m
     less = json.loads((run_dir / "final" / "less" / "train_result.json").read_text())["n_examples"]
     assert less == ours
     assert set(json.loads((run_dir / "metrics.json").read_text())["rows"]) == {"selection", "all", "less", "kmm"}
+
+
+def test_final_seeds_add_fine_tunes_and_report_the_mean_and_spread(tmp_path, monkeypatch, capsys):
+    cfg = _setup(tmp_path, monkeypatch)
+    run_dir = tmp_path / "runs" / "r"
+    assert main(["run", str(cfg), "-q"]) == 0
+    capsys.readouterr()
+    cfg.write_text(RUN.replace("final_steps = 3", "final_steps = 3\nfinal_seeds = 2"))
+    assert main(["run", str(cfg), "-q"]) == 0
+    out = capsys.readouterr().out
+    # The first seed's fine-tunes are kept; only the second seed's are trained.
+    assert "stages run: final-seed1, final-all-seed1, evaluate, report" in out
+    assert "(2 seeds)" in out
+    row = json.loads((run_dir / "metrics.json").read_text())["rows"]["selection"]
+    assert len(row["seeds"]["loss"]) == 2
+    assert row["test_loss"] == pytest.approx(sum(row["seeds"]["loss"]) / 2, rel=1e-6)

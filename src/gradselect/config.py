@@ -61,6 +61,9 @@ class RunSection(StrictConfig):
     sources as the selection; ``less`` keeps as many examples)."""
     final_steps: int | None = pydantic.Field(default=None, ge=1)
     """Optimizer steps of every final fine-tune (equal budgets); default: [train]'s epochs."""
+    final_seeds: int = pydantic.Field(default=1, ge=1)
+    """Fine-tune every final model with this many training seeds ([train] seed, seed + 1, ...); metrics
+    are then the mean over seeds, with the spread across seeds beside them."""
     validate_k: int = pydantic.Field(default=0, ge=0)
     """Trust check before selecting: fine-tune from theta* on this many subsets (0: skip; >= 3 to
     run). Its calibrated step is then used by selection."""

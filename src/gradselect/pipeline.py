@@ -287,22 +287,26 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
                                            budget=config.run.conventional_budget, device=device, progress=progress))
         subsets["conventional"] = read_json_artifact(conv_dir / "conventional.json",
                                                      redo="rerun with --force conventional")["chosen"]
-    final_keys = {}
+    final_keys, models = {}, {}
     for label, names in subsets.items():
-        folder = run_dir / "final" / label
         data, pairs = train_taskset, example_sets.get(label)
         if pairs is not None:  # an example-level baseline: one source made of the examples it chose
             data = examples_taskset(taskset, label, pairs)
-        key = content_key("final", *train_slice, _dump(final_train), sorted(names), pairs)
-        final_keys[label] = key
-        stage(f"final-{label}" if label != "selection" else "final", key, [folder],
-              lambda folder=folder, names=names, data=data: train_into(folder, names, final_train, data),
-              staging=[build_dir(folder)])
+        for k in range(config.run.final_seeds):
+            # Seed 0 keeps the single-seed folder and stage names, so adding seeds retrains nothing done.
+            tag = "" if k == 0 else f"-seed{k}"
+            seeded = final_train if k == 0 else final_train.model_copy(update={"seed": final_train.seed + k})
+            folder = run_dir / "final" / f"{label}{tag}"
+            key = content_key("final", *train_slice, _dump(seeded), sorted(names), pairs)
+            final_keys[f"{label}{tag}"] = key
+            stage(f"final-{label}{tag}" if label != "selection" else f"final{tag}", key, [folder],
+                  lambda folder=folder, names=names, data=data, seeded=seeded: train_into(folder, names, seeded, data),
+                  staging=[build_dir(folder)])
+            models.setdefault(label, (names, []))[1].append(folder / "adapter")
 
     # 6. evaluate on the target's test split
     metrics_path = run_dir / "metrics.json"
     eval_key = content_key("evaluate", final_keys, _dump(config.evaluate))
-    models = {label: (names, run_dir / "final" / label / "adapter") for label, names in subsets.items()}
     stage("evaluate", eval_key, [metrics_path],
           lambda: evaluate_models(config, taskset, models, metrics_path, device=device, progress=progress))
 

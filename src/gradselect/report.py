@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from gradselect.errors import GradselectError
 from gradselect.evaluate.results import MetricsTable
 from gradselect.io import read_json_artifact, write_text_atomic
@@ -54,7 +56,11 @@ def _metric_cell(row, metric) -> str:
     if value is None:
         return ""
     ci = row.interval(metric.key)
-    return format(value, metric.fmt) + (f" {format_interval(ci, metric.fmt)}" if ci else "")
+    cell = format(value, metric.fmt) + (f" {format_interval(ci, metric.fmt)}" if ci else "")
+    seeds = (row.seed_values or {}).get(metric.key)
+    if seeds and len(seeds) > 1:  # the mean over seeds, and how far the seeds spread
+        cell += f" sd {format(float(np.std(seeds, ddof=1)), metric.fmt)} ({len(seeds)} seeds)"
+    return cell
 
 
 def _difference_cell(table: MetricsTable, label: str, metric) -> str:

@@ -38,13 +38,18 @@ class MetricRow:
     values : dict of str to float
         By metric key (``loss``, ``exact_match``, ...).
     per_example : dict of str to PerExample, optional
-        The same metrics per test example (for intervals and paired differences).
+        The same metrics per test example (for intervals and paired differences); with several
+        seeds, each example's value averaged over them.
+    seed_values : dict of str to list of float, optional
+        With several training seeds, each seed's value.
     """
 
     label: str
     sources: list[str]
     values: dict[str, float]
     per_example: dict[str, PerExample] | None = None
+    seed_values: dict[str, list[float]] | None = None
+    """With several training seeds: each seed's value (``values`` holds their mean)."""
 
     def get(self, key: str) -> float | None:
         return self.values.get(key)
@@ -76,6 +81,8 @@ class MetricsTable:
         rows = {}
         for label, r in self.rows.items():
             row = {"sources": list(r.sources), **{f"{self.split}_{k}": v for k, v in r.values.items()}}
+            if r.seed_values:
+                row["seeds"] = r.seed_values
             if r.per_example:
                 row["ci95"] = {k: r.interval(k) for k in r.per_example}
                 row["vs_selection"] = {k: self.versus(label, k) for k in r.per_example} if label != "selection" \
@@ -103,7 +110,7 @@ class MetricsTable:
                        for k, v in (r.get("per_example") or {}).items()} or None
                 rows[label] = MetricRow(label, list(r["sources"]),
                                         {k[len(prefix):]: float(v) for k, v in r.items() if k.startswith(prefix)},
-                                        per)
+                                        per, r.get("seeds"))
             return cls(split, int(data["n_examples"]), rows)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ArtifactError(f"{path} is corrupt (bad field {err}); {redo}") from None
@@ -113,24 +120,31 @@ class MetricsTable:
         return [m for m in METRICS if any(m.key in r.values for r in self.rows.values())]
 
 
-def evaluate_models(config, taskset, models: dict[str, tuple[list[str], Path]], out: Path, *, device: str = "auto",
-                    progress: bool = True) -> MetricsTable:
+def evaluate_models(config, taskset, models: dict[str, tuple[list[str], list[Path]]], out: Path, *,
+                    device: str = "auto", progress: bool = True) -> MetricsTable:
     """The evaluate stage: score each final model on the target's test split; write ``out`` (metrics.json).
 
     Parameters
     ----------
     config : RunConfig
     taskset : TaskSet
-    models : dict of label to (sources, adapter folder)
+    models : dict of label to (sources, adapter folders)
+        One adapter folder per training seed; with several, the row holds the mean over seeds
+        (per example too, for intervals) and each seed's value.
     """
     from gradselect.model import load_trained
 
     rows = {}
-    for label, (names, adapter) in models.items():
-        model, tok = load_trained(config.model, config.adapter, adapter, device=device)
-        per = score_split_examples(model, tok, taskset.target_test, config.tokenize, config.evaluate,
-                                   progress=progress)
-        rows[label] = MetricRow(label, list(names), {k: v.value for k, v in per.items()}, per)
+    for label, (names, adapters) in models.items():
+        adapters = [adapters] if isinstance(adapters, (str, Path)) else list(adapters)
+        per_seed = []
+        for adapter in adapters:
+            model, tok = load_trained(config.model, config.adapter, adapter, device=device)
+            per_seed.append(score_split_examples(model, tok, taskset.target_test, config.tokenize, config.evaluate,
+                                                 progress=progress))
+        per = {k: PerExample(np.mean([p[k].num for p in per_seed], axis=0), per_seed[0][k].den) for k in per_seed[0]}
+        seeds = {k: [p[k].value for p in per_seed] for k in per_seed[0]} if len(per_seed) > 1 else None
+        rows[label] = MetricRow(label, list(names), {k: v.value for k, v in per.items()}, per, seeds)
     table = MetricsTable("test", len(taskset.target_test), rows)
     table.save(out)
     return table
