@@ -297,7 +297,8 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
             tag = "" if k == 0 else f"-seed{k}"
             seeded = final_train if k == 0 else final_train.model_copy(update={"seed": final_train.seed + k})
             folder = run_dir / "final" / f"{label}{tag}"
-            key = content_key("final", *train_slice, _dump(seeded), sorted(names), pairs)
+            # (pairs only when present: run folders from before example-level baselines keep their keys)
+            key = content_key("final", *train_slice, _dump(seeded), sorted(names), *([pairs] if pairs else []))
             final_keys[f"{label}{tag}"] = key
             stage(f"final-{label}{tag}" if label != "selection" else f"final{tag}", key, [folder],
                   lambda folder=folder, names=names, data=data, seeded=seeded: train_into(folder, names, seeded, data),
