@@ -81,3 +81,23 @@ logging_steps = 1
 proj_dim = 32
 params = ['layers\\.1\\..*proj']
 """
+
+
+def tiny_run(run_dir, *, k=1, extra_sources: str = "", compare: str = '["all"]') -> str:
+    """TINY_RUN_TOML with the sections a whole ``gradselect run`` needs: top-k selection of ``k``
+    sources, short generations, and ``[run]`` in ``run_dir`` with 3-step final fine-tunes."""
+    return TINY_RUN_TOML + extra_sources + f"""
+[select]
+rule = "top_k"
+k = {k}
+n_subsets = 20
+n_bootstrap = 50
+
+[evaluate]
+max_new_tokens = 4
+
+[run]
+run_dir = "{run_dir}"
+compare = {compare}
+final_steps = 3
+"""

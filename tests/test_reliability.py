@@ -8,31 +8,14 @@ import pytest
 
 from gradselect.cli import main
 
-from conftest import TINY_RUN_TOML
-
-RUN = TINY_RUN_TOML + """
-[select]
-rule = "top_k"
-k = 1
-n_subsets = 20
-n_bootstrap = 50
-
-[evaluate]
-max_new_tokens = 4
-
-[run]
-run_dir = "{run_dir}"
-compare = ["all"]
-final_steps = 3
-"""
-
+from conftest import TINY_RUN_TOML, tiny_run
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """One finished tiny run; tests work on copies of it."""
     base = tmp_path_factory.mktemp("finished")
     cfg = base / "run.toml"
-    cfg.write_text(RUN.format(run_dir=base / "run"))
+    cfg.write_text(tiny_run(base / "run"))
     assert main(["run", str(cfg), "-q"]) == 0
     return base / "run"
 
@@ -42,7 +25,7 @@ def run_copy(finished, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(finished, run_dir)
     cfg = tmp_path / "run.toml"
-    cfg.write_text(RUN.format(run_dir=run_dir))
+    cfg.write_text(tiny_run(run_dir))
     return cfg, run_dir
 
 
@@ -61,7 +44,7 @@ def test_a_failed_redo_keeps_the_last_good_result(run_copy, capsys):
     assert snapshot(run_dir) == before
 
     # A redo that fails midway (corrupt features under --force select) leaves selection.json and the records.
-    cfg.write_text(RUN.format(run_dir=run_dir))
+    cfg.write_text(tiny_run(run_dir))
     g = run_dir / "features" / "g.npy"
     good = g.read_bytes()
     g.write_bytes(b"\0" * 16 + good[16:])  # same size: the stage record still takes it for its own

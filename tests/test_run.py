@@ -6,23 +6,10 @@ import pytest
 
 from gradselect.cli import main
 
-from conftest import TINY_RUN_TOML
+from conftest import tiny_run
 
-CONFIG = TINY_RUN_TOML.replace("{", "{{").replace("}", "}}") + """
-[select]
-rule = "top_k"
-k = {k}
-n_subsets = 20
-n_bootstrap = 50
-
-[evaluate]
-max_new_tokens = 4
-
-[run]
-run_dir = "{run_dir}"
-compare = ["all"]
-final_steps = 3
-"""
+def config(k, run_dir):
+    return tiny_run(run_dir, k=k)
 
 
 def stage_records(run_dir):
@@ -33,7 +20,7 @@ def stage_records(run_dir):
 def test_run_caches_stages_and_reruns_downstream_only(tmp_path, capsys):
     run_dir = tmp_path / "run"
     cfg = tmp_path / "run.toml"
-    cfg.write_text(CONFIG.format(k=1, run_dir=run_dir))
+    cfg.write_text(config(1, run_dir))
     assert main(["run", str(cfg), "-q"]) == 0
     out = capsys.readouterr().out
     assert "stages run: meta_init, features, select, final, final-all, evaluate, report" in out
@@ -50,7 +37,7 @@ def test_run_caches_stages_and_reruns_downstream_only(tmp_path, capsys):
            "report" in capsys.readouterr().out
     assert stage_records(run_dir) == first
 
-    cfg.write_text(CONFIG.format(k=2, run_dir=run_dir))
+    cfg.write_text(config(2, run_dir))
     assert main(["run", str(cfg), "-q"]) == 0
     out = capsys.readouterr().out
     assert "stages run: select, final, evaluate, report; skipped (inputs unchanged): meta_init, features, final-all" \
@@ -63,7 +50,7 @@ def test_run_caches_stages_and_reruns_downstream_only(tmp_path, capsys):
     assert main(["run", str(cfg), "-q", "--force", "features"]) == 0
     assert "stages run: features; skipped" in capsys.readouterr().out
     # Turning the trust check on runs it, and selection again with the calibrated radius.
-    cfg.write_text(CONFIG.format(k=2, run_dir=run_dir) + "validate_k = 3\nvalidate_repeats = 0\n")
+    cfg.write_text(config(2, run_dir) + "validate_k = 3\nvalidate_repeats = 0\n")
     assert main(["run", str(cfg), "-q"]) == 0
     out = capsys.readouterr().out
     assert "stages run: validate, select" in out and "meta_init, features" in out.split("skipped")[1]
@@ -73,7 +60,7 @@ def test_run_caches_stages_and_reruns_downstream_only(tmp_path, capsys):
     assert "unknown stage(s) ['nope']" in capsys.readouterr().err
 
     # The conventional baseline: its own stage, its choice fine-tuned and evaluated, the cost ratio reported.
-    cfg.write_text(CONFIG.format(k=2, run_dir=run_dir) + "validate_k = 3\nvalidate_repeats = 0\n"
+    cfg.write_text(config(2, run_dir) + "validate_k = 3\nvalidate_repeats = 0\n"
                    "conventional_budget = 20\n")
     assert main(["run", str(cfg), "-q"]) == 0
     out = capsys.readouterr().out

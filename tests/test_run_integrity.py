@@ -11,27 +11,13 @@ import pytest
 
 from gradselect.cli import main
 
-from conftest import TINY_RUN_TOML, write_jsonl
+from conftest import tiny_run, write_jsonl
 
-RUN = TINY_RUN_TOML + """
+RUN = tiny_run("runs/r", extra_sources="""
 [[data.sources]]
 name = "extra"
 path = "data/extra.jsonl"
-
-[select]
-rule = "top_k"
-k = 1
-n_subsets = 20
-n_bootstrap = 50
-
-[evaluate]
-max_new_tokens = 4
-
-[run]
-run_dir = "runs/r"
-compare = ["all"]
-final_steps = 3
-"""
+""")
 
 
 def _setup(tmp_path, monkeypatch):
