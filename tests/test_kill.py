@@ -35,6 +35,17 @@ def kill_when(args, ready, timeout=300):
     return False
 
 
+def some_chunks_done(done_file):
+    """A kill trigger: a few, not all, chunks of a feature store written."""
+    def ready():
+        try:
+            return 2 <= int(np.load(done_file).sum()) < 10
+        except (OSError, ValueError, EOFError):
+            return False
+
+    return ready
+
+
 def test_featurize_survives_sigkill_bitwise(tmp_path):
     cfg = tmp_path / "run.toml"
     cfg.write_text(TINY_RUN_TOML.replace("proj_dim = 32", "proj_dim = 32\nchunk_size = 4\nbatch_size = 1"))
@@ -42,16 +53,9 @@ def test_featurize_survives_sigkill_bitwise(tmp_path):
     adapter = str(tmp_path / "meta" / "adapter")
     run_cli("featurize", str(cfg), "--adapter", adapter, "-o", str(tmp_path / "whole"), "-q")
 
-    part = tmp_path / "killed.part" / "done.npy"
-
-    def some_chunks_done():
-        try:
-            return 2 <= int(np.load(part).sum()) < 10
-        except (OSError, ValueError, EOFError):
-            return False
-
     assert kill_when(["featurize", str(cfg), "--adapter", adapter, "-o", str(tmp_path / "killed"), "-q"],
-                     some_chunks_done), "featurization finished before it could be killed"
+                     some_chunks_done(tmp_path / "killed.part" / "done.npy")), \
+        "featurization finished before it could be killed"
     assert not (tmp_path / "killed").exists() and (tmp_path / "killed.part").exists()
     run_cli("featurize", str(cfg), "--adapter", adapter, "-o", str(tmp_path / "killed"), "-q")
     a, b = FeatureStore.open(tmp_path / "whole"), FeatureStore.open(tmp_path / "killed")
@@ -80,15 +84,8 @@ def test_featurization_under_run_resumes_after_sigkill(tmp_path):
     cfg = tmp_path / "run.toml"
     cfg.write_text(TINY_RUN_TOML.replace("proj_dim = 32", "proj_dim = 32\nchunk_size = 4\nbatch_size = 1")
                    + f'\n[run]\nrun_dir = "{run_dir}"\ncompare = []\nfinal_steps = 2\n')
-    part = run_dir / "features.build.part" / "done.npy"
-
-    def some_chunks_done():
-        try:
-            return 2 <= int(np.load(part).sum()) < 10
-        except (OSError, ValueError, EOFError):
-            return False
-
-    assert kill_when(["run", str(cfg), "-q"], some_chunks_done), "featurization finished before it could be killed"
+    assert kill_when(["run", str(cfg), "-q"], some_chunks_done(run_dir / "features.build.part" / "done.npy")), \
+        "featurization finished before it could be killed"
     rerun = run_cli("run", str(cfg), "-q")
     assert "resuming" in rerun.stderr and "chunks done" in rerun.stderr
     run_cli("featurize", str(cfg), "--adapter", str(run_dir / "meta_init" / "adapter"), "-o", str(tmp_path / "whole"),
