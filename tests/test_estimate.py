@@ -275,3 +275,12 @@ def test_streaming_lowrank_statistics_equal_the_dense_path_and_accept_float32():
         return stats.to_parameters(quadratic_trust_region(*stats.summed(masks).system(1e-9), 0.3))
 
     assert np.allclose(steps(dense), steps(streamed), rtol=1e-8, atol=1e-10)
+
+
+def test_a_saturated_functional_is_said():
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(60, 4))
+    b = np.full(60, 12.0)  # every gold token already near-certain at theta*
+    arrays = FeatureArrays(g, b, {"a": np.arange(20, 40), "b": np.arange(40, 60)}, np.arange(0, 10), np.arange(10, 20))
+    with pytest.warns(UserWarning, match="functional saturates"):
+        SubsetEstimator(EstimateConfig()).fit(arrays)

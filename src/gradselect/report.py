@@ -116,6 +116,11 @@ def format_validation(report: dict) -> str:
              f"{format_interval(m['pairwise_accuracy_ci95'])}"]
     if "noise_floor_mean_relative_difference" in report:
         lines.append(f"  noise floor (same subset, other seed): {report['noise_floor_mean_relative_difference']:.2%}")
+    from gradselect.estimate.estimator import SATURATED_LOSS
+
+    if report["base_loss"] < SATURATED_LOSS:
+        lines.append(f"  warning: theta*'s dev loss {report['base_loss']:.2g} is below {SATURATED_LOSS}: the functional "
+                     "saturates, and estimates (and this truth) barely separate subsets")
     c = report["calibration"]
     if "loo" in c:
         loo = c["loo"]

@@ -8,6 +8,7 @@ exact solver, the per-source row blocks) and returns self; fitted state ends in 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -80,6 +81,11 @@ class FeatureArrays:
         return list(self.source_rows)
 
 
+#: Below this dev loss at theta* (the logistic loss of the mean log-odds) the functional saturates:
+#: the few hard tokens that decide an answer are averaged away (seen on a suite where it was 0.0007).
+SATURATED_LOSS = 0.01
+
+
 class SubsetEstimator:
     """Estimate the target dev loss after fine-tuning on subsets of sources.
 
@@ -130,6 +136,13 @@ class SubsetEstimator:
         b_dev = np.asarray(arrays.b[arrays.dev_rows], dtype=np.float64)
         self._g_dev, self._b_dev = g_dev, b_dev
         self.base_loss_ = float(mean_logistic_loss(b_dev))
+        if self.base_loss_ < SATURATED_LOSS:
+            warnings.warn(
+                f"the meta-initialization is already confident on the target dev split (its loss in the estimator's "
+                f"functional is {self.base_loss_:.2g} < {SATURATED_LOSS}): the functional saturates there, so "
+                "estimates barely separate subsets and their ranking may be close to chance; meta-train for less "
+                "(fewer epochs, [train] select_best_on_dev) or check the ranking with gradselect validate",
+                UserWarning, stacklevel=2)
         b = arrays.b if self.step_model_.offsets else np.zeros_like(arrays.b)
         groups = [arrays.source_rows[n] for n in self.source_names_]
         base = arrays.train_rows if cfg.include_target_train else None
