@@ -10,6 +10,9 @@ re-scored against it without retraining.
     python benchmarks/truthbank.py build planted12 --run-dir runs/bank-planted12
     python benchmarks/truthbank.py build planted12 --run-dir runs/bank-planted12 --n-subsets 50 --seeds 2
     python benchmarks/fidelity.py score --bank benchmarks/truth/planted12.json     # = truthbank.py score
+    python benchmarks/truthbank.py build bbh12 --run-dir runs/bank-bbh12          # BIG-Bench-Hard, 12 sources
+    python benchmarks/truthbank.py build planted12 --run-dir runs/bank-planted12-cuda --device cuda \
+        --bank benchmarks/truth/planted12-cuda.json   # a GPU bank: its own theta*, so its own file
 
 ``build`` is resumable at two levels: every fine-tune is cached in the run folder
 under a content key (subset, seed, training config, theta* digest), and the bank
@@ -69,7 +72,35 @@ def planted12_config():
     })
 
 
-SUITES = {"planted12": planted12_config}
+BBH_TARGET = "boolean_expressions"
+BBH_SOURCES = ["navigate", "web_of_lies", "sports_understanding", "causal_judgement", "formal_fallacies",
+               "logical_deduction_three_objects", "object_counting", "date_understanding", "hyperbaton", "snarks",
+               "disambiguation_qa", "temporal_sequences"]
+
+
+def bbh12_config(bbh: Path | None = None):
+    """BIG-Bench-Hard: boolean_expressions as the target (40 train / 100 dev / rest test, split seeded), 12 other
+    tasks as sources (30 examples each). ``bbh``: the data folder (default ``../shared/data/bbh`` or $GRADSELECT_BBH)."""
+    from gradselect.config import RunConfig
+
+    bbh = Path(bbh or os.environ.get("GRADSELECT_BBH", Path(__file__).resolve().parents[2] / "shared" / "data" / "bbh"))
+    if not (bbh / f"{BBH_TARGET}.json").exists():
+        raise SystemExit(f"no BIG-Bench-Hard data at {bbh}; set GRADSELECT_BBH to its folder")
+    return RunConfig.model_validate({
+        "data": {
+            "target": {"name": BBH_TARGET, "path": str(bbh / f"{BBH_TARGET}.json")},
+            "dev_fraction": 0.4, "test_fraction": 0.44, "split_seed": 0,
+            "sources": [{"name": n, "path": str(bbh / f"{n}.json"), "max_examples": 30, "seed": 1} for n in BBH_SOURCES],
+        },
+        "model": {"name_or_path": "smollm2"},
+        "features": {"proj_dim": 256, "hidden_states": True},
+        "tokenize": {"max_length": 256, "chat_template": True},
+        "train": {"epochs": 1, "learning_rate": 5e-4, "batch_size": 8, "logging_steps": 5},
+        "evaluate": {"max_new_tokens": 8, "exact_match": True},
+    })
+
+
+SUITES = {"planted12": planted12_config, "bbh12": bbh12_config}
 
 
 def keep_half_subsets(names: list[str], n: int, seed: int) -> list[list[str]]:

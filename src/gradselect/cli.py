@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path, help="TOML run config")
     p.add_argument("--run-dir", type=Path, help="override [run].run_dir")
     p.add_argument("--force", nargs="+", default=[], metavar="STAGE",
-                   help="redo these stages: meta_init, features, select, final, evaluate, report")
+                   help="redo these stages: meta_init, features, validate, select, conventional, final, evaluate, "
+                        "report (the previous result stays until the redo succeeds)")
     _add_common(p)
 
     p = sub.add_parser(
