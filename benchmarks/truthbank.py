@@ -248,6 +248,13 @@ def _variants(arrays, subsets, true, base_true, norms):
         affine[i] = _affine_fit(best[keep], true[keep], base_est, base_true, best[i])
     out["trust_region, radius by LOO pairwise order + LOO level"] = affine
     out["trust_region, default radius + LOO level"] = loo_affine(default, true, base_est, base_true)
+    # Exactly what the trust check does for a user (gradselect.validate.calibration.calibrate_for_ranking):
+    # the configured step first, a truth-independent grid of every calibrated mode, the step that orders the
+    # other subsets best, its level fitted apart; held out.
+    from gradselect.validate.calibration import calibrate_for_ranking
+
+    out["trust check's choice (order-first over modes and steps + level, LOO)"] = np.array(
+        calibrate_for_ranking(arrays, EstimateConfig(), subsets, true)["held_out_predictions"])
     # Kernel surrogates over subset indicators (Kernel Surrogate Models, ICLR 2026), leave-one-out on the truth:
     # the data-only baseline (no features), and a correction of the default estimate by its residuals.
     out["indicator kernel ridge on the other truths (LOO, no features)"] = _loo_kernel_ridge(
@@ -278,17 +285,28 @@ def _forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, bas
     else:
         grads = SourceGradients.compute(model, tok, taskset, config.tokenize, progress=True)
         grads.save(cache)
+    # Every forward pass is cached by step, length and subset: re-scoring a grown bank runs only the new ones.
+    cache_file = run_dir / "forward_cache.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+
+    def cached(est, step, subset, length):
+        key = f"{step}|{length:.9g}|{';'.join(sorted(subset))}"
+        if key not in cache:
+            cache[key] = float(est.estimate([subset], length=length)[0])
+            cache_file.write_text(json.dumps(cache, indent=1, sort_keys=True))
+        return cache[key]
+
     out = {}
     for step in ("sign", "normalized"):
         est = ForwardPassEstimator(step).fit(model, tok, grads, taskset.target_dev.examples, config.tokenize)
-        default = est.estimate(subsets, progress=True)
+        default = np.array([cached(est, step, s, est.length_) for s in subsets])
         out[f"forward pass, {step} step, default length"] = default
         out[f"forward pass, {step} step, default length + LOO level"] = loo_affine(default, true, est.base_loss_,
                                                                                   base_true)
         if all(x is not None for x in norms):
             # Length = the median displacement the *other* real fine-tunes measured (projected norms,
             # which the projection keeps close to the parameter-space norm).
-            loo = np.array([est.estimate([subsets[i]], length=float(np.median(np.delete(np.array(norms), i))))[0]
+            loo = np.array([cached(est, step, subsets[i], float(np.median(np.delete(np.array(norms), i))))
                             for i in range(len(subsets))])
             out[f"forward pass, {step} step, length = LOO median measured displacement"] = loo
     return out
