@@ -166,9 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune from the meta-initialization on k subsets (all sources, target only, then random; "
         "[run] final_steps optimizer steps each when set, so subsets differ in data, not in training length), "
         "measure the true target dev loss, and compare with the estimates: relative error beside the zero-order "
-        "baseline, R^2 of the change, Spearman and Kendall with bootstrap intervals, a noise floor from repeated "
-        "seeds, and a leave-one-out calibration of the trust-region radius and of the L2 lam; the mode that generalises "
-        "better (and its step) is saved beside the features for later estimates.",
+        "baseline, the skill of the change over predicting none, Spearman and pairwise order accuracy with bootstrap "
+        "intervals, and a noise floor from repeated seeds. The step for selection is chosen by leave-one-out "
+        "pairwise order over every calibrated mode (its level fitted apart), reported held out, and saved beside "
+        "the features (stamped with their identity) for later estimates on them.",
     )
     _add_run_inputs(p)
     p.add_argument("--adapter", type=Path, required=True, help="the meta-initialization adapter the features came from")
