@@ -140,6 +140,16 @@ def prepare(config, run_dir: Path, device: str):
     return taskset, meta / "adapter", store or FeatureStore.open(feat)
 
 
+def _identity(store, meta_adapter: Path) -> dict:
+    """What a bank's truths depend on: base model, theta*, data and the features' definition."""
+    return {
+        "base_model_sha256": store.manifest["model"]["weights_sha256"],
+        "theta_star_sha256": _sha(meta_adapter),
+        "dataset_fingerprint": store.manifest["dataset_fingerprint"],
+        "features": {k: store.manifest[k] for k in ("projector", "output_function", "param_norm")},
+    }
+
+
 def build(args) -> int:
     from gradselect.io import write_json_atomic
 
@@ -150,12 +160,7 @@ def build(args) -> int:
     bank_path = Path(args.bank or Path(__file__).parent / "truth" / f"{args.suite}.json")
     taskset, meta_adapter, store = prepare(config, run_dir, args.device)
     names = list(taskset.source_names)
-    identity = {
-        "base_model_sha256": store.manifest["model"]["weights_sha256"],
-        "theta_star_sha256": _sha(meta_adapter),
-        "dataset_fingerprint": store.manifest["dataset_fingerprint"],
-        "features": {k: store.manifest[k] for k in ("projector", "output_function", "param_norm")},
-    }
+    identity = _identity(store, meta_adapter)
     truth_train = config.train.model_copy(update={"max_steps": TRUTH_STEPS})
     bank = json.loads(bank_path.read_text()) if bank_path.exists() else None
     if bank is not None and bank.get("identity") != identity:
@@ -329,8 +334,9 @@ def _loo_kernel_ridge(names, subsets, y, alpha: float = 1e-2) -> np.ndarray:
 
 
 def _affine_fit(x_est, y_true, base_est, base_true, x_new) -> float:
-    d_est, d_true = np.asarray(x_est) - base_est, np.asarray(y_true) - base_true
-    slope, intercept = np.polyfit(d_est, d_true, 1) if np.ptp(d_est) > 0 else (0.0, float(d_true.mean()))
+    from gradselect.validate.fidelity import fit_level
+
+    intercept, slope = fit_level(np.asarray(x_est) - base_est, np.asarray(y_true) - base_true)
     return float(base_true + intercept + slope * (x_new - base_est))
 
 
@@ -355,12 +361,7 @@ def score_bank(args) -> int:
     config = SUITES[suite]()
     run_dir = Path(args.run_dir or f"runs/bank-{suite}")
     taskset, meta_adapter, store = prepare(config, run_dir, args.device)
-    identity = {
-        "base_model_sha256": store.manifest["model"]["weights_sha256"],
-        "theta_star_sha256": _sha(meta_adapter),
-        "dataset_fingerprint": store.manifest["dataset_fingerprint"],
-        "features": {k: store.manifest[k] for k in ("projector", "output_function", "param_norm")},
-    }
+    identity = _identity(store, meta_adapter)
     if identity != bank["identity"]:
         diff = [k for k in identity if identity[k] != bank["identity"].get(k)]
         print(f"{bank_path} is stale: this machine's theta* / features differ in {diff} from the ones the bank "

@@ -79,6 +79,10 @@ class Stage:
         self.running = self.run_dir / "stages" / f"{name}.running.json"
         self.stale_reason: str | None = None
 
+    def _record_name(self, path: Path) -> str:
+        """How an output is named in the stage record: relative to the run folder when inside it."""
+        return str(path.relative_to(self.run_dir)) if path.is_relative_to(self.run_dir) else str(path)
+
     def is_current(self) -> bool:
         """Finished with this key, and every output is as the stage wrote it."""
         self.stale_reason = None
@@ -90,7 +94,7 @@ class Stage:
             return False
         recorded = done.get("outputs", {})
         for p in self.outputs:
-            rel = str(p.relative_to(self.run_dir)) if p.is_relative_to(self.run_dir) else str(p)
+            rel = self._record_name(p)
             if rel in recorded and recorded[rel] != path_digest(p):
                 self.stale_reason = f"{p} changed since stage {self.name} wrote it"
                 return False
@@ -116,8 +120,7 @@ class Stage:
         write_json_atomic(self.running, {"key": self.key})
 
     def finish(self, seconds: float) -> None:
-        outputs = {(str(p.relative_to(self.run_dir)) if p.is_relative_to(self.run_dir) else str(p)): path_digest(p)
-                   for p in self.outputs}
+        outputs = {self._record_name(p): path_digest(p) for p in self.outputs}
         write_json_atomic(self.record, {"key": self.key, "seconds": seconds, "outputs": outputs})
         self.running.unlink(missing_ok=True)
 

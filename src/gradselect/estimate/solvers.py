@@ -282,7 +282,11 @@ class SufficientStatistics:
 
     @classmethod
     def lowrank(cls, counts, grad_sums, hess_sums, rank: int) -> "SufficientStatistics":
-        """Rotate into the pooled Hessian's eigenbasis (descending); dense on the top ``rank``."""
+        """Rotate into the pooled Hessian's eigenbasis (descending); dense on the top ``rank``.
+
+        From dense per-source Hessians, so O(n_sources d^2) memory: the reference that
+        :func:`lowrank_statistics` (streamed, no per-source d x d) is tested against.
+        """
         counts, grads, hess = (torch.as_tensor(x, dtype=torch.float64) for x in (counts, grad_sums, hess_sums))
         k = min(rank, grads.shape[1])
         _, vecs = torch.linalg.eigh(hess.sum(0))

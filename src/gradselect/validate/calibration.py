@@ -146,7 +146,7 @@ def calibrate_for_ranking(arrays, config: EstimateConfig, subsets: list[list[str
         mode was chosen).
     """
     from gradselect.estimate.modes import calibrated_modes
-    from gradselect.validate.fidelity import pairwise_accuracy, score
+    from gradselect.validate.fidelity import fit_level, pairwise_accuracy, score
 
     true = np.asarray(true_losses, dtype=float)
     configs = [config]
@@ -173,12 +173,7 @@ def calibrate_for_ranking(arrays, config: EstimateConfig, subsets: list[list[str
         return int(np.nanargmax(marks)) if np.isfinite(marks).any() else 0  # ties: the configured step first
 
     def level(c, keep):
-        d_est, d_true = estimates[c, keep] - base, true[keep] - base
-        if np.ptp(d_est) > 0 and keep.sum() >= 2:
-            slope, intercept = np.polyfit(d_est, d_true, 1)
-        else:
-            slope, intercept = 0.0, float(d_true.mean())
-        return float(intercept), float(slope)
+        return fit_level(estimates[c, keep] - base, true[keep] - base)
 
     held_out, choices = np.empty(len(true)), []
     for i in range(len(true)):

@@ -147,6 +147,19 @@ def noise_ceiling(losses_by_seed: list[list[float]], *, k: int | None = None) ->
     }
 
 
+def fit_level(d_est, d_true) -> tuple[float, float]:
+    """Least-squares ``d_true ~ intercept + slope * d_est``; ``(intercept, slope)``.
+
+    With fewer than two points or constant ``d_est`` the slope is 0 and the intercept the
+    mean of ``d_true`` (a level without a scale).
+    """
+    d_est, d_true = np.asarray(d_est, float), np.asarray(d_true, float)
+    if len(d_est) >= 2 and np.ptp(d_est) > 0:
+        slope, intercept = np.polyfit(d_est, d_true, 1)
+        return float(intercept), float(slope)
+    return float(d_true.mean()), 0.0
+
+
 def loo_affine(estimated, true, base_estimated: float, base_true: float) -> np.ndarray:
     """Leave-one-out level fit: ``d_true ~ a + b d_est``, fitted without subset i, predicts subset i.
 
@@ -158,11 +171,7 @@ def loo_affine(estimated, true, base_estimated: float, base_true: float) -> np.n
     out = np.empty_like(d_est)
     for i in range(len(d_est)):
         keep = np.arange(len(d_est)) != i
-        x, y = d_est[keep], d_true[keep]
-        if np.ptp(x) > 0:
-            slope, intercept = np.polyfit(x, y, 1)
-        else:
-            slope, intercept = 0.0, float(y.mean())
+        intercept, slope = fit_level(d_est[keep], d_true[keep])
         out[i] = base_true + intercept + slope * d_est[i]
     return out
 
