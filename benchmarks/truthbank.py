@@ -10,6 +10,7 @@ re-scored against it without retraining.
     python benchmarks/truthbank.py build planted12 --run-dir runs/bank-planted12
     python benchmarks/truthbank.py build planted12 --run-dir runs/bank-planted12 --n-subsets 50 --seeds 2
     python benchmarks/fidelity.py score --bank benchmarks/truth/planted12.json     # = truthbank.py score
+    python benchmarks/fidelity.py score --bank benchmarks/truth/planted12.json --features   # + other features
     python benchmarks/truthbank.py build bbh12 --run-dir runs/bank-bbh12          # BIG-Bench-Hard, 12 sources
     python benchmarks/truthbank.py build planted12 --run-dir runs/bank-planted12-cuda --device cuda \
         --bank benchmarks/truth/planted12-cuda.json   # a GPU bank: its own theta*, so its own file
@@ -317,6 +318,64 @@ def _forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, bas
     return out
 
 
+#: Alternative feature stores scored with ``score --features``: name -> FeatureConfig changes.
+FEATURE_VARIANTS = {
+    "adam": {"precondition": "adam"},
+    "seed1": {"seed": 1},
+    "seed2": {"seed": 2},
+    "softmin": {"output": "log_odds_softmin"},
+}
+
+
+def _feature_variants(config, taskset, meta_adapter, run_dir, device, base_arrays, subsets, true, true_ce,
+                      base_true, base_true_ce):
+    """Estimators on other features of the same theta*: Adam-preconditioned gradients, an ensemble over
+    projection seeds, and the soft-minimum functional. Each store is featurized once into ``run_dir``.
+
+    Returns two dicts of held-out estimates: against the bank's functional truth, and against its
+    token cross-entropy truth (every figure there in cross-entropy: the level maps are fitted to it).
+    """
+    from gradselect.estimate import EstimateConfig, FeatureArrays, SubsetEstimator
+    from gradselect.features import featurize
+    from gradselect.validate.calibration import calibrate_for_ranking
+    from gradselect.validate.fidelity import loo_affine
+
+    arrays = {"default": base_arrays}
+    for name, change in FEATURE_VARIANTS.items():
+        store = featurize(taskset, run_dir / f"features-{name}", model_config=config.model,
+                          adapter_config=config.adapter, tokenize_config=config.tokenize,
+                          feature_config=config.features.model_copy(update=change), adapter_path=meta_adapter,
+                          device=device, progress=True)
+        arrays[name] = FeatureArrays.from_store(store)
+
+    def default(a):
+        est = SubsetEstimator(EstimateConfig()).fit(a)
+        return est.estimate(subsets), est.base_loss_
+
+    def order_first(a, truth):
+        return np.array(calibrate_for_ranking(a, EstimateConfig(), subsets, truth)["held_out_predictions"])
+
+    out, ce = {}, {}
+    adam, base_est = default(arrays["adam"])
+    out["adam-preconditioned, default radius"] = adam
+    out["adam-preconditioned, default radius + LOO level"] = loo_affine(adam, true, base_est, base_true)
+    out["adam-preconditioned, trust check's choice (LOO)"] = order_first(arrays["adam"], true)
+    seeds = [default(arrays[k]) for k in ("default", "seed1", "seed2")]
+    mean = np.mean([e for e, _ in seeds], axis=0)
+    base_mean = float(np.mean([b for _, b in seeds]))
+    out["trust_region, default radius, mean over 3 projection seeds"] = mean
+    out["trust_region, default radius, mean over 3 projection seeds + LOO level"] = loo_affine(
+        mean, true, base_mean, base_true)
+    # Against token cross-entropy: the level maps and the order-first choice are fitted to it (LOO).
+    for name in ("default", "adam", "softmin"):
+        est, base = default(arrays[name])
+        label = {"default": "mean log-odds", "adam": "mean log-odds, adam-preconditioned",
+                 "softmin": "soft-minimum log-odds"}[name]
+        ce[f"{label}, default radius + LOO level"] = loo_affine(est, true_ce, base, base_true_ce)
+        ce[f"{label}, trust check's choice (LOO)"] = order_first(arrays[name], true_ce)
+    return out, ce
+
+
 def _loo_kernel_ridge(names, subsets, y, alpha: float = 1e-2) -> np.ndarray:
     """Leave-one-out predictions of ``y`` by RBF kernel ridge on subset indicators (gamma = 1 / n_sources)."""
     from sklearn.kernel_ridge import KernelRidge
@@ -374,12 +433,18 @@ def score_bank(args) -> int:
     true_ce = np.array([np.mean(r["token_ce"]) for r in records])
     base_true = bank["theta_star"]["loss"]
     ceiling = noise_ceiling([r["losses"] for r in records])
+    ceiling_ce = noise_ceiling([r["token_ce"] for r in records])
     norms = [np.mean([x for x in r["projected_norm"] if x is not None]) if any(r["projected_norm"]) else None
              for r in records]
     variants, base_est = _variants(arrays, subsets, true, base_true, norms)
     if args.forward:
         variants.update(_forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, base_true, norms,
                                          args.device))
+    ce_variants = {}
+    if args.features:
+        more, ce_variants = _feature_variants(config, taskset, meta_adapter, run_dir, args.device, arrays, subsets,
+                                              true, true_ce, base_true, bank["theta_star"]["token_ce"])
+        variants.update(more)
     scores = {}
     for name, est in variants.items():
         m = score(est, true, base_estimated=base_est, base_true=base_true)
@@ -387,6 +452,12 @@ def score_bank(args) -> int:
         m["ceiling_spearman"] = ceiling["ceiling_spearman"]
         m["spearman_vs_token_ce_truth"] = float(spearmanr(est, true_ce)[0])
         scores[name] = m
+    scores_ce = {}
+    for name, est in ce_variants.items():
+        m = score(est, true_ce, base_estimated=bank["theta_star"]["token_ce"], base_true=bank["theta_star"]["token_ce"])
+        m["r2_change"] = m["skill_of_change"]
+        m["ceiling_spearman"] = ceiling_ce["ceiling_spearman"]
+        scores_ce[name] = m
     base_truth = {tuple(r["sources"]): r["loss"] for r in bank.get("base_model_truth", [])}
     common = [i for i, r in enumerate(records) if tuple(r["sources"]) in base_truth]
     two_truths = None
@@ -401,6 +472,8 @@ def score_bank(args) -> int:
         "theta_star_loss": base_true, "estimator_base_loss": base_est,
         "ceiling_spearman": ceiling["ceiling_spearman"], "ceiling": ceiling,
         "truth_spread_sd": float(np.std(true)), "base_model_truth": two_truths, "variants": scores,
+        # Held out against the token cross-entropy truth (level maps fitted to it), with its own ceiling.
+        "ceiling_spearman_token_ce": ceiling_ce["ceiling_spearman"], "variants_token_ce": scores_ce,
         "command": "python benchmarks/fidelity.py score --bank " + str(bank_path),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -417,6 +490,14 @@ def score_bank(args) -> int:
         print(f"| {name} | {m['spearman']:.3f} {fmt(m['spearman_ci95'])} | {m['pairwise_accuracy']:.3f} "
               f"{fmt(m['pairwise_accuracy_ci95'])} | {m['skill_of_change']:.3f} | {m['mean_relative_error']:.2%} | "
               f"{m['zero_order_mean_relative_error']:.2%} |")
+    if scores_ce:
+        print(f"\n# against token cross-entropy (ceiling Spearman {ceiling_ce['ceiling_spearman']:.3f})")
+        print("| variant | Spearman [95%] | pairwise [95%] | skill of change | mean rel. err | zero-order |")
+        print("|---|---|---|---|---|---|")
+        for name, m in scores_ce.items():
+            print(f"| {name} | {m['spearman']:.3f} {fmt(m['spearman_ci95'])} | {m['pairwise_accuracy']:.3f} "
+                  f"{fmt(m['pairwise_accuracy_ci95'])} | {m['skill_of_change']:.3f} | {m['mean_relative_error']:.2%} | "
+                  f"{m['zero_order_mean_relative_error']:.2%} |")
     print(f"scores: {scores_path}")
     return 0
 
@@ -451,6 +532,9 @@ def main(argv=None) -> int:
     sc.add_argument("--device", default="auto")
     sc.add_argument("--forward", action="store_true",
                     help="also score forward-pass variants (one dev forward pass per subset and variant)")
+    sc.add_argument("--features", action="store_true",
+                    help="also score estimators on other features of the same theta* (Adam-preconditioned, "
+                         "projection seeds 1-2, soft-minimum functional): one featurization each, cached")
     args = p.parse_args(argv)
     return build(args) if args.command == "build" else score_bank(args)
 

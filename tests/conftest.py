@@ -101,3 +101,25 @@ run_dir = "{run_dir}"
 compare = {compare}
 final_steps = 3
 """
+
+
+@pytest.fixture(scope="module")
+def small_task(tmp_path_factory):
+    """A chain_sum target with two small sources and a 3-step LoRA meta-initialization of the tiny
+    model: ``(taskset, adapter_dir)``; the training folder (checkpoints, moments) is the adapter's parent."""
+    from gradselect.data import DataConfig, SourceSpec, load_taskset
+    from gradselect.train import TrainConfig, train
+
+    cfg = DataConfig(
+        target=SourceSpec(reasoning_gym="chain_sum", size=20, seed=1),
+        sources=[
+            SourceSpec(name="sums", reasoning_gym="chain_sum", size=12, seed=2),
+            SourceSpec(name="legs", reasoning_gym="leg_counting", size=10, seed=3),
+        ],
+    )
+    taskset = load_taskset(cfg)
+    meta = train(
+        taskset, taskset.source_names, tmp_path_factory.mktemp("meta"),
+        train_config=TrainConfig(max_steps=3, batch_size=8), progress=False, device="cpu",
+    )
+    return taskset, meta.adapter_dir

@@ -284,3 +284,18 @@ def test_a_saturated_functional_is_said():
     arrays = FeatureArrays(g, b, {"a": np.arange(20, 40), "b": np.arange(40, 60)}, np.arange(0, 10), np.arange(10, 20))
     with pytest.warns(UserWarning, match="functional saturates"):
         SubsetEstimator(EstimateConfig()).fit(arrays)
+
+
+@pytest.mark.parametrize("solver", ["fast", "lowrank", "exact"])
+def test_with_config_shares_statistics_and_equals_a_fresh_fit(solver):
+    arrays = synthetic()
+    subsets = [["s0", "s1"], ["s2"], ["s1", "s3", "s4"]]
+    fitted = SubsetEstimator(EstimateConfig(solver=solver, rank=6)).fit(arrays)
+    for change in ({"radius": 0.3}, {"mode": "l2", "lam": 1e-2}, {"mode": "reference"}):
+        cfg = EstimateConfig(solver=solver, rank=6, **change)
+        shared = fitted.with_config(cfg)
+        fresh = SubsetEstimator(cfg).fit(arrays)
+        assert np.allclose(shared.estimate(subsets), fresh.estimate(subsets), rtol=1e-9, atol=1e-12), change
+        # Statistics are shared unless the step model drops the offsets (reference): then refitted.
+        assert (shared.stats_ is fitted.stats_) == (change.get("mode") != "reference")
+        assert shared.config_ is cfg and fitted.config_.radius is None  # the original is untouched

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from gradselect.data import DataConfig, SourceSpec, load_taskset
 from gradselect.data.tokenize import IGNORE_INDEX
 from gradselect.features import (
     FeatureConfig,
@@ -26,7 +25,6 @@ from gradselect.features import (
     featurize,
 )
 from gradselect.model import AdapterConfig, apply_adapter, make_tiny_model
-from gradselect.train import TrainConfig, train
 
 
 def lora_model(arch, dtype=torch.float64):
@@ -137,23 +135,6 @@ def test_jl_inner_products_preserved():
 # -- the stage: store, resume, manifests, shards ------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def small_task(tmp_path_factory):
-    cfg = DataConfig(
-        target=SourceSpec(reasoning_gym="chain_sum", size=20, seed=1),
-        sources=[
-            SourceSpec(name="sums", reasoning_gym="chain_sum", size=12, seed=2),
-            SourceSpec(name="legs", reasoning_gym="leg_counting", size=10, seed=3),
-        ],
-    )
-    taskset = load_taskset(cfg)
-    meta = train(
-        taskset, taskset.source_names, tmp_path_factory.mktemp("meta"),
-        train_config=TrainConfig(max_steps=3, batch_size=8), progress=False, device="cpu",
-    )
-    return taskset, meta.adapter_dir
-
-
 FCFG = FeatureConfig(proj_dim=32, chunk_size=8, batch_size=4, hidden_states=True)
 
 
@@ -262,3 +243,48 @@ def test_non_finite_features_are_refused_naming_examples(tmp_path, small_task):
     writable.b.flush()
     with pytest.raises(GradselectError, match=rf"non-finite features for example\(s\) {store.ids[5]}"):
         FeatureArrays.from_store(FeatureStore.open(tmp_path / "f"))
+
+
+def test_softmin_log_odds_follows_the_hard_tokens_where_the_mean_saturates():
+    from gradselect.estimate.solvers import mean_logistic_loss
+    from gradselect.features import SoftminLogOdds
+
+    # Two-token vocabulary: the gold token's log-odds is exactly its logit minus the other's.
+    z = torch.tensor([12.0] * 19 + [1.0], dtype=torch.float64)
+    logits = torch.stack([z, torch.zeros_like(z)], -1)[None]  # (1, 20, 2), gold token 0 everywhere
+    gold = torch.zeros(1, 20, dtype=torch.long)
+    mean = MeanLogOdds().mean_over(logits, gold)
+    soft = SoftminLogOdds().mean_over(logits, gold)
+    assert math.isclose(soft.item(), -math.log(torch.exp(-z).mean().item()), rel_tol=1e-12)
+    per_token = torch.nn.functional.softplus(-z).mean().item()  # mean_t log(1 + e^-z_t)
+    mean_loss, soft_loss = mean_logistic_loss(mean.numpy()), mean_logistic_loss(soft.numpy())
+    assert mean_loss < 1e-4 and abs(soft_loss - per_token) < 0.2 * per_token  # saturated vs led by the hard token
+    # Masked positions are skipped; a sequence with no response token is 0 with a finite gradient.
+    masked = torch.cat([gold, torch.full_like(gold, IGNORE_INDEX)])
+    both = torch.cat([logits, logits]).requires_grad_(True)
+    out = SoftminLogOdds().mean_over(both, masked)
+    out.sum().backward()
+    assert out[1].item() == 0.0 and torch.isfinite(both.grad).all() and both.grad[1].abs().sum() == 0
+    assert math.isclose(out[0].item(), soft.item(), rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("computer", [FuncGradientComputer, HookGradientComputer])
+def test_softmin_gradients_equal_naive_loop(computer):
+    from gradselect.features import SoftminLogOdds
+
+    model, tok = lora_model("llama")
+    ids, mask, labels = padded_batch(tok)
+    fast = computer(model, SoftminLogOdds()).compute(ids, mask, labels)
+    slow = LoopGradientComputer(model, SoftminLogOdds()).compute(ids, mask, labels)
+    assert torch.allclose(fast.values, slow.values, rtol=1e-10)
+    for name, g in slow.grads.items():
+        assert (fast.grads[name] - g).norm() / g.norm() < 1e-5, name
+
+
+def test_rows_by_source_equals_rows_of_each_source(tmp_path, small_task):
+    taskset, adapter = small_task
+    store = featurize(taskset, tmp_path / "f", adapter_path=adapter, feature_config=FCFG, progress=False, device="cpu")
+    grouped = store.rows_by_source()
+    assert list(grouped) == store.source_names
+    for name, rows in grouped.items():
+        assert np.array_equal(rows, store.rows_of(source=name, split="source"))

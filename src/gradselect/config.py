@@ -25,7 +25,6 @@ from __future__ import annotations
 import datetime
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from typing import Literal
 

@@ -65,7 +65,7 @@ class FeatureArrays:
         if bad.any():
             ids = [store.ids[i] for i in np.flatnonzero(bad)[:10]]
             raise GradselectError(f"{store.path}: non-finite features for example(s) {', '.join(ids)}")
-        sources = {name: store.rows_of(source=name, split="source") for name in store.source_names}
+        sources = store.rows_by_source()
         return cls(
             g=g,
             b=b,
@@ -158,6 +158,29 @@ class SubsetEstimator:
         if cfg.solver == "exact":
             self.rows_ = RowBlocks(arrays.g, b, groups, base)
         return self
+
+    def with_config(self, config: EstimateConfig) -> "SubsetEstimator":
+        """This estimator with another config, fitted; its statistics are shared when only the step differs.
+
+        The statistics depend on the solver, its rank, the target train rows and whether the
+        step model uses offsets, not on the step's parameter (radius, lam): a calibration grid
+        over steps then costs one fit, not one per value.
+        """
+        from gradselect.estimate.modes import STEP_MODELS
+
+        self._check_fitted()
+        old = self.config_
+        shared = ((config.solver, config.rank, config.include_target_train) == (old.solver, old.rank,
+                                                                               old.include_target_train)
+                  and STEP_MODELS[config.mode].offsets == self.step_model_.offsets)
+        if not shared:
+            return SubsetEstimator(config).fit(self.arrays_)
+        new = SubsetEstimator(config)
+        new.__dict__.update({k: v for k, v in self.__dict__.items() if k != "config"})
+        new.config_ = config
+        new.step_model_ = config.step_model(self.arrays_.param_norm)
+        new.radius_ = new.step_model_.radius
+        return new
 
     def _check_fitted(self):
         if not hasattr(self, "config_"):

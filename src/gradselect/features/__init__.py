@@ -18,10 +18,11 @@ from gradselect.features.gradients import (
     make_gradient_computer,
     select_parameters,
 )
-from gradselect.features.output import MeanLogLikelihood, MeanLogOdds, OutputFunction, get_output_function
+from gradselect.features.output import MeanLogLikelihood, MeanLogOdds, OutputFunction, SoftminLogOdds, get_output_function
 from gradselect.features.projector import (
     GaussianProjector,
     IdentityProjector,
+    KroneckerProjector,
     Projector,
     RademacherProjector,
     make_projector,
@@ -40,9 +41,11 @@ __all__ = [
     "LoopGradientComputer",
     "ManifestMismatch",
     "MeanLogLikelihood",
+    "SoftminLogOdds",
     "MeanLogOdds",
     "OutputFunction",
     "Projector",
+    "KroneckerProjector",
     "RademacherProjector",
     "featurize",
     "get_output_function",

@@ -14,12 +14,28 @@ class FeatureConfig(StrictConfig):
 
     proj_dim: int = pydantic.Field(default=512, ge=1)
     """Projected gradient dimension d (ignored by the identity projector)."""
-    projector: Literal["rademacher", "gaussian", "identity"] = "rademacher"
-    """Random projection: +-1/sqrt(d) entries, N(0, 1/d) entries, or none."""
+    projector: Literal["rademacher", "gaussian", "kronecker", "identity"] = "rademacher"
+    """Random projection: +-1/sqrt(d) entries, N(0, 1/d) entries, Kronecker-structured per
+    layer (each weight gradient reduced to factor_dim x factor_dim from the layer's inputs and
+    output gradients, never formed: for full fine-tuning and large LoRA ranks), or none."""
+    factor_dim: int = pydantic.Field(default=16, ge=1)
+    """``kronecker`` projector: each side of a layer is reduced to at most this many dimensions."""
     seed: int = 0
     """Projection seed: the same seed gives the same matrix in every process."""
-    output: Literal["log_odds", "log_likelihood"] = "log_odds"
-    """Per-example output: mean gold-token log-odds (the method's) or mean log-likelihood."""
+    output: Literal["log_odds", "log_odds_softmin", "log_likelihood"] = "log_odds"
+    """Per-example output: mean gold-token log-odds (the method's), their soft minimum
+    ``-log mean_t exp(-z_t)`` (does not saturate when theta* is confident on most tokens but
+    not on the few that decide the answer), or mean log-likelihood."""
+    precondition: Literal["none", "adam"] = "none"
+    """Scale each gradient coordinate before projection: ``adam`` by the meta-training
+    optimizer's per-coordinate step scale, ``sqrt(s)`` with ``s = 1 / (sqrt(v_hat) + eps)``
+    (normalized to mean 1), so the estimator's step is a step in Adam's metric rather than
+    the plain gradient's; ``none`` keeps the gradient as it is."""
+    optimizer_state: str | None = None
+    """With ``precondition = "adam"``: where Adam's second moments are read — a training
+    run folder, its ``optimizer_moments.safetensors`` or an HF Trainer checkpoint's
+    ``optimizer.pt``; default: the meta-initialization's training folder (the adapter
+    folder's parent)."""
     gradients: Literal["auto", "hooks", "func", "loop"] = "auto"
     """Per-example gradients: ``hooks`` (one batched backward, outer products of linear
     layers), ``func`` (torch.func vmap), ``loop`` (one autograd call per example);

@@ -24,9 +24,9 @@ from gradselect.data.examples import TaskSet
 from gradselect.data.tokenize import TokenizeConfig, pad_right, tokenize_examples
 from gradselect.errors import GradselectError
 from gradselect.features.config import FeatureConfig
-from gradselect.features.gradients import make_gradient_computer
+from gradselect.features.gradients import HookGradientComputer, make_gradient_computer
 from gradselect.features.output import get_output_function
-from gradselect.features.projector import BLOCK_ROWS, make_projector
+from gradselect.features.projector import BLOCK_ROWS, KroneckerProjector, make_projector
 from gradselect.features.store import FORMAT_VERSION, FeatureStore, ManifestMismatch, compare_manifests, finalize
 from gradselect.model.adapters import apply_adapter
 from gradselect.model.config import AdapterConfig, ModelConfig
@@ -153,19 +153,26 @@ def featurize(
         config.gradients, model, get_output_function(config.output), config.params, with_hidden=config.hidden_states
     )
     param_shapes = computer.param_shapes
-    projector = make_projector(
-        config.projector, param_shapes, config.proj_dim, config.seed,
-        **({} if config.projector == "identity" else {"max_cache_mb": config.max_cache_mb, "device": next(model.parameters()).device}),
-    )
+    scales = _preconditioner(config, model, adapter_path, param_shapes)
+    projector = make_projector(config.projector, param_shapes, config.proj_dim, config.seed,
+                               **_projector_options(config, next(model.parameters()).device))
+    # Kronecker projections take a linear layer's inputs and output gradients: the per-example weight
+    # gradient is never formed (a per-coordinate preconditioner needs it formed, so not then).
+    computer.factored = (isinstance(projector, KroneckerProjector) and isinstance(computer, HookGradientComputer)
+                         and scales is None)
     manifest = {
         "format_version": FORMAT_VERSION,
         "model": {"name_or_path": model_config.name_or_path, "weights_sha256": base_digest, "dtype": str(next(model.parameters()).dtype)},
         "adapter": {"method": adapter_config.method, "sha256": folder_digest(adapter_path)},
         "params": [[n, list(s)] for n, s in param_shapes.items()],
-        # |theta*| over the differentiated parameters: the scale of step lengths.
-        "param_norm": float(torch.sqrt(sum((p.detach().double() ** 2).sum() for p in computer.params.values()))),
-        "projector": {"kind": config.projector, "seed": config.seed, "dim": projector.proj_dim, "block_rows": BLOCK_ROWS},
+        # |theta*| over the differentiated parameters, in the features' metric (D^-1 theta* when preconditioned):
+        # the scale of step lengths.
+        "param_norm": float(torch.sqrt(sum(((p.detach().double() / (1 if scales is None else scales[n].double()))
+                                            ** 2).sum() for n, p in computer.params.items()))),
+        "projector": {"kind": config.projector, "seed": config.seed, "dim": projector.proj_dim, "block_rows": BLOCK_ROWS,
+                      **({"factor_dim": config.factor_dim} if config.projector == "kronecker" else {})},
         "output_function": config.output,
+        **({} if scales is None else {"precondition": {"kind": config.precondition, "sha256": _tensors_digest(scales)}}),
         "dataset_fingerprint": taskset.fingerprint(),
         "tokenize": json.loads(tokenize_config.model_dump_json()),
         "dtype": config.dtype,
@@ -188,9 +195,10 @@ def featurize(
     manifest.update(row_start=row_start, row_stop=row_stop)
     shard_index = {k: v[row_start:row_stop] for k, v in index.items()}
 
-    store = _open_or_create(target, manifest, shard_index, config, force)
+    store = _open_or_create(target, manifest, shard_index, config, force, scales)
     if store is not None and not store.complete:
-        _fill(store, examples[row_start:row_stop], tokenizer, tokenize_config, computer, projector, config, progress)
+        _fill(store, examples[row_start:row_stop], tokenizer, tokenize_config, computer, projector, config, progress,
+              scales)
         del store
         finalize(target.with_name(target.name + ".part"), target)
 
@@ -202,7 +210,39 @@ def featurize(
     return FeatureStore.open(out_dir)
 
 
-def _open_or_create(target: Path, manifest: dict, index: dict, config: FeatureConfig, force: bool) -> FeatureStore | None:
+def _projector_options(config: FeatureConfig, device) -> dict:
+    """Keyword options of the configured projector kind."""
+    if config.projector == "identity":
+        return {}
+    if config.projector == "kronecker":
+        return {"factor_dim": config.factor_dim, "device": device}
+    return {"max_cache_mb": config.max_cache_mb, "device": device}
+
+
+def _preconditioner(config: FeatureConfig, model, adapter_path, param_shapes) -> dict | None:
+    """Per-coordinate gradient scales for ``config.precondition`` (None for ``none``)."""
+    if config.precondition == "none":
+        return None
+    from gradselect.train.moments import adam_scales, read_moments
+
+    source = config.optimizer_state or (Path(adapter_path).parent if adapter_path is not None else None)
+    if source is None:
+        raise GradselectError("[features] precondition = 'adam' reads the meta-initialization's optimizer state: "
+                              "give the meta-initialization adapter, or set [features] optimizer_state")
+    moments, eps = read_moments(source, model)
+    return {n: t.to(next(model.parameters()).device) for n, t in adam_scales(moments, eps, param_shapes).items()}
+
+
+def _tensors_digest(tensors: dict) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _open_or_create(target: Path, manifest: dict, index: dict, config: FeatureConfig, force: bool,
+                    scales: dict | None = None) -> FeatureStore | None:
     """The store to fill (None if ``target`` is already complete and current)."""
     if target.exists():
         try:
@@ -223,10 +263,11 @@ def _open_or_create(target: Path, manifest: dict, index: dict, config: FeatureCo
                 raise ManifestMismatch(f"{err} (an interrupted run with other inputs)") from None
         except GradselectError:
             log.warning("%s is unreadable; starting it again", part)
-    return FeatureStore.create(part, manifest, index, dtype=config.dtype, hidden_dim=manifest["hidden_dim"])
+    return FeatureStore.create(part, manifest, index, dtype=config.dtype, hidden_dim=manifest["hidden_dim"],
+                               precondition=None if scales is None else {n: t.cpu() for n, t in scales.items()})
 
 
-def _fill(store, examples, tokenizer, tokenize_config, computer, projector, config, progress) -> None:
+def _fill(store, examples, tokenizer, tokenize_config, computer, projector, config, progress, scales=None) -> None:
     tokens = tokenize_examples(examples, tokenizer, tokenize_config)
     if tokens.n_truncated:
         log.warning("%d example(s) had their prompt shortened to max_length=%d", tokens.n_truncated, tokenize_config.max_length)
@@ -251,9 +292,13 @@ def _fill(store, examples, tokenizer, tokenize_config, computer, projector, conf
             e = min(rows.stop, s + batch_size)
             input_ids, mask, label_t = pad_right(tokens.input_ids[s:e], tokens.labels[s:e], pad, device)
             out = computer.compute(input_ids, mask, label_t)
-            pending.append(out.grads)
-            if sum(next(iter(p.values())).shape[0] for p in pending) >= config.project_batch_size:
-                project_pending()
+            if out.factors:  # projected now: its factors are small, and its matrix is never read whole
+                g_parts.append(projector.project(out.grads, out.factors).cpu().numpy())
+            else:
+                # Preconditioned features: P^T D grad, D the per-coordinate scales (broadcast over examples).
+                pending.append(out.grads if scales is None else {n: g * scales[n] for n, g in out.grads.items()})
+                if sum(next(iter(p.values())).shape[0] for p in pending) >= config.project_batch_size:
+                    project_pending()
             b_parts.append(out.values.detach().double().cpu().numpy())
             if out.hidden is not None:
                 h_parts.append(out.hidden.float().cpu().numpy())
@@ -302,7 +347,8 @@ def merge_shards(out_dir: str | Path, world_size: int, *, force: bool = False) -
     manifest.update(row_start=0, row_stop=ref["n_rows"])
     index = {k: [x for s in shards for x in getattr(s, k)] for k in ("ids", "sources", "splits")}
     part = out_dir.with_name(out_dir.name + ".part")
-    merged = FeatureStore.create(part, manifest, index, dtype=str(shards[0].g.dtype), hidden_dim=ref["hidden_dim"])
+    merged = FeatureStore.create(part, manifest, index, dtype=str(shards[0].g.dtype), hidden_dim=ref["hidden_dim"],
+                                 precondition=shards[0].preconditioner())
     start = 0
     for s in shards:
         stop = start + s.n_rows

@@ -31,6 +31,7 @@ results do not depend on its batch mates.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import inspect
 import re
 from dataclasses import dataclass
@@ -52,11 +53,16 @@ class GradientBatch:
     values : Tensor of shape (n_examples,)
     grads : dict of str to Tensor of shape (n_examples, \\*param_shape)
     hidden : Tensor of shape (n_examples, hidden_size) or None
+    factors : dict of str to (Tensor, Tensor)
+        Linear weights whose per-example gradient was left unformed (hooks with
+        ``factored``): ``(dy, x)`` of shapes (n_examples, n_tokens, out) and
+        (n_examples, n_tokens, in), the gradient being ``sum_t dy_t x_t^T``.
     """
 
     values: torch.Tensor
     grads: dict[str, torch.Tensor]
     hidden: torch.Tensor | None = None
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=dict)
 
 
 def select_parameters(model, patterns: Sequence[str] | None = None) -> dict[str, torch.nn.Parameter]:
@@ -236,10 +242,15 @@ class LoopGradientComputer(GradientComputer):
 
 
 class HookGradientComputer(GradientComputer):
-    """Batched forward+backward; per-example gradients of linear layers as outer products."""
+    """Batched forward+backward; per-example gradients of linear layers as outer products.
 
-    def __init__(self, model, output_fn, param_patterns=None, *, with_hidden=False):
+    With ``factored = True`` the weights' outer products are not formed: the batch carries
+    each weight's ``(dy, x)`` in ``factors`` (for :class:`~gradselect.features.projector.KroneckerProjector`).
+    """
+
+    def __init__(self, model, output_fn, param_patterns=None, *, with_hidden=False, factored: bool = False):
         super().__init__(model, output_fn, param_patterns, with_hidden=with_hidden)
+        self.factored = factored
         modules = dict(model.named_modules())
         self._owners: dict[str, tuple[str, str]] = {}
         for name in self.params:
@@ -294,10 +305,12 @@ class HookGradientComputer(GradientComputer):
             for n, p in self.params.items():
                 p.requires_grad_(flags[n])
         dy = {n: g for n, g in zip(names, grad_outputs)}
-        grads = {}
+        grads, factors = {}, {}
         for pname, (owner, attr) in self._owners.items():
             x, _ = captured[owner]
-            if attr == "weight":  # [n_examples, out, in] = sum over tokens of dy_t x_t^T
+            if attr == "weight" and self.factored:
+                factors[pname] = (dy[owner], x.to(dy[owner].dtype))
+            elif attr == "weight":  # [n_examples, out, in] = sum over tokens of dy_t x_t^T
                 grads[pname] = torch.einsum("bto,bti->boi", dy[owner], x.to(dy[owner].dtype))
             else:
                 grads[pname] = dy[owner].sum(1)
@@ -306,7 +319,7 @@ class HookGradientComputer(GradientComputer):
             h = out.hidden_states[-1].detach().float()  # [n_examples, seq_len, hidden]
             m = attention_mask.to(h.dtype)[..., None]
             hidden = (h * m).sum(1) / m.sum(1)
-        return GradientBatch(values.detach(), grads, hidden)
+        return GradientBatch(values.detach(), grads, hidden, factors)
 
 
 GRADIENT_COMPUTERS: dict[str, type[GradientComputer]] = {

@@ -6,6 +6,10 @@ MeanLogOdds
     Mean over response tokens of the gold token's log-odds
     ``log p - log(1 - p) = logit_gold - logsumexp(other logits)`` (the default;
     the method's logistic model is exact in this quantity).
+SoftminLogOdds
+    Soft minimum of the response tokens' log-odds, ``-log mean_t exp(-z_t)``: its
+    logistic loss ``log(1 + mean_t e^-z_t)`` follows the hardest tokens, where the
+    mean log-odds saturates once most tokens are confident.
 MeanLogLikelihood
     Mean over response tokens of ``log p`` of the gold token.
 
@@ -91,6 +95,33 @@ class MeanLogOdds(OutputFunction):
         return gold_logit - others
 
 
+class SoftminLogOdds(MeanLogOdds):
+    r"""Soft minimum of the gold tokens' log-odds, ``z = -log mean_t exp(-z_t)``.
+
+    The method's loss of this value, ``log(1 + e^-z) = log(1 + mean_t e^-z_t)``, is close
+    to the mean per-token logistic loss ``mean_t log(1 + e^-z_t)`` when every token is
+    confident (``log(1 + x) ~ x``) and is led by the hardest token otherwise. The mean
+    log-odds instead averages a few hard tokens away: with 19 tokens at log-odds 12 and
+    one at 1, its loss is 1e-5 (saturated: every subset looks alike), this one's 0.018,
+    the per-token mean 0.016. Still one scalar per example, so one backward pass.
+    """
+
+    name = "log_odds_softmin"
+
+    def mean_over(self, logits, gold):
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        valid = gold != IGNORE_INDEX
+        values = self.token_values(logits, gold.clamp(min=0))
+        # A finite floor, not -inf, at masked positions: logsumexp's gradient stays finite even for a
+        # sequence with no response token (whose value is 0, like the mean's).
+        floor = torch.finfo(values.dtype).min
+        count = valid.sum(-1)
+        lse = torch.where(valid, -values, torch.full_like(values, floor)).logsumexp(-1)
+        z = torch.log(count.clamp(min=1).to(values.dtype)) - lse
+        return torch.where(count > 0, z, torch.zeros_like(z))
+
+
 class MeanLogLikelihood(OutputFunction):
     """Mean log-probability of the gold token."""
 
@@ -100,7 +131,11 @@ class MeanLogLikelihood(OutputFunction):
         return logits.gather(-1, gold[..., None])[..., 0] - logits.logsumexp(-1)
 
 
-OUTPUT_FUNCTIONS: dict[str, type[OutputFunction]] = {"log_odds": MeanLogOdds, "log_likelihood": MeanLogLikelihood}
+OUTPUT_FUNCTIONS: dict[str, type[OutputFunction]] = {
+    "log_odds": MeanLogOdds,
+    "log_odds_softmin": SoftminLogOdds,
+    "log_likelihood": MeanLogLikelihood,
+}
 
 
 def get_output_function(name: str) -> OutputFunction:

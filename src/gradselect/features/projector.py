@@ -20,6 +20,14 @@ RademacherProjector
     Entries ``+-1 / sqrt(proj_dim)`` (the default: cheap to generate).
 GaussianProjector
     Entries ``N(0, 1 / proj_dim)``.
+KroneckerProjector
+    Per layer, ``P = (A kron B) R``: the weight gradient ``G`` (out x in) of each
+    example is reduced to ``A^T G B`` (k x k) and mixed to ``proj_dim`` by ``R``.
+    Because ``G = sum_t dy_t x_t^T`` for a linear layer, ``A^T G B = sum_t (A^T dy_t)
+    (B^T x_t)^T`` is computed from the layer's output gradients and inputs without
+    ever forming ``G`` (:meth:`KroneckerProjector.project_factors`; the structured
+    projection of LoGra, which Bergson also uses): per-example memory is
+    n_tokens x (out + in) instead of out x in. For full fine-tuning and large LoRA ranks.
 IdentityProjector
     No projection (``proj_dim = n_params``); for tests and tiny models.
 """
@@ -38,8 +46,8 @@ import torch
 BLOCK_ROWS = 1024
 
 
-def block_seed(seed: int, name: str, block: int) -> int:
-    """Seed of one block of P: a hash of (projector seed, parameter name, block index)."""
+def block_seed(seed: int, name: str, block: int | str) -> int:
+    """Seed of one block of P: a hash of (projector seed, parameter name, block index or factor name)."""
     digest = hashlib.sha256(f"{seed}\x00{name}\x00{block}".encode()).digest()
     return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
 
@@ -167,6 +175,129 @@ class GaussianProjector(BlockwiseProjector):
         return torch.randn(rows, self.proj_dim, generator=generator)
 
 
+class KroneckerProjector(Projector):
+    """``P = (A kron B) R`` per parameter; see the module docstring.
+
+    A parameter of shape (out, in) (any other shape is read as (shape[0], rest), and a
+    vector as (1, n)) gets ``A`` (out x k_out) and ``B`` (in x k_in) with entries
+    ``N(0, 1/k)``, or the identity on a side no larger than ``factor_dim`` (nothing to
+    compress there), and ``R`` (k_out k_in x proj_dim) with entries ``N(0, 1/proj_dim)``;
+    then ``E[P P^T] = I`` and inner products are preserved in expectation, as with a dense
+    P. Every factor is drawn from :func:`block_seed` of (seed, parameter name, factor
+    name), so processes and shards agree, and all are small enough to keep (a few MB for a
+    135M model at ``factor_dim`` 16).
+
+    Parameters
+    ----------
+    param_shapes : mapping of str to tuple
+    proj_dim : int
+    seed : int
+    factor_dim : int
+        k: each side of a layer is reduced to at most this many dimensions first.
+    device : torch.device or str
+    """
+
+    kind = "kronecker"
+
+    def __init__(self, param_shapes, proj_dim, seed=0, *, factor_dim: int = 16, device="cpu", **_):
+        super().__init__(param_shapes, proj_dim, seed)
+        if self.proj_dim < 1 or factor_dim < 1:
+            raise ValueError(f"proj_dim and factor_dim must be >= 1, got {proj_dim}, {factor_dim}")
+        self.factor_dim = int(factor_dim)
+        self.device = torch.device(device)
+        self._factors: dict[str, tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]] = {}
+
+    @staticmethod
+    def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+        """How a parameter is read as a matrix: (out, in)."""
+        if len(shape) == 1:
+            return 1, shape[0]
+        return shape[0], math.prod(shape[1:])
+
+    def _side(self, name: str, side: str, n: int) -> torch.Tensor | None:
+        if n <= self.factor_dim:
+            return None  # identity
+        gen = torch.Generator(device="cpu").manual_seed(block_seed(self.seed, name, side))
+        return (torch.randn(n, self.factor_dim, generator=gen) / math.sqrt(self.factor_dim)).to(self.device)
+
+    def factors(self, name: str):
+        """``(A or None, B or None, R)`` of one parameter; None stands for the identity."""
+        if name not in self._factors:
+            out, inp = self.matrix_shape(self.param_shapes[name])
+            a, b = self._side(name, "A", out), self._side(name, "B", inp)
+            k_out, k_in = (out if a is None else a.shape[1]), (inp if b is None else b.shape[1])
+            gen = torch.Generator(device="cpu").manual_seed(block_seed(self.seed, name, "R"))
+            r = (torch.randn(k_out * k_in, self.proj_dim, generator=gen) / math.sqrt(self.proj_dim)).to(self.device)
+            self._factors[name] = (a, b, r)
+        return self._factors[name]
+
+    def project(self, grads, factors=None):
+        """Project per-example gradients, given whole (``grads``) or as linear-layer factors.
+
+        Parameters
+        ----------
+        grads : mapping of str to Tensor of shape (n_examples, \\*param_shape)
+        factors : mapping of str to (dy, x), optional
+            Weights given as :meth:`project_factors` takes them instead of as gradients;
+            together with ``grads`` they must cover every parameter.
+        """
+        factors = factors or {}
+        missing = set(self.param_shapes) - set(grads) - set(factors)
+        assert not missing, f"gradients missing for {sorted(missing)[:3]}"
+        n = next(iter(grads.values())).shape[0] if grads else next(iter(factors.values()))[0].shape[0]
+        out = torch.zeros(n, self.proj_dim, dtype=torch.float32, device=self.device)
+        for name, (dy, x) in factors.items():
+            out += self.project_factors(name, dy, x)
+        for name in self.param_shapes:
+            if name in factors:
+                continue
+            a, b, r = self.factors(name)
+            g = grads[name].reshape(n, *self.matrix_shape(self.param_shapes[name])).to(self.device, torch.float32)
+            if a is not None:
+                g = torch.einsum("noi,ok->nki", g, a)  # [n_examples, k_out, in]
+            if b is not None:
+                g = g @ b  # [n_examples, k_out, k_in]
+            out.addmm_(g.reshape(n, -1), r)
+        return out
+
+    def project_factors(self, name: str, dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Projection of a linear layer's per-example weight gradient ``sum_t dy_t x_t^T``, never formed.
+
+        Parameters
+        ----------
+        name : str
+            The weight parameter (shape (out, in)).
+        dy : Tensor of shape (n_examples, n_tokens, out)
+            Gradients of the output function w.r.t. the layer's outputs.
+        x : Tensor of shape (n_examples, n_tokens, in)
+            The layer's inputs.
+
+        Returns
+        -------
+        Tensor of shape (n_examples, proj_dim), float32
+        """
+        a, b, r = self.factors(name)
+        dy, x = dy.to(self.device, torch.float32), x.to(self.device, torch.float32)
+        dy = dy if a is None else dy @ a  # [n_examples, n_tokens, k_out]
+        x = x if b is None else x @ b  # [n_examples, n_tokens, k_in]
+        z = torch.einsum("nto,nti->noi", dy, x)  # [n_examples, k_out, k_in] = A^T G B
+        return z.reshape(z.shape[0], -1) @ r
+
+    def matrix(self) -> torch.Tensor:
+        """The whole P, shape (n_params, proj_dim): for tests and reference code only."""
+        parts = []
+        for name, shape in self.param_shapes.items():
+            a, b, r = self.factors(name)
+            out, inp = self.matrix_shape(shape)
+            a = torch.eye(out, device=self.device) if a is None else a
+            b = torch.eye(inp, device=self.device) if b is None else b
+            parts.append(torch.kron(a, b) @ r)  # row o * in + i: the row-major flattening of G
+        return torch.cat(parts, dim=0)
+
+    def free_memory(self) -> None:
+        self._factors.clear()
+
+
 class IdentityProjector(Projector):
     """No projection: the flattened gradient itself (proj_dim = n_params)."""
 
@@ -185,6 +316,7 @@ PROJECTORS: dict[str, type[Projector]] = {
     "rademacher": RademacherProjector,
     "gaussian": GaussianProjector,
     "identity": IdentityProjector,
+    "kronecker": KroneckerProjector,
 }
 
 

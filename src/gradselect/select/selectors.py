@@ -370,9 +370,11 @@ def less_examples(estimator: SubsetEstimator, n_examples: int) -> np.ndarray:
     """LESS-style example-level selection: the ``n_examples`` source rows whose projected gradient has the
     highest cosine with the target dev split's mean gradient, best first (row indices).
 
-    LESS (Xia et al., 2024) preconditions each gradient with the warm-up run's Adam second
-    moments before projecting; these features are projected without it, so this is the
-    SGD variant of its score.
+    LESS (Xia et al., 2024) scores ``cos(S g_train, g_target)`` with ``S`` the warm-up run's
+    Adam step scale. On plain features (``[features] precondition = "none"``) this is the
+    SGD variant of its score. With ``precondition = "adam"`` every feature is ``P^T S^1/2 g``,
+    so the cosine here has LESS's numerator ``g_train^T S g_target`` and differs only in how
+    the training gradient is normalized (``|S^1/2 g|`` instead of ``|S g|``).
     """
     a = estimator.arrays_
     rows = np.sort(np.concatenate([a.source_rows[n] for n in estimator.source_names_]))

@@ -1,6 +1,7 @@
 """Train: supervised fine-tuning on HF Trainer (meta-training, trust checks, final fine-tune)."""
 
 from gradselect.train.config import TrainConfig
+from gradselect.train.moments import MOMENTS_FILE, adam_scales, read_moments
 from gradselect.train.sft import TrainResult, train
 
-__all__ = ["TrainConfig", "TrainResult", "train"]
+__all__ = ["MOMENTS_FILE", "TrainConfig", "TrainResult", "adam_scales", "read_moments", "train"]

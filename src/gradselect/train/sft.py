@@ -11,6 +11,7 @@ Output folder::
     output_dir/
       checkpoints/checkpoint-<step>/   Trainer checkpoints (resumed from)
       adapter/                         what was trained, safetensors (atomic)
+      optimizer_moments.safetensors    Adam's second moments by parameter name (train.moments)
       train_result.json                metrics, log history, sources, config
 """
 
@@ -34,6 +35,7 @@ from gradselect.model.adapters import apply_adapter, save_trained
 from gradselect.model.config import AdapterConfig, ModelConfig
 from gradselect.model.loading import load_model, pick_device
 from gradselect.train.config import TrainConfig
+from gradselect.train.moments import MOMENTS_FILE, save_moments
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +228,8 @@ def train(
     if trainer.is_world_process_zero():
         with atomic_dir(adapter_dir) as part:
             save_trained(trainer.model, part)
+        # Adam's per-coordinate step scale, for features in the optimizer's metric ([features] precondition).
+        save_moments(trainer.optimizer, trainer.model, output_dir / MOMENTS_FILE)
         write_json_atomic(
             output_dir / RESULT_FILE,
             {

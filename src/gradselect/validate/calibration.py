@@ -52,8 +52,9 @@ def calibrate(arrays, config: EstimateConfig, subsets: list[list[str]], true_los
     norms = [x for x in (projected_norms or []) if x]
     grid = config.step_model(arrays.param_norm).calibration_grid(norms, n_grid)
     errors = np.empty((len(grid), len(true)))
+    fitted = SubsetEstimator(config).fit(arrays)
     for g, value in enumerate(grid):
-        est = SubsetEstimator(config.model_copy(update={key: float(value)})).fit(arrays).estimate(subsets)
+        est = fitted.with_config(config.model_copy(update={key: float(value)})).estimate(subsets)
         errors[g] = np.abs(est - true) / true
     mean_err = errors.mean(1)
     best = int(np.argmin(mean_err))
@@ -156,8 +157,9 @@ def calibrate_for_ranking(arrays, config: EstimateConfig, subsets: list[list[str
         configs += [cfg.model_copy(update={key: float(v)}) for v in cfg.step_model(arrays.param_norm).calibration_grid(
             [], n_grid)]
     estimates, base = [], None
+    fitted = SubsetEstimator(config).fit(arrays)
     for cfg in configs:
-        est = SubsetEstimator(cfg).fit(arrays)
+        est = fitted.with_config(cfg)  # one fit per statistics, not per grid value
         estimates.append(est.estimate(subsets))
         base = est.base_loss_
     estimates = np.array(estimates)  # (n_candidates, n_subsets)

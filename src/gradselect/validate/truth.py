@@ -55,9 +55,17 @@ def measure_truth(config, taskset, names: list[str], folder: Path, *, train_conf
     result_file = Path(folder) / "truth.json"
     if result_file.exists():
         try:
-            return json.loads(result_file.read_text())
+            truth = json.loads(result_file.read_text())
         except (OSError, json.JSONDecodeError):
-            pass  # a corrupt cache entry is measured again
+            truth = None  # a corrupt cache entry is measured again
+        if truth is not None:
+            if store is not None and init_adapter is not None and truth.get("displacement_in") != _coordinates(store):
+                # The fine-tune is the same; only the features' coordinates (projector, preconditioner) changed.
+                model, _ = load_trained(config.model, config.adapter, Path(folder) / "adapter", device=device)
+                truth["displacement"] = displacement(model, init_adapter, store)
+                truth["displacement_in"] = _coordinates(store)
+                write_json_atomic(result_file, truth)
+            return truth
     start = time.perf_counter()
     train(taskset, names, folder, model_config=config.model, adapter_config=config.adapter,
           train_config=train_config, tokenize_config=config.tokenize, init_adapter=init_adapter,
@@ -74,16 +82,23 @@ def measure_truth(config, taskset, names: list[str], folder: Path, *, train_conf
     }
     if store is not None and init_adapter is not None:
         truth["displacement"] = displacement(model, init_adapter, store)
+        truth["displacement_in"] = _coordinates(store)
     truth["seconds"] = time.perf_counter() - start
     write_json_atomic(result_file, truth)
     return truth
+
+
+def _coordinates(store) -> str:
+    """Identity of the features' coordinates a displacement is measured in."""
+    return content_key(store.manifest.get("projector"), store.manifest.get("precondition"), store.manifest.get("params"))
 
 
 def displacement(model, start_adapter: Path, store) -> dict:
     """How far fine-tuning moved the differentiated parameters from ``start_adapter``.
 
     Returns ``param_norm`` (|theta - theta_start| over the store's parameters) and
-    ``projected_norm`` (the norm of the same delta through the store's projector).
+    ``projected_norm`` (the norm of the same delta in the features' coordinates: through the
+    store's projector, after undoing its preconditioner if it has one).
     """
     from gradselect.features.projector import make_projector
     from gradselect.model import read_weights_folder
@@ -91,15 +106,19 @@ def displacement(model, start_adapter: Path, store) -> dict:
     params = {n: p.detach().double().cpu() for n, p in model.named_parameters()}
     start = read_weights_folder(start_adapter)
     shapes = {n: tuple(s) for n, s in store.manifest["params"]}
-    delta = {}
+    scales = store.preconditioner()
+    delta, coords = {}, {}
     for name in shapes:
         # Saved LoRA keys drop peft's adapter name (".default"); full weights keep the model's names.
         saved = start.get(name, start.get(name.replace(".default", "")))
         if name not in params or saved is None:
             return {"param_norm": None, "projected_norm": None}
         delta[name] = (params[name] - saved.double()).float()[None]
+        # Preconditioned features (rows P^T D grad) give the step D^-1 delta the coordinates P^T D^-1 delta.
+        coords[name] = delta[name] if scales is None else delta[name] / scales[name]
     proj = store.manifest["projector"]
-    projector = make_projector(proj["kind"], shapes, proj["dim"], proj["seed"])
-    v = projector.project(delta)[0]
+    projector = make_projector(proj["kind"], shapes, proj["dim"], proj["seed"],
+                               **({"factor_dim": proj["factor_dim"]} if "factor_dim" in proj else {}))
+    v = projector.project(coords)[0]
     return {"param_norm": float(torch.sqrt(sum((d.double() ** 2).sum() for d in delta.values()))),
             "projected_norm": float(v.norm())}
