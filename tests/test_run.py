@@ -77,6 +77,18 @@ def test_run_caches_stages_and_reruns_downstream_only(tmp_path, capsys):
     assert main(["report", str(run_dir)]) == 0
     assert (run_dir / "report.md").read_text() == current
 
+    # Features in Adam's metric through a Kronecker projector: features and what follows rerun, not
+    # meta-training (whose optimizer moments they read); the trust check's cached fine-tunes are reused.
+    adam = config(2, run_dir).replace(
+        "[features]\n", '[features]\nprecondition = "adam"\nprojector = "kronecker"\nfactor_dim = 8\n')
+    cfg.write_text(adam + "validate_k = 3\nvalidate_repeats = 0\n")
+    assert main(["run", str(cfg), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "stages run: features, validate, select" in out and "meta_init" in out.split("skipped")[1]
+    manifest = json.loads((run_dir / "features" / "manifest.json").read_text())
+    assert manifest["precondition"]["kind"] == "adam" and manifest["projector"]["kind"] == "kronecker"
+    assert (run_dir / "meta_init" / "optimizer_moments.safetensors").exists()
+
 
 def test_report_needs_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
