@@ -53,5 +53,8 @@ def test_conventional_budget_stops_before_an_unaffordable_step(setup):
     result = conventional_forward(config, taskset, tmp / "conv", budget=3, progress=False)
     # The first step needs 3 fine-tunes after the target-only one: over a budget of 3.
     assert not result["finished"] and result["n_finetunes"] == 1 and result["chosen"] == []
+    import json
+
+    assert json.loads((tmp / "conv" / "conventional.json").read_text())["finished"] is False  # not "False"
     with pytest.raises(GradselectError, match="budget >= 1"):
         conventional_forward(config, taskset, tmp / "conv", budget=0, progress=False)

@@ -95,15 +95,15 @@ def test_precondition_needs_an_optimizer_state(small_task, tmp_path):
         featurize(taskset, tmp_path / "f", adapter_path=None, feature_config=ADAM, progress=False, device="cpu")
 
 
-def test_displacement_is_measured_in_the_preconditioned_coordinates(small_task, tmp_path):
+@pytest.mark.parametrize("config", [PLAIN, ADAM], ids=["plain", "adam"])
+def test_displacement_of_a_known_delta_in_the_features_coordinates(small_task, tmp_path, config):
     from gradselect.model import read_weights_folder
     from gradselect.validate.truth import displacement
 
     taskset, adapter = small_task
-    store = featurize(taskset, tmp_path / "adam", adapter_path=adapter, feature_config=ADAM, progress=False,
-                      device="cpu")
-    store = FeatureStore.open(tmp_path / "adam")
-    scales = store.preconditioner()
+    featurize(taskset, tmp_path / "f", adapter_path=adapter, feature_config=config, progress=False, device="cpu")
+    store = FeatureStore.open(tmp_path / "f")
+    scales = store.preconditioner() or {n: torch.ones(s) for n, s in store.manifest["params"]}
     model = meta_model(adapter)
     shapes = {n: tuple(s) for n, s in store.manifest["params"]}
     gen = torch.Generator().manual_seed(0)

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from gradselect.cli import main
 from gradselect.validate.calibration import calibrate
@@ -147,3 +148,28 @@ def test_ranking_calibration_orders_first_and_holds_out():
     again = calibrate_for_ranking(arrays, EstimateConfig(), subsets, wild)
     assert again["held_out_predictions"][3] == result["held_out_predictions"][3]
     assert again["held_out_predictions"][4] != result["held_out_predictions"][4]  # the others saw it
+
+
+def test_trust_check_fine_tunes_start_from_theta_star(small_task, tmp_path):
+    """With a zero learning rate a fine-tune from theta* must measure theta*'s own dev loss and move
+    nothing; one started from the base model (what a broken init would do) measures another loss."""
+    from gradselect.config import RunConfig
+    from gradselect.estimate.solvers import mean_logistic_loss
+    from gradselect.features import featurize
+    from gradselect.train import TrainConfig
+    from gradselect.validate.truth import measure_truth
+
+    taskset, adapter = small_task
+    config = RunConfig.model_validate({"data": {"target": {"reasoning_gym": "chain_sum", "size": 20, "seed": 1}},
+                                       "features": {"proj_dim": 16}})
+    store = featurize(taskset, tmp_path / "f", feature_config=config.features, adapter_path=adapter,
+                      progress=False, device="cpu")
+    still = TrainConfig(max_steps=2, batch_size=4, warmup=0).model_copy(update={"learning_rate": 0.0})  # not a user value
+    theta_star_loss = mean_logistic_loss(store.b[store.rows_of(split="dev")])
+    from_meta = measure_truth(config, taskset, ["sums"], tmp_path / "meta", train_config=still, init_adapter=adapter,
+                              store=store, device="cpu", progress=False)
+    assert from_meta["loss"] == pytest.approx(theta_star_loss, rel=1e-5)
+    assert from_meta["displacement"]["param_norm"] == 0.0 and from_meta["displacement"]["projected_norm"] == 0.0
+    from_base = measure_truth(config, taskset, ["sums"], tmp_path / "base", train_config=still, init_adapter=None,
+                              device="cpu", progress=False)
+    assert abs(from_base["loss"] - theta_star_loss) > 1e-3

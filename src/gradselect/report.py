@@ -190,11 +190,15 @@ def _curve(result_file: Path) -> list[tuple[int, float]]:
 
 
 def cost_of_selection(run_dir: Path) -> float | None:
-    """Wall seconds of the stages gradselect needs to reach its final model, from ``stages/*.json``."""
+    """Wall seconds of the stages gradselect needs to reach its final model, from ``stages/*.json``:
+    meta-initialization, features, the trust check when it ran (its real fine-tunes are part of
+    what gradselect recommends), selection and the final fine-tune."""
     total = 0.0
-    for name in ("meta_init", "features", "select", "final"):
+    for name in ("meta_init", "features", "validate", "select", "final"):
         record = run_dir / "stages" / f"{name}.json"
         if not record.exists():
+            if name == "validate":
+                continue
             return None
         total += json.loads(record.read_text()).get("seconds", 0.0)
     return total
@@ -315,7 +319,8 @@ def write_report(run_dir: str | Path) -> Path:
                   + f"; chose {', '.join(conv['chosen']) or 'no source'} (dev {conv['metric']} {conv['loss']:.5f})."]
         ours = cost_of_selection(run_dir)
         if ours:
-            lines += ["", f"gradselect's stages (meta-initialization, features, selection, final fine-tune): "
+            trust = ", trust check" if (run_dir / "stages" / "validate.json").exists() else ""
+            lines += ["", f"gradselect's stages (meta-initialization, features{trust}, selection, final fine-tune): "
                           f"{ours:.0f} s; cost ratio conventional / gradselect: {conv['seconds'] / ours:.1f}x."]
 
     curves = {"meta-initialization": _curve(run_dir / "meta_init" / "train_result.json")}

@@ -90,7 +90,7 @@ def greedy_forward(names: list[str], oracle: Oracle, *, empty_ok: bool = True, m
         if not len(remaining):
             break
         if budget is not None and evaluations + len(remaining) > budget:
-            finished = current.sum() >= cap
+            finished = bool(current.sum() >= cap)  # a numpy bool would reach JSON as the string "False"
             break
         trial = np.repeat(current[None], len(remaining), 0)
         trial[np.arange(len(remaining)), remaining] = True
