@@ -3,13 +3,18 @@
 Measures, side by side on the same batches of the same model (LoRA r=8 on the
 attention projections, B initialised non-zero so every gradient is live):
 
-- ``train``:  a plain batched training forward+backward (``loss.backward()``);
+- ``train``:  a plain batched training forward+backward (``loss.backward()``), with
+              full-vocabulary logits at every position (what HF computes by default);
+- ``train-response``: the same training step keeping only the response positions'
+              logits (``logits_to_keep``, as the hook path does): the fair baseline;
 - ``hooks``:  gradselect's default featurization: one batched forward+backward,
               per-example gradients of the LoRA layers as outer products, then
               the blockwise seeded projection (timed apart);
 - ``func``:   the same with per-example gradients from torch.func (vmap);
 - ``naive``:  one ``torch.autograd.grad`` call per example + a dense,
-              materialized projection matrix.
+              materialized projection matrix;
+- ``kronecker``: hooks with the Kronecker-factored projector (per-example weight
+              gradients never formed; ``[features] projector = "kronecker"``).
 
 Each method runs in its own subprocess, so its peak memory (RSS high-water
 mark above the process's state after loading the model) is its own.
@@ -74,17 +79,31 @@ def run_method(args) -> dict:
     batches = [slice(s, min(n, s + bs)) for s in range(0, n, bs)]
     base_rss = rss_mb()
     result = {"method": args.method}
-    if args.method == "train":
-        model(input_ids=ids[:1], attention_mask=mask[:1], labels=labels[:1]).loss.backward()  # warm-up
+    if args.method in ("train", "train-response"):
+        from gradselect.features.gradients import response_positions
+
+        def loss_of(sl):
+            if args.method == "train":
+                return model(input_ids=ids[sl], attention_mask=mask[sl], labels=labels[sl]).loss
+            positions, gold = response_positions(labels[sl])  # only the logits the loss needs
+            logits = model(input_ids=ids[sl], attention_mask=mask[sl], logits_to_keep=positions).logits
+            return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), gold.reshape(-1),
+                                                     ignore_index=-100)
+
+        loss_of(slice(0, 1)).backward()  # warm-up
         start = time.perf_counter()
         for sl in batches:
             model.zero_grad(set_to_none=True)
-            loss = model(input_ids=ids[sl], attention_mask=mask[sl], labels=labels[sl]).loss
-            loss.backward()
+            loss_of(sl).backward()
         result["seconds"] = time.perf_counter() - start
     else:
-        comp = GRADIENT_COMPUTERS["loop" if args.method == "naive" else args.method](model, MeanLogOdds())
-        proj = make_projector("rademacher", comp.param_shapes, args.proj_dim, 0, max_cache_mb=args.cache_mb)
+        kind = {"naive": "loop", "kronecker": "hooks"}.get(args.method, args.method)
+        comp = GRADIENT_COMPUTERS[kind](model, MeanLogOdds())
+        if args.method == "kronecker":
+            comp.factored = True
+            proj = make_projector("kronecker", comp.param_shapes, args.proj_dim, 0, factor_dim=args.factor_dim)
+        else:
+            proj = make_projector("rademacher", comp.param_shapes, args.proj_dim, 0, max_cache_mb=args.cache_mb)
         result["n_params"] = proj.n_params
         dense = None
         comp.compute(ids[:1], mask[:1], labels[:1])  # warm-up, untimed
@@ -92,6 +111,9 @@ def run_method(args) -> dict:
         if args.method == "naive":
             dense = proj.matrix()  # materialized once: (n_params, proj_dim)
             proj.free_memory()
+        elif args.method == "kronecker":
+            for name in comp.param_shapes:
+                proj.factors(name)  # drawn once, like the cache
         else:
             proj.project({k: v.new_zeros((1, *v.shape)) for k, v in comp.params.items()})  # fill the cache
         result["setup_seconds"] = time.perf_counter() - t_setup
@@ -111,6 +133,11 @@ def run_method(args) -> dict:
             t0 = time.perf_counter()
             out = comp.compute(ids[sl], mask[sl], labels[sl])
             t1 = time.perf_counter()
+            if out.factors:  # projected at once from the factors, as featurize does
+                proj.project(out.grads, out.factors)
+                t_grad += t1 - t0
+                t_proj += time.perf_counter() - t1
+                continue
             pending.append(out.grads)
             # Both approaches project gradients in groups of --project-batch examples, as featurize does.
             if sum(next(iter(p.values())).shape[0] for p in pending) >= args.project_batch or i == len(batches) - 1:
@@ -135,7 +162,8 @@ def main():
     p.add_argument("--project-batch", type=int, default=32, help="gradients projected together")
     p.add_argument("--cache-mb", type=float, default=4096, help="projection block cache budget")
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--methods", default="train,hooks,func,naive")
+    p.add_argument("--factor-dim", type=int, default=16, help="kronecker projector: k per side")
+    p.add_argument("--methods", default="train,train-response,hooks,kronecker,func,naive")
     p.add_argument("--repeats", type=int, default=3, help="runs per method, interleaved; the median is reported")
     p.add_argument("--method", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -156,10 +184,10 @@ def main():
     print(f"# featurize benchmark: model={args.model} n={args.n_examples} batch={args.batch_size} seq_len={args.seq_len} "
           f"d={args.proj_dim} project_batch={args.project_batch} lora_r={args.rank} threads={args.threads} repeats={args.repeats} (median) "
           f"({platform.processor() or platform.machine()})")
-    print(f"{'method':<8}{'ms/example':>12}{'grad ms/ex':>12}{'proj ms/ex':>12}{'setup s':>9}{'peak+ MB':>10}")
+    print(f"{'method':<15}{'ms/example':>12}{'grad ms/ex':>12}{'proj ms/ex':>12}{'setup s':>9}{'peak+ MB':>10}")
     n = args.n_examples
     for m, r in rows.items():
-        print(f"{m:<8}{r['per_example_ms']:>12.1f}{1000 * r.get('grad_seconds', float('nan')) / n:>12.1f}"
+        print(f"{m:<15}{r['per_example_ms']:>12.1f}{1000 * r.get('grad_seconds', float('nan')) / n:>12.1f}"
               f"{1000 * r.get('proj_seconds', float('nan')) / n:>12.1f}{r.get('setup_seconds', float('nan')):>9.2f}"
               f"{r['peak_extra_mb']:>10.0f}")
     if "hooks" in rows:
@@ -168,6 +196,12 @@ def main():
         print(f"projection overhead (proj / grad):      {o['proj_seconds'] / o['grad_seconds']:.1%}")
         if "train" in rows:
             print(f"featurize / plain training step:        {o['seconds'] / rows['train']['seconds']:.2f}x")
+        if "train-response" in rows:
+            print(f"featurize / training step, response logits only: "
+                  f"{o['seconds'] / rows['train-response']['seconds']:.2f}x")
+            if "kronecker" in rows:
+                print(f"kronecker featurize / training step, response logits only: "
+                      f"{rows['kronecker']['seconds'] / rows['train-response']['seconds']:.2f}x")
         if "naive" in rows:
             nv = rows["naive"]
             print(f"speedup over naive (steady state):      {nv['seconds'] / o['seconds']:.2f}x")
