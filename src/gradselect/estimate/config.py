@@ -17,8 +17,9 @@ class EstimateConfig(StrictConfig):
     Modes are step models registered by name in
     :data:`gradselect.estimate.modes.STEP_MODELS` (see that module):
     ``trust_region`` (default; a step of fixed length ``radius``), ``l2`` (an L2
-    penalty ``lam``) and ``reference`` (the authors' released estimator as we
-    reproduce it). Options the chosen mode or solver does not read warn when set.
+    penalty ``lam``) and ``reference`` (the step direction of the authors' released
+    estimator, scored linearly: not their estimator in full, see the modes module).
+    Options the chosen mode or solver does not read warn when set.
     """
 
     mode: str = "trust_region"

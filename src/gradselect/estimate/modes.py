@@ -18,8 +18,12 @@ TrustRegionStep (``trust_region``)
 L2Step (``l2``)
     Minimise it plus ``lam * |v|^2``.
 ReferenceStep (``reference``)
-    The authors' released estimator as we reproduce it: no offsets, sklearn's
-    ``C = reference_c`` per row, the step rescaled to ``reference_fraction * |theta*|``.
+    The direction of the authors' released estimator: no offsets, sklearn's
+    ``C = reference_c`` per row, the step rescaled to ``reference_fraction * |theta*|``,
+    scored linearly like every mode here. Not their estimator in full: their code also
+    fits an intercept on random labels, tunes the scale per task (0.02-0.5) and scores
+    the lifted step with a real forward pass (our forward-pass steps are
+    :mod:`gradselect.estimate.forward`).
 
 To add a mode, subclass :class:`StepModel` (copy :class:`L2Step`), add its config
 fields to :class:`~gradselect.estimate.config.EstimateConfig`, and register it in
@@ -114,7 +118,8 @@ class L2Step(StepModel):
 
 
 class ReferenceStep(StepModel):
-    """The authors' released estimator (no offsets, sklearn's C, a fixed step norm)."""
+    """The authors' step direction (no offsets, sklearn's C, a fixed step norm), scored linearly; see the module
+    docstring for what of their estimator it leaves out."""
 
     name = "reference"
     reads = ("reference_c", "reference_fraction")
