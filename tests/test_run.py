@@ -80,7 +80,8 @@ def test_run_caches_stages_and_reruns_downstream_only(tmp_path, capsys):
     # Features in Adam's metric through a Kronecker projector: features and what follows rerun, not
     # meta-training (whose optimizer moments they read); the trust check's cached fine-tunes are reused.
     adam = config(2, run_dir).replace(
-        "[features]\n", '[features]\nprecondition = "adam"\nprojector = "kronecker"\nfactor_dim = 8\n')
+        "[features]\n", '[features]\nprecondition = "adam"\nprojector = "kronecker"\nfactor_dim = 8\n').replace(
+        "[evaluate]\n", '[evaluate]\nlm_eval_tasks = ["gradselect_target"]\nlm_eval_limit = 3\n')
     cfg.write_text(adam + "validate_k = 3\nvalidate_repeats = 0\n")
     assert main(["run", str(cfg), "-q"]) == 0
     out = capsys.readouterr().out
@@ -88,6 +89,11 @@ def test_run_caches_stages_and_reruns_downstream_only(tmp_path, capsys):
     manifest = json.loads((run_dir / "features" / "manifest.json").read_text())
     assert manifest["precondition"]["kind"] == "adam" and manifest["projector"]["kind"] == "kronecker"
     assert (run_dir / "meta_init" / "optimizer_moments.safetensors").exists()
+    # The final models also went through lm-evaluation-harness on the target as a local task.
+    harness = json.loads((run_dir / "lm_eval.json").read_text())
+    assert set(harness["models"]) == {"selection", "all"}
+    assert harness["models"]["selection"]["gradselect_target"]["n_examples"] == 3
+    assert "## lm-evaluation-harness" in (run_dir / "report.md").read_text()
 
 
 def test_report_needs_a_run(tmp_path, capsys):

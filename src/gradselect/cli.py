@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", type=Path, help="trained adapter folder (default: the base model)")
     p.add_argument("--split", choices=["train", "dev", "test"], default="test", help="target split (default: test)")
     p.add_argument("--no-exact-match", action="store_true", help="skip generation; loss only")
+    p.add_argument("--lm-eval", metavar="TASKS",
+                   help="also score on lm-evaluation-harness tasks (comma-separated; gradselect_target and "
+                   "gradselect_target_mc are the target's test split as local tasks); needs gradselect[lmeval]")
+    p.add_argument("--lm-eval-include", type=Path, help="a folder of lm-eval task YAML files (local tasks)")
+    p.add_argument("--lm-eval-limit", type=int, help="examples per lm-eval task at most (smoke tests)")
     p.add_argument("-o", "--output", type=Path, help="also write the metrics to this JSON file")
     _add_common(p)
 
@@ -329,6 +334,20 @@ def cmd_evaluate(args) -> int:
                                skip=("exact_match",) if args.no_exact_match else ())
     metrics = {"split": args.split, "n_examples": len(split), **{k: v.value for k, v in per.items()},
                "ci95": {k: bootstrap_interval(v) for k, v in per.items()}}
+    if args.lm_eval:
+        import tempfile
+
+        from gradselect.evaluate.harness import lm_eval_scores, write_target_task
+
+        tasks = [t.strip() for t in args.lm_eval.split(",") if t.strip()]
+        with tempfile.TemporaryDirectory() as tmp:
+            include = [args.lm_eval_include] if args.lm_eval_include else []
+            if any(t.startswith("gradselect_target") for t in tasks):
+                write_target_task(split, Path(tmp), max_new_tokens=config.evaluate.max_new_tokens)
+                include.append(Path(tmp))
+            metrics["lm_eval"] = lm_eval_scores(model, tokenizer, tasks, include_path=include,
+                                                limit=args.lm_eval_limit, batch_size=config.evaluate.batch_size,
+                                                chat_template=config.tokenize.chat_template)
     if args.output:
         write_json_atomic(args.output, metrics)
     print(json.dumps(metrics, indent=2))

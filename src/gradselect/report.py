@@ -310,6 +310,23 @@ def write_report(run_dir: str | Path) -> Path:
         if (run_dir / "validation" / "validation.png").exists():
             lines += ["", "![estimated vs true](validation/validation.png)"]
 
+    lm_eval_file = run_dir / "lm_eval.json"
+    if lm_eval_file.exists():
+        harness = read_json_artifact(lm_eval_file, redo="rerun with --force evaluate")
+        lines += ["", "## lm-evaluation-harness", "",
+                  f"Tasks {', '.join(harness['tasks'])}"
+                  + (f" (at most {harness['limit']} examples each: not comparable to full runs)"
+                     if harness.get("limit") else "") + "; each final model's first seed.", "",
+                  "| model | task | metric | value | stderr |", "|---|---|---|---|---|"]
+        for label, tasks in harness["models"].items():
+            for task, values in tasks.items():
+                for metric, value in values.items():
+                    if metric == "n_examples" or metric.endswith("_stderr"):
+                        continue
+                    err = values.get(f"{metric}_stderr")
+                    lines.append(f"| {label} | {task} | {metric} | {value:.4f} | "
+                                 f"{'' if err is None else f'{err:.4f}'} |")
+
     conventional_file = run_dir / "conventional" / "conventional.json"
     if conventional_file.exists():
         conv = read_json_artifact(conventional_file, redo="rerun with --force conventional")

@@ -27,6 +27,15 @@ class EvalConfig(StrictConfig):
     text stripped, the last number in it, or the ``answer_regex`` match."""
     answer_regex: str | None = None
     """Pattern for ``answer_extractor = "regex"``; group 1 if it has one, else the match."""
+    lm_eval_tasks: list[str] = []
+    """lm-evaluation-harness tasks to also score every final model on (written to
+    ``lm_eval.json``): harness task names, local ones from ``lm_eval_include``, and
+    ``gradselect_target`` / ``gradselect_target_mc``, the target's test split as a local
+    task. Needs ``pip install 'gradselect[lmeval]'``."""
+    lm_eval_include: str | None = None
+    """A folder of lm-eval task YAML files (local tasks)."""
+    lm_eval_limit: int | None = pydantic.Field(default=None, ge=1)
+    """Examples per lm-eval task at most (for smoke tests: figures on a limit are not comparable)."""
 
     @pydantic.model_validator(mode="after")
     def _regex(self) -> "EvalConfig":

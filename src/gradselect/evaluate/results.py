@@ -146,5 +146,35 @@ def evaluate_models(config, taskset, models: dict[str, tuple[list[str], list[Pat
         seeds = {k: [p[k].value for p in per_seed] for k in per_seed[0]} if len(per_seed) > 1 else None
         rows[label] = MetricRow(label, list(names), {k: v.value for k, v in per.items()}, per, seeds)
     table = MetricsTable("test", len(taskset.target_test), rows)
+    if config.evaluate.lm_eval_tasks:
+        write_lm_eval(config, taskset, models, Path(out).with_name(LM_EVAL_FILE), device=device)
     table.save(out)
     return table
+
+
+#: The harness's scores of every final model, beside metrics.json (written by the evaluate stage).
+LM_EVAL_FILE = "lm_eval.json"
+
+
+def write_lm_eval(config, taskset, models: dict[str, tuple[list[str], list[Path]]], out: Path, *,
+                  device: str = "auto") -> dict:
+    """Score each final model (its first seed) on ``config.evaluate.lm_eval_tasks``; write ``out``."""
+    from gradselect.evaluate.harness import lm_eval_scores, write_target_task
+    from gradselect.io import write_json_atomic
+    from gradselect.model import load_trained
+
+    ev = config.evaluate
+    include = [ev.lm_eval_include] if ev.lm_eval_include else []
+    if any(t.startswith("gradselect_target") for t in ev.lm_eval_tasks):
+        folder = Path(out).with_name("lm_eval_tasks")
+        write_target_task(taskset.target_test, folder, max_new_tokens=ev.max_new_tokens)
+        include.append(folder)
+    scores = {}
+    for label, (_, adapters) in models.items():
+        adapters = [adapters] if isinstance(adapters, (str, Path)) else list(adapters)
+        model, tok = load_trained(config.model, config.adapter, adapters[0], device=device)
+        scores[label] = lm_eval_scores(model, tok, ev.lm_eval_tasks, include_path=include, limit=ev.lm_eval_limit,
+                                       batch_size=ev.batch_size, chat_template=config.tokenize.chat_template)
+    result = {"lm_eval_version": 1, "tasks": list(ev.lm_eval_tasks), "limit": ev.lm_eval_limit, "models": scores}
+    write_json_atomic(out, result)
+    return result
