@@ -299,3 +299,22 @@ def test_with_config_shares_statistics_and_equals_a_fresh_fit(solver):
         # Statistics are shared unless the step model drops the offsets (reference): then refitted.
         assert (shared.stats_ is fitted.stats_) == (change.get("mode") != "reference")
         assert shared.config_ is cfg and fitted.config_.radius is None  # the original is untouched
+
+
+def test_small_batched_systems_run_on_one_thread_and_restore_the_setting(monkeypatch):
+    from gradselect.estimate import solvers
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        original = solvers.quadratic_trust_region
+        monkeypatch.setattr("gradselect.estimate.estimator.quadratic_trust_region",
+                            lambda *a, **k: seen.append(torch.get_num_threads()) or original(*a, **k))
+        arrays = synthetic(d=12)
+        SubsetEstimator(EstimateConfig(solver="lowrank", rank=6)).fit(arrays).estimate([["s0"], ["s1", "s2"]])
+        assert seen == [1] and torch.get_num_threads() == 2  # pinned for the small systems, then restored
+        with solvers.small_system_threads(solvers.SMALL_SYSTEM + 1):
+            assert torch.get_num_threads() == 2  # large systems keep the threads
+    finally:
+        torch.set_num_threads(before)

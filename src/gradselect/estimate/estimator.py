@@ -24,6 +24,7 @@ from gradselect.estimate.solvers import (
     quadratic_step,
     quadratic_trust_region,
     refine_on_rows,
+    small_system_threads,
     source_statistics,
     trust_region_exact,
 )
@@ -235,6 +236,10 @@ class SubsetEstimator:
         return np.concatenate(parts) if parts else np.zeros((0, self.arrays_.g.shape[1]))
 
     def _solve_fast(self, masks: np.ndarray) -> np.ndarray:
+        with small_system_threads(self.stats_.dense.shape[1]):
+            return self._solve_fast_batch(masks)
+
+    def _solve_fast_batch(self, masks: np.ndarray) -> np.ndarray:
         stats = self.stats_.summed(masks, self.base_stats_)
         system = stats.system(self.step_model_.ridge(stats.counts))
         if self.radius_ is not None:

@@ -17,6 +17,8 @@ subset by plain Newton (its fallback, and the independent check in the tests).
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 
 import numpy as np
@@ -330,6 +332,31 @@ class SufficientStatistics:
     def to_parameters(self, v: torch.Tensor) -> np.ndarray:
         """Steps in basis coordinates -> projected-parameter coordinates, as ndarray."""
         return (v if self.basis is None else v @ self.basis.T).numpy()
+
+
+#: Batched systems no larger than this are solved on one torch thread (:func:`small_system_threads`).
+SMALL_SYSTEM = 64
+
+
+@contextlib.contextmanager
+def small_system_threads(dim: int):
+    """Run the enclosed batched solves of ``dim`` x ``dim`` systems on one torch thread when ``dim`` is small.
+
+    Each such system (the low-rank solver's rank-32 blocks) is a few thousand flops, too little to
+    share between threads: measured on a 2-core machine (benchmarks/README.md), two threads ran the
+    low-rank ensemble at 1,600-3,900 subsets/s against 4,000-5,300 on one, with a second process
+    busy, and erratically (4,000-12,500) when idle. On more cores the loss from one thread is
+    bounded by the same small work: milliseconds per 10,000 subsets.
+    """
+    before = torch.get_num_threads()
+    if dim > SMALL_SYSTEM or before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def quadratic_step(a, tail, g) -> torch.Tensor:
