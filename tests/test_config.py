@@ -48,3 +48,17 @@ def test_dump_round_trips(tmp_path):
 
     assert loaded.provenance.gradselect_version == __version__ and loaded.provenance.created
     assert loaded.model_copy(update={"provenance": None}) == cfg
+
+
+def test_path_options_resolve_against_the_config_folder(tmp_path):
+    from gradselect.config import RunConfig, replay_config, resolve_paths
+
+    config = RunConfig.model_validate({"data": {"target": {"path": "t.jsonl"}},
+                                       "features": {"precondition": "adam", "optimizer_state": "meta/run"},
+                                       "evaluate": {"lm_eval_include": "tasks"}})
+    resolved = resolve_paths(config, tmp_path / "cfg")
+    assert resolved.features.optimizer_state == str((tmp_path / "cfg" / "meta" / "run").resolve())
+    assert resolved.evaluate.lm_eval_include == str((tmp_path / "cfg" / "tasks").resolve())
+    saved = replay_config(config, base_dir=tmp_path / "cfg")
+    assert saved.features.optimizer_state == resolved.features.optimizer_state
+    assert resolve_paths(RunConfig(), tmp_path) == RunConfig()  # nothing set, nothing changed

@@ -287,9 +287,11 @@ def _config_and_taskset(args):
     """The resolved run config and its task set (relative paths from the config's folder)."""
     from gradselect.data import load_taskset
 
+    from gradselect.config import resolve_paths
+
     config = resolve_config(args)
     base_dir = args.config.parent if args.config is not None else None
-    return config, load_taskset(config.data, base_dir=base_dir)
+    return resolve_paths(config, base_dir), load_taskset(config.data, base_dir=base_dir)
 
 
 def cmd_train(args) -> int:

@@ -183,6 +183,20 @@ def _absolute(path: str, base_dir: Path) -> str:
     return str(p if p.is_absolute() else (base_dir / p).resolve())
 
 
+def resolve_paths(config: RunConfig, base_dir: Path | None) -> RunConfig:
+    """Path options outside ``[data]`` (``[features] optimizer_state``, ``[evaluate] lm_eval_include``)
+    resolved against ``base_dir``, the config file's folder, as data paths are."""
+    base = Path(base_dir or ".").resolve()
+    update = {}
+    if config.features.optimizer_state:
+        update["features"] = config.features.model_copy(
+            update={"optimizer_state": _absolute(config.features.optimizer_state, base)})
+    if config.evaluate.lm_eval_include:
+        update["evaluate"] = config.evaluate.model_copy(
+            update={"lm_eval_include": _absolute(config.evaluate.lm_eval_include, base)})
+    return config.model_copy(update=update) if update else config
+
+
 def replay_config(config: RunConfig, *, base_dir: Path | None, run_dir: Path | None = None) -> RunConfig:
     """``config`` as a run folder saves it: data paths absolute (resolved against ``base_dir``,
     the original config file's folder) and ``[run] run_dir`` the absolute folder actually used."""
@@ -203,6 +217,7 @@ def replay_config(config: RunConfig, *, base_dir: Path | None, run_dir: Path | N
         if data.sources:
             update["sources"] = [fix(s) for s in data.sources]
         data = data.model_copy(update=update)
+    config = resolve_paths(config, base)
     update = {"data": data}
     if run_dir is not None:
         update["run"] = config.run.model_copy(update={"run_dir": str(Path(run_dir).resolve())})

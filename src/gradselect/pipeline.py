@@ -159,7 +159,7 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     dict
         ``{"ran": [...], "skipped": [...], "run_dir": str, "metrics": MetricsTable, "selection": Selection}``
     """
-    from gradselect.config import dump_config, replay_config
+    from gradselect.config import dump_config, replay_config, resolve_paths
     from gradselect.data import load_taskset
     from gradselect.evaluate import MetricsTable, evaluate_models
     from gradselect.features import FeatureStore, featurize
@@ -182,6 +182,7 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
         raise GradselectError(f"unknown stage(s) {unknown} for --force; stages are {list(STAGES)}")
     run_dir = Path(run_dir or config.run.run_dir)
     taskset = load_taskset(config.data, base_dir=base_dir)  # bad data fails before the run folder is touched
+    config = resolve_paths(config, base_dir)
     check_against_data(config, taskset)
     run_dir.mkdir(parents=True, exist_ok=True)
     saved_config = dump_config(replay_config(config, base_dir=base_dir, run_dir=run_dir))
