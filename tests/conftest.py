@@ -120,6 +120,6 @@ def small_task(tmp_path_factory):
     taskset = load_taskset(cfg)
     meta = train(
         taskset, taskset.source_names, tmp_path_factory.mktemp("meta"),
-        train_config=TrainConfig(max_steps=3, batch_size=8), progress=False, device="cpu",
+        train_config=TrainConfig(max_steps=3, batch_size=8), progress=False, device="cpu", save_moments=True,
     )
     return taskset, meta.adapter_dir

@@ -89,6 +89,7 @@ def test_run_caches_stages_and_reruns_downstream_only(tmp_path, capsys):
     manifest = json.loads((run_dir / "features" / "manifest.json").read_text())
     assert manifest["precondition"]["kind"] == "adam" and manifest["projector"]["kind"] == "kronecker"
     assert (run_dir / "meta_init" / "optimizer_moments.safetensors").exists()
+    assert not (run_dir / "final" / "selection" / "optimizer_moments.safetensors").exists()  # meta-init only
     # The final models also went through lm-evaluation-harness on the target as a local task.
     harness = json.loads((run_dir / "lm_eval.json").read_text())
     assert set(harness["models"]) == {"selection", "all"}

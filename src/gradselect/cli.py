@@ -315,6 +315,7 @@ def cmd_train(args) -> int:
         device=args.device,
         progress=not args.quiet,
         overwrite=args.overwrite,
+        save_moments=True,  # a trained adapter is often the meta-initialization: keep Adam's moments for it
     )
     write_text_atomic(args.output / "config.toml", dump_config(config))
     print(

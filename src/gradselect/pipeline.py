@@ -208,9 +208,10 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
         # The saved config describes what the folder holds: written once a stage built from it succeeds.
         write_text_atomic(run_dir / "config.toml", saved_config)
 
-    def train_into(folder: Path, names, train_config, data=None):
+    def train_into(folder: Path, names, train_config, data=None, save_moments=False):
         build = build_dir(folder)
-        train(data or taskset, names, build, train_config=train_config, overwrite=True, **common)
+        train(data or taskset, names, build, train_config=train_config, overwrite=True, save_moments=save_moments,
+              **common)
         replace_dir(build, folder)
 
     train_slice = (fingerprint, _dump(config.model), _dump(config.adapter), _dump(config.tokenize))
@@ -219,7 +220,8 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     meta_dir = run_dir / "meta_init"
     meta_key = content_key("meta_init", *train_slice, _dump(config.train))
     stage("meta_init", meta_key, [meta_dir],
-          lambda: train_into(meta_dir, taskset.source_names, config.train), staging=[build_dir(meta_dir)])
+          lambda: train_into(meta_dir, taskset.source_names, config.train, save_moments=True),
+          staging=[build_dir(meta_dir)])
 
     # 2. features (built in features.build/, resumable from its own .part)
     feat_dir = run_dir / "features"

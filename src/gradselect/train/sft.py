@@ -11,7 +11,7 @@ Output folder::
     output_dir/
       checkpoints/checkpoint-<step>/   Trainer checkpoints (resumed from)
       adapter/                         what was trained, safetensors (atomic)
-      optimizer_moments.safetensors    Adam's second moments by parameter name (train.moments)
+      optimizer_moments.safetensors    Adam's second moments by parameter name (train.moments; save_moments)
       train_result.json                metrics, log history, sources, config
 """
 
@@ -35,7 +35,8 @@ from gradselect.model.adapters import apply_adapter, save_trained
 from gradselect.model.config import AdapterConfig, ModelConfig
 from gradselect.model.loading import load_model, pick_device
 from gradselect.train.config import TrainConfig
-from gradselect.train.moments import MOMENTS_FILE, save_moments
+from gradselect.train.moments import MOMENTS_FILE
+from gradselect.train.moments import save_moments as write_moments
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ def train(
     device: str = "auto",
     progress: bool = True,
     overwrite: bool = False,
+    save_moments: bool = False,
 ) -> TrainResult:
     """Fine-tune on the named sources (+ target train) and save what was trained.
 
@@ -126,6 +128,10 @@ def train(
         Show the Trainer's progress bar.
     overwrite : bool
         Replace a finished run in ``output_dir``.
+    save_moments : bool
+        Also write Adam's second moments by parameter name (:data:`MOMENTS_FILE`) for
+        preconditioned features: on for a meta-initialization. Off by default: for full
+        fine-tuning the file is as large as the model.
 
     Returns
     -------
@@ -228,8 +234,8 @@ def train(
     if trainer.is_world_process_zero():
         with atomic_dir(adapter_dir) as part:
             save_trained(trainer.model, part)
-        # Adam's per-coordinate step scale, for features in the optimizer's metric ([features] precondition).
-        save_moments(trainer.optimizer, trainer.model, output_dir / MOMENTS_FILE)
+        if save_moments:  # Adam's per-coordinate step scale, for features in its metric ([features] precondition)
+            write_moments(trainer.optimizer, trainer.model, output_dir / MOMENTS_FILE)
         write_json_atomic(
             output_dir / RESULT_FILE,
             {
