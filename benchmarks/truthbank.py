@@ -10,7 +10,7 @@ re-scored against it without retraining.
     python benchmarks/truthbank.py build planted12 --run-dir runs/bank-planted12
     python benchmarks/truthbank.py build planted12 --run-dir runs/bank-planted12 --n-subsets 50 --seeds 2
     python benchmarks/fidelity.py score --bank benchmarks/truth/planted12.json     # = truthbank.py score
-    python benchmarks/fidelity.py score --bank benchmarks/truth/planted12.json --features   # + other features
+    python benchmarks/fidelity.py score --bank benchmarks/truth/planted12.json --features adam,softmin   # + other features
     python benchmarks/truthbank.py build bbh12 --run-dir runs/bank-bbh12          # BIG-Bench-Hard, 12 sources
     python benchmarks/truthbank.py build planted12 --run-dir runs/bank-planted12-cuda --device cuda \
         --bank benchmarks/truth/planted12-cuda.json   # a GPU bank: its own theta*, so its own file
@@ -328,7 +328,7 @@ FEATURE_VARIANTS = {
 
 
 def _feature_variants(config, taskset, meta_adapter, run_dir, device, base_arrays, subsets, true, true_ce,
-                      base_true, base_true_ce):
+                      base_true, base_true_ce, chosen=tuple(FEATURE_VARIANTS)):
     """Estimators on other features of the same theta*: Adam-preconditioned gradients, an ensemble over
     projection seeds, and the soft-minimum functional. Each store is featurized once into ``run_dir``.
 
@@ -342,6 +342,8 @@ def _feature_variants(config, taskset, meta_adapter, run_dir, device, base_array
 
     arrays = {"default": base_arrays}
     for name, change in FEATURE_VARIANTS.items():
+        if name not in chosen:
+            continue
         store = featurize(taskset, run_dir / f"features-{name}", model_config=config.model,
                           adapter_config=config.adapter, tokenize_config=config.tokenize,
                           feature_config=config.features.model_copy(update=change), adapter_path=meta_adapter,
@@ -356,18 +358,21 @@ def _feature_variants(config, taskset, meta_adapter, run_dir, device, base_array
         return np.array(calibrate_for_ranking(a, EstimateConfig(), subsets, truth)["held_out_predictions"])
 
     out, ce = {}, {}
-    adam, base_est = default(arrays["adam"])
-    out["adam-preconditioned, default radius"] = adam
-    out["adam-preconditioned, default radius + LOO level"] = loo_affine(adam, true, base_est, base_true)
-    out["adam-preconditioned, trust check's choice (LOO)"] = order_first(arrays["adam"], true)
-    seeds = [default(arrays[k]) for k in ("default", "seed1", "seed2")]
-    mean = np.mean([e for e, _ in seeds], axis=0)
-    base_mean = float(np.mean([b for _, b in seeds]))
-    out["trust_region, default radius, mean over 3 projection seeds"] = mean
-    out["trust_region, default radius, mean over 3 projection seeds + LOO level"] = loo_affine(
-        mean, true, base_mean, base_true)
+    if "adam" in arrays:
+        adam, base_est = default(arrays["adam"])
+        out["adam-preconditioned, default radius"] = adam
+        out["adam-preconditioned, default radius + LOO level"] = loo_affine(adam, true, base_est, base_true)
+        out["adam-preconditioned, trust check's choice (LOO)"] = order_first(arrays["adam"], true)
+    seeded = [k for k in ("default", "seed1", "seed2") if k in arrays]
+    if len(seeded) > 1:
+        seeds = [default(arrays[k]) for k in seeded]
+        mean = np.mean([e for e, _ in seeds], axis=0)
+        base_mean = float(np.mean([b for _, b in seeds]))
+        out[f"trust_region, default radius, mean over {len(seeded)} projection seeds"] = mean
+        out[f"trust_region, default radius, mean over {len(seeded)} projection seeds + LOO level"] = loo_affine(
+            mean, true, base_mean, base_true)
     # Against token cross-entropy: the level maps and the order-first choice are fitted to it (LOO).
-    for name in ("default", "adam", "softmin"):
+    for name in [k for k in ("default", "adam", "softmin") if k in arrays]:
         est, base = default(arrays[name])
         label = {"default": "mean log-odds", "adam": "mean log-odds, adam-preconditioned",
                  "softmin": "soft-minimum log-odds"}[name]
@@ -442,8 +447,13 @@ def score_bank(args) -> int:
                                          args.device))
     ce_variants = {}
     if args.features:
+        chosen = [c.strip() for c in args.features.split(",")] if args.features != "all" else list(FEATURE_VARIANTS)
+        unknown = [c for c in chosen if c not in FEATURE_VARIANTS]
+        if unknown:
+            print(f"--features: unknown {unknown}; choose from {list(FEATURE_VARIANTS)} or all", file=sys.stderr)
+            return 2
         more, ce_variants = _feature_variants(config, taskset, meta_adapter, run_dir, args.device, arrays, subsets,
-                                              true, true_ce, base_true, bank["theta_star"]["token_ce"])
+                                              true, true_ce, base_true, bank["theta_star"]["token_ce"], chosen)
         variants.update(more)
     scores = {}
     for name, est in variants.items():
@@ -532,9 +542,10 @@ def main(argv=None) -> int:
     sc.add_argument("--device", default="auto")
     sc.add_argument("--forward", action="store_true",
                     help="also score forward-pass variants (one dev forward pass per subset and variant)")
-    sc.add_argument("--features", action="store_true",
-                    help="also score estimators on other features of the same theta* (Adam-preconditioned, "
-                         "projection seeds 1-2, soft-minimum functional): one featurization each, cached")
+    sc.add_argument("--features", nargs="?", const="all", metavar="NAMES",
+                    help="also score estimators on other features of the same theta*: comma-separated among "
+                         f"{', '.join(FEATURE_VARIANTS)} (Adam-preconditioned, projection seeds 1-2, soft-minimum "
+                         "functional), or all (the default); one featurization each, cached in the run folder")
     args = p.parse_args(argv)
     return build(args) if args.command == "build" else score_bank(args)
 
