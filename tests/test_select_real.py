@@ -8,7 +8,6 @@ table, so they really hurt. The default estimator must rank them last.
 import json
 
 import numpy as np
-import pytest
 
 from gradselect.data import DataConfig, SourceSpec, load_taskset
 from gradselect.estimate import EstimateConfig, SubsetEstimator
