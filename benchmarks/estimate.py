@@ -22,6 +22,7 @@ calls after a warm-up call; the reference rate comes from a few subsets.
     python benchmarks/estimate.py --grid                # n in {20,100,500} x d in {128,512} x N in {10k,100k}
     python benchmarks/estimate.py --features runs/demo/features   # real features instead of synthetic
     python benchmarks/estimate.py --threads 1            # torch on one thread, like liblinear
+    python benchmarks/estimate.py --small-systems-threaded   # as before small systems ran on one thread
     python benchmarks/estimate.py --flan                 # FLAN scale: n=1,729, d=400, N=100k, 1,000 subsets at 5%
 
 ``--flan`` times the whole path a user takes at FLAN scale with the low-rank solver
@@ -174,7 +175,14 @@ def main():
     p.add_argument("--features", help="a feature store (e.g. runs/demo/features) instead of synthetic features")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     p.add_argument("--flan", action="store_true", help="FLAN scale (n=1,729, d=400, N=100k): wall time and peak memory")
+    p.add_argument("--small-systems-threaded", action="store_true",
+                   help="solve small batched systems on every torch thread (the behaviour before "
+                        "gradselect.estimate.solvers.small_system_threads; for side-by-side runs)")
     args = p.parse_args()
+    if args.small_systems_threaded:
+        from gradselect.estimate import solvers
+
+        solvers.SMALL_SYSTEM = 0
     if args.threads:
         import torch
 
