@@ -261,6 +261,9 @@ def _variants(arrays, subsets, true, base_true, norms):
 
     out["trust check's choice (order-first over modes and steps + level, LOO)"] = np.array(
         calibrate_for_ranking(arrays, EstimateConfig(), subsets, true)["held_out_predictions"])
+    # The same without the one-standard-error guard (what the trust check did before 2026-12-02).
+    out["trust check's choice without the one-SE guard (LOO)"] = np.array(
+        calibrate_for_ranking(arrays, EstimateConfig(), subsets, true, one_se=False)["held_out_predictions"])
     # Kernel surrogates over subset indicators (Kernel Surrogate Models, ICLR 2026), leave-one-out on the truth:
     # the data-only baseline (no features), and a correction of the default estimate by its residuals.
     out["indicator kernel ridge on the other truths (LOO, no features)"] = _loo_kernel_ridge(

@@ -55,3 +55,33 @@ def test_leave_one_out_never_sees_the_held_out_subset():
         assert p2[i] == preds[i] and c2[i] == chosen[i]
     # The level fit moves the estimates onto the truth's scale without reordering them.
     assert np.mean(np.abs(base - true)) < np.mean(np.abs(est - true))
+
+
+def test_one_se_rule_keeps_the_configured_step_unless_another_is_clearly_better():
+    from gradselect.validate.fidelity import one_se_choice
+
+    rng = np.random.default_rng(0)
+    true = rng.normal(size=10)
+    default = true + rng.normal(scale=1.0, size=10)  # orders the subsets somewhat
+    # A candidate one pair better than the default (a swap that fixes one pair) is within noise: default kept.
+    order = np.argsort(default)
+    nudged = default.copy()
+    for a, b in zip(order[:-1], order[1:]):
+        if (true[a] - true[b]) * (default[a] - default[b]) < 0:  # a misordered neighbour pair: fix just it
+            nudged[a], nudged[b] = default[b], default[a]
+            break
+    assert one_se_choice(np.stack([default, nudged]), true) == 0
+    # The truth itself as a candidate is clearly better: chosen. Unusable candidates never are.
+    assert one_se_choice(np.stack([default, nudged, true]), true) == 2
+    assert one_se_choice(np.stack([default, nudged, true]), true, usable=[True, True, False]) == 0
+    # Without the rule's guard (a default that is not usable), the best usable candidate wins.
+    assert one_se_choice(np.stack([default, true]), true, usable=[False, True]) == 1
+
+
+def test_one_se_rule_off_takes_the_best_however_slightly():
+    from gradselect.validate.fidelity import one_se_choice
+
+    true = np.arange(6.0)
+    slightly = np.array([0.0, 1.0, 2.0, 3.0, 5.0, 4.0])  # one pair wrong
+    exact = true.copy()
+    assert one_se_choice(np.stack([slightly, exact]), true, n_boot=0) == 1

@@ -140,8 +140,13 @@ def test_ranking_calibration_orders_first_and_holds_out():
     est = SubsetEstimator(EstimateConfig(radius=0.77)).fit(arrays)
     true = est.base_loss_ + 0.5 * (est.estimate(subsets) - est.base_loss_) - 0.01
     result = calibrate_for_ranking(arrays, EstimateConfig(), subsets, true)
-    assert result["mode"] == "trust_region" and result["in_sample_pairwise_accuracy"] >= 0.95
+    assert result["mode"] == "trust_region" and result["in_sample_pairwise_accuracy"] >= 0.9
     assert result["loo"]["pairwise_accuracy"] >= 0.9 and result["loo"]["mean_relative_error"] < 0.01
+    # A configured step that orders clearly worse (a tiny radius: 78% of pairs) is replaced by one that
+    # orders them all; the near-perfect default above (93%) was kept: within one standard error.
+    switched = calibrate_for_ranking(arrays, EstimateConfig(radius=0.01), subsets, true)
+    assert switched["value"] != 0.01 and switched["in_sample_pairwise_accuracy"] == 1.0
+    assert result["value"] == EstimateConfig().radius_fraction * arrays.param_norm
     # A held-out subset never reaches its own prediction: change only its truth, its prediction stays.
     wild = true.copy()
     wild[3] = 5.0

@@ -126,12 +126,15 @@ def apply_calibration(estimate_config: EstimateConfig, calibration_file: Path | 
 
 
 def calibrate_for_ranking(arrays, config: EstimateConfig, subsets: list[list[str]], true_losses,
-                          n_grid: int = 25) -> dict:
+                          n_grid: int = 25, *, one_se: bool = True) -> dict:
     """Choose the step model and its parameter by how well they *order* the validated subsets, then fit
     the level separately; every reported figure is leave-one-out.
 
     Selection uses only the order of the estimates, so the step is chosen by pairwise order
-    accuracy (the share of subset pairs ordered as in truth), never traded for the level.
+    accuracy (the share of subset pairs ordered as in truth), never traded for the level, and
+    only when it beats the configured step by more than one standard error
+    (:func:`~gradselect.validate.fidelity.one_se_choice`): with a few validated subsets the
+    best of many candidates is often ahead by chance.
     The level, an affine map of the predicted change ``d_true ~ a + b d_est`` (two
     parameters, order-preserving for b > 0), is fitted after. The candidates are the
     configured step first, then a grid per calibrated mode fixed in advance (it depends on
@@ -147,7 +150,7 @@ def calibrate_for_ranking(arrays, config: EstimateConfig, subsets: list[list[str
         mode was chosen).
     """
     from gradselect.estimate.modes import calibrated_modes
-    from gradselect.validate.fidelity import fit_level, pairwise_accuracy, score
+    from gradselect.validate.fidelity import fit_level, one_se_choice, pairwise_accuracy, score
 
     true = np.asarray(true_losses, dtype=float)
     configs = [config]
@@ -170,9 +173,9 @@ def calibrate_for_ranking(arrays, config: EstimateConfig, subsets: list[list[str
     usable[0] |= not usable.any()
 
     def choose(keep):
-        marks = np.array([pairwise_accuracy(e[keep], true[keep]) if ok else np.nan
-                          for e, ok in zip(estimates, usable)])
-        return int(np.nanargmax(marks)) if np.isfinite(marks).any() else 0  # ties: the configured step first
+        # The configured step unless another orders the subsets better by more than the noise of so few
+        # (one_se=False: the best, however slightly; for comparison in the benchmarks).
+        return one_se_choice(estimates[:, keep], true[keep], usable=usable, n_boot=200 if one_se else 0)
 
     def level(c, keep):
         return fit_level(estimates[c, keep] - base, true[keep] - base)
@@ -205,7 +208,9 @@ def calibrate_for_ranking(arrays, config: EstimateConfig, subsets: list[list[str
                               "in_sample_pairwise_accuracy": float(marks[idx.index(j)])}
     return {
         "per_mode": per_mode,
-        "criterion": "pairwise_accuracy", "mode": chosen.mode, "parameter": key, "value": value,
+        "criterion": "pairwise_accuracy",
+        "rule": "one standard error toward the configured step" if one_se else "best",
+        "mode": chosen.mode, "parameter": key, "value": value,
         "level": {"intercept": a, "slope": b}, "in_sample_pairwise_accuracy": pairwise_accuracy(estimates[c], true),
         "loo": loo, "n_candidates": len(configs), "held_out_predictions": [float(x) for x in held_out],
         # What apply_calibration and the summaries read:

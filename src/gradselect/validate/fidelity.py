@@ -53,6 +53,51 @@ def pairwise_accuracy(estimated, true) -> float:
     return float(np.mean(np.where(de[keep] == 0, 0.5, de[keep] == dt[keep])))
 
 
+def one_se_choice(candidates, true, *, usable=None, default: int = 0, n_boot: int = 200, seed: int = 0) -> int:
+    """The candidate that orders ``true`` best by pairwise accuracy, unless it beats ``default`` by less
+    than one standard error of their difference: then ``default`` (the one-standard-error rule).
+
+    Choosing among many steps by how they order a few validated subsets rewards noise: with 10
+    subsets (45 pairs) the best of 75 candidates is ahead of the configured step by chance alone.
+    The standard error comes from resampling the subsets (``n_boot`` bootstrap draws; a pair is
+    counted once per draw of each of its subsets).
+
+    Parameters
+    ----------
+    candidates : array of shape (n_candidates, n_subsets)
+    true : array of shape (n_subsets,)
+    usable : bool array of shape (n_candidates,), optional
+        Candidates allowed to be chosen (all by default).
+    default : int
+        The candidate kept unless another is clearly better (the configured step).
+    n_boot : int
+        Bootstrap draws for the standard error; 0 turns the rule off (the best candidate wins).
+    """
+    e, t = np.asarray(candidates, float), np.asarray(true, float)
+    usable = np.ones(len(e), bool) if usable is None else np.asarray(usable, bool)
+    i, j = np.triu_indices(len(t), 1)
+    dt = np.sign(t[i] - t[j])
+    valid = dt != 0
+    if not valid.any() or not usable.any():
+        return default
+    i, j, dt = i[valid], j[valid], dt[valid]
+    de = np.sign(e[:, i] - e[:, j])  # (n_candidates, n_pairs)
+    concordant = np.where(de == 0, 0.5, (de == dt).astype(float))
+    marks = np.where(usable, concordant.mean(1), -np.inf)
+    best = int(np.argmax(marks))  # ties: the lower index, the default first
+    if best == default or not usable[default] or n_boot == 0:  # n_boot = 0: no guard, the best
+        return best
+    diff = concordant[best] - concordant[default]
+    rng = np.random.default_rng([seed, 11])
+    counts = np.stack([np.bincount(rng.integers(0, len(t), len(t)), minlength=len(t)) for _ in range(n_boot)])
+    weights = counts[:, i] * counts[:, j]  # (n_boot, n_pairs)
+    total = weights.sum(1)
+    ok = total > 0
+    boot = (weights[ok] * diff).sum(1) / total[ok]
+    se = float(boot.std(ddof=1)) if ok.sum() > 1 else np.inf
+    return best if marks[best] - marks[default] > se else default
+
+
 def skill_of_change(estimated, true, base_estimated: float, base_true: float) -> float:
     """``1 - sum (d_est - d_true)^2 / sum d_true^2``: the estimates' skill over predicting no change."""
     d_true = np.asarray(true, float) - base_true
