@@ -1,21 +1,30 @@
 """Benchmark: final models trained on each method's selection, and the cost of conventional selection.
 
-Runs ``gradselect run`` on a planted reasoning-gym suite with ``--n-sources`` sources
-(target chain_sum; related, unrelated and label-noise sources), comparing on the
-target's test split, with equal step budgets for every final fine-tune:
+Runs ``gradselect run`` on one suite, comparing on the target's test split, with equal
+step budgets for every final fine-tune. Suites:
 
-- gradselect's random-ensemble selection, forward selection on estimates,
-  gradient- and representation-similarity (all from the same features);
-- all sources, target only, a random subset;
-- conventional forward selection with one real fine-tune (from the base model)
-  per candidate, capped at ``--budget`` fine-tunes;
-
-and prints each method's test loss, exact match and wall time, and the cost ratio
-of the conventional search against gradselect's stages (meta-initialization,
-featurization, selection, final fine-tune).
+- ``planted`` (default): a planted reasoning-gym suite with ``--n-sources`` sources
+  (target chain_sum; related, unrelated and label-noise sources); methods: gradselect's
+  random-ensemble selection, forward selection on estimates, gradient- and
+  representation-similarity, all sources, target only, a random subset, and conventional
+  forward selection with one real fine-tune (from the base model) per candidate, capped
+  at ``--budget`` fine-tunes (with its cost ratio against gradselect's stages);
+- ``cot``: chain-of-thought data selection (issue 16): StrategyQA from ``--data``
+  (BIG-bench, ``../shared/data/bigbench/strategyqa``), questions with an answer and a
+  short explanation as the training data, with ``--noisy`` of them given another
+  question's explanation (planted noise); the pooled examples are clustered by projected
+  gradient (``--clusters`` clusters, agglomerative, cosine) and the clusters are the
+  sources; the target is other StrategyQA questions with their explanations (exact match
+  of the leading Yes/No, token cross-entropy of the whole response). Methods: the cluster
+  selection, all data, random clusters of equal size, LESS-style example selection of
+  equal size, target only.
 
     python benchmarks/selection.py --model tiny-llama -o runs/selection-tiny
     python benchmarks/selection.py -o runs/selection-smollm2 --budget 30     # SmolLM2 + LoRA
+    python benchmarks/selection.py --suite cot -o runs/selection-cot          # SmolLM2 + LoRA
+
+The cot suite writes its derived data files (BIG-bench format, canary kept) into the
+run folder, never into the repository.
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -52,6 +63,52 @@ def suite_config(model: str | None, n_sources: int, size: int):
     return config.model_copy(update={"data": data}), steps
 
 
+def cot_config(model: str | None, data: Path, out: Path, n_train: int, n_noisy: int, n_target: int,
+               clusters: int):
+    """StrategyQA as chain-of-thought training data, clustered into pseudo-sources; a Yes/No target."""
+    import random
+
+    from gradselect.config import RunConfig
+    from gradselect.demo import FINAL_STEPS
+
+    task = json.loads((data / "task.json").read_text())
+    rows = list(task["examples"])
+    random.Random(0).shuffle(rows)
+    need = n_train + n_noisy + n_target
+    if len(rows) < need:
+        raise SystemExit(f"{data}: {len(rows)} examples, the suite needs {need}")
+    folder = out / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def write(name, examples):
+        path = folder / f"{name}.json"
+        path.write_text(json.dumps({"canary": task.get("canary"), "name": name, "examples": examples}))
+        return str(path)
+
+    # Answer and explanation everywhere: the target is scored on its answer (exact match of the leading
+    # Yes/No) and on the whole response (token cross-entropy), in the format the training data teaches.
+    cot = [{"input": r["input"], "target": r["target"]} for r in rows[:n_train + n_noisy]]
+    target = [{"input": r["input"], "target": r["target"]} for r in rows[n_train + n_noisy:need]]
+    tiny = (model or "smollm2").startswith("tiny-")
+    config = RunConfig.model_validate({
+        "data": {
+            "target": {"name": "strategyqa", "path": write("target", target)},
+            "dev_fraction": 0.2, "test_fraction": 0.5, "split_seed": 0,
+            "sources": [{"name": "cot", "path": write("cot", cot[:n_train])},
+                        {"name": "cot_noisy", "path": write("cot_noisy", cot[n_train:]), "label_noise": 1.0}],
+        },
+        "model": {"name_or_path": model or "smollm2"},
+        "adapter": {"method": "full" if tiny else "lora"},
+        "features": {"proj_dim": 128 if tiny else 256, "params": [r"layers\.1\..*proj"] if tiny else None},
+        "tokenize": {"max_length": 768 if tiny else 256, "chat_template": not tiny},  # tiny: character tokens
+        "train": {"epochs": 1, "learning_rate": 3e-3 if tiny else 5e-4, "batch_size": 8, "logging_steps": 5},
+        "select": {"method": "ensemble", "n_subsets": 64, "pseudo_sources": clusters},
+        "evaluate": {"max_new_tokens": 4, "exact_match": True, "answer_extractor": "regex",  # the leading answer
+                     "answer_regex": "^\\s*(Yes|No)"},
+    })
+    return config, FINAL_STEPS["tiny" if tiny else "smollm2"]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-o", "--out", type=Path, required=True, help="run folder")
@@ -60,11 +117,41 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=30, help="examples per source")
     p.add_argument("--budget", type=int, default=100, help="fine-tunes at most for the conventional search")
     p.add_argument("--device", default="auto")
+    p.add_argument("--suite", choices=["planted", "cot"], default="planted")
+    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "bigbench"
+                   / "strategyqa", help="cot: the StrategyQA folder (BIG-bench task.json)")
+    p.add_argument("--n-train", type=int, default=240, help="cot: clean chain-of-thought examples")
+    p.add_argument("--noisy", type=int, default=80, help="cot: examples with another question's explanation")
+    p.add_argument("--n-target", type=int, default=500, help="cot: target questions (half of them test)")
+    p.add_argument("--clusters", type=int, default=16, help="cot: clusters of the pooled examples")
     args = p.parse_args(argv)
 
     from gradselect.pipeline import run_pipeline
     from gradselect.report import cost_of_selection
 
+    if args.suite == "cot":
+        if not (args.data / "task.json").exists():
+            print(f"skipped: no StrategyQA at {args.data}")
+            return 0
+        config, steps = cot_config(args.model, args.data, args.out, args.n_train, args.noisy, args.n_target,
+                                   args.clusters)
+        config = config.model_copy(update={"run": config.run.model_copy(update={
+            "run_dir": str(args.out), "compare": ["all", "random", "less", "target-only"], "final_steps": steps})})
+        run_pipeline(config, device=args.device, progress=False)
+        print(f"# chain-of-thought suite: {config.model.name_or_path}, {args.n_train} + {args.noisy} noisy "
+              f"StrategyQA explanations in {args.clusters} clusters; final fine-tunes of {steps} steps")
+        print_selection_rows(selection_rows(args.out))
+        clusters = json.loads((args.out / "clusters.json").read_text())
+        sel = json.loads((args.out / "selection.json").read_text())
+        # Each cluster lists [source, example id] pairs: its share of planted-noisy examples.
+        noisy = {c: sum(src == "cot_noisy" for src, _ in pairs) / max(len(pairs), 1)
+                 for c, pairs in clusters["clusters"].items()}
+        if noisy:
+            chosen = sel["chosen"]
+            share = (sum(noisy[c] for c in chosen) / len(chosen)) if chosen else float("nan")
+            print(f"clusters chosen: {len(chosen)} of {len(noisy)}; mean share of planted-noisy examples in the "
+                  f"chosen clusters {share:.2f} (all clusters: {np.mean(list(noisy.values())):.2f})")
+        return 0
     config, steps = suite_config(args.model, args.n_sources, args.size)
     config = config.model_copy(update={"run": config.run.model_copy(update={
         "run_dir": str(args.out), "compare": COMPARE, "final_steps": steps,
