@@ -258,7 +258,9 @@ def selection_rows(run_dir: Path) -> dict:
             wall += shared
         if label == "conventional":
             wall += json.loads((run_dir / "conventional" / "conventional.json").read_text())["seconds"]
-        rows[label] = {"sources": row.sources, **{f"test_{k}": v for k, v in row.values.items()}, "wall_s": wall}
+        rows[label] = {"sources": row.sources, **{f"test_{k}": v for k, v in row.values.items()}, "wall_s": wall,
+                       **{f"ci95_{k}": row.interval(k) for k in row.values},
+                       **{f"vs_selection_{k}": table.versus(label, k) for k in row.values if label != "selection"}}
     return rows
 
 
@@ -266,11 +268,25 @@ def print_selection_rows(rows: dict) -> None:
     from gradselect.evaluate import METRICS
 
     columns = [m for m in METRICS if any(f"test_{m.key}" in r for r in rows.values())]
-    print("| method | sources | " + " | ".join(m.title for m in columns) + " | wall s |")
-    print("|---|---|" + "---|" * len(columns) + "---|")
+    print("| method | sources | " + " | ".join(f"{m.title} [95%] | minus selection [95%]" for m in columns)
+          + " | wall s |")
+    print("|---|---|" + "---|---|" * len(columns) + "---|")
+
+    def cell(r, m):
+        value, ci = r.get(f"test_{m.key}"), r.get(f"ci95_{m.key}")
+        if value is None:
+            return " | "
+        text = format(value, m.fmt) + (f" [{format(ci[0], m.fmt)}, {format(ci[1], m.fmt)}]" if ci else "")
+        diff = r.get(f"vs_selection_{m.key}")
+        if diff:
+            lo, hi = diff["ci95"]
+            text += f" | {diff['difference']:+{m.fmt}} [{lo:+{m.fmt}}, {hi:+{m.fmt}}]"
+        else:
+            text += " | "
+        return text
+
     for label, r in sorted(rows.items(), key=lambda kv: kv[1]["test_loss"]):
-        cells = " | ".join("" if r.get(f"test_{m.key}") is None else format(r[f"test_{m.key}"], m.fmt)
-                           for m in columns)
+        cells = " | ".join(cell(r, m) for m in columns)
         print(f"| {label} | {len(r['sources'])} | {cells} | {r['wall_s']:.0f} |")
 
 
