@@ -124,7 +124,8 @@ def format_validation(report: dict) -> str:
     c = report["calibration"]
     if "loo" in c:
         loo = c["loo"]
-        lines.append(f"  step for selection, chosen by pairwise order: {c['mode']} {c['parameter']} = {c['value']:.4g}; "
+        lines.append(f"  step for selection, chosen by pairwise order (the configured step unless another is better by "
+                     f"more than one standard error): {c['mode']} {c['parameter']} = {c['value']:.4g}; "
                      f"held out (choice and level fitted without the subset): Spearman {loo['spearman']:.3f} "
                      f"{format_interval(loo['spearman_ci95'])}, pairwise order {loo['pairwise_accuracy']:.3f}, "
                      f"mean relative error {loo['mean_relative_error']:.2%} after the level fit")
@@ -297,7 +298,8 @@ def write_report(run_dir: str | Path) -> Path:
         if "loo" in c:
             loo = c["loo"]
             lines += ["", f"Step for selection, chosen by how well it orders the validated subsets (pairwise order "
-                          f"accuracy): **{c['mode']} {c['parameter']} = {c['value']:.4g}**. Held out (the choice and "
+                          f"accuracy; the configured step is kept unless another orders them better by more than one "
+                          f"standard error): **{c['mode']} {c['parameter']} = {c['value']:.4g}**. Held out (the choice and "
                           f"the level fitted without the subset predicted): Spearman {loo['spearman']:.3f} "
                           f"{format_interval(loo['spearman_ci95'])}, pairwise order accuracy "
                           f"{loo['pairwise_accuracy']:.3f}, mean relative error {loo['mean_relative_error']:.2%} "

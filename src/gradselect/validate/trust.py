@@ -54,7 +54,8 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
     """Fine-tune on k subsets from theta*, measure the truth, compare with estimates, calibrate.
 
     The calibration selection then uses is :func:`~gradselect.validate.calibration.calibrate_for_ranking`
-    (the step that orders the validated subsets best, its level fitted apart, figures held out);
+    (the step that orders the validated subsets best, by more than one standard error over the configured
+    one, its level fitted apart, figures held out);
     each mode's level-only calibration is reported beside it.
 
     Parameters
