@@ -143,14 +143,16 @@ def main(argv=None) -> int:
         print_selection_rows(selection_rows(args.out))
         clusters = json.loads((args.out / "clusters.json").read_text())
         sel = json.loads((args.out / "selection.json").read_text())
-        # Each cluster lists [source, example id] pairs: its share of planted-noisy examples.
-        noisy = {c: sum(src == "cot_noisy" for src, _ in pairs) / max(len(pairs), 1)
-                 for c, pairs in clusters["clusters"].items()}
-        if noisy:
-            chosen = sel["chosen"]
-            share = (sum(noisy[c] for c in chosen) / len(chosen)) if chosen else float("nan")
-            print(f"clusters chosen: {len(chosen)} of {len(noisy)}; mean share of planted-noisy examples in the "
-                  f"chosen clusters {share:.2f} (all clusters: {np.mean(list(noisy.values())):.2f})")
+        # Each cluster lists [source, example id] pairs: the share of planted-noisy examples among the
+        # chosen clusters' examples, against all examples.
+        pairs = clusters["clusters"]
+        chosen = sel["chosen"]
+        kept = [src for c in chosen for src, _ in pairs[c]]
+        every = [src for c in pairs for src, _ in pairs[c]]
+        share = np.mean([s == "cot_noisy" for s in kept]) if kept else float("nan")
+        print(f"clusters chosen: {len(chosen)} of {len(pairs)} ({len(kept)} of {len(every)} examples); planted-noisy "
+              f"share {share:.2f} among the chosen examples, {np.mean([s == 'cot_noisy' for s in every]):.2f} "
+              f"among all; cluster sizes {sorted((len(v) for v in pairs.values()), reverse=True)}")
         return 0
     config, steps = suite_config(args.model, args.n_sources, args.size)
     config = config.model_copy(update={"run": config.run.model_copy(update={
