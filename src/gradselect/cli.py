@@ -340,14 +340,12 @@ def cmd_evaluate(args) -> int:
     if args.lm_eval:
         import tempfile
 
-        from gradselect.evaluate.harness import lm_eval_scores, write_target_task
+        from gradselect.evaluate.harness import include_paths, lm_eval_scores
 
         tasks = [t.strip() for t in args.lm_eval.split(",") if t.strip()]
         with tempfile.TemporaryDirectory() as tmp:
-            include = [args.lm_eval_include] if args.lm_eval_include else []
-            if any(t.startswith("gradselect_target") for t in tasks):
-                write_target_task(split, Path(tmp), max_new_tokens=config.evaluate.max_new_tokens)
-                include.append(Path(tmp))
+            include = include_paths(tasks, split, Path(tmp), args.lm_eval_include,
+                                    max_new_tokens=config.evaluate.max_new_tokens)
             metrics["lm_eval"] = lm_eval_scores(model, tokenizer, tasks, include_path=include,
                                                 limit=args.lm_eval_limit, batch_size=config.evaluate.batch_size,
                                                 chat_template=config.tokenize.chat_template)

@@ -72,6 +72,16 @@ def write_target_task(split, folder: Path, *, max_new_tokens: int = 32) -> list[
     return names
 
 
+def include_paths(tasks: Sequence[str], split, folder: Path, include=None, *, max_new_tokens: int = 32) -> list:
+    """The include folders ``tasks`` need: ``include`` (the user's), plus ``folder`` with the target's local
+    tasks written into it when a ``gradselect_target*`` task is asked for."""
+    paths = [include] if include else []
+    if any(t.startswith(TARGET_TASK) for t in tasks):
+        write_target_task(split, folder, max_new_tokens=max_new_tokens)
+        paths.append(Path(folder))
+    return paths
+
+
 def lm_eval_scores(model, tokenizer, tasks: Sequence[str], *, include_path=None,
                    limit: int | None = None, batch_size: int = 8, chat_template: bool = False) -> dict:
     """Scores of ``model`` on lm-eval ``tasks``: ``{task: {metric: value, metric_stderr: value}}``.

@@ -159,16 +159,13 @@ LM_EVAL_FILE = "lm_eval.json"
 def write_lm_eval(config, taskset, models: dict[str, tuple[list[str], list[Path]]], out: Path, *,
                   device: str = "auto") -> dict:
     """Score each final model (its first seed) on ``config.evaluate.lm_eval_tasks``; write ``out``."""
-    from gradselect.evaluate.harness import lm_eval_scores, write_target_task
+    from gradselect.evaluate.harness import include_paths, lm_eval_scores
     from gradselect.io import write_json_atomic
     from gradselect.model import load_trained
 
     ev = config.evaluate
-    include = [ev.lm_eval_include] if ev.lm_eval_include else []
-    if any(t.startswith("gradselect_target") for t in ev.lm_eval_tasks):
-        folder = Path(out).with_name("lm_eval_tasks")
-        write_target_task(taskset.target_test, folder, max_new_tokens=ev.max_new_tokens)
-        include.append(folder)
+    include = include_paths(ev.lm_eval_tasks, taskset.target_test, Path(out).with_name("lm_eval_tasks"),
+                            ev.lm_eval_include, max_new_tokens=ev.max_new_tokens)
     scores = {}
     for label, (_, adapters) in models.items():
         adapters = [adapters] if isinstance(adapters, (str, Path)) else list(adapters)

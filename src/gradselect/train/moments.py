@@ -4,7 +4,7 @@ Adam moves coordinate k by about ``lr * m_k / (sqrt(v_k) + eps)``: its step is t
 gradient rescaled per coordinate by ``1 / (sqrt(v_k) + eps)``. Features
 preconditioned by the meta-training optimizer's ``v`` (``[features] precondition =
 "adam"``) put the subset estimator in that geometry. :func:`train` writes the
-moments at the end of every run (:data:`MOMENTS_FILE`, safetensors, one tensor per
+moments at the end of a meta-initialization (``save_moments=True``; :data:`MOMENTS_FILE`, safetensors, one tensor per
 trainable parameter, named as in ``model.named_parameters()``); runs made by plain
 HF Trainer keep them in their checkpoints' ``optimizer.pt``, which
 :func:`read_moments` also reads (with ``weights_only=True``: tensors and plain
@@ -30,7 +30,9 @@ def save_moments(optimizer, model, path: Path) -> bool:
     Returns False (and writes nothing) when the optimizer keeps no ``exp_avg_sq``
     (not an Adam-family optimizer, or no step taken).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from gradselect.io import write_bytes_atomic
 
     optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
     names = {id(p): n for n, p in model.named_parameters()}
@@ -46,10 +48,7 @@ def save_moments(optimizer, model, path: Path) -> bool:
             meta = {"beta2": str(beta2), "eps": str(eps), "step": str(int(step))}
     if not tensors:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
-    save_file(tensors, str(part), metadata=meta)
-    part.replace(path)
+    write_bytes_atomic(path, save(tensors, metadata=meta))
     return True
 
 
