@@ -384,6 +384,64 @@ def _feature_variants(config, taskset, meta_adapter, run_dir, device, base_array
     return out, ce
 
 
+def _trust_check_at_k(arrays, subsets, true, ks=(6, 8, 10, 12), draws: int = 20, seed: int = 0) -> dict:
+    """What a user's trust check of k subsets buys on the bank's other subsets.
+
+    For each k and each of ``draws`` random draws of k validated subsets from the bank (all
+    sources and target only always among them, as in :func:`gradselect.validate.validation_subsets`),
+    the trust check is run as ``gradselect validate`` runs it on those k (step calibration, then the
+    residual surrogate with its ``auto`` rule), and its estimates are scored on the bank's *remaining*
+    subsets, which it never saw: the calibrated step alone, with the surrogate, and as ``auto`` decided.
+    Returns, per k, the mean and the 10th-90th percentiles over draws of each figure, and how often
+    ``auto`` used the surrogate.
+    """
+    from scipy.stats import spearmanr
+
+    from gradselect.estimate import EstimateConfig, SubsetEstimator
+    from gradselect.estimate.surrogate import ResidualSurrogate
+    from gradselect.validate.calibration import calibrate_for_ranking, calibrated_config
+    from gradselect.validate.fidelity import pairwise_accuracy
+    from gradselect.validate.trust import fit_surrogate
+
+    true = np.asarray(true, float)
+    fixed = [i for i, s in enumerate(subsets) if len(s) in (0, len(arrays.source_names))]
+    others = [i for i in range(len(subsets)) if i not in fixed]
+    rng = np.random.default_rng([seed, 13])
+    default = SubsetEstimator(EstimateConfig()).fit(arrays)
+    out = {}
+    for k in ks:
+        if k >= len(subsets) - 3:
+            continue
+        rows = {key: [] for key in ("default", "calibrated", "surrogate", "auto")}
+        used = 0
+        for _ in range(draws):
+            chosen = fixed + list(rng.choice(others, size=k - len(fixed), replace=False))
+            rest = [i for i in range(len(subsets)) if i not in chosen]
+            val = [subsets[i] for i in chosen]
+            calib = calibrate_for_ranking(arrays, EstimateConfig(), val, true[chosen])
+            cfg = calibrated_config(EstimateConfig(), calib)
+            fitted = fit_surrogate(arrays, cfg, val, true[chosen], calib["held_out_predictions"])
+            est = SubsetEstimator(cfg).fit(arrays)
+            masks = est.subset_masks([subsets[i] for i in rest])
+            alone = est.estimate(masks)
+            corrected = alone + ResidualSurrogate.from_dict(fitted["fitted"], est.source_names_).predict(masks)
+            used += fitted["apply"]
+            preds = {"default": default.estimate(masks), "calibrated": alone, "surrogate": corrected,
+                     "auto": corrected if fitted["apply"] else alone}
+            for key, e in preds.items():
+                rho = spearmanr(e, true[rest])[0]
+                rows[key].append((rho, pairwise_accuracy(e, true[rest]),
+                                  float(np.mean(np.abs(e - true[rest]) / true[rest]))))
+        summary = {}
+        for key, vals in rows.items():
+            v = np.array(vals)
+            summary[key] = {"spearman_mean": float(v[:, 0].mean()),
+                            "spearman_p10_p90": [float(x) for x in np.percentile(v[:, 0], [10, 90])],
+                            "pairwise_mean": float(v[:, 1].mean()), "relative_error_mean": float(v[:, 2].mean())}
+        out[str(k)] = {"draws": draws, "scored_on": len(subsets) - k, "auto_used_surrogate": used, **summary}
+    return out
+
+
 def _loo_kernel_ridge(names, subsets, y, alpha: float = 1e-2) -> np.ndarray:
     """Leave-one-out predictions of ``y`` by RBF kernel ridge on subset indicators (gamma = 1 / n_sources)."""
     from sklearn.kernel_ridge import KernelRidge
@@ -471,6 +529,7 @@ def score_bank(args) -> int:
         m["r2_change"] = m["skill_of_change"]
         m["ceiling_spearman"] = ceiling_ce["ceiling_spearman"]
         scores_ce[name] = m
+    at_k = _trust_check_at_k(arrays, subsets, true) if len(records) >= 10 else {}
     base_truth = {tuple(r["sources"]): r["loss"] for r in bank.get("base_model_truth", [])}
     common = [i for i, r in enumerate(records) if tuple(r["sources"]) in base_truth]
     two_truths = None
@@ -487,6 +546,8 @@ def score_bank(args) -> int:
         "truth_spread_sd": float(np.std(true)), "base_model_truth": two_truths, "variants": scores,
         # Held out against the token cross-entropy truth (level maps fitted to it), with its own ceiling.
         "ceiling_spearman_token_ce": ceiling_ce["ceiling_spearman"], "variants_token_ce": scores_ce,
+        # A trust check of k subsets drawn from the bank, scored on the subsets it did not see.
+        "trust_check_at_k": at_k,
         "command": "python benchmarks/fidelity.py score --bank " + str(bank_path),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -511,6 +572,14 @@ def score_bank(args) -> int:
             print(f"| {name} | {m['spearman']:.3f} {fmt(m['spearman_ci95'])} | {m['pairwise_accuracy']:.3f} "
                   f"{fmt(m['pairwise_accuracy_ci95'])} | {m['skill_of_change']:.3f} | {m['mean_relative_error']:.2%} | "
                   f"{m['zero_order_mean_relative_error']:.2%} |")
+    if at_k:
+        print("\n# a trust check of k subsets, scored on the bank's other subsets (mean over draws; [p10, p90])")
+        print("| k | scored on | default step | calibrated step | + surrogate | auto (used) |")
+        print("|---|---|---|---|---|---|")
+        cell = lambda m: f"{m['spearman_mean']:.3f} [{m['spearman_p10_p90'][0]:.2f}, {m['spearman_p10_p90'][1]:.2f}]"  # noqa: E731
+        for k, r in at_k.items():
+            print(f"| {k} | {r['scored_on']} | {cell(r['default'])} | {cell(r['calibrated'])} | {cell(r['surrogate'])} "
+                  f"| {cell(r['auto'])} ({r['auto_used_surrogate']}/{r['draws']}) |")
     print(f"scores: {scores_path}")
     return 0
 

@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
         "baseline, the skill of the change over predicting none, Spearman and pairwise order accuracy with bootstrap "
         "intervals, and a noise floor from repeated seeds. The step for selection is chosen by leave-one-out "
         "pairwise order over every calibrated mode (its level fitted apart), reported held out, and saved beside "
-        "the features (stamped with their identity) for later estimates on them.",
+        "the features (stamped with their identity) for later estimates on them, with a residual surrogate (kernel "
+        "ridge over subset indicators fitted to the estimates' errors on the validated subsets) that corrects them.",
     )
     _add_run_inputs(p)
     p.add_argument("--adapter", type=Path, required=True, help="the meta-initialization adapter the features came from")
@@ -183,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=8, help="subsets to fine-tune (default 8)")
     p.add_argument("--repeats", type=int, default=2, help="subsets fine-tuned again with another seed (default 2)")
     p.add_argument("--seed", type=int, default=0, help="subset sampling seed")
+    p.add_argument("--surrogate", choices=["auto", "on", "off"], default=None,
+                   help="correct later estimates by kernel ridge on the validated subsets' residuals: auto (when it "
+                   "orders held-out subsets better by more than one standard error), on, off (default: [run] "
+                   "residual_surrogate, auto)")
     _add_common(p)
 
     p = sub.add_parser(
@@ -413,8 +418,9 @@ def _estimator(config, features: Path):
     from gradselect.validate import apply_calibration
 
     manifest = FeatureStore.open(features).manifest
-    estimate_config = apply_calibration(config.estimate, Path(features).parent / "calibration.json", manifest)
-    return fitted_estimator(estimate_config, config.select, features)
+    calibration = Path(features).parent / "calibration.json"
+    estimate_config = apply_calibration(config.estimate, calibration, manifest)
+    return fitted_estimator(estimate_config, config.select, features, calibration=calibration)
 
 
 def cmd_estimate(args) -> int:
@@ -466,7 +472,8 @@ def cmd_validate(args) -> int:
     if store.manifest["dataset_fingerprint"] != taskset.fingerprint():
         raise GradselectError(f"{args.features}: features were computed from other data than this config's")
     report = validate(config, taskset, store, args.adapter, args.output, k=args.k, repeats=args.repeats,
-                      seed=args.seed, device=args.device, progress=not args.quiet)
+                      seed=args.seed, surrogate=args.surrogate or config.run.residual_surrogate, device=args.device,
+                      progress=not args.quiet)
     print(format_validation(report))
     print(f"results: {args.output / 'validation.json'}, {args.output / 'validation.png'}")
     return 0

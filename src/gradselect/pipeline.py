@@ -174,6 +174,7 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     )
     from gradselect.train import train
     from gradselect.validate import apply_calibration
+    from gradselect.validate.calibration import read_calibration
 
     if config.data is None:
         raise GradselectError("gradselect run needs a [data] section with a target")
@@ -244,12 +245,12 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
         from gradselect.validate import validate
 
         val_key = content_key("validate", feat_key, _dump(final_train), _dump(config.estimate),
-                              config.run.validate_k, config.run.validate_repeats)
+                              config.run.validate_k, config.run.validate_repeats, config.run.residual_surrogate)
         # Fine-tunes are cached under content keys in validation/runs/: never cleared.
         stage("validate", val_key, [run_dir / "validation" / "validation.json", calibration],
               lambda: validate(config, taskset, FeatureStore.open(feat_dir), meta_dir / "adapter",
                                run_dir / "validation", k=config.run.validate_k, repeats=config.run.validate_repeats,
-                               device=device, progress=progress))
+                               surrogate=config.run.residual_surrogate, device=device, progress=progress))
 
     # 4. estimate + select. Only this run's own trust check calibrates it.
     manifest = FeatureStore.open(feat_dir).manifest
@@ -257,10 +258,13 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     sel_path, cmp_path = run_dir / "selection.json", run_dir / "comparisons.json"
     clusters_path = run_dir / "clusters.json"
     pseudo = bool(config.select.pseudo_sources)
-    sel_key = content_key("select", feat_key, _dump(estimate_config), _dump(config.select), list(config.run.compare))
+    surrogate = (read_calibration(calibration, manifest) or {}).get("residual_surrogate") if config.run.validate_k else None
+    sel_key = content_key("select", feat_key, _dump(estimate_config), _dump(config.select), list(config.run.compare),
+                          surrogate)
 
     def do_select():
-        estimator = fitted_estimator(estimate_config, config.select, feat_dir)
+        estimator = fitted_estimator(estimate_config, config.select, feat_dir,
+                                     calibration=calibration if config.run.validate_k else None)
         clusters = write_clusters(estimator, feat_dir, config.select, clusters_path) if pseudo else None
         chosen = select_sources(estimator, config.select, sel_path, clusters=clusters).chosen
         n_examples = sum(len(estimator.arrays_.source_rows[n]) for n in chosen)

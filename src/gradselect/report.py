@@ -129,6 +129,14 @@ def format_validation(report: dict) -> str:
                      f"held out (choice and level fitted without the subset): Spearman {loo['spearman']:.3f} "
                      f"{format_interval(loo['spearman_ci95'])}, pairwise order {loo['pairwise_accuracy']:.3f}, "
                      f"mean relative error {loo['mean_relative_error']:.2%} after the level fit")
+    if "surrogate" in report:
+        sur, before = report["surrogate"]["loo"], report["surrogate"]["loo_calibrated"]
+        state = "used by selection" if report["surrogate"]["apply"] else "not used by selection"
+        lines.append(f"  residual surrogate ({report['surrogate']['mode']}: {state}), held out against the seed-mean "
+                     f"truth: Spearman {sur['spearman']:.3f} {format_interval(sur['spearman_ci95'])}, pairwise order "
+                     f"{sur['pairwise_accuracy']:.3f}, mean relative error {sur['mean_relative_error']:.2%} (calibrated "
+                     f"step alone: {before['spearman']:.3f}, {before['pairwise_accuracy']:.3f}, "
+                     f"{before['mean_relative_error']:.2%})")
     for mode, cand in report["calibration_candidates"].items():
         lines.append(f"  level-only calibration of {mode} {cand['parameter']} = {cand['value']:.4g}: mean relative error "
                      f"{cand['mean_relative_error']:.2%}, leave-one-out {cand['loo_mean_relative_error']:.2%}")

@@ -21,17 +21,26 @@ COMPARISONS_VERSION = 1
 CLUSTERS_VERSION = 1
 
 
-def fitted_estimator(estimate_config, select_config, features_dir: Path) -> SubsetEstimator:
+def fitted_estimator(estimate_config, select_config, features_dir: Path, *,
+                     calibration: Path | None = None) -> SubsetEstimator:
     """A SubsetEstimator fitted on a feature store, with ``[select] pseudo_sources`` applied.
 
-    ``estimate_config`` is used as given: apply a calibration first
-    (:func:`gradselect.validate.apply_calibration`).
+    ``estimate_config`` is used as given: apply a calibration's step first
+    (:func:`gradselect.validate.apply_calibration`). With ``calibration`` (a trust check's
+    ``calibration.json``), the estimator comes corrected by its residual surrogate where the trust
+    check chose one (:func:`gradselect.validate.apply_surrogate`).
     """
-    arrays = FeatureArrays.from_store(FeatureStore.open(features_dir))
+    store = FeatureStore.open(features_dir)
+    arrays = FeatureArrays.from_store(store)
     if select_config.pseudo_sources:
         arrays = pseudo_sources(arrays, select_config.pseudo_sources, seed=select_config.seed,
                                 method=select_config.pseudo_source_method)
-    return SubsetEstimator(estimate_config).fit(arrays)
+    estimator = SubsetEstimator(estimate_config).fit(arrays)
+    if calibration is not None and not select_config.pseudo_sources:  # a surrogate knows the real sources only
+        from gradselect.validate import apply_surrogate
+
+        estimator = apply_surrogate(estimator, calibration, store.manifest)
+    return estimator
 
 
 def select_sources(estimator: SubsetEstimator, select_config, out: Path, *, clusters: dict | None = None) -> Selection:
@@ -43,6 +52,8 @@ def select_sources(estimator: SubsetEstimator, select_config, out: Path, *, clus
     selection = select_config.make_selector().select(estimator)
     selection.params["base_loss"] = estimator.base_loss_
     selection.params["estimator"] = estimator.config_.model_dump(mode="json")
+    if hasattr(estimator, "surrogate_"):
+        selection.params["residual_surrogate"] = {"validated_subsets": len(estimator.surrogate_.masks_)}
     if clusters is not None:
         selection.params["chosen_examples"] = [pair for name in selection.chosen for pair in clusters[name]]
     selection.save(out)

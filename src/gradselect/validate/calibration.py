@@ -79,14 +79,34 @@ def features_identity(manifest: dict) -> str:
                        manifest.get("dataset_fingerprint"), manifest.get("projector"), manifest.get("output_function"))
 
 
-def write_calibration(path: Path, chosen: dict, candidates: dict, *, manifest: dict, validation: Path) -> None:
-    """The trust check's calibration, stamped with the identity of the features it was fitted on."""
+def write_calibration(path: Path, chosen: dict, candidates: dict, *, manifest: dict, validation: Path,
+                      surrogate: dict | None = None) -> None:
+    """The trust check's calibration, stamped with the identity of the features it was fitted on
+    (with its residual surrogate, when one was fitted)."""
     write_json_atomic(Path(path), {
         "calibration_version": CALIBRATION_VERSION, "mode": chosen["mode"],
         **{k: chosen[k] for k in ("parameter", "value", "mean_relative_error", "loo_mean_relative_error")},
         **{k: chosen[k] for k in ("criterion", "level") if k in chosen},
         "candidates": candidates, "features": features_identity(manifest), "validation": str(validation),
+        **({"residual_surrogate": surrogate} if surrogate else {}),
     })
+
+
+def read_calibration(calibration_file: Path | None, manifest: dict | None = None) -> dict | None:
+    """The trust check's calibration in ``calibration_file``, or None (absent, corrupt or fitted on other
+    features than ``manifest``'s: the last two with a warning)."""
+    if calibration_file is None or not Path(calibration_file).exists():
+        return None
+    try:
+        calib = json.loads(Path(calibration_file).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        warnings.warn(f"{calibration_file} is corrupt ({err}); estimating without it", UserWarning, stacklevel=3)
+        return None
+    if manifest is not None and calib.get("features") != features_identity(manifest):
+        warnings.warn(f"{calibration_file} was fitted on other features (another model, theta*, data or projector) "
+                      "and is ignored; rerun gradselect validate on these features", UserWarning, stacklevel=3)
+        return None
+    return calib
 
 
 def apply_calibration(estimate_config: EstimateConfig, calibration_file: Path | None, manifest: dict | None = None):
@@ -97,17 +117,13 @@ def apply_calibration(estimate_config: EstimateConfig, calibration_file: Path | 
     calibrated step); one that sets the step itself keeps its own. A calibration
     fitted on other features than ``manifest``'s is ignored with a warning.
     """
-    if calibration_file is None or not Path(calibration_file).exists():
-        return estimate_config
-    try:
-        calib = json.loads(Path(calibration_file).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        warnings.warn(f"{calibration_file} is corrupt ({err}); estimating without it", UserWarning, stacklevel=2)
-        return estimate_config
-    if manifest is not None and calib.get("features") != features_identity(manifest):
-        warnings.warn(f"{calibration_file} was fitted on other features (another model, theta*, data or projector) "
-                      "and is ignored; rerun gradselect validate on these features", UserWarning, stacklevel=2)
-        return estimate_config
+    calib = read_calibration(calibration_file, manifest)
+    return estimate_config if calib is None else calibrated_config(estimate_config, calib, source=calibration_file)
+
+
+def calibrated_config(estimate_config: EstimateConfig, calib: dict, *, source=None) -> EstimateConfig:
+    """``estimate_config`` with the mode and step of a calibration (the dict of ``calibration.json``) applied;
+    see :func:`apply_calibration`."""
     fields = estimate_config.model_fields_set
     if "mode" in fields:
         mode = estimate_config.mode
@@ -119,10 +135,35 @@ def apply_calibration(estimate_config: EstimateConfig, calibration_file: Path | 
         return estimate_config
     steps = {cls.parameter for cls in STEP_MODELS.values() if cls.parameter}
     if key in fields or steps & fields and mode != estimate_config.mode:
-        log.info("config sets its own step; ignoring the calibration in %s", calibration_file)
+        log.info("config sets its own step; ignoring the calibration in %s", source)
         return estimate_config
-    log.info("using calibrated mode %s, %s = %.4g from %s", mode, key, entry["value"], calibration_file)
+    log.info("using calibrated mode %s, %s = %.4g from %s", mode, key, entry["value"], source)
     return estimate_config.model_copy(update={"mode": mode, key: entry["value"]})
+
+
+def apply_surrogate(estimator, calibration_file: Path | None, manifest: dict | None = None):
+    """``estimator`` corrected by the trust check's residual surrogate in ``calibration_file``
+    (a :class:`~gradselect.estimate.surrogate.CorrectedEstimator`), or ``estimator`` itself.
+
+    The surrogate is used when the trust check decided so (``apply``) and it was fitted on the
+    residuals of this very estimator (same config); for another config it is skipped with a
+    warning, since its residuals were another estimator's.
+    """
+    from gradselect.estimate.surrogate import CorrectedEstimator, ResidualSurrogate
+
+    calib = read_calibration(calibration_file, manifest)
+    entry = (calib or {}).get("residual_surrogate")
+    if not entry or not entry.get("apply"):
+        return estimator
+    if entry.get("estimator") != estimator.config_.model_dump(mode="json"):
+        warnings.warn(f"{calibration_file}: the residual surrogate was fitted on another estimator config than this "
+                      "one and is not used; rerun gradselect validate with this [estimate] section",
+                      UserWarning, stacklevel=2)
+        return estimator
+    surrogate = ResidualSurrogate.from_dict(entry, estimator.source_names_, where=str(calibration_file))
+    log.info("correcting estimates by the residual surrogate of %d validated subsets in %s",
+             len(surrogate.masks_), calibration_file)
+    return CorrectedEstimator(estimator, surrogate)
 
 
 def calibrate_for_ranking(arrays, config: EstimateConfig, subsets: list[list[str]], true_losses,

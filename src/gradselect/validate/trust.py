@@ -50,7 +50,7 @@ def validation_subsets(names: list[str], k: int, seed: int) -> list[list[str]]:
 
 
 def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: int = 8, repeats: int = 2,
-             seed: int = 0, device: str = "auto", progress: bool = True) -> dict:
+             seed: int = 0, surrogate: str = "auto", device: str = "auto", progress: bool = True) -> dict:
     """Fine-tune on k subsets from theta*, measure the truth, compare with estimates, calibrate.
 
     The calibration selection then uses is :func:`~gradselect.validate.calibration.calibrate_for_ranking`
@@ -68,6 +68,10 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
         Subsets to validate (>= 3).
     repeats : int
         How many of them to fine-tune a second time with another seed (noise floor).
+    surrogate : {"auto", "on", "off"}
+        Whether selection corrects its estimates by the residual surrogate fitted here
+        (:func:`fit_surrogate`); ``auto``: when its held-out order beats the calibrated
+        estimates' by more than one standard error.
 
     Returns
     -------
@@ -76,7 +80,8 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
     """
     from gradselect.estimate import FeatureArrays, SubsetEstimator
     from gradselect.estimate.modes import calibrated_modes
-    from gradselect.validate.calibration import calibrate, calibrate_for_ranking, write_calibration
+    from gradselect.validate.calibration import (calibrate, calibrate_for_ranking, calibrated_config,
+                                                 write_calibration)
 
     if k < 3:
         raise GradselectError(f"validate needs k >= 3 subsets to compare ranks, got {k}")
@@ -121,14 +126,71 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
     candidates = {mode: calibrate(arrays, config.estimate.model_copy(update={"mode": mode}), validated, true, norms)
                   for mode in calibrated_modes()}
     report["calibration_candidates"] = {mode: _calibration_summary(c) for mode, c in candidates.items()}
+    calib = report["calibration"]
+    if calib.get("parameter"):
+        # The truth of a subset fine-tuned with two seeds is their mean (half the seed noise).
+        seeds = {i: [primary[i]["loss"]] for i in range(len(primary))}
+        for i, (_, again) in enumerate(repeat_pairs):
+            seeds[i].append(again)
+        mean_true = np.array([np.mean(seeds[i]) for i in range(len(primary))])
+        used = calibrated_config(config.estimate, calib)
+        report["surrogate"] = fit_surrogate(arrays, used, validated, mean_true, calib["held_out_predictions"],
+                                            mode=surrogate)
     write_json_atomic(out_dir / "validation.json", report)
     _scatter(report, out_dir / "validation.png")
-    calib = report["calibration"]
     if calib.get("parameter"):
         # Beside the feature store, stamped with its identity: later estimates on it pick it up.
         write_calibration(Path(store.path).parent / "calibration.json", calib, calib["per_mode"],
-                          manifest=store.manifest, validation=out_dir / "validation.json")
+                          manifest=store.manifest, validation=out_dir / "validation.json",
+                          surrogate=report["surrogate"]["fitted"])
     return report
+
+
+def fit_surrogate(arrays, estimate_config, subsets: list[list[str]], true, calibrated_held_out, *,
+                  mode: str = "auto") -> dict:
+    """The residual surrogate of the estimator selection will use, fitted on the validated subsets.
+
+    Parameters
+    ----------
+    estimate_config : EstimateConfig
+        The calibrated config selection uses (its residuals are what the surrogate learns).
+    subsets : list of list of str
+        The validated subsets (n_subsets).
+    true : array of shape (n_subsets,)
+    calibrated_held_out : array of shape (n_subsets,)
+        The calibration's leave-one-out predictions (what the surrogate must beat).
+    mode : {"auto", "on", "off"}
+
+    Returns
+    -------
+    dict
+        ``apply`` (whether selection uses it), ``loo`` (figures of estimate + held-out correction:
+        subset i corrected by a surrogate fitted on the others), ``loo_calibrated`` (the
+        calibration's), and ``fitted`` (the JSON surrogate on all subsets, with ``apply`` and the
+        ``estimator`` config it corrects).
+    """
+    from gradselect.estimate import SubsetEstimator
+    from gradselect.estimate.surrogate import ResidualSurrogate
+    from gradselect.validate.fidelity import one_se_choice, score
+
+    if mode not in ("auto", "on", "off"):
+        raise GradselectError(f"surrogate must be auto, on or off, got {mode!r}")
+    true = np.asarray(true, dtype=float)
+    estimator = SubsetEstimator(estimate_config).fit(arrays)
+    masks = estimator.subset_masks(subsets)
+    estimated = estimator.estimate(masks)
+    residuals = true - estimated
+    corrected = estimated + ResidualSurrogate.held_out(masks, residuals)
+    held_out = np.asarray(calibrated_held_out, dtype=float)
+    if mode == "auto":
+        # Kept only when it orders held-out subsets better by more than the noise of so few.
+        apply = one_se_choice(np.stack([held_out, corrected]), true, default=0) == 1
+    else:
+        apply = mode == "on"
+    fitted = ResidualSurrogate().fit(masks, residuals).to_dict(estimator.source_names_)
+    fitted |= {"apply": bool(apply), "estimator": estimate_config.model_dump(mode="json")}
+    return {"mode": mode, "apply": bool(apply), "loo": score(corrected, true, base_estimated=estimator.base_loss_),
+            "loo_calibrated": score(held_out, true, base_estimated=estimator.base_loss_), "fitted": fitted}
 
 
 def _calibration_summary(calib: dict) -> dict:
