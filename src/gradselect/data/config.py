@@ -79,6 +79,10 @@ class DataConfig(StrictConfig):
     """Share of the target held out as test when no ``target_test`` is given."""
     split_seed: int = 0
     """Seed of the target's train/dev/test split."""
+    drop_overlap: bool = False
+    """Drop repeated examples (same prompt and response) instead of warning about them: from the target's
+    dev split those in its test split, from its train split those in dev or test, and from every source
+    those in any target split. Small generated tasks repeat examples by chance."""
     sources: list[SourceSpec] = pydantic.Field(default_factory=list)
     """Auxiliary sources, in order."""
 

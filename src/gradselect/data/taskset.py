@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from gradselect.data.config import DataConfig, SourceSpec
 from gradselect.data.examples import Example, Source, TaskSet
 from gradselect.data.sources import load_sources
 from gradselect.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def load_taskset(config: DataConfig, *, base_dir: Path | None = None) -> TaskSet:
@@ -65,8 +68,42 @@ def load_taskset(config: DataConfig, *, base_dir: Path | None = None) -> TaskSet
                 )
             names[src.name] = i
             sources.append(src)
+    if config.drop_overlap:
+        splits, sources = _drop_overlap(splits, sources)
     _warn_overlap(splits, sources)
     return TaskSet(splits["train"], splits["dev"], splits["test"], sources)
+
+
+def _drop_overlap(splits: dict[str, Source], sources: list[Source]):
+    """Remove repeats of held-out examples: test wins over dev, dev over train, the target over the sources.
+
+    An example is its (prompt, response) pair. Small generated tasks repeat pairs by chance;
+    a repeat in a later split would make its metrics optimistic.
+    """
+    seen: set = set()
+    kept: dict[str, Source] = {}
+    for name in ("test", "dev", "train"):
+        src = splits[name]
+        examples = [e for e in src.examples if (e.prompt, e.response) not in seen]
+        seen |= {(e.prompt, e.response) for e in src.examples}
+        if not examples:
+            raise DataError(f"target {name} split is empty once the examples it shares with the held-out splits are "
+                            "dropped ([data] drop_overlap); give the target more distinct examples")
+        if len(examples) < len(src.examples):
+            log.info("drop_overlap: %d of %d target %s example(s) repeat a held-out one; dropped",
+                     len(src.examples) - len(examples), len(src.examples), name)
+        kept[name] = Source(src.name, examples, src.checker)
+    cleaned = []
+    for src in sources:
+        examples = [e for e in src.examples if (e.prompt, e.response) not in seen]
+        if not examples:
+            raise DataError(f"source {src.name!r} holds only examples of the target's splits; nothing is left once "
+                            "they are dropped ([data] drop_overlap)")
+        if len(examples) < len(src.examples):
+            log.info("drop_overlap: %d of %d example(s) of source %r repeat the target's; dropped",
+                     len(src.examples) - len(examples), len(src.examples), src.name)
+        cleaned.append(Source(src.name, examples, src.checker))
+    return kept, cleaned
 
 
 def _single(spec: SourceSpec, what: str, base_dir: Path | None) -> Source:
