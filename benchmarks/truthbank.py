@@ -438,10 +438,16 @@ def _trust_check_at_k(arrays, subsets, true, ks=(6, 8, 10, 12), draws: int = 20,
             used += fitted["apply"]
             preds = {"default": default.estimate(masks), "calibrated": alone, "surrogate": corrected,
                      "auto": corrected if fitted["apply"] else alone}
+            # Order as selection sees it (raw estimates); level error after the calibration's level map,
+            # which the surrogate's mean residual replaces.
+            a, b = calib["level"]["intercept"], calib["level"]["slope"]
+            leveled = {"default": preds["default"], "calibrated": est.base_loss_ + a + b * (alone - est.base_loss_)}
+            leveled["auto"] = corrected if fitted["apply"] else leveled["calibrated"]
             for key, e in preds.items():
                 rho = spearmanr(e, true[rest])[0]
+                err = leveled.get(key, e)
                 rows[key].append((rho, pairwise_accuracy(e, true[rest]),
-                                  float(np.mean(np.abs(e - true[rest]) / true[rest]))))
+                                  float(np.mean(np.abs(err - true[rest]) / true[rest]))))
         summary = {}
         for key, vals in rows.items():
             v = np.array(vals)
@@ -584,9 +590,11 @@ def score_bank(args) -> int:
                   f"{m['zero_order_mean_relative_error']:.2%} |")
     if at_k:
         print("\n# a trust check of k subsets, scored on the bank's other subsets (mean over draws; [p10, p90])")
+        print("Spearman [p10, p90] / pairwise order / mean relative error (levelled)")
         print("| k | scored on | default step | calibrated step | + surrogate | auto (used) |")
         print("|---|---|---|---|---|---|")
-        cell = lambda m: f"{m['spearman_mean']:.3f} [{m['spearman_p10_p90'][0]:.2f}, {m['spearman_p10_p90'][1]:.2f}]"  # noqa: E731
+        cell = lambda m: (f"{m['spearman_mean']:.2f} [{m['spearman_p10_p90'][0]:.2f}, {m['spearman_p10_p90'][1]:.2f}] "  # noqa: E731
+                          f"/ {m['pairwise_mean']:.2f} / {m['relative_error_mean']:.1%}")
         for k, r in at_k.items():
             print(f"| {k} | {r['scored_on']} | {cell(r['default'])} | {cell(r['calibrated'])} | {cell(r['surrogate'])} "
                   f"| {cell(r['auto'])} ({r['auto_used_surrogate']}/{r['draws']}) |")
