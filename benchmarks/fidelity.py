@@ -254,7 +254,7 @@ def selection_rows(run_dir: Path) -> dict:
     rows = {}
     for label, row in table.rows.items():
         wall = seconds.get("final" if label == "selection" else f"final-{label}", 0.0)
-        if label in ("selection", "grad-sim", "repr-sim", "forward"):
+        if label in ("selection", "grad-sim", "repr-sim", "forward", "kmm", "less"):
             wall += shared
         if label == "conventional":
             wall += json.loads((run_dir / "conventional" / "conventional.json").read_text())["seconds"]

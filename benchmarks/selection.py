@@ -21,6 +21,7 @@ step budgets for every final fine-tune. Suites:
 
     python benchmarks/selection.py --model tiny-llama -o runs/selection-tiny
     python benchmarks/selection.py -o runs/selection-smollm2 --budget 30     # SmolLM2 + LoRA
+    python benchmarks/selection.py -o runs/selection-planted12 --budget 0 --test-size 200 --final-seeds 2
     python benchmarks/selection.py --suite cot -o runs/selection-cot          # SmolLM2 + LoRA
 
 The cot suite writes its derived data files (BIG-bench format, canary kept) into the
@@ -49,16 +50,25 @@ SOURCES = [  # (name, generator, label noise)
 ]
 
 
-def suite_config(model: str | None, n_sources: int, size: int):
-    from gradselect.demo import FINAL_STEPS, demo_config
+def suite_config(model: str | None, n_sources: int, size: int, test_size: int = 200):
+    """The demo's target (two-term sums, which SmolLM2 partly solves once fine-tuned) with ``n_sources``
+    sources, chain sums and arithmetic at the target's difficulty, and ``test_size`` test questions."""
+    from gradselect.demo import EASY_ARITHMETIC, FINAL_STEPS, demo_config
 
     quick = model is not None and model.startswith("tiny-")
     config = demo_config(quick=quick, model=model)
     chosen = SOURCES[:n_sources - 3] + SOURCES[-3:] if n_sources >= 3 else SOURCES[:n_sources]
-    data = config.data.model_copy(update={"sources": [
-        type(config.data.sources[0]).model_validate(
-            {"name": name, "reasoning_gym": gen, "size": size, "seed": 100 + i, "label_noise": noise})
-        for i, (name, gen, noise) in enumerate(chosen)]})
+    spec = type(config.data.sources[0])
+
+    def args(gen):
+        easy = dict(EASY_ARITHMETIC) if gen in ("chain_sum", "basic_arithmetic") else {}
+        return easy | ({"operators": ["+", "-"]} if gen == "basic_arithmetic" else {})
+
+    data = config.data.model_copy(update={
+        "sources": [spec.model_validate({"name": name, "reasoning_gym": gen, "size": size, "seed": 100 + i,
+                                         "label_noise": noise, "reasoning_gym_args": args(gen)})
+                    for i, (name, gen, noise) in enumerate(chosen)],
+        "target_test": config.data.target_test.model_copy(update={"size": test_size})})
     steps = FINAL_STEPS["tiny" if quick else "smollm2"]
     return config.model_copy(update={"data": data}), steps
 
@@ -115,7 +125,10 @@ def main(argv=None) -> int:
     p.add_argument("--model", help="model (default: smollm2)")
     p.add_argument("--n-sources", type=int, default=12)
     p.add_argument("--size", type=int, default=30, help="examples per source")
-    p.add_argument("--budget", type=int, default=100, help="fine-tunes at most for the conventional search")
+    p.add_argument("--budget", type=int, default=100,
+                   help="fine-tunes at most for the conventional search (0: skip it)")
+    p.add_argument("--test-size", type=int, default=200, help="planted: target test questions")
+    p.add_argument("--final-seeds", type=int, default=2, help="training seeds of every final fine-tune")
     p.add_argument("--device", default="auto")
     p.add_argument("--suite", choices=["planted", "cot"], default="planted")
     p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "bigbench"
@@ -154,20 +167,22 @@ def main(argv=None) -> int:
               f"share {share:.2f} among the chosen examples, {np.mean([s == 'cot_noisy' for s in every]):.2f} "
               f"among all; cluster sizes {sorted((len(v) for v in pairs.values()), reverse=True)}")
         return 0
-    config, steps = suite_config(args.model, args.n_sources, args.size)
+    config, steps = suite_config(args.model, args.n_sources, args.size, args.test_size)
     config = config.model_copy(update={"run": config.run.model_copy(update={
-        "run_dir": str(args.out), "compare": COMPARE, "final_steps": steps,
-        "conventional_budget": args.budget})})
+        "run_dir": str(args.out), "compare": COMPARE + ["kmm", "less"], "final_steps": steps,
+        "final_seeds": args.final_seeds, "conventional_budget": args.budget})})
     run_pipeline(config, device=args.device, progress=False)
     rows = selection_rows(args.out)
-    conv = json.loads((args.out / "conventional" / "conventional.json").read_text())
     ours = cost_of_selection(args.out)
     print(f"# selection suite: {config.model.name_or_path}, {args.n_sources} sources of {args.size} examples, "
-          f"final fine-tunes of {steps} steps")
+          f"{args.test_size} test questions, final fine-tunes of {steps} steps x {args.final_seeds} seeds")
     print_selection_rows(rows)
     seconds = stage_seconds(args.out)
     print(f"\ngradselect: meta-init {seconds['meta_init']:.0f} s + features {seconds['features']:.0f} s + "
           f"select {seconds['select']:.1f} s + final {seconds['final']:.0f} s = {ours:.0f} s")
+    if not args.budget:
+        return 0
+    conv = json.loads((args.out / "conventional" / "conventional.json").read_text())
     state = "finished" if conv["finished"] else f"stopped by the budget of {conv['budget']}"
     print(f"conventional forward: {conv['n_finetunes']} fine-tunes, {conv['seconds']:.0f} s ({state}); "
           f"chose {conv['chosen']}")

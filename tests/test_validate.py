@@ -84,8 +84,11 @@ def test_validate_end_to_end(tmp_path, capsys):
     from gradselect.select import fitted_estimator
     from gradselect.validate import apply_calibration
 
+    from gradselect.validate import apply_surrogate
+
     estimate_config = apply_calibration(config.estimate, tmp_path / "calibration.json", store.manifest)
-    corrected = fitted_estimator(estimate_config, config.select, feats, calibration=tmp_path / "calibration.json")
+    corrected = apply_surrogate(fitted_estimator(estimate_config, config.select, feats),
+                                tmp_path / "calibration.json", store.manifest)
     assert isinstance(corrected, CorrectedEstimator)
     validated = [s["sources"] for s in report["subsets"]]
     seed_mean = np.array([s["true_loss"] for s in report["subsets"]])

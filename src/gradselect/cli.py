@@ -415,12 +415,14 @@ def _estimator(config, features: Path):
     """The estimator of a feature store, calibrated by a trust check run on that same store (if any)."""
     from gradselect.features import FeatureStore
     from gradselect.select import fitted_estimator
-    from gradselect.validate import apply_calibration
+    from gradselect.validate import apply_calibration, apply_surrogate
 
     manifest = FeatureStore.open(features).manifest
     calibration = Path(features).parent / "calibration.json"
     estimate_config = apply_calibration(config.estimate, calibration, manifest)
-    return fitted_estimator(estimate_config, config.select, features, calibration=calibration)
+    estimator = fitted_estimator(estimate_config, config.select, features)
+    # A trust check's surrogate knows the real sources' subsets, not clusters.
+    return estimator if config.select.pseudo_sources else apply_surrogate(estimator, calibration, manifest)
 
 
 def cmd_estimate(args) -> int:

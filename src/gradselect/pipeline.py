@@ -173,7 +173,7 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
         write_clusters,
     )
     from gradselect.train import train
-    from gradselect.validate import apply_calibration
+    from gradselect.validate import apply_calibration, apply_surrogate
     from gradselect.validate.calibration import read_calibration
 
     if config.data is None:
@@ -258,13 +258,16 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     sel_path, cmp_path = run_dir / "selection.json", run_dir / "comparisons.json"
     clusters_path = run_dir / "clusters.json"
     pseudo = bool(config.select.pseudo_sources)
-    surrogate = (read_calibration(calibration, manifest) or {}).get("residual_surrogate") if config.run.validate_k else None
+    surrogate = None
+    if config.run.validate_k:  # the trust check's residual surrogate is part of what selection depends on
+        surrogate = (read_calibration(calibration, manifest) or {}).get("residual_surrogate")
     sel_key = content_key("select", feat_key, _dump(estimate_config), _dump(config.select), list(config.run.compare),
                           surrogate)
 
     def do_select():
-        estimator = fitted_estimator(estimate_config, config.select, feat_dir,
-                                     calibration=calibration if config.run.validate_k else None)
+        estimator = fitted_estimator(estimate_config, config.select, feat_dir)
+        if surrogate is not None and not pseudo:  # its subsets are of the real sources
+            estimator = apply_surrogate(estimator, calibration, manifest)
         clusters = write_clusters(estimator, feat_dir, config.select, clusters_path) if pseudo else None
         chosen = select_sources(estimator, config.select, sel_path, clusters=clusters).chosen
         n_examples = sum(len(estimator.arrays_.source_rows[n]) for n in chosen)

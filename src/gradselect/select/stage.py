@@ -21,26 +21,18 @@ COMPARISONS_VERSION = 1
 CLUSTERS_VERSION = 1
 
 
-def fitted_estimator(estimate_config, select_config, features_dir: Path, *,
-                     calibration: Path | None = None) -> SubsetEstimator:
+def fitted_estimator(estimate_config, select_config, features_dir: Path) -> SubsetEstimator:
     """A SubsetEstimator fitted on a feature store, with ``[select] pseudo_sources`` applied.
 
-    ``estimate_config`` is used as given: apply a calibration's step first
-    (:func:`gradselect.validate.apply_calibration`). With ``calibration`` (a trust check's
-    ``calibration.json``), the estimator comes corrected by its residual surrogate where the trust
-    check chose one (:func:`gradselect.validate.apply_surrogate`).
+    ``estimate_config`` is used as given: apply a calibration first
+    (:func:`gradselect.validate.apply_calibration`, then :func:`gradselect.validate.apply_surrogate`
+    on the result).
     """
-    store = FeatureStore.open(features_dir)
-    arrays = FeatureArrays.from_store(store)
+    arrays = FeatureArrays.from_store(FeatureStore.open(features_dir))
     if select_config.pseudo_sources:
         arrays = pseudo_sources(arrays, select_config.pseudo_sources, seed=select_config.seed,
                                 method=select_config.pseudo_source_method)
-    estimator = SubsetEstimator(estimate_config).fit(arrays)
-    if calibration is not None and not select_config.pseudo_sources:  # a surrogate knows the real sources only
-        from gradselect.validate import apply_surrogate
-
-        estimator = apply_surrogate(estimator, calibration, store.manifest)
-    return estimator
+    return SubsetEstimator(estimate_config).fit(arrays)
 
 
 def select_sources(estimator: SubsetEstimator, select_config, out: Path, *, clusters: dict | None = None) -> Selection:
