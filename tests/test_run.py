@@ -104,6 +104,7 @@ def test_run_caches_stages_and_reruns_downstream_only(tmp_path, capsys):
     assert json.loads((run_dir / "calibration.json").read_text())["residual_surrogate"]["apply"]
     params = json.loads((run_dir / "selection.json").read_text())["params"]
     assert params["residual_surrogate"] == {"validated_subsets": 3}
+    assert "Residual surrogate (kernel ridge" in (run_dir / "report.md").read_text()
 
 
 def test_report_needs_a_run(tmp_path, capsys):

@@ -313,6 +313,17 @@ def write_report(run_dir: str | Path) -> Path:
                           f"{loo['pairwise_accuracy']:.3f}, mean relative error {loo['mean_relative_error']:.2%} "
                           f"(zero-order {loo['zero_order_mean_relative_error']:.2%}), skill of the change "
                           f"{loo['skill_of_change']:.3f}."]
+        if "surrogate" in val:
+            sur, before = val["surrogate"]["loo"], val["surrogate"]["loo_calibrated"]
+            state = "**used by selection**" if val["surrogate"]["apply"] else "not used by selection"
+            lines += ["", f"Residual surrogate (kernel ridge over subset indicators fitted to the estimates' errors "
+                          f"on the validated subsets; `residual_surrogate = \"{val['surrogate']['mode']}\"`): {state}. "
+                          f"Held out against the seed-mean truth (each subset corrected by a surrogate fitted on the "
+                          f"others): Spearman {sur['spearman']:.3f} {format_interval(sur['spearman_ci95'])}, pairwise "
+                          f"order accuracy {sur['pairwise_accuracy']:.3f}, mean relative error "
+                          f"{sur['mean_relative_error']:.2%}; the calibrated step alone: Spearman "
+                          f"{before['spearman']:.3f}, pairwise {before['pairwise_accuracy']:.3f}, error "
+                          f"{before['mean_relative_error']:.2%}."]
         for mode, cand in val.get("calibration_candidates", {}).items():
             lines += ["", f"Level-only calibration of {mode} {cand['parameter']} = {cand['value']:.4g} (mean relative "
                           f"error {cand['mean_relative_error']:.2%}, leave-one-out {cand['loo_mean_relative_error']:.2%})"
