@@ -409,15 +409,19 @@ def _trust_check_at_k(arrays, subsets, true, ks=(6, 8, 10, 12), draws: int = 20,
 
     from gradselect.estimate import EstimateConfig, SubsetEstimator
     from gradselect.estimate.surrogate import ResidualSurrogate
-    from gradselect.validate.calibration import calibrate_for_ranking, calibrated_config
+    from gradselect.validate.calibration import (calibrate_for_ranking, calibrated_config, candidate_estimates,
+                                                 ranking_candidates)
     from gradselect.validate.fidelity import pairwise_accuracy
     from gradselect.validate.trust import fit_surrogate
 
     true = np.asarray(true, float)
+    # Every candidate step's estimate of every bank subset, once (the draws only slice it).
+    configs = ranking_candidates(arrays, EstimateConfig())
+    every, base = candidate_estimates(arrays, configs, subsets)
+    index = {json.dumps(c.model_dump(mode="json"), sort_keys=True): j for j, c in enumerate(configs)}
     fixed = [i for i, s in enumerate(subsets) if len(s) in (0, len(arrays.source_names))]
     others = [i for i in range(len(subsets)) if i not in fixed]
     rng = np.random.default_rng([seed, 13])
-    default = SubsetEstimator(EstimateConfig()).fit(arrays)
     out = {}
     for k in ks:
         if k >= len(subsets) - 3:
@@ -428,15 +432,22 @@ def _trust_check_at_k(arrays, subsets, true, ks=(6, 8, 10, 12), draws: int = 20,
             chosen = fixed + list(rng.choice(others, size=k - len(fixed), replace=False))
             rest = [i for i in range(len(subsets)) if i not in chosen]
             val = [subsets[i] for i in chosen]
-            calib = calibrate_for_ranking(arrays, EstimateConfig(), val, true[chosen])
+            calib = calibrate_for_ranking(arrays, EstimateConfig(), val, true[chosen],
+                                          precomputed=(every[:, chosen], base), n_boot=0)
             cfg = calibrated_config(EstimateConfig(), calib)
-            fitted = fit_surrogate(arrays, cfg, val, true[chosen], calib["held_out_predictions"])
+            j = index.get(json.dumps(cfg.model_dump(mode="json"), sort_keys=True))
             est = SubsetEstimator(cfg).fit(arrays)
+            if j is None:  # the chosen value as written back differs from the grid's (float round trip)
+                mine = est.estimate(subsets)
+            else:
+                mine = every[j]
+            fitted = fit_surrogate(arrays, cfg, val, true[chosen], calib["held_out_predictions"],
+                                   estimated=mine[chosen], n_boot=0)
             masks = est.subset_masks([subsets[i] for i in rest])
-            alone = est.estimate(masks)
+            alone = mine[rest]
             corrected = alone + ResidualSurrogate.from_dict(fitted["fitted"], est.source_names_).predict(masks)
             used += fitted["apply"]
-            preds = {"default": default.estimate(masks), "calibrated": alone, "surrogate": corrected,
+            preds = {"default": every[0, rest], "calibrated": alone, "surrogate": corrected,
                      "auto": corrected if fitted["apply"] else alone}
             # Order as selection sees it (raw estimates); level error after the calibration's level map,
             # which the surrogate's mean residual replaces.

@@ -184,6 +184,13 @@ def test_ranking_calibration_orders_first_and_holds_out():
     again = calibrate_for_ranking(arrays, EstimateConfig(), subsets, wild)
     assert again["held_out_predictions"][3] == result["held_out_predictions"][3]
     assert again["held_out_predictions"][4] != result["held_out_predictions"][4]  # the others saw it
+    # Estimates computed once for every candidate give the same calibration.
+    from gradselect.validate.calibration import candidate_estimates, ranking_candidates
+
+    every = candidate_estimates(arrays, ranking_candidates(arrays, EstimateConfig()), subsets)
+    assert calibrate_for_ranking(arrays, EstimateConfig(), subsets, true, precomputed=every) == result
+    with pytest.raises(ValueError, match="precomputed"):
+        calibrate_for_ranking(arrays, EstimateConfig(), subsets[:-1], true[:-1], precomputed=every)
 
 
 def test_trust_check_fine_tunes_start_from_theta_star(small_task, tmp_path):

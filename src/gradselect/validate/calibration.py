@@ -166,8 +166,34 @@ def apply_surrogate(estimator, calibration_file: Path | None, manifest: dict | N
     return CorrectedEstimator(estimator, surrogate)
 
 
+def ranking_candidates(arrays, config: EstimateConfig, n_grid: int = 25) -> list[EstimateConfig]:
+    """The steps :func:`calibrate_for_ranking` chooses among: ``config`` first, then a grid per calibrated
+    mode fixed in advance (from |theta*|, never from the truth)."""
+    from gradselect.estimate.modes import calibrated_modes
+
+    configs = [config]
+    for mode in calibrated_modes():
+        cfg = config.model_copy(update={"mode": mode})
+        key = STEP_MODELS[mode].parameter
+        configs += [cfg.model_copy(update={key: float(v)}) for v in cfg.step_model(arrays.param_norm).calibration_grid(
+            [], n_grid)]
+    return configs
+
+
+def candidate_estimates(arrays, configs: list[EstimateConfig], subsets) -> tuple[np.ndarray, float]:
+    """Estimates of ``subsets`` under each config, shape (n_configs, n_subsets), and the estimator's
+    loss at theta*; one fit per set of statistics, not per step value."""
+    estimates, base = [], None
+    fitted = SubsetEstimator(configs[0]).fit(arrays)
+    for cfg in configs:
+        est = fitted.with_config(cfg)
+        estimates.append(est.estimate(subsets))
+        base = est.base_loss_
+    return np.array(estimates), base
+
+
 def calibrate_for_ranking(arrays, config: EstimateConfig, subsets: list[list[str]], true_losses,
-                          n_grid: int = 25, *, one_se: bool = True) -> dict:
+                          n_grid: int = 25, *, one_se: bool = True, precomputed=None, n_boot: int = 1000) -> dict:
     """Choose the step model and its parameter by how well they *order* the validated subsets, then fit
     the level separately; every reported figure is leave-one-out.
 
@@ -189,24 +215,24 @@ def calibrate_for_ranking(arrays, config: EstimateConfig, subsets: list[list[str
         of :func:`gradselect.validate.fidelity.score` for the held-out predictions (choice and
         level both fitted without the subset predicted), with ``loo_choices`` (how often each
         mode was chosen).
+
+    ``precomputed``: ``(estimates, base)`` of :func:`candidate_estimates` for these subsets and the
+    candidates of :func:`ranking_candidates` (benchmarks that calibrate on many draws of subsets
+    estimate every candidate once); ``n_boot``: bootstrap draws of the held-out figures' intervals.
     """
     from gradselect.estimate.modes import calibrated_modes
     from gradselect.validate.fidelity import fit_level, one_se_choice, pairwise_accuracy, score
 
     true = np.asarray(true_losses, dtype=float)
-    configs = [config]
-    for mode in calibrated_modes():
-        cfg = config.model_copy(update={"mode": mode})
-        key = STEP_MODELS[mode].parameter
-        configs += [cfg.model_copy(update={key: float(v)}) for v in cfg.step_model(arrays.param_norm).calibration_grid(
-            [], n_grid)]
-    estimates, base = [], None
-    fitted = SubsetEstimator(config).fit(arrays)
-    for cfg in configs:
-        est = fitted.with_config(cfg)  # one fit per statistics, not per grid value
-        estimates.append(est.estimate(subsets))
-        base = est.base_loss_
-    estimates = np.array(estimates)  # (n_candidates, n_subsets)
+    configs = ranking_candidates(arrays, config, n_grid)
+    if precomputed is None:
+        estimates, base = candidate_estimates(arrays, configs, subsets)
+    else:
+        estimates, base = precomputed
+        estimates = np.asarray(estimates, dtype=float)
+        if estimates.shape != (len(configs), len(true)):
+            raise ValueError(f"precomputed estimates must have shape {(len(configs), len(true))}, "
+                             f"got {estimates.shape}")
     # A step that saturates the functional (every estimate ~0) or estimates every subset alike orders
     # them by rounding noise: never a candidate (selection would refuse to rank on it).
     scale = max(abs(base), 1e-300)
@@ -236,7 +262,7 @@ def calibrate_for_ranking(arrays, config: EstimateConfig, subsets: list[list[str
     value = getattr(chosen, key) if key else None
     if key == "radius" and value is None:
         value = chosen.step_model(arrays.param_norm).radius
-    loo = score(held_out, true, base_estimated=base)
+    loo = score(held_out, true, base_estimated=base, n_boot=n_boot)
     loo["loo_choices"] = {m: choices.count(m) for m in sorted(set(choices))}
     per_mode = {}
     for mode in calibrated_modes():

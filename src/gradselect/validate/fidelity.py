@@ -118,11 +118,13 @@ def _pearson(a, b):
     return pearsonr(a, b)[0] if np.std(a) > 0 and np.std(b) > 0 else float("nan")
 
 
-def score(estimated, true, *, base_estimated: float, base_true: float | None = None, seed: int = 0) -> dict:
+def score(estimated, true, *, base_estimated: float, base_true: float | None = None, seed: int = 0,
+          n_boot: int = 1000) -> dict:
     """Every figure of ``estimated`` against ``true`` (both of shape (n_subsets,)).
 
     ``base_estimated``: the estimator's loss at theta* (its v = 0); ``base_true``: theta*'s
-    measured loss (default: the same).
+    measured loss (default: the same); ``n_boot``: bootstrap draws of the intervals (0: none,
+    for benchmarks that score thousands of draws).
     """
     e, t = np.asarray(estimated, float), np.asarray(true, float)
     base_true = base_estimated if base_true is None else base_true
@@ -141,8 +143,9 @@ def score(estimated, true, *, base_estimated: float, base_true: float | None = N
     for name, fn in (("spearman", _rho), ("kendall", _tau), ("pearson", _pearson)):
         with np.errstate(all="ignore"):
             out[name] = float(fn(e, t)) if n > 2 else float("nan")
-        out[f"{name}_ci95"] = bootstrap_ci(fn, e, t, seed=seed) if n > 2 else None
-    out["pairwise_accuracy_ci95"] = bootstrap_ci(pairwise_accuracy, e, t, seed=seed) if n > 2 else None
+        out[f"{name}_ci95"] = bootstrap_ci(fn, e, t, n=n_boot, seed=seed) if n > 2 and n_boot else None
+    out["pairwise_accuracy_ci95"] = (bootstrap_ci(pairwise_accuracy, e, t, n=n_boot, seed=seed)
+                                     if n > 2 and n_boot else None)
     return out
 
 

@@ -147,7 +147,7 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
 
 
 def fit_surrogate(arrays, estimate_config, subsets: list[list[str]], true, calibrated_held_out, *,
-                  mode: str = "auto") -> dict:
+                  mode: str = "auto", estimated=None, n_boot: int = 1000) -> dict:
     """The residual surrogate of the estimator selection will use, fitted on the validated subsets.
 
     Parameters
@@ -160,6 +160,10 @@ def fit_surrogate(arrays, estimate_config, subsets: list[list[str]], true, calib
     calibrated_held_out : array of shape (n_subsets,)
         The calibration's leave-one-out predictions (what the surrogate must beat).
     mode : {"auto", "on", "off"}
+    estimated : array of shape (n_subsets,), optional
+        The config's estimates of ``subsets`` when already computed.
+    n_boot : int
+        Bootstrap draws of the figures' intervals (0: none).
 
     Returns
     -------
@@ -178,7 +182,7 @@ def fit_surrogate(arrays, estimate_config, subsets: list[list[str]], true, calib
     true = np.asarray(true, dtype=float)
     estimator = SubsetEstimator(estimate_config).fit(arrays)
     masks = estimator.subset_masks(subsets)
-    estimated = estimator.estimate(masks)
+    estimated = estimator.estimate(masks) if estimated is None else np.asarray(estimated, dtype=float)
     residuals = true - estimated
     corrected = estimated + ResidualSurrogate.held_out(masks, residuals)
     held_out = np.asarray(calibrated_held_out, dtype=float)
@@ -189,8 +193,9 @@ def fit_surrogate(arrays, estimate_config, subsets: list[list[str]], true, calib
         apply = mode == "on"
     fitted = ResidualSurrogate().fit(masks, residuals).to_dict(estimator.source_names_)
     fitted |= {"apply": bool(apply), "estimator": estimate_config.model_dump(mode="json")}
-    return {"mode": mode, "apply": bool(apply), "loo": score(corrected, true, base_estimated=estimator.base_loss_),
-            "loo_calibrated": score(held_out, true, base_estimated=estimator.base_loss_), "fitted": fitted}
+    base = estimator.base_loss_
+    return {"mode": mode, "apply": bool(apply), "loo": score(corrected, true, base_estimated=base, n_boot=n_boot),
+            "loo_calibrated": score(held_out, true, base_estimated=base, n_boot=n_boot), "fitted": fitted}
 
 
 def _calibration_summary(calib: dict) -> dict:
