@@ -426,8 +426,8 @@ def _trust_check_at_k(arrays, subsets, true, ks=(6, 8, 10, 12), draws: int = 20,
     for k in ks:
         if k >= len(subsets) - 3:
             continue
-        rows = {key: [] for key in ("default", "calibrated", "surrogate", "auto")}
-        used = 0
+        rows = {key: [] for key in ("default", "calibrated", "surrogate", "auto", "better")}
+        used = better_used = 0
         for _ in range(draws):
             chosen = fixed + list(rng.choice(others, size=k - len(fixed), replace=False))
             rest = [i for i in range(len(subsets)) if i not in chosen]
@@ -447,13 +447,17 @@ def _trust_check_at_k(arrays, subsets, true, ks=(6, 8, 10, 12), draws: int = 20,
             alone = mine[rest]
             corrected = alone + ResidualSurrogate.from_dict(fitted["fitted"], est.source_names_).predict(masks)
             used += fitted["apply"]
+            # "better": the surrogate whenever its held-out pairwise order is ahead at all (no one-SE margin).
+            better = fitted["loo"]["pairwise_accuracy"] > fitted["loo_calibrated"]["pairwise_accuracy"]
+            better_used += better
             preds = {"default": every[0, rest], "calibrated": alone, "surrogate": corrected,
-                     "auto": corrected if fitted["apply"] else alone}
+                     "auto": corrected if fitted["apply"] else alone, "better": corrected if better else alone}
             # Order as selection sees it (raw estimates); level error after the calibration's level map,
             # which the surrogate's mean residual replaces.
             a, b = calib["level"]["intercept"], calib["level"]["slope"]
             leveled = {"default": preds["default"], "calibrated": est.base_loss_ + a + b * (alone - est.base_loss_)}
             leveled["auto"] = corrected if fitted["apply"] else leveled["calibrated"]
+            leveled["better"] = corrected if better else leveled["calibrated"]
             for key, e in preds.items():
                 rho = spearmanr(e, true[rest])[0]
                 err = leveled.get(key, e)
@@ -465,7 +469,8 @@ def _trust_check_at_k(arrays, subsets, true, ks=(6, 8, 10, 12), draws: int = 20,
             summary[key] = {"spearman_mean": float(v[:, 0].mean()),
                             "spearman_p10_p90": [float(x) for x in np.percentile(v[:, 0], [10, 90])],
                             "pairwise_mean": float(v[:, 1].mean()), "relative_error_mean": float(v[:, 2].mean())}
-        out[str(k)] = {"draws": draws, "scored_on": len(subsets) - k, "auto_used_surrogate": used, **summary}
+        out[str(k)] = {"draws": draws, "scored_on": len(subsets) - k, "auto_used_surrogate": used,
+                       "better_used_surrogate": better_used, **summary}
     return out
 
 
@@ -602,13 +607,14 @@ def score_bank(args) -> int:
     if at_k:
         print("\n# a trust check of k subsets, scored on the bank's other subsets (mean over draws; [p10, p90])")
         print("Spearman [p10, p90] / pairwise order / mean relative error (levelled)")
-        print("| k | scored on | default step | calibrated step | + surrogate | auto (used) |")
-        print("|---|---|---|---|---|---|")
+        print("| k | scored on | default step | calibrated step | + surrogate | auto (used) | if ahead at all (used) |")
+        print("|---|---|---|---|---|---|---|")
         cell = lambda m: (f"{m['spearman_mean']:.2f} [{m['spearman_p10_p90'][0]:.2f}, {m['spearman_p10_p90'][1]:.2f}] "  # noqa: E731
                           f"/ {m['pairwise_mean']:.2f} / {m['relative_error_mean']:.1%}")
         for k, r in at_k.items():
             print(f"| {k} | {r['scored_on']} | {cell(r['default'])} | {cell(r['calibrated'])} | {cell(r['surrogate'])} "
-                  f"| {cell(r['auto'])} ({r['auto_used_surrogate']}/{r['draws']}) |")
+                  f"| {cell(r['auto'])} ({r['auto_used_surrogate']}/{r['draws']}) "
+                  f"| {cell(r['better'])} ({r['better_used_surrogate']}/{r['draws']}) |")
     print(f"scores: {scores_path}")
     return 0
 

@@ -108,14 +108,14 @@ def test_fit_surrogate_applies_it_only_when_it_orders_held_out_subsets_better():
     # the surrogate's held-out order beats the calibration's.
     true = est.estimate(masks) + 0.02 * masks[:, 5] - 0.015 * masks[:, 0] + 0.01 * masks[:, 2]
     calib = calibrate_for_ranking(feats, cfg, SUBSETS, true)
-    out = fit_surrogate(feats, cfg, SUBSETS, true, calib["held_out_predictions"])
+    out = fit_surrogate(feats, cfg, SUBSETS, true, calib["held_out_predictions"], mode="auto")
     assert out["apply"] and out["fitted"]["apply"]
     assert out["loo"]["pairwise_accuracy"] > out["loo_calibrated"]["pairwise_accuracy"]
     assert out["fitted"]["estimator"] == cfg.model_dump(mode="json")
     # A truth the estimate already orders perfectly: nothing to gain, not applied (auto) unless asked.
     exact = est.estimate(masks)
     calib = calibrate_for_ranking(feats, cfg, SUBSETS, exact)
-    assert not fit_surrogate(feats, cfg, SUBSETS, exact, calib["held_out_predictions"])["apply"]
+    assert not fit_surrogate(feats, cfg, SUBSETS, exact, calib["held_out_predictions"], mode="auto")["apply"]
     assert fit_surrogate(feats, cfg, SUBSETS, exact, calib["held_out_predictions"], mode="on")["apply"]
     assert not fit_surrogate(feats, cfg, SUBSETS, true, calib["held_out_predictions"], mode="off")["apply"]
 

@@ -50,7 +50,7 @@ def validation_subsets(names: list[str], k: int, seed: int) -> list[list[str]]:
 
 
 def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: int = 8, repeats: int = 2,
-             seed: int = 0, surrogate: str = "auto", device: str = "auto", progress: bool = True) -> dict:
+             seed: int = 0, surrogate: str = "on", device: str = "auto", progress: bool = True) -> dict:
     """Fine-tune on k subsets from theta*, measure the truth, compare with estimates, calibrate.
 
     The calibration selection then uses is :func:`~gradselect.validate.calibration.calibrate_for_ranking`
@@ -68,10 +68,10 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
         Subsets to validate (>= 3).
     repeats : int
         How many of them to fine-tune a second time with another seed (noise floor).
-    surrogate : {"auto", "on", "off"}
+    surrogate : {"on", "auto", "off"}
         Whether selection corrects its estimates by the residual surrogate fitted here
         (:func:`fit_surrogate`); ``auto``: when its held-out order beats the calibrated
-        estimates' by more than one standard error.
+        estimates' by more than one standard error (``[run] residual_surrogate``).
 
     Returns
     -------
@@ -147,7 +147,7 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
 
 
 def fit_surrogate(arrays, estimate_config, subsets: list[list[str]], true, calibrated_held_out, *,
-                  mode: str = "auto", estimated=None, n_boot: int = 1000) -> dict:
+                  mode: str = "on", estimated=None, n_boot: int = 1000) -> dict:
     """The residual surrogate of the estimator selection will use, fitted on the validated subsets.
 
     Parameters
@@ -159,7 +159,7 @@ def fit_surrogate(arrays, estimate_config, subsets: list[list[str]], true, calib
     true : array of shape (n_subsets,)
     calibrated_held_out : array of shape (n_subsets,)
         The calibration's leave-one-out predictions (what the surrogate must beat).
-    mode : {"auto", "on", "off"}
+    mode : {"on", "auto", "off"}
     estimated : array of shape (n_subsets,), optional
         The config's estimates of ``subsets`` when already computed.
     n_boot : int
