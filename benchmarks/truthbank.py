@@ -401,7 +401,8 @@ def _trust_check_at_k(arrays, subsets, true, ks=(6, 8, 10, 12), draws: int = 20,
     sources and target only always among them, as in :func:`gradselect.validate.validation_subsets`),
     the trust check is run as ``gradselect validate`` runs it on those k (step calibration, then the
     residual surrogate with its ``auto`` rule), and its estimates are scored on the bank's *remaining*
-    subsets, which it never saw: the calibrated step alone, with the surrogate, and as ``auto`` decided.
+    subsets, which it never saw: the calibrated step alone, with the surrogate, as ``auto`` decided, and
+    as a one-standard-error margin would have decided.
     Returns, per k, the mean and the 10th-90th percentiles over draws of each figure, and how often
     ``auto`` used the surrogate.
     """
@@ -411,7 +412,7 @@ def _trust_check_at_k(arrays, subsets, true, ks=(6, 8, 10, 12), draws: int = 20,
     from gradselect.estimate.surrogate import ResidualSurrogate
     from gradselect.validate.calibration import (calibrate_for_ranking, calibrated_config, candidate_estimates,
                                                  ranking_candidates)
-    from gradselect.validate.fidelity import pairwise_accuracy
+    from gradselect.validate.fidelity import one_se_choice, pairwise_accuracy
     from gradselect.validate.trust import fit_surrogate
 
     true = np.asarray(true, float)
@@ -426,8 +427,8 @@ def _trust_check_at_k(arrays, subsets, true, ks=(6, 8, 10, 12), draws: int = 20,
     for k in ks:
         if k >= len(subsets) - 3:
             continue
-        rows = {key: [] for key in ("default", "calibrated", "surrogate", "auto", "better")}
-        used = better_used = 0
+        rows = {key: [] for key in ("default", "calibrated", "surrogate", "auto", "one_se")}
+        used = one_se_used = 0
         for _ in range(draws):
             chosen = fixed + list(rng.choice(others, size=k - len(fixed), replace=False))
             rest = [i for i in range(len(subsets)) if i not in chosen]
@@ -447,17 +448,20 @@ def _trust_check_at_k(arrays, subsets, true, ks=(6, 8, 10, 12), draws: int = 20,
             alone = mine[rest]
             corrected = alone + ResidualSurrogate.from_dict(fitted["fitted"], est.source_names_).predict(masks)
             used += fitted["apply"]
-            # "better": the surrogate whenever its held-out pairwise order is ahead at all (no one-SE margin).
-            better = fitted["loo"]["pairwise_accuracy"] > fitted["loo_calibrated"]["pairwise_accuracy"]
-            better_used += better
+            # For comparison, the cautious rule auto was first: ahead by more than one bootstrap standard error.
+            loo_corrected = mine[chosen] + ResidualSurrogate.held_out(est.subset_masks(val),
+                                                                       true[chosen] - mine[chosen])
+            one_se = one_se_choice(np.stack([np.asarray(calib["held_out_predictions"]), loo_corrected]),
+                                   true[chosen], default=0) == 1
+            one_se_used += one_se
             preds = {"default": every[0, rest], "calibrated": alone, "surrogate": corrected,
-                     "auto": corrected if fitted["apply"] else alone, "better": corrected if better else alone}
+                     "auto": corrected if fitted["apply"] else alone, "one_se": corrected if one_se else alone}
             # Order as selection sees it (raw estimates); level error after the calibration's level map,
             # which the surrogate's mean residual replaces.
             a, b = calib["level"]["intercept"], calib["level"]["slope"]
             leveled = {"default": preds["default"], "calibrated": est.base_loss_ + a + b * (alone - est.base_loss_)}
             leveled["auto"] = corrected if fitted["apply"] else leveled["calibrated"]
-            leveled["better"] = corrected if better else leveled["calibrated"]
+            leveled["one_se"] = corrected if one_se else leveled["calibrated"]
             for key, e in preds.items():
                 rho = spearmanr(e, true[rest])[0]
                 err = leveled.get(key, e)
@@ -470,7 +474,7 @@ def _trust_check_at_k(arrays, subsets, true, ks=(6, 8, 10, 12), draws: int = 20,
                             "spearman_p10_p90": [float(x) for x in np.percentile(v[:, 0], [10, 90])],
                             "pairwise_mean": float(v[:, 1].mean()), "relative_error_mean": float(v[:, 2].mean())}
         out[str(k)] = {"draws": draws, "scored_on": len(subsets) - k, "auto_used_surrogate": used,
-                       "better_used_surrogate": better_used, **summary}
+                       "one_se_used_surrogate": one_se_used, **summary}
     return out
 
 
@@ -607,14 +611,14 @@ def score_bank(args) -> int:
     if at_k:
         print("\n# a trust check of k subsets, scored on the bank's other subsets (mean over draws; [p10, p90])")
         print("Spearman [p10, p90] / pairwise order / mean relative error (levelled)")
-        print("| k | scored on | default step | calibrated step | + surrogate | auto (used) | if ahead at all (used) |")
+        print("| k | scored on | default step | calibrated step | + surrogate | auto (used) | one-SE margin (used) |")
         print("|---|---|---|---|---|---|---|")
         cell = lambda m: (f"{m['spearman_mean']:.2f} [{m['spearman_p10_p90'][0]:.2f}, {m['spearman_p10_p90'][1]:.2f}] "  # noqa: E731
                           f"/ {m['pairwise_mean']:.2f} / {m['relative_error_mean']:.1%}")
         for k, r in at_k.items():
             print(f"| {k} | {r['scored_on']} | {cell(r['default'])} | {cell(r['calibrated'])} | {cell(r['surrogate'])} "
                   f"| {cell(r['auto'])} ({r['auto_used_surrogate']}/{r['draws']}) "
-                  f"| {cell(r['better'])} ({r['better_used_surrogate']}/{r['draws']}) |")
+                  f"| {cell(r['one_se'])} ({r['one_se_used_surrogate']}/{r['draws']}) |")
     print(f"scores: {scores_path}")
     return 0
 

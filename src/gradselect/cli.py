@@ -184,10 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=8, help="subsets to fine-tune (default 8)")
     p.add_argument("--repeats", type=int, default=2, help="subsets fine-tuned again with another seed (default 2)")
     p.add_argument("--seed", type=int, default=0, help="subset sampling seed")
-    p.add_argument("--surrogate", choices=["on", "auto", "off"], default=None,
-                   help="correct later estimates by kernel ridge on the validated subsets' residuals: on, auto (only "
-                   "when it orders held-out subsets better by more than one standard error), off (default: [run] "
-                   "residual_surrogate, on)")
+    p.add_argument("--surrogate", choices=["auto", "on", "off"], default=None,
+                   help="correct later estimates by kernel ridge on the validated subsets' residuals: auto (when it "
+                   "orders the held-out validated subsets better than the calibrated step), on, off (default: [run] "
+                   "residual_surrogate, auto)")
     _add_common(p)
 
     p = sub.add_parser(
