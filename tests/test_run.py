@@ -29,6 +29,10 @@ def test_run_caches_stages_and_reruns_downstream_only(tmp_path, capsys):
     assert set(metrics["rows"]) == {"selection", "all"} and len(metrics["rows"]["selection"]["sources"]) == 1
     report = (run_dir / "report.md").read_text()
     assert "## Source ranking" in report and "## Final models on the target's test split" in report
+    # Every final model's dev loss, and which one the dev split prefers, beside the test metrics.
+    assert set(metrics["dev_loss"]) == {"selection", "all"} and all(v > 0 for v in metrics["dev_loss"].values())
+    assert metrics["dev_preferred"] == min(metrics["dev_loss"], key=metrics["dev_loss"].get)
+    assert "Check on the target's dev split" in report
     first = stage_records(run_dir)
 
     assert main(["run", str(cfg), "-q"]) == 0

@@ -197,3 +197,23 @@ def test_multiple_choice_data_keeps_its_choices(tmp_path):
         assert all(e.choices == choices for e in ts.target_test.examples), name
         if choices:
             assert all(e.response in e.choices for e in ts.target_test.examples)
+
+
+def test_dev_check_names_a_comparison_the_dev_split_prefers(tmp_path):
+    import numpy as np
+
+    from gradselect.evaluate.metrics import PerExample
+    from gradselect.evaluate.results import MetricRow, MetricsTable
+    from gradselect.report import dev_check, format_metrics
+
+    per = {"loss": PerExample(np.array([1.0, 2.0]), np.array([1.0, 1.0]))}
+    rows = {k: MetricRow(k, [], {"loss": 1.5}, per, None) for k in ("selection", "target-only")}
+    table = MetricsTable("test", 2, rows, {"selection": 0.9, "target-only": 0.7})
+    table.save(tmp_path / "m.json")
+    back = MetricsTable.load(tmp_path / "m.json")
+    assert back.dev_loss == table.dev_loss and back.dev_preferred() == "target-only"
+    text = format_metrics(back, {"target-only": "target only"})
+    assert "target only 0.7000, selection 0.9000" in text and "the dev split prefers target only" in text
+    back.dev_loss["selection"] = 0.5
+    assert "prefers" not in dev_check(back) and "selection 0.5000" in dev_check(back)
+    assert dev_check(MetricsTable("test", 2, rows)) == ""  # older metrics.json without dev losses

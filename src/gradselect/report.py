@@ -94,6 +94,22 @@ def format_metrics(table: MetricsTable, labels: dict | None = None) -> str:
         text += (f"\n\nminus the selection, on the same {table.n_examples} test examples (95% paired bootstrap "
                  "interval; an interval that excludes 0 is a difference beyond test-set noise):\n")
         text += _grid([["fine-tuned on"] + [m.title for m in columns]] + diffs)
+    return text + dev_check(table, labels)
+
+
+def dev_check(table: MetricsTable, labels: dict | None = None) -> str:
+    """What the target's dev split says about the choice: the final model it prefers (never the test split)."""
+    labels = labels or {}
+    best = table.dev_preferred()
+    if best is None or "selection" not in table.dev_loss:
+        return ""
+    name = lambda k: labels.get(k, k)  # noqa: E731
+    losses = ", ".join(f"{name(k)} {v:.4f}" for k, v in sorted(table.dev_loss.items(), key=lambda kv: kv[1]))
+    text = f"\n\ncheck on the target's dev split (token cross-entropy of each final model): {losses}"
+    if best != "selection":
+        text += (f"\nthe dev split prefers {name(best)} to the selection: the estimates (made at the "
+                 "meta-initialization) and fine-tuning from the base model disagree here; consider training on "
+                 f"{name(best)}'s data instead")
     return text
 
 
@@ -282,6 +298,15 @@ def write_report(run_dir: str | Path) -> Path:
                           "interval):", "",
                       "| fine-tuned on | " + " | ".join(m.title for m in columns) + " |", "|---|" + "---|" * len(columns)]
             lines += [f"| {k} | " + " | ".join(_difference_cell(table, k, m) for m in columns) + " |" for k in others]
+        if table.dev_loss and "selection" in table.dev_loss:
+            best = table.dev_preferred()
+            losses = ", ".join(f"{k} {v:.4f}" for k, v in sorted(table.dev_loss.items(), key=lambda kv: kv[1]))
+            lines += ["", f"Check on the target's dev split (token cross-entropy of each final model; no test "
+                          f"example involved): {losses}."]
+            if best != "selection":
+                lines += ["", f"**The dev split prefers {best} to the selection**: the estimates (made at the "
+                              f"meta-initialization) and fine-tuning from the base model disagree here; consider "
+                              f"training on {best}'s data instead."]
 
     validation_file = run_dir / "validation" / "validation.json"
     if validation_file.exists():

@@ -20,6 +20,7 @@ from gradselect.evaluate.metrics import (
     bootstrap_interval,
     paired_difference,
     score_split_examples,
+    target_loss,
 )
 from gradselect.io import read_json_artifact, write_json_atomic
 
@@ -68,6 +69,13 @@ class MetricsTable:
     split: str
     n_examples: int
     rows: dict[str, MetricRow]
+    dev_loss: dict[str, float] | None = None
+    """Each final model's token cross-entropy on the target's *dev* split (mean over seeds): a check
+    of the choice against its comparisons that never looks at the test split."""
+
+    def dev_preferred(self) -> str | None:
+        """The label with the lowest dev loss, when the dev losses are known."""
+        return min(self.dev_loss, key=self.dev_loss.get) if self.dev_loss else None
 
     def versus(self, label: str, key: str, reference: str = "selection") -> dict | None:
         """``label``'s metric minus the reference row's on the same examples, with its 95% interval."""
@@ -93,7 +101,8 @@ class MetricsTable:
         return {"metrics_version": METRICS_VERSION, "split": self.split, "n_examples": self.n_examples,
                 "interval": "95% bootstrap over test examples (2000 resamples); vs_selection: paired difference "
                             "row - selection on the same examples",
-                "rows": rows}
+                "rows": rows,
+                **({"dev_loss": self.dev_loss, "dev_preferred": self.dev_preferred()} if self.dev_loss else {})}
 
     def save(self, path: Path) -> None:
         write_json_atomic(Path(path), self.to_json())
@@ -111,7 +120,8 @@ class MetricsTable:
                 rows[label] = MetricRow(label, list(r["sources"]),
                                         {k[len(prefix):]: float(v) for k, v in r.items() if k.startswith(prefix)},
                                         per, r.get("seeds"))
-            return cls(split, int(data["n_examples"]), rows)
+            dev = {k: float(v) for k, v in data["dev_loss"].items()} if data.get("dev_loss") else None
+            return cls(split, int(data["n_examples"]), rows, dev)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ArtifactError(f"{path} is corrupt (bad field {err}); {redo}") from None
 
@@ -124,6 +134,10 @@ def evaluate_models(config, taskset, models: dict[str, tuple[list[str], list[Pat
                     device: str = "auto", progress: bool = True) -> MetricsTable:
     """The evaluate stage: score each final model on the target's test split; write ``out`` (metrics.json).
 
+    Each model's token cross-entropy on the target's dev split is recorded too
+    (``MetricsTable.dev_loss``): which model the dev split prefers is a check of the choice
+    made without looking at the test split.
+
     Parameters
     ----------
     config : RunConfig
@@ -134,18 +148,21 @@ def evaluate_models(config, taskset, models: dict[str, tuple[list[str], list[Pat
     """
     from gradselect.model import load_trained
 
-    rows = {}
+    rows, dev_loss = {}, {}
     for label, (names, adapters) in models.items():
         adapters = [adapters] if isinstance(adapters, (str, Path)) else list(adapters)
-        per_seed = []
+        per_seed, dev = [], []
         for adapter in adapters:
             model, tok = load_trained(config.model, config.adapter, adapter, device=device)
             per_seed.append(score_split_examples(model, tok, taskset.target_test, config.tokenize, config.evaluate,
                                                  progress=progress))
+            dev.append(target_loss(model, tok, taskset.target_dev.examples, config.tokenize,
+                                   batch_size=config.evaluate.batch_size).loss)
+        dev_loss[label] = float(np.mean(dev))
         per = {k: PerExample(np.mean([p[k].num for p in per_seed], axis=0), per_seed[0][k].den) for k in per_seed[0]}
         seeds = {k: [p[k].value for p in per_seed] for k in per_seed[0]} if len(per_seed) > 1 else None
         rows[label] = MetricRow(label, list(names), {k: v.value for k, v in per.items()}, per, seeds)
-    table = MetricsTable("test", len(taskset.target_test), rows)
+    table = MetricsTable("test", len(taskset.target_test), rows, dev_loss)
     if config.evaluate.lm_eval_tasks:
         write_lm_eval(config, taskset, models, Path(out).with_name(LM_EVAL_FILE), device=device)
     table.save(out)
