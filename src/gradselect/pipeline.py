@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import Sequence
 
 from gradselect.errors import ConfigError, GradselectError
-from gradselect.io import content_key, path_digest, read_json_artifact, replace_dir, write_json_atomic, write_text_atomic
+from gradselect.io import (content_key, file_digest, path_digest, read_json_artifact, replace_dir, write_json_atomic,
+                           write_text_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -325,10 +326,12 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     stage("evaluate", eval_key, [metrics_path, *lm_eval_out],
           lambda: evaluate_models(config, taskset, models, metrics_path, device=device, progress=progress))
 
-    # 7. report (cheap: regenerated whenever anything upstream ran)
+    # 7. report (cheap: regenerated whenever what it reads changed, a forced stage's new output included)
     from gradselect.report import write_report
 
-    report_key = content_key("report", sel_key, eval_key, meta_key, conv_key)
+    read = [metrics_path, sel_path, run_dir / "validation" / "validation.json"]
+    report_key = content_key("report", sel_key, eval_key, meta_key, conv_key,
+                             [file_digest(f) for f in read if f.exists()])
     stage("report", report_key, [run_dir / "report.md"], lambda: write_report(run_dir))
     write_text_atomic(run_dir / "config.toml", saved_config)
     return {"ran": ran, "skipped": skipped, "run_dir": str(run_dir), "metrics": MetricsTable.load(metrics_path),
