@@ -216,4 +216,6 @@ def test_dev_check_names_a_comparison_the_dev_split_prefers(tmp_path):
     assert "target only 0.7000, selection 0.9000" in text and "the dev split prefers target only" in text
     back.dev_loss["selection"] = 0.5
     assert "prefers" not in dev_check(back) and "selection 0.5000" in dev_check(back)
+    back.dev_loss["target-only"] = 0.5  # a tie (a baseline that picked the same data): the selection stands
+    assert back.dev_preferred() == "selection" and "prefers" not in dev_check(back)
     assert dev_check(MetricsTable("test", 2, rows)) == ""  # older metrics.json without dev losses

@@ -104,7 +104,7 @@ def dev_check(table: MetricsTable, labels: dict | None = None) -> str:
     if best is None or "selection" not in table.dev_loss:
         return ""
     name = lambda k: labels.get(k, k)  # noqa: E731
-    losses = ", ".join(f"{name(k)} {v:.4f}" for k, v in sorted(table.dev_loss.items(), key=lambda kv: kv[1]))
+    losses = ", ".join(f"{name(k)} {v:.4f}" for k, v in sorted(table.dev_loss.items(), key=lambda kv: (kv[1], kv[0] != "selection")))
     text = f"\n\ncheck on the target's dev split (token cross-entropy of each final model): {losses}"
     if best != "selection":
         text += (f"\nthe dev split prefers {name(best)} to the selection: the estimates (made at the "
@@ -300,7 +300,7 @@ def write_report(run_dir: str | Path) -> Path:
             lines += [f"| {k} | " + " | ".join(_difference_cell(table, k, m) for m in columns) + " |" for k in others]
         if table.dev_loss and "selection" in table.dev_loss:
             best = table.dev_preferred()
-            losses = ", ".join(f"{k} {v:.4f}" for k, v in sorted(table.dev_loss.items(), key=lambda kv: kv[1]))
+            losses = ", ".join(f"{k} {v:.4f}" for k, v in sorted(table.dev_loss.items(), key=lambda kv: (kv[1], kv[0] != "selection")))
             lines += ["", f"Check on the target's dev split (token cross-entropy of each final model; no test "
                           f"example involved): {losses}."]
             if best != "selection":

@@ -74,8 +74,14 @@ class MetricsTable:
     of the choice against its comparisons that never looks at the test split."""
 
     def dev_preferred(self) -> str | None:
-        """The label with the lowest dev loss, when the dev losses are known."""
-        return min(self.dev_loss, key=self.dev_loss.get) if self.dev_loss else None
+        """The label with the lowest dev loss (the selection on a tie: a baseline that chose the same
+        data trains the same model), when the dev losses are known."""
+        if not self.dev_loss:
+            return None
+        best = min(self.dev_loss, key=self.dev_loss.get)
+        if self.dev_loss.get("selection", np.inf) <= self.dev_loss[best]:
+            return "selection"
+        return best
 
     def versus(self, label: str, key: str, reference: str = "selection") -> dict | None:
         """``label``'s metric minus the reference row's on the same examples, with its 95% interval."""
