@@ -135,10 +135,10 @@ def prepare(config, run_dir: Path, device: str):
     import torch
 
     from gradselect.data import load_taskset
-
-    torch.set_num_threads(BANK_THREADS)
     from gradselect.features import FeatureStore, featurize
     from gradselect.train import train
+
+    torch.set_num_threads(BANK_THREADS)
 
     taskset = load_taskset(config.data)
     common = dict(model_config=config.model, adapter_config=config.adapter, tokenize_config=config.tokenize,
@@ -449,9 +449,7 @@ def _trust_check_at_k(arrays, subsets, true, ks=(6, 8, 10, 12), draws: int = 20,
             corrected = alone + ResidualSurrogate.from_dict(fitted["fitted"], est.source_names_).predict(masks)
             used += fitted["apply"]
             # For comparison, the cautious rule auto was first: ahead by more than one bootstrap standard error.
-            loo_corrected = mine[chosen] + ResidualSurrogate.held_out(est.subset_masks(val),
-                                                                       true[chosen] - mine[chosen])
-            one_se = one_se_choice(np.stack([np.asarray(calib["held_out_predictions"]), loo_corrected]),
+            one_se = one_se_choice(np.array([calib["held_out_predictions"], fitted["held_out_predictions"]]),
                                    true[chosen], default=0) == 1
             one_se_used += one_se
             preds = {"default": every[0, rest], "calibrated": alone, "surrogate": corrected,

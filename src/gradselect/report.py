@@ -97,19 +97,28 @@ def format_metrics(table: MetricsTable, labels: dict | None = None) -> str:
     return text + dev_check(table, labels)
 
 
+def _dev_summary(table: MetricsTable, labels: dict | None = None) -> tuple[str, str] | None:
+    """``(losses, preferred)``: each final model's dev loss, lowest first (the selection first on a tie),
+    and the label the dev split prefers; None without dev losses or a selection."""
+    if not table.dev_loss or "selection" not in table.dev_loss:
+        return None
+    labels = labels or {}
+    ranked = sorted(table.dev_loss.items(), key=lambda kv: (kv[1], kv[0] != "selection"))
+    return ", ".join(f"{labels.get(k, k)} {v:.4f}" for k, v in ranked), table.dev_preferred()
+
+
 def dev_check(table: MetricsTable, labels: dict | None = None) -> str:
     """What the target's dev split says about the choice: the final model it prefers (never the test split)."""
-    labels = labels or {}
-    best = table.dev_preferred()
-    if best is None or "selection" not in table.dev_loss:
+    summary = _dev_summary(table, labels)
+    if summary is None:
         return ""
-    name = lambda k: labels.get(k, k)  # noqa: E731
-    losses = ", ".join(f"{name(k)} {v:.4f}" for k, v in sorted(table.dev_loss.items(), key=lambda kv: (kv[1], kv[0] != "selection")))
+    losses, best = summary
+    name = (labels or {}).get(best, best)
     text = f"\n\ncheck on the target's dev split (token cross-entropy of each final model): {losses}"
     if best != "selection":
-        text += (f"\nthe dev split prefers {name(best)} to the selection: the estimates (made at the "
+        text += (f"\nthe dev split prefers {name} to the selection: the estimates (made at the "
                  "meta-initialization) and fine-tuning from the base model disagree here; consider training on "
-                 f"{name(best)}'s data instead")
+                 f"{name}'s data instead")
     return text
 
 
@@ -298,9 +307,9 @@ def write_report(run_dir: str | Path) -> Path:
                           "interval):", "",
                       "| fine-tuned on | " + " | ".join(m.title for m in columns) + " |", "|---|" + "---|" * len(columns)]
             lines += [f"| {k} | " + " | ".join(_difference_cell(table, k, m) for m in columns) + " |" for k in others]
-        if table.dev_loss and "selection" in table.dev_loss:
-            best = table.dev_preferred()
-            losses = ", ".join(f"{k} {v:.4f}" for k, v in sorted(table.dev_loss.items(), key=lambda kv: (kv[1], kv[0] != "selection")))
+        summary = _dev_summary(table)
+        if summary is not None:
+            losses, best = summary
             lines += ["", f"Check on the target's dev split (token cross-entropy of each final model; no test "
                           f"example involved): {losses}."]
             if best != "selection":

@@ -169,9 +169,9 @@ def fit_surrogate(arrays, estimate_config, subsets: list[list[str]], true, calib
     -------
     dict
         ``apply`` (whether selection uses it), ``loo`` (figures of estimate + held-out correction:
-        subset i corrected by a surrogate fitted on the others), ``loo_calibrated`` (the
-        calibration's), and ``fitted`` (the JSON surrogate on all subsets, with ``apply`` and the
-        ``estimator`` config it corrects).
+        subset i corrected by a surrogate fitted on the others), ``held_out_predictions`` (those
+        corrected estimates), ``loo_calibrated`` (the calibration's), and ``fitted`` (the JSON
+        surrogate on all subsets, with ``apply`` and the ``estimator`` config it corrects).
     """
     from gradselect.estimate import SubsetEstimator
     from gradselect.estimate.surrogate import ResidualSurrogate
@@ -197,6 +197,7 @@ def fit_surrogate(arrays, estimate_config, subsets: list[list[str]], true, calib
     fitted |= {"apply": bool(apply), "estimator": estimate_config.model_dump(mode="json")}
     base = estimator.base_loss_
     return {"mode": mode, "apply": bool(apply), "loo": score(corrected, true, base_estimated=base, n_boot=n_boot),
+            "held_out_predictions": [float(x) for x in corrected],
             "loo_calibrated": score(held_out, true, base_estimated=base, n_boot=n_boot), "fitted": fitted}
 
 
