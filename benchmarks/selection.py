@@ -9,6 +9,10 @@ step budgets for every final fine-tune. Suites:
   representation-similarity, all sources, target only, a random subset, and conventional
   forward selection with one real fine-tune (from the base model) per candidate, capped
   at ``--budget`` fine-tunes (with its cost ratio against gradselect's stages);
+- ``bbh``: one BIG-Bench-Hard task (``--target``, default boolean_expressions) as a
+  scarce target (``--test-size`` test questions, 30 dev, the rest, 20 of 250, to train)
+  and ``--n-sources`` other BBH tasks of ``--per-source`` examples as sources, the last
+  two with swapped answers (planted harm); the planted suite's methods;
 - ``cot``: chain-of-thought data selection (issue 16): StrategyQA from ``--data``
   (BIG-bench, ``../shared/data/bigbench/strategyqa``), questions with an answer and a
   short explanation as the training data, with ``--noisy`` of them given another
@@ -23,6 +27,7 @@ step budgets for every final fine-tune. Suites:
     python benchmarks/selection.py -o runs/selection-smollm2 --budget 30     # SmolLM2 + LoRA
     python benchmarks/selection.py -o runs/selection-planted12 --budget 0 --test-size 200 --final-seeds 2
     python benchmarks/selection.py --suite cot -o runs/selection-cot          # SmolLM2 + LoRA
+    python benchmarks/selection.py --suite bbh -o runs/selection-bbh --budget 0
 
 The cot suite writes its derived data files (BIG-bench format, canary kept) into the
 run folder, never into the repository.
@@ -119,6 +124,32 @@ def cot_config(model: str | None, data: Path, out: Path, n_train: int, n_noisy: 
     return config, FINAL_STEPS["tiny" if tiny else "smollm2"]
 
 
+def bbh_selection_config(bbh: Path, target: str, n_sources: int, per_source: int, test_size: int,
+                         model: str | None):
+    """One BIG-Bench-Hard task as a scarce target (``test_size`` test questions, 30 dev, the rest to
+    train) and ``n_sources`` other BBH tasks as sources, the last two of them with every answer swapped
+    for another example's (planted harm, known to the benchmark)."""
+    from gradselect.demo import FINAL_STEPS
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fidelity import bbh_config
+
+    rows = len(json.loads((bbh / f"{target}.json").read_text())["examples"])
+    dev = 30
+    if rows - test_size - dev < 10:
+        raise SystemExit(f"{bbh / (target + '.json')}: {rows} examples leave fewer than 10 to train after "
+                         f"{test_size} test and {dev} dev questions; lower --test-size")
+    config, _, _ = bbh_config(bbh, target, n_sources, per_source, model)
+    data = config.data.model_dump()
+    data["target"]["max_examples"] = None
+    data["dev_fraction"], data["test_fraction"] = dev / rows, test_size / rows
+    for spec in data["sources"][-2:]:
+        spec["name"], spec["label_noise"] = spec["name"] + "_noisy", 1.0
+    config = config.model_copy(update={"data": type(config.data).model_validate(data)})
+    tiny = config.model.name_or_path.startswith("tiny-")
+    return config, FINAL_STEPS["tiny" if tiny else "smollm2"], [s["name"] for s in data["sources"][-2:]]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-o", "--out", type=Path, required=True, help="run folder")
@@ -129,8 +160,14 @@ def main(argv=None) -> int:
                    help="fine-tunes at most for the conventional search (0: skip it)")
     p.add_argument("--test-size", type=int, default=200, help="planted: target test questions")
     p.add_argument("--final-seeds", type=int, default=2, help="training seeds of every final fine-tune")
+    p.add_argument("--final-init", choices=["base", "meta"], default="base",
+                   help="where every final fine-tune starts: the base model or theta* ([run] final_init)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--suite", choices=["planted", "cot"], default="planted")
+    p.add_argument("--suite", choices=["planted", "bbh", "cot"], default="planted")
+    p.add_argument("--bbh", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "bbh",
+                   help="bbh: BIG-Bench-Hard folder")
+    p.add_argument("--target", default="boolean_expressions", help="bbh: target task")
+    p.add_argument("--per-source", type=int, default=40, help="bbh: examples per source task")
     p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "bigbench"
                    / "strategyqa", help="cot: the StrategyQA folder (BIG-bench task.json)")
     p.add_argument("--n-train", type=int, default=240, help="cot: clean chain-of-thought examples")
@@ -167,16 +204,28 @@ def main(argv=None) -> int:
               f"share {share:.2f} among the chosen examples, {np.mean([s == 'cot_noisy' for s in every]):.2f} "
               f"among all; cluster sizes {sorted((len(v) for v in pairs.values()), reverse=True)}")
         return 0
-    config, steps = suite_config(args.model, args.n_sources, args.size, args.test_size)
+    planted = [name for name, _, noise in SOURCES if noise] if args.suite == "planted" else []
+    if args.suite == "bbh":
+        if not (args.bbh / f"{args.target}.json").exists():
+            print(f"skipped: no BIG-Bench-Hard task {args.target} at {args.bbh}")
+            return 0
+        config, steps, planted = bbh_selection_config(args.bbh, args.target, args.n_sources, args.per_source,
+                                                      args.test_size, args.model)
+    else:
+        config, steps = suite_config(args.model, args.n_sources, args.size, args.test_size)
     config = config.model_copy(update={"run": config.run.model_copy(update={
         "run_dir": str(args.out), "compare": COMPARE + ["kmm", "less"], "final_steps": steps,
-        "final_seeds": args.final_seeds, "conventional_budget": args.budget})})
+        "final_seeds": args.final_seeds, "final_init": args.final_init, "conventional_budget": args.budget})})
     run_pipeline(config, device=args.device, progress=False)
     rows = selection_rows(args.out)
     ours = cost_of_selection(args.out)
-    print(f"# selection suite: {config.model.name_or_path}, {args.n_sources} sources of {args.size} examples, "
-          f"{args.test_size} test questions, final fine-tunes of {steps} steps x {args.final_seeds} seeds")
+    size = args.per_source if args.suite == "bbh" else args.size
+    print(f"# selection suite {args.suite}: {config.model.name_or_path}, {args.n_sources} sources of {size} "
+          f"examples, {args.test_size} test questions, final fine-tunes of {steps} steps x {args.final_seeds} seeds "
+          f"from {'theta*' if args.final_init == 'meta' else 'the base model'}")
     print_selection_rows(rows)
+    sel = json.loads((args.out / "selection.json").read_text())
+    print(f"planted harmful sources {planted}; chosen among them: {sorted(set(planted) & set(sel['chosen']))}")
     seconds = stage_seconds(args.out)
     print(f"\ngradselect: meta-init {seconds['meta_init']:.0f} s + features {seconds['features']:.0f} s + "
           f"select {seconds['select']:.1f} s + final {seconds['final']:.0f} s = {ours:.0f} s")

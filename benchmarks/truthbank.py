@@ -328,6 +328,43 @@ def _forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, bas
             loo = np.array([cached(est, step, subsets[i], float(np.median(np.delete(np.array(norms), i))))
                             for i in range(len(subsets))])
             out[f"forward pass, {step} step, length = LOO median measured displacement"] = loo
+        # The trust check's correction, on the forward pass instead of the linear estimate.
+        out[f"forward pass, {step} step, default length + kernel ridge on its residuals (LOO)"] = (
+            default + _loo_kernel_ridge(est.source_names_, subsets, true - default))
+    return out
+
+
+def _surrogate_at_k(estimates: dict, names, subsets, true, ks=(6, 8, 10, 12), draws: int = 20,
+                    seed: int = 0) -> dict:
+    """A trust check of k subsets for estimators given as fixed estimates of every bank subset (forward
+    passes): each alone and corrected by the residual surrogate fitted on the k, scored on the bank's other
+    subsets. The draws are :func:`_trust_check_at_k`'s (same seed, same order), so the columns compare.
+    """
+    from scipy.stats import spearmanr
+
+    from gradselect.estimate.surrogate import ResidualSurrogate
+
+    true = np.asarray(true, float)
+    x = np.array([[n in s for n in names] for s in subsets], dtype=bool)
+    fixed = [i for i, s in enumerate(subsets) if len(s) in (0, len(names))]
+    others = [i for i in range(len(subsets)) if i not in fixed]
+    rng = np.random.default_rng([seed, 13])
+    out = {}
+    for k in ks:
+        if k >= len(subsets) - 3:
+            continue
+        rows = {f"{name}{tag}": [] for name in estimates for tag in ("", " + surrogate")}
+        for _ in range(draws):
+            chosen = fixed + list(rng.choice(others, size=k - len(fixed), replace=False))
+            rest = [i for i in range(len(subsets)) if i not in chosen]
+            for name, e in estimates.items():
+                e = np.asarray(e, float)
+                sur = ResidualSurrogate().fit(x[chosen], true[chosen] - e[chosen])
+                rows[name].append(spearmanr(e[rest], true[rest])[0])
+                rows[f"{name} + surrogate"].append(spearmanr(e[rest] + sur.predict(x[rest]), true[rest])[0])
+        out[str(k)] = {key: {"spearman_mean": float(np.mean(v)),
+                             "spearman_p10_p90": [float(q) for q in np.percentile(v, [10, 90])]}
+                       for key, v in rows.items()}
     return out
 
 
@@ -564,6 +601,11 @@ def score_bank(args) -> int:
         m["ceiling_spearman"] = ceiling_ce["ceiling_spearman"]
         scores_ce[name] = m
     at_k = _trust_check_at_k(arrays, subsets, true) if len(records) >= 10 else {}
+    forward_at_k = {}
+    if args.forward and len(records) >= 10:
+        fixed = {"linear, default radius": variants["trust_region, default radius"]}
+        fixed.update({k: v for k, v in variants.items() if k.startswith("forward pass") and k.endswith("default length")})
+        forward_at_k = _surrogate_at_k(fixed, arrays.source_names, subsets, true)
     base_truth = {tuple(r["sources"]): r["loss"] for r in bank.get("base_model_truth", [])}
     common = [i for i, r in enumerate(records) if tuple(r["sources"]) in base_truth]
     two_truths = None
@@ -582,6 +624,8 @@ def score_bank(args) -> int:
         "ceiling_spearman_token_ce": ceiling_ce["ceiling_spearman"], "variants_token_ce": scores_ce,
         # A trust check of k subsets drawn from the bank, scored on the subsets it did not see.
         "trust_check_at_k": at_k,
+        # The same draws for fixed estimates (linear default, forward passes), each alone and + surrogate.
+        "surrogate_at_k": forward_at_k,
         "command": "python benchmarks/fidelity.py score --bank " + str(bank_path),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -617,6 +661,14 @@ def score_bank(args) -> int:
             print(f"| {k} | {r['scored_on']} | {cell(r['default'])} | {cell(r['calibrated'])} | {cell(r['surrogate'])} "
                   f"| {cell(r['auto'])} ({r['auto_used_surrogate']}/{r['draws']}) "
                   f"| {cell(r['one_se'])} ({r['one_se_used_surrogate']}/{r['draws']}) |")
+    if forward_at_k:
+        print("\n# the same draws: fixed estimates alone and + residual surrogate (mean Spearman [p10, p90])")
+        keys = list(next(iter(forward_at_k.values())))
+        print("| k | " + " | ".join(keys) + " |")
+        print("|---|" + "---|" * len(keys))
+        for k, r in forward_at_k.items():
+            print(f"| {k} | " + " | ".join(f"{r[c]['spearman_mean']:.2f} [{r[c]['spearman_p10_p90'][0]:.2f}, "
+                                         f"{r[c]['spearman_p10_p90'][1]:.2f}]" for c in keys) + " |")
     print(f"scores: {scores_path}")
     return 0
 

@@ -1,6 +1,7 @@
 """A run folder stays what its stages wrote: hand-made selections are refused or detected, configs replay."""
 
 import json
+from pathlib import Path
 
 try:
     import tomllib
@@ -160,3 +161,30 @@ def test_final_seeds_add_fine_tunes_and_report_the_mean_and_spread(tmp_path, mon
     row = json.loads((run_dir / "metrics.json").read_text())["rows"]["selection"]
     assert len(row["seeds"]["loss"]) == 2
     assert row["test_loss"] == pytest.approx(sum(row["seeds"]["loss"]) / 2, rel=1e-6)
+
+
+def test_final_fine_tunes_from_theta_star_when_asked(tmp_path, monkeypatch, capsys):
+    cfg = _setup(tmp_path, monkeypatch)
+    run_dir = tmp_path / "runs" / "r"
+    assert main(["run", str(cfg), "-q"]) == 0
+    capsys.readouterr()
+    base = json.loads((run_dir / "metrics.json").read_text())
+    assert base["final_init"] == "base"
+    assert json.loads((run_dir / "final" / "selection" / "train_result.json").read_text())["init_adapter"] is None
+
+    cfg.write_text(RUN.replace("final_steps = 3", 'final_steps = 3\nfinal_init = "meta"'))
+    assert main(["run", str(cfg), "-q"]) == 0
+    out = capsys.readouterr().out
+    # Only the final fine-tunes and what reads them rerun; each now starts from theta*'s adapter.
+    assert "stages run: final, final-all, evaluate, report" in out
+    assert "fine-tuned from the meta-initialization" in out
+    for label in ("selection", "all"):
+        result = json.loads((run_dir / "final" / label / "train_result.json").read_text())
+        assert Path(result["init_adapter"]).resolve() == (run_dir / "meta_init" / "adapter").resolve()
+    meta = json.loads((run_dir / "metrics.json").read_text())
+    assert meta["final_init"] == "meta"
+    assert meta["rows"]["selection"]["test_loss"] != base["rows"]["selection"]["test_loss"]
+    assert "fine-tuned from the meta-initialization theta*" in (run_dir / "report.md").read_text()
+    cfg.write_text(RUN.replace("final_steps = 3", 'final_steps = 3\nfinal_init = "theta"'))
+    assert main(["run", str(cfg), "-q"]) == 2
+    assert "final_init" in capsys.readouterr().err

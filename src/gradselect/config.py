@@ -63,6 +63,11 @@ class RunSection(StrictConfig):
     final_seeds: int = pydantic.Field(default=1, ge=1)
     """Fine-tune every final model with this many training seeds ([train] seed, seed + 1, ...); metrics
     are then the mean over seeds, with the spread across seeds beside them."""
+    final_init: Literal["base", "meta"] = "base"
+    """Where every final fine-tune (selection and comparisons alike) starts: ``base``, the base
+    model, as in the paper; ``meta``, the meta-initialization theta* (trained on all sources),
+    which is the point the estimates linearize around, so the final fine-tune is the one they
+    predict. The conventional baseline always starts from the base model."""
     validate_k: int = pydantic.Field(default=0, ge=0)
     """Trust check before selecting: fine-tune from theta* on this many subsets (0: skip; >= 3 to
     run). Its calibrated step is then used by selection."""

@@ -12,6 +12,7 @@ is the stage function named beside it)::
     comparisons.json  the baseline subsets of [run] compare                       select.compare_subsets
     conventional/     optional baseline ([run] conventional_budget)               validate.conventional_forward
     final/<label>/    fine-tune the base model on the selection and comparisons   train.train
+                      (or theta*: [run] final_init = "meta")
     metrics.json      target test metrics of every final model                    evaluate.evaluate_models
     report.md         a readable report with plots                                report.write_report
     config.toml       the run's config, replayable (config.dump_config)
@@ -210,10 +211,10 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
         # The saved config describes what the folder holds: written once a stage built from it succeeds.
         write_text_atomic(run_dir / "config.toml", saved_config)
 
-    def train_into(folder: Path, names, train_config, data=None, save_moments=False):
+    def train_into(folder: Path, names, train_config, data=None, save_moments=False, init_adapter=None):
         build = build_dir(folder)
         train(data or taskset, names, build, train_config=train_config, overwrite=True, save_moments=save_moments,
-              **common)
+              init_adapter=init_adapter, **common)
         replace_dir(build, folder)
 
     train_slice = (fingerprint, _dump(config.model), _dump(config.adapter), _dump(config.tokenize))
@@ -302,6 +303,9 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
         subsets["conventional"] = read_json_artifact(conv_dir / "conventional.json",
                                                      redo="rerun with --force conventional")["chosen"]
     final_keys, models = {}, {}
+    # From theta*, a final fine-tune depends on it too (a base-model start keeps its earlier keys).
+    init = meta_dir / "adapter" if config.run.final_init == "meta" else None
+    init_key = ["from theta*", meta_key] if init is not None else []
     for label, names in subsets.items():
         data, pairs = train_taskset, example_sets.get(label)
         if pairs is not None:  # an example-level baseline: one source made of the examples it chose
@@ -312,10 +316,12 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
             seeded = final_train if k == 0 else final_train.model_copy(update={"seed": final_train.seed + k})
             folder = run_dir / "final" / f"{label}{tag}"
             # (pairs only when present: run folders from before example-level baselines keep their keys)
-            key = content_key("final", *train_slice, _dump(seeded), sorted(names), *([pairs] if pairs else []))
+            key = content_key("final", *train_slice, _dump(seeded), sorted(names), *([pairs] if pairs else []),
+                              *init_key)
             final_keys[f"{label}{tag}"] = key
             stage(f"final-{label}{tag}" if label != "selection" else f"final{tag}", key, [folder],
-                  lambda folder=folder, names=names, data=data, seeded=seeded: train_into(folder, names, seeded, data),
+                  lambda folder=folder, names=names, data=data, seeded=seeded: train_into(
+                      folder, names, seeded, data, init_adapter=init),
                   staging=[build_dir(folder)])
             models.setdefault(label, (names, []))[1].append(folder / "adapter")
 

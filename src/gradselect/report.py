@@ -88,6 +88,8 @@ def format_metrics(table: MetricsTable, labels: dict | None = None) -> str:
         r = table.rows[key]
         grid.append([labels.get(key, key), str(len(r.sources))] + [_metric_cell(r, m) for m in columns])
     text = _grid(grid)
+    if table.final_init == "meta":  # the paper's default (base) goes without saying
+        text += f"\n({start_line(table)})"
     others = [k for k in order if k != "selection" and "selection" in table.rows]
     diffs = [[labels.get(k, k)] + [_difference_cell(table, k, m) for m in columns] for k in others]
     if diffs and any(any(c for c in row[1:]) for row in diffs):
@@ -116,10 +118,22 @@ def dev_check(table: MetricsTable, labels: dict | None = None) -> str:
     name = (labels or {}).get(best, best)
     text = f"\n\ncheck on the target's dev split (token cross-entropy of each final model): {losses}"
     if best != "selection":
-        text += (f"\nthe dev split prefers {name} to the selection: the estimates (made at the "
-                 "meta-initialization) and fine-tuning from the base model disagree here; consider training on "
-                 f"{name}'s data instead")
+        text += f"\nthe dev split prefers {name} to the selection: {_disagree(table)}; consider training on " \
+                f"{name}'s data instead"
     return text
+
+
+def _disagree(table: MetricsTable) -> str:
+    if table.final_init == "meta":
+        return "the estimates and the real fine-tunes from the meta-initialization disagree here"
+    return "the estimates (made at the meta-initialization) and fine-tuning from the base model disagree here"
+
+
+def start_line(table: MetricsTable) -> str:
+    """Where the final fine-tunes started ("" for tables that did not record it)."""
+    return {"base": "every final model fine-tuned from the base model ([run] final_init = \"base\")",
+            "meta": "every final model fine-tuned from the meta-initialization theta* ([run] final_init = \"meta\")"
+            }.get(table.final_init or "", "")
 
 
 def format_interval(ci, fmt: str = ".3f") -> str:
@@ -293,7 +307,8 @@ def write_report(run_dir: str | Path) -> Path:
         columns = table.columns()
         lines += ["", "## Final models on the target's test split", "",
                   f"{table.n_examples} test examples, never seen by estimation or selection; 95% bootstrap "
-                  "intervals over the test examples.", "",
+                  "intervals over the test examples." + (f" {start_line(table).capitalize()}." if start_line(table)
+                                                         else ""), "",
                   "| fine-tuned on | sources | " + " | ".join(m.title for m in columns) + " |",
                   "|---|---|" + "---|" * len(columns)]
         order = _ordered(table, None)
@@ -313,8 +328,7 @@ def write_report(run_dir: str | Path) -> Path:
             lines += ["", f"Check on the target's dev split (token cross-entropy of each final model; no test "
                           f"example involved): {losses}."]
             if best != "selection":
-                lines += ["", f"**The dev split prefers {best} to the selection**: the estimates (made at the "
-                              f"meta-initialization) and fine-tuning from the base model disagree here; consider "
+                lines += ["", f"**The dev split prefers {best} to the selection**: {_disagree(table)}; consider "
                               f"training on {best}'s data instead."]
 
     validation_file = run_dir / "validation" / "validation.json"

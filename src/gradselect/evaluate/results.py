@@ -72,6 +72,9 @@ class MetricsTable:
     dev_loss: dict[str, float] | None = None
     """Each final model's token cross-entropy on the target's *dev* split (mean over seeds): a check
     of the choice against its comparisons that never looks at the test split."""
+    final_init: str | None = None
+    """Where every final fine-tune started: ``base`` (the base model) or ``meta`` (theta*); None in
+    tables written before it was recorded."""
 
     def dev_preferred(self) -> str | None:
         """The label with the lowest dev loss (the selection on a tie: a baseline that chose the same
@@ -108,7 +111,8 @@ class MetricsTable:
                 "interval": "95% bootstrap over test examples (2000 resamples); vs_selection: paired difference "
                             "row - selection on the same examples",
                 "rows": rows,
-                **({"dev_loss": self.dev_loss, "dev_preferred": self.dev_preferred()} if self.dev_loss else {})}
+                **({"dev_loss": self.dev_loss, "dev_preferred": self.dev_preferred()} if self.dev_loss else {}),
+                **({"final_init": self.final_init} if self.final_init else {})}
 
     def save(self, path: Path) -> None:
         write_json_atomic(Path(path), self.to_json())
@@ -127,7 +131,10 @@ class MetricsTable:
                                         {k[len(prefix):]: float(v) for k, v in r.items() if k.startswith(prefix)},
                                         per, r.get("seeds"))
             dev = {k: float(v) for k, v in data["dev_loss"].items()} if data.get("dev_loss") else None
-            return cls(split, int(data["n_examples"]), rows, dev)
+            init = data.get("final_init")
+            if init not in (None, "base", "meta"):
+                raise ValueError("final_init")
+            return cls(split, int(data["n_examples"]), rows, dev, init)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ArtifactError(f"{path} is corrupt (bad field {err}); {redo}") from None
 
@@ -168,7 +175,7 @@ def evaluate_models(config, taskset, models: dict[str, tuple[list[str], list[Pat
         per = {k: PerExample(np.mean([p[k].num for p in per_seed], axis=0), per_seed[0][k].den) for k in per_seed[0]}
         seeds = {k: [p[k].value for p in per_seed] for k in per_seed[0]} if len(per_seed) > 1 else None
         rows[label] = MetricRow(label, list(names), {k: v.value for k, v in per.items()}, per, seeds)
-    table = MetricsTable("test", len(taskset.target_test), rows, dev_loss)
+    table = MetricsTable("test", len(taskset.target_test), rows, dev_loss, config.run.final_init)
     if config.evaluate.lm_eval_tasks:
         write_lm_eval(config, taskset, models, Path(out).with_name(LM_EVAL_FILE), device=device)
     table.save(out)
