@@ -298,12 +298,16 @@ def _forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, bas
 
     model, tok = load_model(config.model, device=device)
     model = apply_adapter(model, config.adapter, init_adapter=meta_adapter)
-    cache = run_dir / "source_gradients.safetensors"
-    if cache.exists():
-        grads = SourceGradients.load(cache)
-    else:
-        grads = SourceGradients.compute(model, tok, taskset, config.tokenize, progress=True)
-        grads.save(cache)
+    def source_gradients(path, squares):
+        if path.exists():
+            return SourceGradients.load(path)
+        g = SourceGradients.compute(model, tok, taskset, config.tokenize, squares=squares, progress=True)
+        g.save(path)
+        return g
+
+    grads = source_gradients(run_dir / "source_gradients.safetensors", False)
+    # Per-example squared gradients (one backward pass per example) for Adam's first step.
+    grads_sq = source_gradients(run_dir / "source_gradients_squares.safetensors", True)
     # Every forward pass is cached by step, length and subset: re-scoring a grown bank runs only the new ones.
     cache_file = run_dir / "forward_cache.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
@@ -316,13 +320,19 @@ def _forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, bas
         return cache[key]
 
     out = {}
-    for step in ("sign", "normalized"):
-        est = ForwardPassEstimator(step).fit(model, tok, grads, taskset.target_dev.examples, config.tokenize)
+    batch = config.train.batch_size
+    steps = {"sign": ("sign", {}, grads), "normalized": ("normalized", {}, grads),
+             # Adam's first step at the training batch size, and at batch 1 (mean / per-example RMS).
+             f"adam (batch {batch})": ("adam", {"train_batch_size": batch}, grads_sq),
+             "adam (batch 1)": ("adam", {"train_batch_size": 1}, grads_sq)}
+    for step, (kind, kwargs, source_grads) in steps.items():
+        est = ForwardPassEstimator(kind, **kwargs).fit(model, tok, source_grads, taskset.target_dev.examples,
+                                                       config.tokenize)
         default = np.array([cached(est, step, s, est.length_) for s in subsets])
         out[f"forward pass, {step} step, default length"] = default
         out[f"forward pass, {step} step, default length + LOO level"] = loo_affine(default, true, est.base_loss_,
                                                                                   base_true)
-        if all(x is not None for x in norms):
+        if kind != "adam" and all(x is not None for x in norms):
             # Length = the median displacement the *other* real fine-tunes measured (projected norms,
             # which the projection keeps close to the parameter-space norm).
             loo = np.array([cached(est, step, subsets[i], float(np.median(np.delete(np.array(norms), i))))

@@ -16,6 +16,14 @@ Step models (``step``)
     learning rate whatever the gradient's size.
 ``normalized``
     Against the mean gradient's direction.
+``adam``
+    The expected direction of Adam's first step on the subset: per coordinate, the mean
+    gradient over the root of the expected squared minibatch gradient, ``m / sqrt(m^2 +
+    var / B)`` (``var`` the per-example variance, ``B`` the training batch size). A
+    coordinate the subset's examples agree on moves like ``sign``; one they disagree on
+    (a small or mixed subset: a noisy mean) barely moves, where ``sign`` moves every
+    coordinate alike. Needs per-example squared gradients (``SourceGradients.compute(...,
+    squares=True)``).
 
 Both have the total length ``length`` (parameter-space norm): set it to what real
 fine-tunes move (the trust check measures it), or it defaults to
@@ -35,7 +43,7 @@ from tqdm.auto import tqdm
 
 from gradselect.errors import ArtifactError, GradselectError
 
-Step = Literal["sign", "normalized"]
+Step = Literal["sign", "normalized", "adam"]
 TARGET = "__target_train__"
 
 
@@ -54,11 +62,15 @@ class SourceGradients:
 
     counts: dict[str, int]
     sums: dict[str, dict[str, torch.Tensor]]
+    squares: dict[str, dict[str, torch.Tensor]] | None = None
+    """Per source, per parameter: the sum over its examples of the squared per-example gradient
+    (``compute(..., squares=True)``; the ``adam`` step needs them)."""
 
     @classmethod
-    def compute(cls, model, tokenizer, taskset, tokenize_config, *, batch_size: int = 8,
+    def compute(cls, model, tokenizer, taskset, tokenize_config, *, batch_size: int = 8, squares: bool = False,
                 progress: bool = False) -> "SourceGradients":
-        """One batched backward pass per batch of each source's examples (and the target's train split)."""
+        """One batched backward pass per batch of each source's examples (and the target's train split);
+        with ``squares``, one backward pass per example instead, to sum squared per-example gradients too."""
         from gradselect.data.tokenize import IGNORE_INDEX, pad_right, tokenize_examples
 
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -66,13 +78,16 @@ class SourceGradients:
             raise GradselectError("the model has no trainable parameters to take a step in")
         device = next(model.parameters()).device
         groups = {s.name: s.examples for s in taskset.sources} | {TARGET: taskset.target_train.examples}
-        counts, sums = {}, {}
+        counts, sums, sq = {}, {}, {}
+        if squares:
+            batch_size = 1
         was_training = model.training
         model.eval()  # no dropout: the gradient at theta* itself
         with tqdm(total=sum(map(len, groups.values())), desc="source gradients", disable=not progress) as bar:
             for name, examples in groups.items():
                 tokens = tokenize_examples(examples, tokenizer, tokenize_config)
                 acc = {n: torch.zeros_like(p, dtype=torch.float32, device="cpu") for n, p in params.items()}
+                acc_sq = {n: torch.zeros_like(a) for n, a in acc.items()} if squares else None
                 for s in range(0, len(tokens), batch_size):
                     ids, mask, labels = pad_right(tokens.input_ids[s:s + batch_size], tokens.labels[s:s + batch_size],
                                                   tokenizer.pad_token_id, device)
@@ -87,12 +102,17 @@ class SourceGradients:
                     per_example.sum().backward()
                     for n, p in params.items():
                         if p.grad is not None:
-                            acc[n] += p.grad.detach().float().cpu()
+                            g = p.grad.detach().float().cpu()
+                            acc[n] += g
+                            if squares:
+                                acc_sq[n] += g * g
                     bar.update(len(ids))
                 counts[name], sums[name] = len(tokens), acc
+                if squares:
+                    sq[name] = acc_sq
         model.zero_grad(set_to_none=True)
         model.train(was_training)
-        return cls(counts, sums)
+        return cls(counts, sums, sq if squares else None)
 
     def save(self, path: Path) -> None:
         """One safetensors file (``<source>::<param>`` keys) and a JSON beside it with the counts."""
@@ -102,6 +122,7 @@ class SourceGradients:
 
         path = Path(path)
         flat = {f"{s}::{n}": t.contiguous() for s, d in self.sums.items() for n, t in d.items()}
+        flat |= {f"{s}::squares::{n}": t.contiguous() for s, d in (self.squares or {}).items() for n, t in d.items()}
         tmp = path.with_name(path.name + ".tmp")
         save_file(flat, str(tmp))
         write_bytes_atomic(path, tmp.read_bytes())
@@ -119,10 +140,14 @@ class SourceGradients:
         except Exception as err:  # safetensors raises its own types for a corrupt header
             raise ArtifactError(f"{path} is corrupt ({err}); delete it to recompute the source gradients") from None
         sums: dict[str, dict[str, torch.Tensor]] = {}
+        squares: dict[str, dict[str, torch.Tensor]] = {}
         for key, t in flat.items():
             source, param = key.split("::", 1)
-            sums.setdefault(source, {})[param] = t
-        return cls(counts, sums)
+            if param.startswith("squares::"):
+                squares.setdefault(source, {})[param[len("squares::"):]] = t
+            else:
+                sums.setdefault(source, {})[param] = t
+        return cls(counts, sums, squares or None)
 
 
 class ForwardPassEstimator:
@@ -148,16 +173,21 @@ class ForwardPassEstimator:
     """
 
     def __init__(self, step: Step = "sign", *, length: float | None = None, length_fraction: float = 0.1,
-                 include_target_train: bool = True, output: str = "log_odds", batch_size: int = 8):
+                 include_target_train: bool = True, output: str = "log_odds", batch_size: int = 8,
+                 train_batch_size: int = 8):
         self.step, self.length, self.length_fraction = step, length, length_fraction
         self.include_target_train, self.output, self.batch_size = include_target_train, output, batch_size
+        self.train_batch_size = train_batch_size
 
     def fit(self, model, tokenizer, gradients: SourceGradients, dev_examples, tokenize_config) -> "ForwardPassEstimator":
         from gradselect.estimate.solvers import mean_logistic_loss
         from gradselect.features.extract import output_values
 
-        if self.step not in ("sign", "normalized"):
-            raise GradselectError(f"unknown step {self.step!r}; steps are sign, normalized")
+        if self.step not in ("sign", "normalized", "adam"):
+            raise GradselectError(f"unknown step {self.step!r}; steps are sign, normalized, adam")
+        if self.step == "adam" and not gradients.squares:
+            raise GradselectError("the adam step needs per-example squared gradients: compute the source gradients "
+                                  "with squares=True")
         self.model_, self.tokenizer_, self.gradients_ = model, tokenizer, gradients
         self.dev_, self.tokenize_config_ = list(dev_examples), tokenize_config
         self.params_ = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -181,6 +211,16 @@ class ForwardPassEstimator:
             raise GradselectError("an empty subset has no training rows when include_target_train is false")
         n = sum(self.gradients_.counts[g] for g in groups)
         mean = {p: sum(self.gradients_.sums[g][p] for g in groups) / n for p in self.params_}
+        if self.step == "adam":
+            out = {}
+            for p, m in mean.items():
+                m = m.double()  # squares of tiny gradients underflow in float32
+                second = sum(self.gradients_.squares[g][p].double() for g in groups) / n
+                # E[g_batch^2] = m^2 + var / B, the per-example variance var = E[g^2] - m^2.
+                v = m * m + (second - m * m).clamp(min=0) / self.train_batch_size
+                root = v.sqrt()
+                out[p] = -torch.where(root > 0, m / root.clamp(min=1e-300), torch.zeros_like(m)).float()
+            return out
         return {p: -(torch.sign(m) if self.step == "sign" else m) for p, m in mean.items()}
 
     @torch.no_grad()
