@@ -185,9 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=2, help="subsets fine-tuned again with another seed (default 2)")
     p.add_argument("--seed", type=int, default=0, help="subset sampling seed")
     p.add_argument("--surrogate", choices=["auto", "on", "off"], default=None,
-                   help="correct later estimates by kernel ridge on the validated subsets' residuals: auto (when it "
-                   "orders the held-out validated subsets better than the calibrated step), on, off (default: [run] "
-                   "residual_surrogate, auto)")
+                   help="correct later estimates by kernel ridge on the validated subsets' residuals: on, auto (when "
+                   "it orders the held-out validated subsets better than the calibrated step), off (default: [run] "
+                   "residual_surrogate, on)")
     _add_common(p)
 
     p = sub.add_parser(

@@ -50,7 +50,7 @@ def validation_subsets(names: list[str], k: int, seed: int) -> list[list[str]]:
 
 
 def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: int = 8, repeats: int = 2,
-             seed: int = 0, surrogate: str = "auto", device: str = "auto", progress: bool = True) -> dict:
+             seed: int = 0, surrogate: str = "on", device: str = "auto", progress: bool = True) -> dict:
     """Fine-tune on k subsets from theta*, measure the truth, compare with estimates, calibrate.
 
     The calibration selection then uses is :func:`~gradselect.validate.calibration.calibrate_for_ranking`
@@ -70,8 +70,8 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
         How many of them to fine-tune a second time with another seed (noise floor).
     surrogate : {"auto", "on", "off"}
         Whether selection corrects its estimates by the residual surrogate fitted here
-        (:func:`fit_surrogate`); ``auto``: when its held-out order of the validated subsets
-        beats the calibrated step's (``[run] residual_surrogate``).
+        (:func:`fit_surrogate`): ``on`` always; ``auto`` when its held-out order of the validated
+        subsets beats the calibrated step's (``[run] residual_surrogate``).
 
     Returns
     -------
