@@ -99,13 +99,14 @@ def test_run_caches_stages_and_reruns_downstream_only(tmp_path, capsys):
     assert harness["models"]["selection"]["gradselect_target"]["n_examples"] == 3
     assert "## lm-evaluation-harness" in (run_dir / "report.md").read_text()
 
-    # The trust check's residual surrogate, forced on: only the trust check (its fine-tunes cached) and
-    # selection rerun, and selection says it corrected its estimates with it ...
+    # The trust check's residual surrogate, on by default: selection says it corrected its estimates with
+    # it; said explicitly, nothing reruns ...
     assert "Residual surrogate (kernel ridge" in (run_dir / "report.md").read_text()
+    assert json.loads((run_dir / "calibration.json").read_text())["residual_surrogate"]["apply"]
     cfg.write_text(adam + 'validate_k = 3\nvalidate_repeats = 0\nresidual_surrogate = "on"\n')
     assert main(["run", str(cfg), "-q"]) == 0
     out = capsys.readouterr().out
-    assert "stages run: validate, select" in out and "features" in out.split("skipped")[1]
+    assert "stages run: none" in out
     assert json.loads((run_dir / "calibration.json").read_text())["residual_surrogate"]["apply"]
     params = json.loads((run_dir / "selection.json").read_text())["params"]
     assert params["residual_surrogate"] == {"validated_subsets": 3}
