@@ -288,3 +288,24 @@ def test_rows_by_source_equals_rows_of_each_source(tmp_path, small_task):
     assert list(grouped) == store.source_names
     for name, rows in grouped.items():
         assert np.array_equal(rows, store.rows_of(source=name, split="source"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_features_on_cuda_match_the_cpu_store(tmp_path, small_task):
+    """The same store on a GPU: the projection blocks are drawn by the same seeded CPU generator, so
+    only float summation order differs."""
+    from gradselect.model import ModelConfig
+
+    taskset, adapter = small_task
+    f32 = ModelConfig(dtype="float32")
+    cpu = featurize(taskset, tmp_path / "cpu", adapter_path=adapter, feature_config=FCFG, progress=False, device="cpu",
+                    model_config=f32)
+    gpu = featurize(taskset, tmp_path / "gpu", adapter_path=adapter, feature_config=FCFG, progress=False,
+                    device="cuda", model_config=f32)
+    assert np.allclose(gpu.b, cpu.b, rtol=1e-4, atol=1e-5)
+    assert np.allclose(gpu.g, cpu.g, rtol=1e-3, atol=1e-4 * float(np.abs(cpu.g).max()))
+    # bf16 weights (the GPU default): features still close in direction.
+    bf16 = featurize(taskset, tmp_path / "bf16", adapter_path=adapter, feature_config=FCFG, progress=False,
+                     device="cuda", model_config=ModelConfig(dtype="bfloat16"))
+    cos = (bf16.g * cpu.g).sum(1) / (np.linalg.norm(bf16.g, axis=1) * np.linalg.norm(cpu.g, axis=1) + 1e-30)
+    assert np.median(cos) > 0.95 and np.isfinite(bf16.g).all()

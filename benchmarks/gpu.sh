@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# GPU featurization benchmark (issue 17): one prepared run of under 8 minutes on one GPU.
+#
+# Featurization against a plain training step of the same batches, on CUDA in bf16, for a
+# model of SmolLM2-135M's shape with random weights (built locally: the device machine can
+# neither fetch nor hold the real checkpoint; throughput does not depend on the weights):
+#   1. LoRA r=8 on the attention projections: training step (full and response-only logits),
+#      hook featurization with the blockwise projection, and the Kronecker-factored projector;
+#   2. every linear weight of the blocks (full fine-tuning, 106M weights): response-only
+#      training step against the Kronecker-factored projector (dense per-example gradients
+#      of 106M weights do not fit).
+# Prints examples/s and tokens/s per method, the ratios to the training step, GPU memory.
+#
+# On the device machine (its image has torch, transformers, peft; not pydantic), from the
+# repository root. Once, here (wheels travel; .whl is ignored by git):
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     pydantic==2.13.4 pydantic-core==2.46.4 annotated-types typing-inspection
+# then run (carry [".whl"]):
+#   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+#     && PYTHONPATH=/tmp/site:src bash benchmarks/gpu.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="${PYTHONPATH:-}:src" PYTHONUNBUFFERED=1
+OUT_DIR="${OUT:-runs/gpu}"
+mkdir -p "$OUT_DIR"
+PY="${PYTHON:-python3}"
+DEVICE="${DEVICE:-cuda}"
+
+{
+  date -u +"# %Y-%m-%dT%H:%M:%SZ"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  "$PY" - <<'PY'
+import torch, transformers, peft
+print(f"torch {torch.__version__} (cuda {torch.version.cuda}), transformers {transformers.__version__}, peft {peft.__version__}")
+import gradselect.features, gradselect.model  # noqa: F401  (fails here if a dependency is missing)
+PY
+  common=(--model smollm2-shape --device "$DEVICE" --dtype bfloat16 --threads 4 --repeats 3)
+  echo; echo "## LoRA r=8 (SmolLM2-135M shape), 512 examples x 128 tokens (32 response), batch 16"
+  timeout 240 "$PY" benchmarks/featurize.py "${common[@]}" --n-examples 512 --batch-size 16 --project-batch 64 \
+    --methods train,train-response,hooks,kronecker
+  echo; echo "## every linear weight of the blocks (full fine-tuning), 128 examples, batch 8"
+  timeout 180 "$PY" benchmarks/featurize.py "${common[@]}" --adapter full --n-examples 128 --batch-size 8 \
+    --methods train-response,kronecker
+} 2>&1 | tee "$OUT_DIR/gpu.log"
