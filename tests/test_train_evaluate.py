@@ -219,3 +219,38 @@ def test_dev_check_names_a_comparison_the_dev_split_prefers(tmp_path):
     back.dev_loss["target-only"] = 0.5  # a tie (a baseline that picked the same data): the selection stands
     assert back.dev_preferred() == "selection" and "prefers" not in dev_check(back)
     assert dev_check(MetricsTable("test", 2, rows)) == ""  # older metrics.json without dev losses
+
+
+def test_dev_check_gives_the_paired_dev_interval_and_holds_back_within_noise(tmp_path):
+    import numpy as np
+
+    from gradselect.evaluate.metrics import PerExample
+    from gradselect.evaluate.results import MetricRow, MetricsTable
+    from gradselect.report import dev_check
+
+    rng = np.random.default_rng(0)
+    tokens = np.full(200, 4.0)
+    sel = rng.uniform(0.5, 1.5, 200)
+    per = {"loss": PerExample(np.array([1.0, 2.0]), np.array([1.0, 1.0]))}
+    rows = {k: MetricRow(k, [], {"loss": 1.5}, per, None) for k in ("selection", "target-only")}
+
+    def table(shift, noise):
+        jitter = rng.normal(0, noise, 200)
+        other = sel + shift + jitter - jitter.mean()  # exactly `shift` better on average
+        dev = {"selection": PerExample(sel * tokens, tokens), "target-only": PerExample(other * tokens, tokens)}
+        return MetricsTable("test", 2, rows, {k: v.value for k, v in dev.items()}, "base", dev)
+
+    clear = table(-0.3, 0.05)  # target only better on every dev example
+    clear.save(tmp_path / "m.json")
+    back = MetricsTable.load(tmp_path / "m.json")
+    saved = __import__("json").loads((tmp_path / "m.json").read_text())
+    d = saved["dev_vs_selection"]["target-only"]
+    assert d["difference"] == pytest.approx(-0.3, abs=0.02) and d["ci95"][1] < 0
+    assert back.dev_versus("target-only")["ci95"] == d["ci95"]
+    text = dev_check(back, {"target-only": "target only"})
+    assert "beyond the dev split's noise" in text and "consider training on target only's data" in text
+
+    close = table(-0.005, 0.5)  # a hair better on average, noisy per example
+    text = dev_check(close, {"target-only": "target only"})
+    assert "within the dev split's noise" in text and "cannot tell them apart" in text
+    assert "consider training" not in text

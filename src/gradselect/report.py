@@ -117,10 +117,39 @@ def dev_check(table: MetricsTable, labels: dict | None = None) -> str:
     losses, best = summary
     name = (labels or {}).get(best, best)
     text = f"\n\ncheck on the target's dev split (token cross-entropy of each final model): {losses}"
+    margin = dev_margin(table, labels)
+    if margin:
+        text += f"\n{margin}"
     if best != "selection":
-        text += f"\nthe dev split prefers {name} to the selection: {_disagree(table)}; consider training on " \
-                f"{name}'s data instead"
+        if _within_noise(table, best):
+            text += f"\nthe dev split prefers {name} to the selection by less than its own noise: it cannot tell " \
+                    "them apart"
+        else:
+            text += f"\nthe dev split prefers {name} to the selection: {_disagree(table)}; consider training on " \
+                    f"{name}'s data instead"
     return text
+
+
+def _within_noise(table: MetricsTable, label: str) -> bool:
+    d = table.dev_versus(label)
+    return d is not None and d["ci95"][0] <= 0 <= d["ci95"][1]
+
+
+def dev_margin(table: MetricsTable, labels: dict | None = None) -> str:
+    """The dev split's closest call against the selection, with its paired 95% interval over dev examples
+    ("" when the table has no per-example dev losses)."""
+    labels = labels or {}
+    others = [k for k in (table.dev_loss or {}) if k != "selection"]
+    diffs = {k: table.dev_versus(k) for k in others}
+    diffs = {k: d for k, d in diffs.items() if d is not None}
+    if not diffs:
+        return ""
+    k = min(diffs, key=lambda x: diffs[x]["difference"])  # the comparison best on dev, relative to the selection
+    d = diffs[k]
+    lo, hi = d["ci95"]
+    noise = "within the dev split's noise" if lo <= 0 <= hi else "beyond the dev split's noise"
+    return (f"{labels.get(k, k)} minus the selection on the same dev examples: {d['difference']:+.4f} "
+            f"[{lo:+.4f}, {hi:+.4f}] ({noise})")
 
 
 def _disagree(table: MetricsTable) -> str:
@@ -327,7 +356,13 @@ def write_report(run_dir: str | Path) -> Path:
             losses, best = summary
             lines += ["", f"Check on the target's dev split (token cross-entropy of each final model; no test "
                           f"example involved): {losses}."]
-            if best != "selection":
+            margin = dev_margin(table)
+            if margin:
+                lines += ["", margin[0].upper() + margin[1:] + "."]
+            if best != "selection" and _within_noise(table, best):
+                lines += ["", f"The dev split prefers {best} to the selection by less than its own noise: it cannot "
+                              "tell them apart."]
+            elif best != "selection":
                 lines += ["", f"**The dev split prefers {best} to the selection**: {_disagree(table)}; consider "
                               f"training on {best}'s data instead."]
 

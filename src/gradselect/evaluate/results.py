@@ -75,6 +75,16 @@ class MetricsTable:
     final_init: str | None = None
     """Where every final fine-tune started: ``base`` (the base model) or ``meta`` (theta*); None in
     tables written before it was recorded."""
+    dev_per_example: dict[str, PerExample] | None = None
+    """Each final model's dev token cross-entropy per dev example (token-weighted; mean over seeds),
+    for paired intervals of the dev check; None in tables written before it was recorded."""
+
+    def dev_versus(self, label: str, reference: str = "selection") -> dict | None:
+        """``label``'s dev loss minus the reference's on the same dev examples, with its 95% interval."""
+        per = self.dev_per_example or {}
+        if label not in per or reference not in per:
+            return None
+        return paired_difference(per[label], per[reference])
 
     def dev_preferred(self) -> str | None:
         """The label with the lowest dev loss (the selection on a tie: a baseline that chose the same
@@ -112,7 +122,11 @@ class MetricsTable:
                             "row - selection on the same examples",
                 "rows": rows,
                 **({"dev_loss": self.dev_loss, "dev_preferred": self.dev_preferred()} if self.dev_loss else {}),
-                **({"final_init": self.final_init} if self.final_init else {})}
+                **({"final_init": self.final_init} if self.final_init else {}),
+                **({"dev_vs_selection": {k: self.dev_versus(k) for k in self.dev_per_example if k != "selection"},
+                    "dev_per_example": {k: {"num": v.num.tolist(), "den": v.den.tolist()}
+                                        for k, v in self.dev_per_example.items()}}
+                   if self.dev_per_example else {})}
 
     def save(self, path: Path) -> None:
         write_json_atomic(Path(path), self.to_json())
@@ -134,7 +148,9 @@ class MetricsTable:
             init = data.get("final_init")
             if init not in (None, "base", "meta"):
                 raise ValueError("final_init")
-            return cls(split, int(data["n_examples"]), rows, dev, init)
+            dev_per = {k: PerExample(np.asarray(v["num"], float), np.asarray(v["den"], float))
+                       for k, v in (data.get("dev_per_example") or {}).items()} or None
+            return cls(split, int(data["n_examples"]), rows, dev, init, dev_per)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ArtifactError(f"{path} is corrupt (bad field {err}); {redo}") from None
 
@@ -161,7 +177,7 @@ def evaluate_models(config, taskset, models: dict[str, tuple[list[str], list[Pat
     """
     from gradselect.model import load_trained
 
-    rows, dev_loss = {}, {}
+    rows, dev_loss, dev_per = {}, {}, {}
     for label, (names, adapters) in models.items():
         adapters = [adapters] if isinstance(adapters, (str, Path)) else list(adapters)
         per_seed, dev = [], []
@@ -170,12 +186,14 @@ def evaluate_models(config, taskset, models: dict[str, tuple[list[str], list[Pat
             per_seed.append(score_split_examples(model, tok, taskset.target_test, config.tokenize, config.evaluate,
                                                  progress=progress))
             dev.append(target_loss(model, tok, taskset.target_dev.examples, config.tokenize,
-                                   batch_size=config.evaluate.batch_size).loss)
-        dev_loss[label] = float(np.mean(dev))
+                                   batch_size=config.evaluate.batch_size))
+        dev_loss[label] = float(np.mean([d.loss for d in dev]))
+        tokens = np.asarray(dev[0].example_tokens, float)
+        dev_per[label] = PerExample(np.mean([np.asarray(d.example_loss) * tokens for d in dev], axis=0), tokens)
         per = {k: PerExample(np.mean([p[k].num for p in per_seed], axis=0), per_seed[0][k].den) for k in per_seed[0]}
         seeds = {k: [p[k].value for p in per_seed] for k in per_seed[0]} if len(per_seed) > 1 else None
         rows[label] = MetricRow(label, list(names), {k: v.value for k, v in per.items()}, per, seeds)
-    table = MetricsTable("test", len(taskset.target_test), rows, dev_loss, config.run.final_init)
+    table = MetricsTable("test", len(taskset.target_test), rows, dev_loss, config.run.final_init, dev_per)
     if config.evaluate.lm_eval_tasks:
         write_lm_eval(config, taskset, models, Path(out).with_name(LM_EVAL_FILE), device=device)
     table.save(out)
