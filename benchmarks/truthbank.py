@@ -344,11 +344,26 @@ def _forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, bas
     return out
 
 
+def _trust_check_draws(subsets, n_sources: int, ks, draws: int, seed: int):
+    """Per k (those that leave at least 4 subsets unseen): ``(k, [(chosen, rest), ...])``, ``draws`` random
+    trust checks of k bank subsets (all sources and target only always among them, as
+    :func:`gradselect.validate.validation_subsets` draws them) and the subsets each leaves unseen. Seeded
+    once for all k, so every caller sees the same draws."""
+    fixed = [i for i, s in enumerate(subsets) if len(s) in (0, n_sources)]
+    others = [i for i in range(len(subsets)) if i not in fixed]
+    rng = np.random.default_rng([seed, 13])
+    for k in ks:
+        if k >= len(subsets) - 3:
+            continue
+        chosen = [fixed + list(rng.choice(others, size=k - len(fixed), replace=False)) for _ in range(draws)]
+        yield k, [(c, [i for i in range(len(subsets)) if i not in c]) for c in chosen]
+
+
 def _surrogate_at_k(estimates: dict, names, subsets, true, ks=(6, 8, 10, 12), draws: int = 20,
                     seed: int = 0) -> dict:
     """A trust check of k subsets for estimators given as fixed estimates of every bank subset (forward
     passes): each alone and corrected by the residual surrogate fitted on the k, scored on the bank's other
-    subsets. The draws are :func:`_trust_check_at_k`'s (same seed, same order), so the columns compare.
+    subsets. The draws are :func:`_trust_check_at_k`'s (:func:`_trust_check_draws`), so the columns compare.
     """
     from scipy.stats import spearmanr
 
@@ -356,17 +371,10 @@ def _surrogate_at_k(estimates: dict, names, subsets, true, ks=(6, 8, 10, 12), dr
 
     true = np.asarray(true, float)
     x = np.array([[n in s for n in names] for s in subsets], dtype=bool)
-    fixed = [i for i, s in enumerate(subsets) if len(s) in (0, len(names))]
-    others = [i for i in range(len(subsets)) if i not in fixed]
-    rng = np.random.default_rng([seed, 13])
     out = {}
-    for k in ks:
-        if k >= len(subsets) - 3:
-            continue
+    for k, checks in _trust_check_draws(subsets, len(names), ks, draws, seed):
         rows = {f"{name}{tag}": [] for name in estimates for tag in ("", " + surrogate")}
-        for _ in range(draws):
-            chosen = fixed + list(rng.choice(others, size=k - len(fixed), replace=False))
-            rest = [i for i in range(len(subsets)) if i not in chosen]
+        for chosen, rest in checks:
             for name, e in estimates.items():
                 e = np.asarray(e, float)
                 sur = ResidualSurrogate().fit(x[chosen], true[chosen] - e[chosen])
@@ -467,18 +475,11 @@ def _trust_check_at_k(arrays, subsets, true, ks=(6, 8, 10, 12), draws: int = 20,
     configs = ranking_candidates(arrays, EstimateConfig())
     every, base = candidate_estimates(arrays, configs, subsets)
     index = {json.dumps(c.model_dump(mode="json"), sort_keys=True): j for j, c in enumerate(configs)}
-    fixed = [i for i, s in enumerate(subsets) if len(s) in (0, len(arrays.source_names))]
-    others = [i for i in range(len(subsets)) if i not in fixed]
-    rng = np.random.default_rng([seed, 13])
     out = {}
-    for k in ks:
-        if k >= len(subsets) - 3:
-            continue
+    for k, checks in _trust_check_draws(subsets, len(arrays.source_names), ks, draws, seed):
         rows = {key: [] for key in ("default", "calibrated", "surrogate", "auto", "one_se")}
         used = one_se_used = 0
-        for _ in range(draws):
-            chosen = fixed + list(rng.choice(others, size=k - len(fixed), replace=False))
-            rest = [i for i in range(len(subsets)) if i not in chosen]
+        for chosen, rest in checks:
             val = [subsets[i] for i in chosen]
             calib = calibrate_for_ranking(arrays, EstimateConfig(), val, true[chosen],
                                           precomputed=(every[:, chosen], base), n_boot=0)
