@@ -386,6 +386,79 @@ def _surrogate_at_k(estimates: dict, names, subsets, true, ks=(6, 8, 10, 12), dr
     return out
 
 
+def _decisions_at_k(arrays, subsets, true, ks=(6, 8, 10, 12), draws: int = 20, seed: int = 0) -> dict:
+    """What the choice is worth: after a trust check of k bank subsets, choose among the subsets it did not
+    see and the target alone by the product's estimates, with and without the evidence margin.
+
+    Per draw (:func:`_trust_check_draws`): the step calibrated and the residual surrogate fitted (on) as
+    ``gradselect validate`` does on those k, the trust check's gain error
+    (:func:`gradselect.validate.trust.gain_error`), then among the unseen subsets plus the target alone the
+    lowest corrected estimate is chosen (``margin 0``), kept only when its gain over the target alone
+    exceeds 1.96 x its dev-example standard error (``dev SE only``) or 1.96 x (dev SE combined with the
+    gain error) (``auto``, the product's default). Returns per k and rule the mean over draws of the chosen
+    subset's true loss, its regret (minus the best candidate's truth), how often the target alone was
+    chosen and how often the choice was truly worse than the target alone; plus the target alone and the
+    best candidate (oracle) for scale.
+    """
+    from gradselect.estimate import EstimateConfig, SubsetEstimator
+    from gradselect.estimate.surrogate import ResidualSurrogate
+    from gradselect.select.selectors import EVIDENCE_Z
+    from gradselect.validate.calibration import (calibrate_for_ranking, calibrated_config, candidate_estimates,
+                                                 ranking_candidates)
+    from gradselect.validate.trust import fit_surrogate, gain_error
+
+    true = np.asarray(true, float)
+    if [] not in subsets:
+        return {}
+    alone = subsets.index([])
+    configs = ranking_candidates(arrays, EstimateConfig())
+    every, base = candidate_estimates(arrays, configs, subsets)
+    per_example = {}  # config json -> per-dev-example losses of every bank subset
+
+    def dev_se(cfg, est):
+        key = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+        if key not in per_example:
+            per_example[key] = np.logaddexp(0.0, -est.predict_logodds(subsets))
+        diff = per_example[key][alone][None, :] - per_example[key]
+        return diff.std(axis=1, ddof=1) / np.sqrt(diff.shape[1])
+
+    out = {}
+    for k, checks in _trust_check_draws(subsets, len(arrays.source_names), ks, draws, seed):
+        rows = {r: {"true_loss": [], "regret": [], "chose_target_alone": [], "worse_than_target_alone": []}
+                for r in ("margin 0", "dev SE only", "auto", "target alone", "oracle")}
+        gain_errors = []
+        for chosen, rest in checks:
+            val = [subsets[i] for i in chosen]
+            calib = calibrate_for_ranking(arrays, EstimateConfig(), val, true[chosen],
+                                          precomputed=(every[:, chosen], base), n_boot=0)
+            cfg = calibrated_config(EstimateConfig(), calib)
+            est = SubsetEstimator(cfg).fit(arrays)
+            mine = est.estimate(subsets)
+            fitted = fit_surrogate(arrays, cfg, val, true[chosen], calib["held_out_predictions"], mode="on",
+                                   estimated=mine[chosen], n_boot=0)
+            corrected = mine + ResidualSurrogate.from_dict(fitted["fitted"], est.source_names_).predict(
+                est.subset_masks(subsets))
+            err = gain_error(fitted["held_out_predictions"], true[chosen], val) or 0.0
+            gain_errors.append(err)
+            se = dev_se(cfg, est)
+            cands = [alone] + [i for i in rest if i != alone]
+            best = cands[int(np.argmin(corrected[cands]))]
+            gain = corrected[alone] - corrected[best]
+            picks = {"margin 0": best,
+                     "dev SE only": best if gain > EVIDENCE_Z * se[best] else alone,
+                     "auto": best if gain > EVIDENCE_Z * np.hypot(se[best], err) else alone,
+                     "target alone": alone, "oracle": cands[int(np.argmin(true[cands]))]}
+            floor = float(true[cands].min())
+            for rule, i in picks.items():
+                rows[rule]["true_loss"].append(float(true[i]))
+                rows[rule]["regret"].append(float(true[i]) - floor)
+                rows[rule]["chose_target_alone"].append(i == alone)
+                rows[rule]["worse_than_target_alone"].append(bool(true[i] > true[alone]))
+        out[str(k)] = {rule: {key: float(np.mean(v)) for key, v in r.items()} for rule, r in rows.items()}
+        out[str(k)]["gain_error_mean"] = float(np.mean(gain_errors))
+    return out
+
+
 #: Alternative feature stores scored with ``score --features``: name -> FeatureConfig changes.
 FEATURE_VARIANTS = {
     "adam": {"precondition": "adam"},
@@ -617,6 +690,7 @@ def score_bank(args) -> int:
         fixed = {"linear, default radius": variants["trust_region, default radius"]}
         fixed.update({k: v for k, v in variants.items() if k.startswith("forward pass") and k.endswith("default length")})
         forward_at_k = _surrogate_at_k(fixed, arrays.source_names, subsets, true)
+    decisions = _decisions_at_k(arrays, subsets, true) if len(records) >= 10 else {}
     base_truth = {tuple(r["sources"]): r["loss"] for r in bank.get("base_model_truth", [])}
     common = [i for i, r in enumerate(records) if tuple(r["sources"]) in base_truth]
     two_truths = None
@@ -637,6 +711,8 @@ def score_bank(args) -> int:
         "trust_check_at_k": at_k,
         # The same draws for fixed estimates (linear default, forward passes), each alone and + surrogate.
         "surrogate_at_k": forward_at_k,
+        # After that trust check: the subset chosen among the unseen ones and the target alone, by margin rule.
+        "decisions_at_k": decisions,
         "command": "python benchmarks/fidelity.py score --bank " + str(bank_path),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -680,6 +756,16 @@ def score_bank(args) -> int:
         for k, r in forward_at_k.items():
             print(f"| {k} | " + " | ".join(f"{r[c]['spearman_mean']:.2f} [{r[c]['spearman_p10_p90'][0]:.2f}, "
                                          f"{r[c]['spearman_p10_p90'][1]:.2f}]" for c in keys) + " |")
+    if decisions:
+        print("\n# the choice after that trust check: among the unseen subsets and the target alone (mean over draws)")
+        print("true loss of the choice / regret / chose the target alone / truly worse than the target alone")
+        rules = [r for r in next(iter(decisions.values())) if r != "gain_error_mean"]
+        print("| k | gain error | " + " | ".join(rules) + " |")
+        print("|---|---|" + "---|" * len(rules))
+        for k, r in decisions.items():
+            print(f"| {k} | {r['gain_error_mean']:.3f} | " + " | ".join(
+                f"{r[c]['true_loss']:.3f} / {r[c]['regret']:.3f} / {r[c]['chose_target_alone']:.0%} / "
+                f"{r[c]['worse_than_target_alone']:.0%}" for c in rules) + " |")
     print(f"scores: {scores_path}")
     return 0
 

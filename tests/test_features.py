@@ -70,7 +70,10 @@ def test_batched_gradients_equal_naive_loop(arch, computer):
     fast = computer(model, MeanLogOdds(), with_hidden=True).compute(ids, mask, labels)
     slow = LoopGradientComputer(model, MeanLogOdds(), with_hidden=True).compute(ids, mask, labels)
     assert torch.allclose(fast.values, slow.values, rtol=1e-10)
-    assert torch.allclose(fast.hidden, slow.hidden, rtol=1e-10)
+    # transformers' eager attention takes its softmax in float32 even for a float64 model, so a batch's
+    # last-bit GEMM differences can flip a float32 rounding (1e-7 relative, seen on AMD/AVX2 CPUs): float32
+    # tolerances here and below, far under what a batch-mate leaking into an example would do.
+    assert torch.allclose(fast.hidden, slow.hidden, rtol=1e-5, atol=1e-6)
     for name, g in slow.grads.items():
         assert g.abs().max() > 0, name
         rel = (fast.grads[name] - g).norm() / g.norm()
@@ -84,8 +87,9 @@ def test_gradient_does_not_depend_on_batch_mates(computer):
     comp = computer(model, MeanLogOdds())
     together = comp.compute(ids, mask, labels)
     alone = comp.compute(ids[:1, :6], mask[:1, :6], labels[:1, :6])
-    for name in together.grads:
-        assert torch.allclose(together.grads[name][0], alone.grads[name][0], rtol=1e-9, atol=1e-12)
+    for name in together.grads:  # float32 softmax inside (see above): relative error of float32's order
+        g = alone.grads[name][0]
+        assert (together.grads[name][0] - g).norm() / g.norm() < 1e-5, name
 
 
 def test_auto_picks_hooks_for_linear_layers_and_func_otherwise():
@@ -100,8 +104,8 @@ def test_auto_picks_hooks_for_linear_layers_and_func_otherwise():
         HookGradientComputer(model, MeanLogOdds(), ["norm"])
     ids, mask, labels = padded_batch(tok)
     slow = LoopGradientComputer(model, MeanLogOdds(), ["norm"]).compute(ids, mask, labels)
-    for name, g in auto.compute(ids, mask, labels).grads.items():
-        assert torch.allclose(g, slow.grads[name], rtol=1e-8, atol=1e-12)
+    for name, g in auto.compute(ids, mask, labels).grads.items():  # float32 softmax inside (see above)
+        assert (g - slow.grads[name]).norm() / slow.grads[name].norm() < 1e-5, name
 
 
 def test_blockwise_projection_equals_dense_matrix():

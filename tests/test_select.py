@@ -187,3 +187,69 @@ def test_less_examples_are_the_rows_most_aligned_with_the_target():
     helpful = set(arr.source_rows["src0"]) | set(arr.source_rows["src2"])
     assert len(rows) == 50 and len(set(rows.tolist()) & helpful) >= 48
     assert len(less_examples(est, 10_000)) == 160
+
+
+def test_evidence_margin_is_the_gain_over_the_target_alone_beyond_the_estimates_error():
+    from gradselect.report import format_selection
+    from gradselect.select.selectors import evidence
+
+    est = SubsetEstimator(EstimateConfig(mode="l2", lam=1e-2)).fit(planted())
+    sel = EnsembleSelector(n_subsets=100, seed=1, n_bootstrap=200).select(est)
+    ev = sel.params["evidence"]
+    assert sel.chosen and ev["sufficient"] and ev["measured_error"] is None
+    # The gain is the target alone's estimate minus the choice's; its SE is paired over dev examples.
+    masks = est.subset_masks([[], sel.chosen])
+    alone, loss = est.estimate(masks)
+    assert ev["gain"] == pytest.approx(alone - loss) and sel.estimated_loss == pytest.approx(loss)
+    per = np.logaddexp(0, -est.predict_logodds(masks))
+    assert ev["dev_standard_error"] == pytest.approx(np.std(per[0] - per[1], ddof=1) / np.sqrt(per.shape[1]))
+    assert ev["margin"] == pytest.approx(1.96 * ev["dev_standard_error"]) and ev["gain"] > ev["margin"]
+    assert "beyond the estimate's error" in format_selection(sel)
+
+    # A trust check that measured a gain error larger than the gain: no source, said so, for every rule.
+    est.gain_error_ = ev["gain"]
+    for selector in (EnsembleSelector(n_subsets=100, seed=1, n_bootstrap=200), ForwardSelector(),
+                     BackwardSelector(), EnsembleSelector(n_subsets=100, seed=1, n_bootstrap=200, rule="threshold")):
+        out = selector.select(est)
+        assert out.chosen == [] and out.params["no_source_helps"], selector
+        assert out.params["evidence"]["measured_error"] == ev["gain"]
+        assert out.estimated_loss == pytest.approx(alone) == out.params["target_only_loss"]
+    assert "no source helps beyond the estimate's error" in format_selection(out)
+    # top_k keeps what it was asked for and says the evidence is not there.
+    topk = EnsembleSelector(n_subsets=100, seed=1, n_bootstrap=200, rule="top_k", k=2).select(est)
+    assert len(topk.chosen) == 2 and not topk.params["evidence"]["sufficient"]
+    assert "NOT beyond" in format_selection(topk)
+    # A fixed margin of 0 takes any estimated gain (the rule before the margin).
+    assert EnsembleSelector(n_subsets=100, seed=1, n_bootstrap=200, margin=0.0).select(est).chosen == sel.chosen
+    assert evidence(est, sel.chosen, margin=0.0)["sufficient"]
+    with pytest.raises(GradselectError, match="margin"):
+        evidence(est, sel.chosen, margin=-1.0)
+
+
+def test_a_gain_inside_the_dev_examples_noise_is_not_evidence():
+    # Dev questions that disagree: the sources move half of them one way and half the other, so the
+    # mean gain is small next to its standard error over dev examples.
+    arr = planted(clean_target=False, seed=2)
+    rng = np.random.default_rng(7)
+    d = arr.g.shape[1]
+    sign = np.where(np.arange(40) % 2 == 0, 1.0, -1.05)
+    u = np.zeros(d)
+    u[0] = 1.0
+    arr.g[40:80] = rng.normal(size=(40, d)) * 0.05 + sign[:, None] * u * 2.0
+    est = SubsetEstimator(EstimateConfig(mode="l2", lam=1e-2)).fit(arr)
+    taken = EnsembleSelector(n_subsets=100, seed=1, n_bootstrap=200, margin=0.0).select(est)
+    assert taken.chosen and taken.params["evidence"]["gain"] > 0
+    held = EnsembleSelector(n_subsets=100, seed=1, n_bootstrap=200).select(est)
+    assert held.chosen == [] and held.params["no_source_helps"]
+    ev = held.params["evidence"]
+    assert 0 < ev["gain"] <= ev["margin"] == pytest.approx(1.96 * ev["dev_standard_error"])
+
+
+def test_margin_is_validated_by_the_config():
+    from gradselect.select import SelectConfig
+
+    assert SelectConfig().margin == "auto" and SelectConfig(margin=0.01).make_selector().margin == 0.01
+    assert SelectConfig(method="forward", margin=0).make_selector().margin == 0
+    for bad in (-0.1, "big", float("nan")):
+        with pytest.raises(ValueError, match="margin"):
+            SelectConfig(margin=bad)

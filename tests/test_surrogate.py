@@ -139,3 +139,26 @@ def test_apply_surrogate_only_for_the_estimator_it_was_fitted_on(tmp_path):
         warnings.simplefilter("error")
         assert apply_surrogate(est, path) is est
     assert apply_surrogate(est, tmp_path / "missing.json") is est
+    # The measured gain error reaches the estimator it was measured on, corrected or not, and no other.
+    path.write_text(json.dumps({"mode": "trust_region", "residual_surrogate": entry, "gain_rmse": 0.03}))
+    assert apply_surrogate(SubsetEstimator(EstimateConfig()).fit(feats), path).gain_error_ == 0.03
+    path.write_text(json.dumps({"mode": "trust_region", "residual_surrogate": entry | {"apply": False},
+                                "gain_rmse": 0.03}))
+    assert apply_surrogate(SubsetEstimator(EstimateConfig()).fit(feats), path).gain_error_ == 0.03
+    with pytest.warns(UserWarning):
+        other = SubsetEstimator(EstimateConfig(mode="l2")).fit(feats)
+        path.write_text(json.dumps({"mode": "trust_region", "residual_surrogate": entry, "gain_rmse": 0.03}))
+        assert apply_surrogate(other, path).gain_error_ is None
+
+
+def test_gain_error_is_the_error_of_differences_to_the_target_alone():
+    from gradselect.validate.trust import gain_error
+
+    subsets = [["a"], [], ["a", "b"], ["b"]]
+    true = np.array([0.5, 0.6, 0.4, 0.7])
+    assert gain_error(true + 0.3, true, subsets) == pytest.approx(0.0)  # a shared level error cancels
+    est = true.copy()
+    est[2] += 0.1
+    est[3] -= 0.1
+    assert gain_error(est, true, subsets) == pytest.approx(np.sqrt((0 + 0.01 + 0.01) / 3))
+    assert gain_error(est, true, [["a"], ["b"], ["a", "b"], ["c"]]) is None

@@ -99,9 +99,23 @@ def test_validate_end_to_end(tmp_path, capsys):
             seed_mean[i] = (seed_mean[i] + r["loss"]) / 2
     rel = np.abs(corrected.estimate(validated) - seed_mean) / seed_mean
     assert rel.max() < 0.02, rel
+    # The trust check's measured error of the gain over the target alone, recomputed here from its
+    # held-out predictions, is what selection's evidence margin allows for.
+    from gradselect.validate.trust import gain_error
+
+    held_out = np.array(report["surrogate"]["held_out_predictions"])
+    measured = gain_error(held_out, seed_mean, validated)
+    assert measured > 0 and json.loads((tmp_path / "calibration.json").read_text())["gain_rmse"] == pytest.approx(
+        measured)
+    assert corrected.gain_error_ == pytest.approx(measured)
     assert main(["select", "--features", str(feats), "--n-subsets", "10", "-q"]) == 0
     saved = json.loads((tmp_path / "selection.json").read_text())
     assert saved["params"]["residual_surrogate"] == {"validated_subsets": 4}
+    if saved["chosen"] or saved["params"].get("no_source_helps"):
+        ev = saved["params"]["evidence"]
+        assert ev["measured_error"] == pytest.approx(measured)
+        assert ev["margin"] == pytest.approx(1.96 * np.hypot(ev["dev_standard_error"], measured))
+        assert ev["sufficient"] == bool(saved["chosen"])
 
 
 def test_compare_and_calibrate_on_synthetic_truth():

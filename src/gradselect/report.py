@@ -33,7 +33,10 @@ def format_selection(selection: Selection, base_loss: float | None = None) -> st
             lo, hi = selection.intervals[name]
             row += f"  [{lo:>10.5f}, {hi:>10.5f}]"
         lines.append(row + ("  *" if name in selection.chosen else ""))
-    if selection.params.get("no_source_helps"):
+    ev = selection.params.get("evidence")
+    if ev:
+        lines.append(_evidence_line(ev, chosen=bool(selection.chosen)))
+    elif selection.params.get("no_source_helps"):
         lines.append("no source helps: the target alone is estimated lower than every prefix of the ranking")
     if selection.intervals:
         lines.append("MC interval: the Monte-Carlo error of the mean over the sampled subsets (it shrinks with "
@@ -44,6 +47,21 @@ def format_selection(selection: Selection, base_loss: float | None = None) -> st
                      "estimator's own scale, for ranking; gradselect validate measures how far it is from real "
                      "fine-tunes)")
     return "\n".join(lines)
+
+
+def _evidence_line(ev: dict, *, chosen: bool) -> str:
+    """One line on whether the choice's estimated gain over the target alone is beyond the estimate's error."""
+    parts = [f"dev SE {ev['dev_standard_error']:.4g}"]
+    if ev.get("measured_error") is not None:
+        parts.append(f"trust check's gain error {ev['measured_error']:.4g}")
+    how = f"margin {ev['margin']:.4g}" + (f" = 1.96 x ({', '.join(parts)})" if ev.get("margin_rule") == "auto" else "")
+    gain = f"estimated gain over the target alone {ev['gain']:+.4g}, {how}"
+    if chosen and ev["sufficient"]:
+        return f"{gain}: beyond the estimate's error"
+    if chosen:
+        return f"{gain}: NOT beyond the estimate's error (kept because the rule fixes the number of sources)"
+    return (f"no source helps beyond the estimate's error: the best choice's {gain}; the target alone is "
+            "recommended")
 
 
 def _ordered(table: MetricsTable, labels: dict | None) -> list[str]:

@@ -105,6 +105,11 @@ class SubsetEstimator:
     base_loss_ : float
         Estimated dev loss at v = 0 (the meta-initialization itself): the
         zero-order baseline every estimate should be compared with.
+    gain_error_ : float or None
+        RMS error of the estimated gain over the target alone (estimate of the target alone
+        minus a subset's), measured by the trust check on subsets it fine-tuned for real
+        (set by :func:`gradselect.validate.apply_surrogate`; None without a trust check):
+        the error selection's evidence margin allows for.
 
     Examples
     --------
@@ -137,6 +142,7 @@ class SubsetEstimator:
         b_dev = np.asarray(arrays.b[arrays.dev_rows], dtype=np.float64)
         self._g_dev, self._b_dev = g_dev, b_dev
         self.base_loss_ = float(mean_logistic_loss(b_dev))
+        self.gain_error_ = None
         if self.base_loss_ < SATURATED_LOSS:
             warnings.warn(
                 f"the meta-initialization is already confident on the target dev split (its loss in the estimator's "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Literal
+from typing import Annotated, Literal
 
 import pydantic
 
@@ -36,6 +36,11 @@ class SelectConfig(StrictConfig):
     """Forward: stop at this many sources."""
     tol: float = pydantic.Field(default=0.0, ge=0)
     """Stepwise: stop when the best step changes the estimate by no more than this."""
+    margin: Literal["auto"] | Annotated[float, pydantic.Field(ge=0, allow_inf_nan=False)] = "auto"
+    """Estimate-based methods choose sources only when the choice's estimated target dev loss
+    falls below the target alone's by more than this; ``auto``: 1.96 x the estimate's own error
+    (the gain's standard error over dev examples combined with the trust check's measured
+    held-out error, when one ran); 0: any estimated gain."""
     pseudo_sources: int | None = pydantic.Field(default=None, ge=1)
     """Cluster all source rows (every source pooled) into this many pseudo-sources by their
     projected gradients before selecting: for data without source labels, e.g. one
@@ -48,8 +53,8 @@ class SelectConfig(StrictConfig):
         if self.method == "ensemble" and self.rule == "top_k" and self.k is None:
             raise ValueError("rule = 'top_k' needs k (the number of sources to keep)")
         reads = {
-            "ensemble": {"rule", "k", "threshold", "n_subsets", "alpha", "seed", "n_bootstrap"},
-            "forward": {"max_size", "tol"}, "backward": {"tol"},
+            "ensemble": {"rule", "k", "threshold", "n_subsets", "alpha", "seed", "n_bootstrap", "margin"},
+            "forward": {"max_size", "tol", "margin"}, "backward": {"tol", "margin"},
             "grad-sim": {"k"}, "repr-sim": {"k"}, "kmm": {"k"}, "random": {"k", "seed"}, "all": set(),
             "target-only": set(),
         }[self.method]
@@ -65,11 +70,12 @@ class SelectConfig(StrictConfig):
         m = self.method
         if m == "ensemble":
             return SELECTORS[m](n_subsets=self.n_subsets, alpha=self.alpha, seed=self.seed,
-                                n_bootstrap=self.n_bootstrap, rule=self.rule, k=self.k, threshold=self.threshold)
+                                n_bootstrap=self.n_bootstrap, rule=self.rule, k=self.k, threshold=self.threshold,
+                                margin=self.margin)
         if m == "forward":
-            return SELECTORS[m](max_size=self.max_size, tol=self.tol)
+            return SELECTORS[m](max_size=self.max_size, tol=self.tol, margin=self.margin)
         if m == "backward":
-            return SELECTORS[m](tol=self.tol)
+            return SELECTORS[m](tol=self.tol, margin=self.margin)
         if m in ("grad-sim", "repr-sim", "kmm"):
             return SELECTORS[m](k=self.k)
         if m == "random":

@@ -36,9 +36,76 @@ from gradselect.select.search import argmin_by_name, greedy_forward
 
 Rule = Literal["best_prefix", "top_k", "threshold"]
 
+#: A gain smaller than this many standard errors of the estimate is not evidence (two-sided 95%).
+EVIDENCE_Z = 1.96
 
-def apply_rule(estimator: SubsetEstimator, scores: dict[str, float], rule: Rule, *, k=None, threshold=None):
+
+def evidence(estimator: SubsetEstimator, chosen, *, margin: float | str = "auto") -> dict:
+    """Whether the estimated gain of ``chosen`` over the target alone exceeds the estimate's own error.
+
+    Every rule's last step: a fixed-length step lowers the linearized loss for any data, and on
+    every suite we measured the target alone beat selections whose estimated gain was inside the
+    estimate's error. The gain is ``estimate([]) - estimate([chosen])``; with ``margin = "auto"``
+    it must exceed ``EVIDENCE_Z * sqrt(se^2 + e^2)``, where ``se`` is the standard error of the
+    gain over the target dev examples (the per-example losses of the first-order model, paired)
+    and ``e`` the held-out RMS error of the estimates the trust check measured
+    (``estimator.gain_error_``; 0 when no trust check ran). A number is a fixed margin
+    (0: any estimated gain).
+
+    Parameters
+    ----------
+    estimator : SubsetEstimator or CorrectedEstimator
+        Fitted, with ``include_target_train`` (else there is no target-alone candidate).
+    chosen : sequence of str or bool array of shape (n_sources,)
+    margin : "auto" or float >= 0
+
+    Returns
+    -------
+    dict
+        ``gain``, ``dev_standard_error``, ``measured_error`` (None without a trust check),
+        ``margin`` and ``sufficient`` (the gain exceeds the margin).
+    """
+    names = estimator.source_names_
+    mask = np.asarray(chosen, dtype=bool) if isinstance(chosen, np.ndarray) else np.isin(names, list(chosen))
+    masks = np.stack([np.zeros(len(names), dtype=bool), mask])
+    alone, loss = (float(x) for x in estimator.estimate(masks))
+    gain = alone - loss
+    # Paired over dev examples: the same questions, with and without the sources.
+    per_example = np.logaddexp(0.0, -estimator.predict_logodds(masks))
+    diff = per_example[0] - per_example[1]
+    se = float(np.std(diff, ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+    measured = getattr(estimator, "gain_error_", None)
+    if margin == "auto":
+        value = EVIDENCE_Z * float(np.hypot(se, measured or 0.0))
+    else:
+        value = float(margin)
+        if not np.isfinite(value) or value < 0:
+            raise GradselectError(f"margin must be 'auto' or a number >= 0, got {margin!r}")
+    return {"gain": gain, "dev_standard_error": se, "measured_error": measured, "margin": value,
+            "margin_rule": "auto" if margin == "auto" else "fixed", "sufficient": bool(gain > value)}
+
+
+def _keep_if_evident(estimator, picked: set[str], margin, extra: dict) -> set[str]:
+    """``picked``, or no source when its estimated gain over the target alone is not beyond ``margin``
+    (:func:`evidence`; recorded in ``extra``). Without target rows there is no target-alone candidate."""
+    if not estimator.config_.include_target_train or not picked:
+        return picked
+    ev = evidence(estimator, sorted(picked), margin=margin)
+    extra["evidence"] = ev
+    extra["target_only_loss"] = float(estimator.estimate(np.zeros((1, len(estimator.source_names_)), dtype=bool))[0])
+    if not ev["sufficient"]:
+        extra["no_source_helps"] = True
+        return set()
+    return picked
+
+
+def apply_rule(estimator: SubsetEstimator, scores: dict[str, float], rule: Rule, *, k=None, threshold=None,
+               margin: float | str = "auto"):
     """Choose sources from scores (lower is better) by a decision rule.
+
+    ``best_prefix`` and ``threshold`` then keep their choice only when its estimated gain over the
+    target alone is beyond ``margin`` (:func:`evidence`); ``top_k`` keeps k sources as asked and
+    records the evidence for them.
 
     Returns
     -------
@@ -56,10 +123,12 @@ def apply_rule(estimator: SubsetEstimator, scores: dict[str, float], rule: Rule,
         if int(k) > len(names):
             raise GradselectError(f"rule 'top_k' with k = {k} but there are only {len(names)} sources; lower k")
         picked = set(ranked[: int(k)])
+        if estimator.config_.include_target_train and picked:
+            extra["evidence"] = evidence(estimator, sorted(picked), margin=margin)
     elif rule == "threshold":
         if threshold is None:
             raise GradselectError("rule 'threshold' needs a threshold")
-        picked = {n for n in names if scores[n] < threshold}
+        picked = _keep_if_evident(estimator, {n for n in names if scores[n] < threshold}, margin, extra)
     elif rule == "best_prefix":
         # Estimate the top-1..n prefixes of the ranking and keep the best.
         masks = np.zeros((len(ranked), len(names)), dtype=bool)
@@ -68,16 +137,10 @@ def apply_rule(estimator: SubsetEstimator, scores: dict[str, float], rule: Rule,
             masks[j:, index[ranked[j]]] = True
         losses = estimator.estimate(masks)
         best = int(np.argmin(losses))
-        picked = set(ranked[: best + 1])
         extra["prefix_losses"] = [float(x) for x in losses]
         # "No auxiliary source" is a candidate too: a fixed-length step lowers the linearized loss for any
-        # data, so a prefix must beat the target alone, not theta*.
-        if estimator.config_.include_target_train:
-            alone = float(estimator.estimate(np.zeros((1, len(names)), dtype=bool))[0])
-            extra["target_only_loss"] = alone
-            if alone <= float(losses[best]):
-                picked = set()
-                extra["no_source_helps"] = True
+        # data, so a prefix must beat the target alone (not theta*), and by more than the estimate's error.
+        picked = _keep_if_evident(estimator, set(ranked[: best + 1]), margin, extra)
     else:
         raise GradselectError(f"unknown rule {rule!r}; rules are best_prefix, top_k, threshold")
     return [n for n in names if n in picked], extra
@@ -140,14 +203,16 @@ class EnsembleSelector(Selector):
         estimate over all sampled subsets.
     ridge : float
         Strength of the ridge regression of estimates on subset indicators.
+    margin : "auto" or float
+        How far the choice's estimate must fall below the target alone's (:func:`evidence`).
     """
 
     name = "ensemble"
 
     def __init__(self, n_subsets=200, alpha=0.5, seed=0, n_bootstrap=1000, rule: Rule = "best_prefix",
-                 k=None, threshold=None, ridge=1e-3):
+                 k=None, threshold=None, ridge=1e-3, margin="auto"):
         self.n_subsets, self.alpha, self.seed, self.n_bootstrap = n_subsets, alpha, seed, n_bootstrap
-        self.rule, self.k, self.threshold, self.ridge = rule, k, threshold, ridge
+        self.rule, self.k, self.threshold, self.ridge, self.margin = rule, k, threshold, ridge, margin
 
     def sample_subsets(self, n_sources: int) -> np.ndarray:
         """m seeded subsets of size ceil(alpha n), shape (n_subsets, n_sources)."""
@@ -182,10 +247,10 @@ class EnsembleSelector(Selector):
         coef = np.linalg.solve(x.T @ x + self.ridge * len(losses) * np.eye(len(names)), x.T @ (losses - losses.mean()))
         scores = {n: float(s) for n, s in zip(names, mean_in)}
         threshold = self.threshold if self.threshold is not None else float(losses.mean())
-        chosen, extra = apply_rule(estimator, scores, self.rule, k=self.k, threshold=threshold)
+        chosen, extra = apply_rule(estimator, scores, self.rule, k=self.k, threshold=threshold, margin=self.margin)
         params = {
             "n_subsets": self.n_subsets, "alpha": self.alpha, "seed": self.seed, "n_bootstrap": self.n_bootstrap,
-            "k": self.k, "threshold": threshold, "ridge": self.ridge,
+            "k": self.k, "threshold": threshold, "ridge": self.ridge, "margin": self.margin,
             "ridge_coefficients": {n: float(c) for n, c in zip(names, coef)},
             "mean_subset_loss": float(losses.mean()), "base_loss": estimator.base_loss_, **extra,
         }
@@ -205,12 +270,15 @@ class ForwardSelector(Selector):
         Stop at this many sources.
     tol : float
         Stop when the best addition lowers the estimate by no more than this.
+    margin : "auto" or float
+        The final subset is kept only when its estimate falls below the target alone's by more than
+        this (:func:`evidence`); otherwise no source is chosen.
     """
 
     name = "forward"
 
-    def __init__(self, max_size=None, tol=0.0):
-        self.max_size, self.tol = max_size, tol
+    def __init__(self, max_size=None, tol=0.0, margin="auto"):
+        self.max_size, self.tol, self.margin = max_size, tol, margin
 
     def select(self, estimator):
         names = estimator.source_names_
@@ -223,22 +291,25 @@ class ForwardSelector(Selector):
 
         result = greedy_forward(names, oracle, empty_ok=estimator.config_.include_target_train,
                                 max_size=self.max_size, tol=self.tol)
-        chosen = [names[i] for i in np.flatnonzero(result.chosen)]
-        return Selection(self.name, chosen, {n: result.gains[n] for n in names}, None, result.loss,
-                         {"max_size": self.max_size, "tol": self.tol, "path": result.path})
+        params = {"max_size": self.max_size, "tol": self.tol, "margin": self.margin, "path": result.path}
+        picked = _keep_if_evident(estimator, {names[i] for i in np.flatnonzero(result.chosen)}, self.margin, params)
+        chosen = [n for n in names if n in picked]
+        loss = result.loss if chosen or not params.get("no_source_helps") else params["target_only_loss"]
+        return Selection(self.name, chosen, {n: result.gains[n] for n in names}, None, loss, params)
 
 
 class BackwardSelector(Selector):
     """Backward elimination on estimates: drop the source whose removal helps most, while it helps.
 
     Scores are the gain in estimated loss when a source was removed (for kept
-    sources: minus the harm their removal would do to the final subset).
+    sources: minus the harm their removal would do to the final subset). The final subset is
+    kept only when its gain over the target alone is beyond ``margin`` (:func:`evidence`).
     """
 
     name = "backward"
 
-    def __init__(self, min_size=0, tol=0.0):
-        self.min_size, self.tol = min_size, tol
+    def __init__(self, min_size=0, tol=0.0, margin="auto"):
+        self.min_size, self.tol, self.margin = min_size, tol, margin
 
     def select(self, estimator):
         names = estimator.source_names_
@@ -261,9 +332,14 @@ class BackwardSelector(Selector):
             current[present[best]] = False
             loss = float(losses[best])
             path.append({"removed": names[present[best]], "loss": loss})
-        chosen = [names[i] for i in np.flatnonzero(current)]
-        return Selection(self.name, chosen, {n: scores[n] for n in names}, None, loss,
-                         {"min_size": self.min_size, "tol": self.tol, "path": path})
+        params = {"min_size": self.min_size, "tol": self.tol, "margin": self.margin, "path": path}
+        picked = {names[i] for i in np.flatnonzero(current)}
+        if self.min_size == 0:  # a floor the user set is kept
+            picked = _keep_if_evident(estimator, picked, self.margin, params)
+        chosen = [n for n in names if n in picked]
+        if params.get("no_source_helps"):
+            loss = params["target_only_loss"]
+        return Selection(self.name, chosen, {n: scores[n] for n in names}, None, loss, params)
 
 
 def _toggled(current: np.ndarray, indices: np.ndarray) -> np.ndarray:

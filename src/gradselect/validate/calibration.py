@@ -80,15 +80,17 @@ def features_identity(manifest: dict) -> str:
 
 
 def write_calibration(path: Path, chosen: dict, candidates: dict, *, manifest: dict, validation: Path,
-                      surrogate: dict | None = None) -> None:
+                      surrogate: dict | None = None, gain_rmse: float | None = None) -> None:
     """The trust check's calibration, stamped with the identity of the features it was fitted on
-    (with its residual surrogate, when one was fitted)."""
+    (with its residual surrogate, when one was fitted, and the measured RMS error of the estimated
+    gain over the target alone, :func:`gradselect.validate.trust.gain_error`)."""
     write_json_atomic(Path(path), {
         "calibration_version": CALIBRATION_VERSION, "mode": chosen["mode"],
         **{k: chosen[k] for k in ("parameter", "value", "mean_relative_error", "loo_mean_relative_error")},
         **{k: chosen[k] for k in ("criterion", "level") if k in chosen},
         "candidates": candidates, "features": features_identity(manifest), "validation": str(validation),
         **({"residual_surrogate": surrogate} if surrogate else {}),
+        **({"gain_rmse": float(gain_rmse)} if gain_rmse is not None else {}),
     })
 
 
@@ -148,14 +150,22 @@ def apply_surrogate(estimator, calibration_file: Path | None, manifest: dict | N
     The surrogate is used when the trust check decided so (``apply``) and it was fitted on the
     residuals of this very estimator (same config); for another config it is skipped with a
     warning, since its residuals were another estimator's.
+    For the same config, the estimator's ``gain_error_`` is set to the trust check's measured
+    error of the estimated gain over the target alone (corrected or not).
     """
     from gradselect.estimate.surrogate import CorrectedEstimator, ResidualSurrogate
 
     calib = read_calibration(calibration_file, manifest)
     entry = (calib or {}).get("residual_surrogate")
-    if not entry or not entry.get("apply"):
+    if not entry:
         return estimator
-    if entry.get("estimator") != estimator.config_.model_dump(mode="json"):
+    same = entry.get("estimator") == estimator.config_.model_dump(mode="json")
+    if same and calib.get("gain_rmse") is not None:
+        # What the trust check measured of these very estimates: selection's evidence margin allows for it.
+        estimator.gain_error_ = float(calib["gain_rmse"])
+    if not entry.get("apply"):
+        return estimator
+    if not same:
         warnings.warn(f"{calibration_file}: the residual surrogate was fitted on another estimator config than this "
                       "one and is not used; rerun gradselect validate with this [estimate] section",
                       UserWarning, stacklevel=2)

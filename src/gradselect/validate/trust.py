@@ -136,14 +136,40 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
         used = calibrated_config(config.estimate, calib)
         report["surrogate"] = fit_surrogate(arrays, used, validated, mean_true, calib["held_out_predictions"],
                                             mode=surrogate)
+        report["gain_rmse"] = gain_error(report["surrogate"]["held_out_predictions"] if report["surrogate"]["apply"]
+                                         else SubsetEstimator(used).fit(arrays).estimate(validated),
+                                         mean_true, validated)
     write_json_atomic(out_dir / "validation.json", report)
     _scatter(report, out_dir / "validation.png")
     if calib.get("parameter"):
         # Beside the feature store, stamped with its identity: later estimates on it pick it up.
         write_calibration(Path(store.path).parent / "calibration.json", calib, calib["per_mode"],
                           manifest=store.manifest, validation=out_dir / "validation.json",
-                          surrogate=report["surrogate"]["fitted"])
+                          surrogate=report["surrogate"]["fitted"], gain_rmse=report["gain_rmse"])
     return report
+
+
+def gain_error(estimated, true, subsets: list[list[str]]) -> float | None:
+    """RMS error of the estimated gain over the target alone on validated subsets, or None without it.
+
+    The gain of subset i is ``loss(target alone) - loss(i)``; its error is what selection's evidence
+    margin allows for (:func:`gradselect.select.evidence`). A level error shared by every estimate
+    cancels in it; a wrong scale of the differences does not.
+
+    Parameters
+    ----------
+    estimated, true : array of shape (n_subsets,)
+        The estimates selection uses (held out where fitted on these subsets) and the truths.
+    subsets : list of list of str
+        The validated subsets; one of them must be empty (the target alone).
+    """
+    alone = [i for i, s in enumerate(subsets) if not s]
+    if not alone or len(subsets) < 2:
+        return None
+    est, tru = np.asarray(estimated, dtype=float), np.asarray(true, dtype=float)
+    a = alone[0]
+    err = (est[a] - est) - (tru[a] - tru)
+    return float(np.sqrt(np.mean(np.delete(err, a) ** 2)))
 
 
 def fit_surrogate(arrays, estimate_config, subsets: list[list[str]], true, calibrated_held_out, *,
