@@ -161,6 +161,42 @@ def _identity(store, meta_adapter: Path) -> dict:
     }
 
 
+#: How far (relative) |theta*| may differ when theta* is re-trained on another CPU: meta-training is
+#: deterministic on one machine, but float rounding differs between CPUs (an AMD/AVX2 machine re-made the
+#: planted12 theta* with |theta*| 1e-6 off and another digest). Beyond this it is another theta*.
+THETA_DRIFT_TOLERANCE = 1e-4
+
+
+def drift_from(bank_identity: dict, identity: dict) -> float | None:
+    """The relative difference of |theta*| when two identities agree in everything but theta*'s digest and
+    |theta*| (a theta* re-trained on another CPU), else None (another model, data, projector or output)."""
+    a, b = json.loads(json.dumps(bank_identity)), json.loads(json.dumps(identity))
+    na, nb = a["features"].pop("param_norm"), b["features"].pop("param_norm")
+    a.pop("theta_star_sha256"), b.pop("theta_star_sha256")
+    if a != b:
+        return None
+    return abs(na - nb) / abs(na)
+
+
+def _check_identity(bank: dict, identity: dict, bank_path, accept_drift: bool) -> tuple[bool, float | None]:
+    """(usable, drift): whether a bank may be used with this run's theta*, and |theta*|'s relative drift."""
+    if bank.get("identity") == identity:
+        return True, None
+    drift = drift_from(bank["identity"], identity)
+    if drift is None:
+        diff = [k for k in identity if identity[k] != bank["identity"].get(k)]
+        print(f"{bank_path}: made from another theta* / data than this run (they differ in {diff}); refusing to "
+              f"mix them. Found {bank.get('identity')}, have {identity}", file=sys.stderr)
+        return False, None
+    if not accept_drift or drift > THETA_DRIFT_TOLERANCE:
+        print(f"{bank_path}: this run's theta* has another digest and |theta*| {drift:.2g} (relative) off the "
+              f"bank's: theta* re-trained on another CPU. "
+              + (f"Beyond the tolerance {THETA_DRIFT_TOLERANCE:g}: another theta*." if drift > THETA_DRIFT_TOLERANCE
+                 else "Pass --accept-drift to use it (recorded in the bank / scores)."), file=sys.stderr)
+        return False, drift
+    return True, drift
+
+
 def build(args) -> int:
     from gradselect.io import write_json_atomic
 
@@ -174,10 +210,11 @@ def build(args) -> int:
     identity = _identity(store, meta_adapter)
     truth_train = config.train.model_copy(update={"max_steps": TRUTH_STEPS})
     bank = json.loads(bank_path.read_text()) if bank_path.exists() else None
-    if bank is not None and bank.get("identity") != identity:
-        print(f"{bank_path}: made from another theta* / data than this run ({run_dir}); refusing to mix them. "
-              f"Found {bank.get('identity')}, have {identity}", file=sys.stderr)
-        return 2
+    drift = None
+    if bank is not None:
+        usable, drift = _check_identity(bank, identity, bank_path, args.accept_drift)
+        if not usable:
+            return 2
     bank = bank or {
         "bank_version": BANK_VERSION, "suite": args.suite, "identity": identity,
         "config": config.model_dump(mode="json", exclude_none=True),
@@ -187,8 +224,33 @@ def build(args) -> int:
     }
     bank["machine"] = f"{platform.machine()}, {platform.processor() or 'cpu'}"
     base_loss = _theta_star_loss(config, taskset, meta_adapter, args.device)
-    bank["theta_star"] = base_loss
     done = {tuple(r["sources"]): r for r in bank["subsets"]}
+    theta = identity["theta_star_sha256"]
+    if drift is None:
+        bank["theta_star"] = base_loss
+    else:
+        # Truths from here on start at this re-made theta*: recorded per seed, with a check that it
+        # reproduces the bank (the target alone, seed 0, measured again from it).
+        entry = next((d for d in bank.setdefault("theta_star_drift", []) if d["theta_star_sha256"] == theta), None)
+        if entry is None:
+            entry = {"theta_star_sha256": theta, "param_norm_relative_difference": drift,
+                     "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores",
+                     "date": datetime.date.today().isoformat(), "theta_star": base_loss}
+            bank["theta_star_drift"].append(entry)
+        old = done.get(())
+        if "check" not in entry and old and 0 in old["seeds"]:
+            cfg = truth_train.model_copy(update={"seed": 0})
+            t = measure_truth(config, taskset, [], run_dir / "truth" / truth_key(config, taskset, [], cfg, meta_adapter),
+                              train_config=cfg, init_adapter=meta_adapter, store=store, device=args.device,
+                              progress=False)
+            was = old["losses"][old["seeds"].index(0)]
+            entry["check"] = {"sources": [], "seed": 0, "bank_loss": was, "loss": t["loss"],
+                              "relative_difference": abs(t["loss"] - was) / was,
+                              "theta_star_loss_relative_difference": abs(base_loss["loss"] - bank["theta_star"]["loss"])
+                              / bank["theta_star"]["loss"]}
+            write_json_atomic(bank_path, bank)
+        print(f"theta* re-made on this machine (|theta*| {drift:.2g} relative off the bank's); check: "
+              f"{entry.get('check')}", flush=True)
     plan = keep_half_subsets(names, args.n_subsets, seed=0)
     seeds = list(range(args.seeds))
     for i, subset in enumerate(plan):
@@ -203,6 +265,8 @@ def build(args) -> int:
             t = measure_truth(config, taskset, subset, folder, train_config=cfg, init_adapter=meta_adapter,
                               store=store, device=args.device, progress=False)
             record["seeds"].append(seed)
+            if drift is not None:  # which theta* this seed started from (the bank's identity when absent)
+                record.setdefault("theta_star_of_seed", {})[str(seed)] = theta
             record["losses"].append(t["loss"])
             record["token_ce"].append(t["token_ce"])
             record["projected_norm"].append((t.get("displacement") or {}).get("projected_norm"))
@@ -438,7 +502,9 @@ def _decisions_at_k(arrays, subsets, true, ks=(6, 8, 10, 12), draws: int = 20, s
                                    estimated=mine[chosen], n_boot=0)
             corrected = mine + ResidualSurrogate.from_dict(fitted["fitted"], est.source_names_).predict(
                 est.subset_masks(subsets))
-            err = gain_error(fitted["held_out_predictions"], true[chosen], val) or 0.0
+            # As gradselect validate measures it: other subsets held out, the target alone as fitted on all k.
+            err = gain_error(fitted["held_out_predictions"], true[chosen], val,
+                             reference=float(corrected[alone])) or 0.0
             gain_errors.append(err)
             se = dev_se(cfg, est)
             cands = [alone] + [i for i in rest if i != alone]
@@ -642,10 +708,10 @@ def score_bank(args) -> int:
     run_dir = Path(args.run_dir or f"runs/bank-{suite}")
     taskset, meta_adapter, store = prepare(config, run_dir, args.device)
     identity = _identity(store, meta_adapter)
-    if identity != bank["identity"]:
-        diff = [k for k in identity if identity[k] != bank["identity"].get(k)]
-        print(f"{bank_path} is stale: this machine's theta* / features differ in {diff} from the ones the bank "
-              f"was measured at; rebuild it (truthbank.py build {suite}) or score on the machine that made it",
+    usable, drift = _check_identity(bank, identity, bank_path, args.accept_drift)
+    if not usable:
+        print(f"{bank_path} is stale for this machine's theta* / features: rebuild it (truthbank.py build {suite}), "
+              "score on the machine that made it, or (a theta* re-trained on another CPU) pass --accept-drift",
               file=sys.stderr)
         return 2
     arrays = FeatureArrays.from_store(store)
@@ -703,6 +769,8 @@ def score_bank(args) -> int:
         "bank": str(bank_path), "suite": suite, "n_subsets": len(records),
         "seeds_per_subset": sorted({len(r["losses"]) for r in records}),
         "theta_star_loss": base_true, "estimator_base_loss": base_est,
+        # Features from a theta* re-made on another CPU (|theta*| this far off, relative), or None.
+        "theta_star_drift": drift,
         "ceiling_spearman": ceiling["ceiling_spearman"], "ceiling": ceiling,
         "truth_spread_sd": float(np.std(true)), "base_model_truth": two_truths, "variants": scores,
         # Held out against the token cross-entropy truth (level maps fitted to it), with its own ceiling.
@@ -794,10 +862,15 @@ def main(argv=None) -> int:
     b.add_argument("--seeds", type=int, default=2, help="fine-tunes per subset")
     b.add_argument("--base-subsets", type=int, default=20, help="subsets also fine-tuned from the base model")
     b.add_argument("--device", default="auto")
+    b.add_argument("--accept-drift", action="store_true",
+                   help="grow a bank made on another CPU from this machine's re-made theta* (same model, data and "
+                        "features; |theta*| within 1e-4 relative); recorded per seed, with a re-measured check")
     sc = sub.add_parser("score", help="score every estimator variant against a bank (no training if cached)")
     sc.add_argument("--bank", required=True)
     sc.add_argument("--run-dir", help="cache of theta* and features (default runs/bank-SUITE)")
     sc.add_argument("--device", default="auto")
+    sc.add_argument("--accept-drift", action="store_true",
+                    help="score with features of a theta* re-made on another CPU (|theta*| within 1e-4 relative)")
     sc.add_argument("--forward", action="store_true",
                     help="also score forward-pass variants (one dev forward pass per subset and variant)")
     sc.add_argument("--features", nargs="?", const="all", metavar="NAMES",

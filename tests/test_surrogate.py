@@ -162,3 +162,6 @@ def test_gain_error_is_the_error_of_differences_to_the_target_alone():
     est[3] -= 0.1
     assert gain_error(est, true, subsets) == pytest.approx(np.sqrt((0 + 0.01 + 0.01) / 3))
     assert gain_error(est, true, [["a"], ["b"], ["a", "b"], ["c"]]) is None
+    # A reference for the target alone (fitted on its truth): only the others' errors remain, against it.
+    assert gain_error(est + [0, 0.5, 0, 0], true, subsets, reference=0.6) == pytest.approx(
+        np.sqrt((0 + 0.01 + 0.01) / 3))

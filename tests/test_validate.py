@@ -104,7 +104,7 @@ def test_validate_end_to_end(tmp_path, capsys):
     from gradselect.validate.trust import gain_error
 
     held_out = np.array(report["surrogate"]["held_out_predictions"])
-    measured = gain_error(held_out, seed_mean, validated)
+    measured = gain_error(held_out, seed_mean, validated, reference=float(corrected.estimate([[]])[0]))
     assert measured > 0 and json.loads((tmp_path / "calibration.json").read_text())["gain_rmse"] == pytest.approx(
         measured)
     assert corrected.gain_error_ == pytest.approx(measured)

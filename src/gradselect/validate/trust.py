@@ -136,9 +136,7 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
         used = calibrated_config(config.estimate, calib)
         report["surrogate"] = fit_surrogate(arrays, used, validated, mean_true, calib["held_out_predictions"],
                                             mode=surrogate)
-        report["gain_rmse"] = gain_error(report["surrogate"]["held_out_predictions"] if report["surrogate"]["apply"]
-                                         else SubsetEstimator(used).fit(arrays).estimate(validated),
-                                         mean_true, validated)
+        report["gain_rmse"] = selection_gain_error(arrays, used, validated, mean_true, report["surrogate"])
     write_json_atomic(out_dir / "validation.json", report)
     _scatter(report, out_dir / "validation.png")
     if calib.get("parameter"):
@@ -149,7 +147,7 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
     return report
 
 
-def gain_error(estimated, true, subsets: list[list[str]]) -> float | None:
+def gain_error(estimated, true, subsets: list[list[str]], *, reference: float | None = None) -> float | None:
     """RMS error of the estimated gain over the target alone on validated subsets, or None without it.
 
     The gain of subset i is ``loss(target alone) - loss(i)``; its error is what selection's evidence
@@ -162,14 +160,36 @@ def gain_error(estimated, true, subsets: list[list[str]]) -> float | None:
         The estimates selection uses (held out where fitted on these subsets) and the truths.
     subsets : list of list of str
         The validated subsets; one of them must be empty (the target alone).
+    reference : float, optional
+        The estimate of the target alone that selection compares with, when it differs from the held-out
+        one in ``estimated``: a surrogate fitted on every validated subset, the target alone among them,
+        knows the target alone's truth, so only the other subsets' estimates are held out.
     """
     alone = [i for i, s in enumerate(subsets) if not s]
     if not alone or len(subsets) < 2:
         return None
     est, tru = np.asarray(estimated, dtype=float), np.asarray(true, dtype=float)
     a = alone[0]
-    err = (est[a] - est) - (tru[a] - tru)
+    ref = est[a] if reference is None else float(reference)
+    err = (ref - est) - (tru[a] - tru)
     return float(np.sqrt(np.mean(np.delete(err, a) ** 2)))
+
+
+def selection_gain_error(arrays, estimate_config, subsets: list[list[str]], true, surrogate: dict) -> float | None:
+    """:func:`gain_error` of the estimates selection will use: the config's, corrected by the surrogate
+    when it applies (others' held out, the target alone's as fitted on every validated subset)."""
+    from gradselect.estimate import SubsetEstimator
+    from gradselect.estimate.surrogate import ResidualSurrogate
+
+    estimator = SubsetEstimator(estimate_config).fit(arrays)
+    raw = estimator.estimate(subsets)
+    if not surrogate["apply"]:
+        return gain_error(raw, true, subsets)
+    fitted = ResidualSurrogate.from_dict(surrogate["fitted"], estimator.source_names_)
+    in_sample = raw + fitted.predict(estimator.subset_masks(subsets))
+    alone = [i for i, s in enumerate(subsets) if not s]
+    reference = float(in_sample[alone[0]]) if alone else None
+    return gain_error(surrogate["held_out_predictions"], true, subsets, reference=reference)
 
 
 def fit_surrogate(arrays, estimate_config, subsets: list[list[str]], true, calibrated_held_out, *,
