@@ -28,6 +28,7 @@ step budgets for every final fine-tune. Suites:
     python benchmarks/selection.py -o runs/selection-planted12 --budget 0 --test-size 200 --final-seeds 2
     python benchmarks/selection.py --suite cot -o runs/selection-cot          # SmolLM2 + LoRA
     python benchmarks/selection.py --suite bbh -o runs/selection-bbh --budget 0
+    python benchmarks/selection.py -o runs/selection-scarce --budget 0 --target-train 8   # a source should help
 
 The cot suite writes its derived data files (BIG-bench format, canary kept) into the
 run folder, never into the repository.
@@ -55,9 +56,11 @@ SOURCES = [  # (name, generator, label noise)
 ]
 
 
-def suite_config(model: str | None, n_sources: int, size: int, test_size: int = 200):
+def suite_config(model: str | None, n_sources: int, size: int, test_size: int = 200, target_train: int | None = None):
     """The demo's target (two-term sums, which SmolLM2 partly solves once fine-tuned) with ``n_sources``
-    sources, chain sums and arithmetic at the target's difficulty, and ``test_size`` test questions."""
+    sources, chain sums and arithmetic at the target's difficulty, and ``test_size`` test questions;
+    ``target_train`` target training questions (default: the demo's 60; fewer make a scarce target,
+    where more of the same task, ``chain_sum_more``, should help)."""
     from gradselect.demo import EASY_ARITHMETIC, FINAL_STEPS, demo_config
 
     quick = model is not None and model.startswith("tiny-")
@@ -73,7 +76,8 @@ def suite_config(model: str | None, n_sources: int, size: int, test_size: int = 
         "sources": [spec.model_validate({"name": name, "reasoning_gym": gen, "size": size, "seed": 100 + i,
                                          "label_noise": noise, "reasoning_gym_args": args(gen)})
                     for i, (name, gen, noise) in enumerate(chosen)],
-        "target_test": config.data.target_test.model_copy(update={"size": test_size})})
+        "target_test": config.data.target_test.model_copy(update={"size": test_size}),
+        **({"target": config.data.target.model_copy(update={"size": target_train})} if target_train else {})})
     steps = FINAL_STEPS["tiny" if quick else "smollm2"]
     return config.model_copy(update={"data": data}), steps
 
@@ -159,6 +163,7 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=int, default=100,
                    help="fine-tunes at most for the conventional search (0: skip it)")
     p.add_argument("--test-size", type=int, default=200, help="planted: target test questions")
+    p.add_argument("--target-train", type=int, help="planted: target training questions (default: the demo's 60)")
     p.add_argument("--final-seeds", type=int, default=2, help="training seeds of every final fine-tune")
     p.add_argument("--final-init", choices=["base", "meta"], default="base",
                    help="where every final fine-tune starts: the base model or theta* ([run] final_init)")
@@ -212,7 +217,7 @@ def main(argv=None) -> int:
         config, steps, planted = bbh_selection_config(args.bbh, args.target, args.n_sources, args.per_source,
                                                       args.test_size, args.model)
     else:
-        config, steps = suite_config(args.model, args.n_sources, args.size, args.test_size)
+        config, steps = suite_config(args.model, args.n_sources, args.size, args.test_size, args.target_train)
     config = config.model_copy(update={"run": config.run.model_copy(update={
         "run_dir": str(args.out), "compare": COMPARE + ["kmm", "less"], "final_steps": steps,
         "final_seeds": args.final_seeds, "final_init": args.final_init, "conventional_budget": args.budget})})

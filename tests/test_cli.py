@@ -157,6 +157,15 @@ def test_estimate_and_select(tmp_path, feature_store, capsys):
         assert f"method {method}" in printed
         saved = json.loads(sel_out.read_text())
         assert saved["method"] == method and set(saved["scores"]) == {"extra", "legs"}
+    # The evidence margin from the command line: a huge fixed margin means no source, and says so.
+    assert main(["select", "--features", str(feature_store), "--n-subsets", "20", "--margin", "1e9",
+                 "-o", str(tmp_path / "m.json"), "-q"]) == 0
+    assert "no source helps beyond the estimate's error" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert saved["chosen"] == [] and saved["params"]["margin"] == 1e9
+    with pytest.raises(SystemExit):
+        main(["select", "--features", str(feature_store), "--margin", "big"])
+    assert "expected 'auto' or a number" in capsys.readouterr().err
     assert main(["select", "--features", str(feature_store), "--method", "repr-sim", "-q"]) == 2
     assert "hidden_states = true" in capsys.readouterr().err
     assert main(["select", "--features", str(feature_store), "--pseudo-sources", "3", "--n-subsets", "10", "-q"]) == 0

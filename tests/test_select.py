@@ -253,3 +253,16 @@ def test_margin_is_validated_by_the_config():
     for bad in (-0.1, "big", float("nan")):
         with pytest.raises(ValueError, match="margin"):
             SelectConfig(margin=bad)
+
+
+def test_baselines_keep_their_own_size_when_the_selection_chose_no_source(tmp_path):
+    from gradselect.select import compare_subsets
+
+    est = SubsetEstimator(EstimateConfig(mode="l2", lam=1e-2)).fit(planted())
+    held = compare_subsets(est, ["grad-sim", "kmm", "forward", "target-only"], tmp_path / "cmp.json", size=2)
+    assert all(len(held["subsets"][m]) == 2 for m in ("grad-sim", "kmm", "forward"))
+    # Held to zero sources every baseline would be the target alone again; they keep their own rules.
+    own = compare_subsets(est, ["grad-sim", "kmm", "forward", "target-only"], tmp_path / "cmp.json", size=0)
+    assert own["subsets"]["target-only"] == []
+    for m in ("grad-sim", "kmm", "forward"):
+        assert own["subsets"][m] == SELECTORS[m]().select(est).chosen != [], m

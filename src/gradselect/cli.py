@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", dest="select_threshold", type=float, help="override [select].threshold")
     p.add_argument("--n-subsets", dest="select_n_subsets", type=int, help="override [select].n_subsets")
     p.add_argument("--seed", dest="select_seed", type=int, help="override [select].seed")
+    p.add_argument("--margin", dest="select_margin", type=_margin,
+                   help="override [select].margin: 'auto' (the estimate's own error, the default) or a number >= 0 "
+                   "by which the choice's estimate must fall below the target alone's")
     p.add_argument("--pseudo-sources", dest="select_pseudo_sources", type=int,
                    help="cluster source rows into this many pseudo-sources first")
     p.add_argument("-o", "--output", type=Path, help="selection JSON to write (default: FEATURES/../selection.json)")
@@ -281,11 +284,21 @@ def resolve_config(args: argparse.Namespace, *, need_data: bool = True):
                          ("estimate", "rank"),
                          ("select", "method"), ("select", "rule"), ("select", "k"), ("select", "threshold"),
                          ("select", "n_subsets"), ("select", "alpha"), ("select", "seed"),
-                         ("select", "pseudo_sources")):
+                         ("select", "pseudo_sources"), ("select", "margin")):
         value = getattr(args, f"{section}_{key}", None)
         if value is not None:
             base.setdefault(section, {})[key] = value
     return validate_config(RunConfig, base, origin)
+
+
+def _margin(text: str):
+    """``--margin``: 'auto' or a number."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
 
 
 def _config_and_taskset(args):

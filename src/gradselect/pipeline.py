@@ -260,11 +260,12 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     sel_path, cmp_path = run_dir / "selection.json", run_dir / "comparisons.json"
     clusters_path = run_dir / "clusters.json"
     pseudo = bool(config.select.pseudo_sources)
-    surrogate = None
-    if config.run.validate_k:  # the trust check's residual surrogate is part of what selection depends on
-        surrogate = (read_calibration(calibration, manifest) or {}).get("residual_surrogate")
+    surrogate = gain_rmse = None
+    if config.run.validate_k:  # the trust check's surrogate and measured gain error are part of what selection uses
+        trust = read_calibration(calibration, manifest) or {}
+        surrogate, gain_rmse = trust.get("residual_surrogate"), trust.get("gain_rmse")
     sel_key = content_key("select", feat_key, _dump(estimate_config), _dump(config.select), list(config.run.compare),
-                          surrogate)
+                          surrogate, *([gain_rmse] if gain_rmse is not None else []))
 
     def do_select():
         estimator = fitted_estimator(estimate_config, config.select, feat_dir)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from gradselect.estimate import FeatureArrays, SubsetEstimator
 from gradselect.features import FeatureStore
 from gradselect.io import write_json_atomic
@@ -96,6 +98,9 @@ def compare_subsets(estimator: SubsetEstimator, methods, out: Path, *, size: int
     in how many; ``all`` and ``target-only`` are sizes of their own. Example-level
     baselines (``less``) keep ``n_examples`` examples (the selection's), listed as
     ``[source, id]`` pairs under ``examples``; their subset is named after themselves.
+    When the selection chose no source (size 0), a baseline held to it would be the target
+    alone again: each then keeps what its own rule picks (example-level ones, as many
+    examples as the median source holds).
 
     Returns
     -------
@@ -105,6 +110,9 @@ def compare_subsets(estimator: SubsetEstimator, methods, out: Path, *, size: int
     from gradselect.select.selectors import less_examples
 
     subsets, examples = {}, {}
+    if size == 0:
+        size = None
+        n_examples = int(np.median([len(r) for r in estimator.arrays_.source_rows.values()]))
     for name in methods:
         if name in EXAMPLE_LEVEL:
             if features_dir is None or n_examples is None:
@@ -114,7 +122,7 @@ def compare_subsets(estimator: SubsetEstimator, methods, out: Path, *, size: int
             examples[name] = [[store.sources[r], store.ids[r]] for r in rows.tolist()]
             subsets[name] = [name]
             continue
-        kwargs = {SIZED[name]: size} if size is not None and name in SIZED and (size > 0 or name != "forward") else {}
+        kwargs = {SIZED[name]: size} if size is not None and name in SIZED else {}
         subsets[name] = SELECTORS[name](**kwargs).select(estimator).chosen
     write_json_atomic(Path(out), {"comparisons_version": COMPARISONS_VERSION, "size": size, "n_examples": n_examples,
                                   "subsets": subsets, "examples": examples})
