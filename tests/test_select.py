@@ -266,3 +266,7 @@ def test_baselines_keep_their_own_size_when_the_selection_chose_no_source(tmp_pa
     assert own["subsets"]["target-only"] == []
     for m in ("grad-sim", "kmm", "forward"):
         assert own["subsets"][m] == SELECTORS[m]().select(est).chosen != [], m
+    # The similarity baseline's threshold is its own rule: a trust check's error does not empty it.
+    est.gain_error_ = 1e9
+    assert SELECTORS["grad-sim"]().select(est).chosen == own["subsets"]["grad-sim"]
+    assert "evidence" not in SELECTORS["grad-sim"](k=2).select(est).params

@@ -47,8 +47,9 @@ def evidence(estimator: SubsetEstimator, chosen, *, margin: float | str = "auto"
     every suite we measured the target alone beat selections whose estimated gain was inside the
     estimate's error. The gain is ``estimate([]) - estimate([chosen])``; with ``margin = "auto"``
     it must exceed ``EVIDENCE_Z * sqrt(se^2 + e^2)``, where ``se`` is the standard error of the
-    gain over the target dev examples (the per-example losses of the first-order model, paired)
-    and ``e`` the held-out RMS error of the estimates the trust check measured
+    gain over the target dev examples (the per-example losses of the first-order model, paired;
+    a residual surrogate shifts a subset's loss, not its spread over examples) and ``e`` the RMS
+    error of the estimated gain the trust check measured on its real fine-tunes
     (``estimator.gain_error_``; 0 when no trust check ran). A number is a fixed margin
     (0: any estimated gain).
 
@@ -88,7 +89,7 @@ def evidence(estimator: SubsetEstimator, chosen, *, margin: float | str = "auto"
 def _keep_if_evident(estimator, picked: set[str], margin, extra: dict) -> set[str]:
     """``picked``, or no source when its estimated gain over the target alone is not beyond ``margin``
     (:func:`evidence`; recorded in ``extra``). Without target rows there is no target-alone candidate."""
-    if not estimator.config_.include_target_train or not picked:
+    if margin is None or not estimator.config_.include_target_train or not picked:
         return picked
     ev = evidence(estimator, sorted(picked), margin=margin)
     extra["evidence"] = ev
@@ -100,12 +101,13 @@ def _keep_if_evident(estimator, picked: set[str], margin, extra: dict) -> set[st
 
 
 def apply_rule(estimator: SubsetEstimator, scores: dict[str, float], rule: Rule, *, k=None, threshold=None,
-               margin: float | str = "auto"):
+               margin: float | str | None = "auto"):
     """Choose sources from scores (lower is better) by a decision rule.
 
     ``best_prefix`` and ``threshold`` then keep their choice only when its estimated gain over the
     target alone is beyond ``margin`` (:func:`evidence`); ``top_k`` keeps k sources as asked and
-    records the evidence for them.
+    records the evidence for them. ``margin = None``: no evidence check (baselines that do not
+    rest on the estimates, such as gradient similarity's threshold).
 
     Returns
     -------
@@ -123,7 +125,7 @@ def apply_rule(estimator: SubsetEstimator, scores: dict[str, float], rule: Rule,
         if int(k) > len(names):
             raise GradselectError(f"rule 'top_k' with k = {k} but there are only {len(names)} sources; lower k")
         picked = set(ranked[: int(k)])
-        if estimator.config_.include_target_train and picked:
+        if margin is not None and estimator.config_.include_target_train and picked:
             extra["evidence"] = evidence(estimator, sorted(picked), margin=margin)
     elif rule == "threshold":
         if threshold is None:
@@ -377,7 +379,8 @@ class GradientSimilarity(Selector):
         vecs, target = self._vectors(estimator)
         scores = _cosine_scores(vecs, target)
         rule, kw = ("top_k", {"k": self.k}) if self.k is not None else ("threshold", {"threshold": 0.0})
-        chosen, extra = apply_rule(estimator, scores, rule, **kw)
+        # A baseline's own rule: it does not rest on the estimates, so no evidence margin.
+        chosen, extra = apply_rule(estimator, scores, rule, margin=None, **kw)
         return Selection(self.name, chosen, scores, None, self._estimated(estimator, chosen), {"k": self.k, **extra})
 
 
