@@ -29,6 +29,7 @@ before the next subset starts, so a partial bank holds complete repeat sets.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import hashlib
 import json
@@ -170,7 +171,7 @@ THETA_DRIFT_TOLERANCE = 1e-4
 def drift_from(bank_identity: dict, identity: dict) -> float | None:
     """The relative difference of |theta*| when two identities agree in everything but theta*'s digest and
     |theta*| (a theta* re-trained on another CPU), else None (another model, data, projector or output)."""
-    a, b = json.loads(json.dumps(bank_identity)), json.loads(json.dumps(identity))
+    a, b = copy.deepcopy(bank_identity), copy.deepcopy(identity)
     na, nb = a["features"].pop("param_norm"), b["features"].pop("param_norm")
     a.pop("theta_star_sha256"), b.pop("theta_star_sha256")
     if a != b:
@@ -450,33 +451,31 @@ def _surrogate_at_k(estimates: dict, names, subsets, true, ks=(6, 8, 10, 12), dr
     return out
 
 
-def _decisions_at_k(arrays, subsets, true, ks=(6, 8, 10, 12), draws: int = 20, seed: int = 0) -> dict:
+def _decisions_at_k(arrays, subsets, true, candidates, ks=(6, 8, 10, 12), draws: int = 20, seed: int = 0) -> dict:
     """What the choice is worth: after a trust check of k bank subsets, choose among the subsets it did not
     see and the target alone by the product's estimates, with and without the evidence margin.
 
     Per draw (:func:`_trust_check_draws`): the step calibrated and the residual surrogate fitted (on) as
     ``gradselect validate`` does on those k, the trust check's gain error
-    (:func:`gradselect.validate.trust.gain_error`), then among the unseen subsets plus the target alone the
-    lowest corrected estimate is chosen (``margin 0``), kept only when its gain over the target alone
+    (``gain_rmse`` of :func:`gradselect.validate.trust.fit_surrogate`), then among the unseen subsets plus
+    the target alone the lowest corrected estimate is chosen (``margin 0``), kept only when its gain over the target alone
     exceeds 1.96 x its dev-example standard error (``dev SE only``) or 1.96 x (dev SE combined with the
     gain error) (``auto``, the product's default). Returns per k and rule the mean over draws of the chosen
     subset's true loss, its regret (minus the best candidate's truth), how often the target alone was
     chosen and how often the choice was truly worse than the target alone; plus the target alone and the
-    best candidate (oracle) for scale.
+    best candidate (oracle) for scale. ``candidates``: as for :func:`_trust_check_at_k`.
     """
     from gradselect.estimate import EstimateConfig, SubsetEstimator
     from gradselect.estimate.surrogate import ResidualSurrogate
     from gradselect.select.selectors import EVIDENCE_Z
-    from gradselect.validate.calibration import (calibrate_for_ranking, calibrated_config, candidate_estimates,
-                                                 ranking_candidates)
-    from gradselect.validate.trust import fit_surrogate, gain_error
+    from gradselect.validate.calibration import calibrate_for_ranking, calibrated_config
+    from gradselect.validate.trust import fit_surrogate
 
     true = np.asarray(true, float)
     if [] not in subsets:
         return {}
     alone = subsets.index([])
-    configs = ranking_candidates(arrays, EstimateConfig())
-    every, base = candidate_estimates(arrays, configs, subsets)
+    _, every, base = candidates
     per_example = {}  # config json -> per-dev-example losses of every bank subset
 
     def dev_se(cfg, est):
@@ -502,9 +501,7 @@ def _decisions_at_k(arrays, subsets, true, ks=(6, 8, 10, 12), draws: int = 20, s
                                    estimated=mine[chosen], n_boot=0)
             corrected = mine + ResidualSurrogate.from_dict(fitted["fitted"], est.source_names_).predict(
                 est.subset_masks(subsets))
-            # As gradselect validate measures it: other subsets held out, the target alone as fitted on all k.
-            err = gain_error(fitted["held_out_predictions"], true[chosen], val,
-                             reference=float(corrected[alone])) or 0.0
+            err = fitted["gain_rmse"] or 0.0  # as gradselect validate measures it
             gain_errors.append(err)
             se = dev_se(cfg, est)
             cands = [alone] + [i for i in rest if i != alone]
@@ -588,7 +585,7 @@ def _feature_variants(config, taskset, meta_adapter, run_dir, device, base_array
     return out, ce
 
 
-def _trust_check_at_k(arrays, subsets, true, ks=(6, 8, 10, 12), draws: int = 20, seed: int = 0) -> dict:
+def _trust_check_at_k(arrays, subsets, true, candidates, ks=(6, 8, 10, 12), draws: int = 20, seed: int = 0) -> dict:
     """What a user's trust check of k subsets buys on the bank's other subsets.
 
     For each k and each of ``draws`` random draws of k validated subsets from the bank (all
@@ -597,6 +594,8 @@ def _trust_check_at_k(arrays, subsets, true, ks=(6, 8, 10, 12), draws: int = 20,
     residual surrogate with its ``auto`` rule), and its estimates are scored on the bank's *remaining*
     subsets, which it never saw: the calibrated step alone, with the surrogate, as ``auto`` decided, and
     as a one-standard-error margin would have decided.
+    ``candidates``: ``(configs, estimates, base)`` of :func:`gradselect.validate.calibration.ranking_candidates`
+    and :func:`~gradselect.validate.calibration.candidate_estimates` on every bank subset.
     Returns, per k, the mean and the 10th-90th percentiles over draws of each figure, and how often
     ``auto`` used the surrogate.
     """
@@ -604,15 +603,12 @@ def _trust_check_at_k(arrays, subsets, true, ks=(6, 8, 10, 12), draws: int = 20,
 
     from gradselect.estimate import EstimateConfig, SubsetEstimator
     from gradselect.estimate.surrogate import ResidualSurrogate
-    from gradselect.validate.calibration import (calibrate_for_ranking, calibrated_config, candidate_estimates,
-                                                 ranking_candidates)
+    from gradselect.validate.calibration import calibrate_for_ranking, calibrated_config
     from gradselect.validate.fidelity import one_se_choice, pairwise_accuracy
     from gradselect.validate.trust import fit_surrogate
 
     true = np.asarray(true, float)
-    # Every candidate step's estimate of every bank subset, once (the draws only slice it).
-    configs = ranking_candidates(arrays, EstimateConfig())
-    every, base = candidate_estimates(arrays, configs, subsets)
+    configs, every, base = candidates
     index = {json.dumps(c.model_dump(mode="json"), sort_keys=True): j for j, c in enumerate(configs)}
     out = {}
     for k, checks in _trust_check_draws(subsets, len(arrays.source_names), ks, draws, seed):
@@ -689,8 +685,9 @@ def _affine_fit(x_est, y_true, base_est, base_true, x_new) -> float:
 def score_bank(args) -> int:
     from scipy.stats import spearmanr
 
-    from gradselect.estimate import FeatureArrays
+    from gradselect.estimate import EstimateConfig, FeatureArrays
     from gradselect.io import write_json_atomic
+    from gradselect.validate.calibration import candidate_estimates, ranking_candidates
     from gradselect.validate.fidelity import noise_ceiling, score
 
     bank_path = Path(args.bank)
@@ -750,13 +747,18 @@ def score_bank(args) -> int:
         m["r2_change"] = m["skill_of_change"]
         m["ceiling_spearman"] = ceiling_ce["ceiling_spearman"]
         scores_ce[name] = m
-    at_k = _trust_check_at_k(arrays, subsets, true) if len(records) >= 10 else {}
+    at_k = decisions = {}
+    if len(records) >= 10:
+        # Every candidate step's estimate of every bank subset, once (the trust-check draws only slice it).
+        configs = ranking_candidates(arrays, EstimateConfig())
+        candidates = (configs, *candidate_estimates(arrays, configs, subsets))
+        at_k = _trust_check_at_k(arrays, subsets, true, candidates)
+        decisions = _decisions_at_k(arrays, subsets, true, candidates)
     forward_at_k = {}
     if args.forward and len(records) >= 10:
         fixed = {"linear, default radius": variants["trust_region, default radius"]}
         fixed.update({k: v for k, v in variants.items() if k.startswith("forward pass") and k.endswith("default length")})
         forward_at_k = _surrogate_at_k(fixed, arrays.source_names, subsets, true)
-    decisions = _decisions_at_k(arrays, subsets, true) if len(records) >= 10 else {}
     base_truth = {tuple(r["sources"]): r["loss"] for r in bank.get("base_model_truth", [])}
     common = [i for i, r in enumerate(records) if tuple(r["sources"]) in base_truth]
     two_truths = None

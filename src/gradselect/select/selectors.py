@@ -63,8 +63,8 @@ def evidence(estimator: SubsetEstimator, chosen, *, margin: float | str = "auto"
     Returns
     -------
     dict
-        ``gain``, ``dev_standard_error``, ``measured_error`` (None without a trust check),
-        ``margin`` and ``sufficient`` (the gain exceeds the margin).
+        ``gain``, ``target_only_loss``, ``dev_standard_error``, ``measured_error`` (None without
+        a trust check), ``margin`` and ``sufficient`` (the gain exceeds the margin).
     """
     names = estimator.source_names_
     mask = np.asarray(chosen, dtype=bool) if isinstance(chosen, np.ndarray) else np.isin(names, list(chosen))
@@ -82,8 +82,8 @@ def evidence(estimator: SubsetEstimator, chosen, *, margin: float | str = "auto"
         value = float(margin)
         if not np.isfinite(value) or value < 0:
             raise GradselectError(f"margin must be 'auto' or a number >= 0, got {margin!r}")
-    return {"gain": gain, "dev_standard_error": se, "measured_error": measured, "margin": value,
-            "margin_rule": "auto" if margin == "auto" else "fixed", "sufficient": bool(gain > value)}
+    return {"gain": gain, "target_only_loss": alone, "dev_standard_error": se, "measured_error": measured,
+            "margin": value, "margin_rule": "auto" if margin == "auto" else "fixed", "sufficient": bool(gain > value)}
 
 
 def _keep_if_evident(estimator, picked: set[str], margin, extra: dict) -> set[str]:
@@ -93,7 +93,7 @@ def _keep_if_evident(estimator, picked: set[str], margin, extra: dict) -> set[st
         return picked
     ev = evidence(estimator, sorted(picked), margin=margin)
     extra["evidence"] = ev
-    extra["target_only_loss"] = float(estimator.estimate(np.zeros((1, len(estimator.source_names_)), dtype=bool))[0])
+    extra["target_only_loss"] = ev["target_only_loss"]
     if not ev["sufficient"]:
         extra["no_source_helps"] = True
         return set()

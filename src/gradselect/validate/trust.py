@@ -136,7 +136,7 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
         used = calibrated_config(config.estimate, calib)
         report["surrogate"] = fit_surrogate(arrays, used, validated, mean_true, calib["held_out_predictions"],
                                             mode=surrogate)
-        report["gain_rmse"] = selection_gain_error(arrays, used, validated, mean_true, report["surrogate"])
+        report["gain_rmse"] = report["surrogate"]["gain_rmse"]
     write_json_atomic(out_dir / "validation.json", report)
     _scatter(report, out_dir / "validation.png")
     if calib.get("parameter"):
@@ -175,23 +175,6 @@ def gain_error(estimated, true, subsets: list[list[str]], *, reference: float | 
     return float(np.sqrt(np.mean(np.delete(err, a) ** 2)))
 
 
-def selection_gain_error(arrays, estimate_config, subsets: list[list[str]], true, surrogate: dict) -> float | None:
-    """:func:`gain_error` of the estimates selection will use: the config's, corrected by the surrogate
-    when it applies (others' held out, the target alone's as fitted on every validated subset)."""
-    from gradselect.estimate import SubsetEstimator
-    from gradselect.estimate.surrogate import ResidualSurrogate
-
-    estimator = SubsetEstimator(estimate_config).fit(arrays)
-    raw = estimator.estimate(subsets)
-    if not surrogate["apply"]:
-        return gain_error(raw, true, subsets)
-    fitted = ResidualSurrogate.from_dict(surrogate["fitted"], estimator.source_names_)
-    in_sample = raw + fitted.predict(estimator.subset_masks(subsets))
-    alone = [i for i, s in enumerate(subsets) if not s]
-    reference = float(in_sample[alone[0]]) if alone else None
-    return gain_error(surrogate["held_out_predictions"], true, subsets, reference=reference)
-
-
 def fit_surrogate(arrays, estimate_config, subsets: list[list[str]], true, calibrated_held_out, *,
                   mode: str = "auto", estimated=None, n_boot: int = 1000) -> dict:
     """The residual surrogate of the estimator selection will use, fitted on the validated subsets.
@@ -216,8 +199,11 @@ def fit_surrogate(arrays, estimate_config, subsets: list[list[str]], true, calib
     dict
         ``apply`` (whether selection uses it), ``loo`` (figures of estimate + held-out correction:
         subset i corrected by a surrogate fitted on the others), ``held_out_predictions`` (those
-        corrected estimates), ``loo_calibrated`` (the calibration's), and ``fitted`` (the JSON
-        surrogate on all subsets, with ``apply`` and the ``estimator`` config it corrects).
+        corrected estimates), ``loo_calibrated`` (the calibration's), ``fitted`` (the JSON
+        surrogate on all subsets, with ``apply`` and the ``estimator`` config it corrects), and
+        ``gain_rmse``: :func:`gain_error` of the estimates selection will use (corrected when it
+        applies: others held out, the target alone's as fitted on every validated subset; else the
+        config's own).
     """
     from gradselect.estimate import SubsetEstimator
     from gradselect.estimate.surrogate import ResidualSurrogate
@@ -239,12 +225,20 @@ def fit_surrogate(arrays, estimate_config, subsets: list[list[str]], true, calib
         apply = pairwise_accuracy(corrected, true) > pairwise_accuracy(held_out, true)
     else:
         apply = mode == "on"
-    fitted = ResidualSurrogate().fit(masks, residuals).to_dict(estimator.source_names_)
+    surrogate = ResidualSurrogate().fit(masks, residuals)
+    fitted = surrogate.to_dict(estimator.source_names_)
     fitted |= {"apply": bool(apply), "estimator": estimate_config.model_dump(mode="json")}
+    if apply:
+        alone = [i for i, s in enumerate(subsets) if not s]
+        reference = float(estimated[alone[0]] + surrogate.predict(masks[alone[:1]])[0]) if alone else None
+        gain_rmse = gain_error(corrected, true, subsets, reference=reference)
+    else:
+        gain_rmse = gain_error(estimated, true, subsets)
     base = estimator.base_loss_
     return {"mode": mode, "apply": bool(apply), "loo": score(corrected, true, base_estimated=base, n_boot=n_boot),
             "held_out_predictions": [float(x) for x in corrected],
-            "loo_calibrated": score(held_out, true, base_estimated=base, n_boot=n_boot), "fitted": fitted}
+            "loo_calibrated": score(held_out, true, base_estimated=base, n_boot=n_boot), "fitted": fitted,
+            "gain_rmse": gain_rmse}
 
 
 def _calibration_summary(calib: dict) -> dict:
