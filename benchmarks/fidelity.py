@@ -243,6 +243,19 @@ def stage_seconds(run_dir: Path) -> dict:
             if not p.name.endswith(".running.json")}
 
 
+def final_seconds(run_dir: Path, name: str, seconds: dict) -> float:
+    """Wall seconds of final fine-tune stage ``name``; a repeat of an identical fine-tune (its record's
+    output is another label's folder) is charged the fine-tune it shares."""
+    try:
+        outputs = json.loads((run_dir / "stages" / f"{name}.json").read_text()).get("outputs", {})
+    except (OSError, json.JSONDecodeError):
+        return 0.0
+    folder = Path(next(iter(outputs), f"final/{name}")).name
+    owner = "final" if folder == "selection" else (
+        f"final-seed{folder.rsplit('-seed', 1)[1]}" if folder.startswith("selection-seed") else f"final-{folder}")
+    return seconds.get(owner, seconds.get(name, 0.0))
+
+
 def selection_rows(run_dir: Path) -> dict:
     """metrics.json rows with each method's wall time: its final fine-tune, plus meta-init + features +
     selection for methods that need the features, plus the search for the conventional baseline."""
@@ -253,7 +266,7 @@ def selection_rows(run_dir: Path) -> dict:
     shared = seconds.get("meta_init", 0) + seconds.get("features", 0) + seconds.get("select", 0)
     rows = {}
     for label, row in table.rows.items():
-        wall = seconds.get("final" if label == "selection" else f"final-{label}", 0.0)
+        wall = final_seconds(run_dir, "final" if label == "selection" else f"final-{label}", seconds)
         if label in ("selection", "grad-sim", "repr-sim", "forward", "kmm", "less"):
             wall += shared
         if label == "conventional":

@@ -167,6 +167,10 @@ def main(argv=None) -> int:
     p.add_argument("--final-seeds", type=int, default=2, help="training seeds of every final fine-tune")
     p.add_argument("--final-init", choices=["base", "meta"], default="base",
                    help="where every final fine-tune starts: the base model or theta* ([run] final_init)")
+    p.add_argument("--validate-k", type=int, default=0,
+                   help="trust check of this many subsets fine-tuned from theta* before selecting ([run] validate_k)")
+    p.add_argument("--margin", default="auto",
+                   help="evidence margin of the selection ([select] margin): auto, or a number (0: the old rule)")
     p.add_argument("--device", default="auto")
     p.add_argument("--suite", choices=["planted", "bbh", "cot"], default="planted")
     p.add_argument("--bbh", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "bbh",
@@ -220,14 +224,18 @@ def main(argv=None) -> int:
         config, steps = suite_config(args.model, args.n_sources, args.size, args.test_size, args.target_train)
     config = config.model_copy(update={"run": config.run.model_copy(update={
         "run_dir": str(args.out), "compare": COMPARE + ["kmm", "less"], "final_steps": steps,
-        "final_seeds": args.final_seeds, "final_init": args.final_init, "conventional_budget": args.budget})})
+        "final_seeds": args.final_seeds, "final_init": args.final_init, "conventional_budget": args.budget,
+        "validate_k": args.validate_k}),
+        "select": config.select.model_copy(update={"margin": args.margin if args.margin == "auto"
+                                                   else float(args.margin)})})
     run_pipeline(config, device=args.device, progress=False)
     rows = selection_rows(args.out)
     ours = cost_of_selection(args.out)
     size = args.per_source if args.suite == "bbh" else args.size
     print(f"# selection suite {args.suite}: {config.model.name_or_path}, {args.n_sources} sources of {size} "
           f"examples, {args.test_size} test questions, final fine-tunes of {steps} steps x {args.final_seeds} seeds "
-          f"from {'theta*' if args.final_init == 'meta' else 'the base model'}")
+          f"from {'theta*' if args.final_init == 'meta' else 'the base model'}; trust check of {args.validate_k} "
+          f"subsets; evidence margin {args.margin}")
     print_selection_rows(rows)
     sel = json.loads((args.out / "selection.json").read_text())
     print(f"planted harmful sources {planted}; chosen among them: {sorted(set(planted) & set(sel['chosen']))}")

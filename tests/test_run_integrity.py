@@ -188,3 +188,29 @@ def test_final_fine_tunes_from_theta_star_when_asked(tmp_path, monkeypatch, caps
     cfg.write_text(RUN.replace("final_steps = 3", 'final_steps = 3\nfinal_init = "theta"'))
     assert main(["run", str(cfg), "-q"]) == 2
     assert "final_init" in capsys.readouterr().err
+
+
+def test_identical_final_fine_tunes_train_and_score_once(tmp_path, monkeypatch, capsys):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from fidelity import selection_rows
+
+    cfg = _setup(tmp_path, monkeypatch)
+    run_dir = tmp_path / "runs" / "r"
+    # top-k of all four sources: the selection is exactly the "all" comparison
+    cfg.write_text(RUN.replace("k = 1", "k = 4"))
+    assert main(["run", str(cfg), "-q"]) == 0
+    assert "stages run: meta_init, features, select, final, final-all, evaluate" in capsys.readouterr().out
+    assert not (run_dir / "final" / "all").exists()  # trained once, in final/selection
+    record = json.loads((run_dir / "stages" / "final-all.json").read_text())
+    assert list(record["outputs"]) == ["final/selection"]
+    rows = json.loads((run_dir / "metrics.json").read_text())["rows"]
+    assert rows["all"]["sources"] == rows["selection"]["sources"]
+    assert rows["all"]["test_loss"] == rows["selection"]["test_loss"]
+    # The benchmark's wall time charges the shared fine-tune to both rows.
+    final = json.loads((run_dir / "stages" / "final.json").read_text())["seconds"]
+    assert selection_rows(run_dir)["all"]["wall_s"] == pytest.approx(final)
+    # Rerun: nothing to do.
+    assert main(["run", str(cfg), "-q"]) == 0
+    assert "stages run: none" in capsys.readouterr().out

@@ -19,7 +19,9 @@ is the stage function named beside it)::
 
 A stage's key is a hash of its slice of the config and of its upstream keys
 (the final fine-tunes hash the *chosen sources*, so a selection change that
-picks the same sources retrains nothing). ``stages/<name>.json`` records the
+picks the same sources retrains nothing, and two labels that train the same data
+-- gradient similarity keeping every source beside ``all`` -- share one fine-tune
+and one evaluation: the later label's record names the first one's folder). ``stages/<name>.json`` records the
 key of the last completed run of a stage and a digest of each output; a stage
 whose key is unchanged and whose outputs are as it wrote them is skipped,
 ``force`` redoes named stages, and an output changed by hand makes its stage
@@ -304,6 +306,9 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
         subsets["conventional"] = read_json_artifact(conv_dir / "conventional.json",
                                                      redo="rerun with --force conventional")["chosen"]
     final_keys, models = {}, {}
+    # Identical fine-tunes (e.g. grad-sim keeping every source = all) train once: a repeat's stage
+    # record points at the first one's folder.
+    trained: dict[str, Path] = {}
     # From theta*, a final fine-tune depends on it too (a base-model start keeps its earlier keys).
     init = meta_dir / "adapter" if config.run.final_init == "meta" else None
     init_key = ["from theta*", meta_key] if init is not None else []
@@ -320,10 +325,14 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
             key = content_key("final", *train_slice, _dump(seeded), sorted(names), *([pairs] if pairs else []),
                               *init_key)
             final_keys[f"{label}{tag}"] = key
-            stage(f"final-{label}{tag}" if label != "selection" else f"final{tag}", key, [folder],
-                  lambda folder=folder, names=names, data=data, seeded=seeded: train_into(
-                      folder, names, seeded, data, init_adapter=init),
-                  staging=[build_dir(folder)])
+            name = f"final-{label}{tag}" if label != "selection" else f"final{tag}"
+            if key in trained:
+                folder = trained[key]
+                stage(name, key, [folder], lambda: None)
+            else:
+                trained[key] = folder
+                stage(name, key, [folder], lambda folder=folder, names=names, data=data, seeded=seeded: train_into(
+                    folder, names, seeded, data, init_adapter=init), staging=[build_dir(folder)])
             models.setdefault(label, (names, []))[1].append(folder / "adapter")
 
     # 6. evaluate on the target's test split

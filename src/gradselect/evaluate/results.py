@@ -178,15 +178,20 @@ def evaluate_models(config, taskset, models: dict[str, tuple[list[str], list[Pat
     from gradselect.model import load_trained
 
     rows, dev_loss, dev_per = {}, {}, {}
+    scored = {}  # adapter folder -> (test scores, dev loss): one model shared by several labels is scored once
     for label, (names, adapters) in models.items():
         adapters = [adapters] if isinstance(adapters, (str, Path)) else list(adapters)
         per_seed, dev = [], []
         for adapter in adapters:
-            model, tok = load_trained(config.model, config.adapter, adapter, device=device)
-            per_seed.append(score_split_examples(model, tok, taskset.target_test, config.tokenize, config.evaluate,
-                                                 progress=progress))
-            dev.append(target_loss(model, tok, taskset.target_dev.examples, config.tokenize,
-                                   batch_size=config.evaluate.batch_size))
+            where = Path(adapter).resolve()
+            if where not in scored:
+                model, tok = load_trained(config.model, config.adapter, adapter, device=device)
+                scored[where] = (score_split_examples(model, tok, taskset.target_test, config.tokenize,
+                                                      config.evaluate, progress=progress),
+                                 target_loss(model, tok, taskset.target_dev.examples, config.tokenize,
+                                             batch_size=config.evaluate.batch_size))
+            per_seed.append(scored[where][0])
+            dev.append(scored[where][1])
         dev_loss[label] = float(np.mean([d.loss for d in dev]))
         tokens = np.asarray(dev[0].example_tokens, float)
         dev_per[label] = PerExample(np.mean([np.asarray(d.example_loss) * tokens for d in dev], axis=0), tokens)
