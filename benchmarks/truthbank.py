@@ -659,6 +659,54 @@ def _trust_check_at_k(arrays, subsets, true, candidates, ks=(6, 8, 10, 12), draw
     return out
 
 
+def source_scores(subsets, names, values) -> np.ndarray:
+    """The ensemble's source score on a bank: per source, the mean of ``values`` over the subsets that
+    hold it, among the mixed subsets (neither empty nor all sources), as the ensemble selector scores
+    its sampled subsets. Shape (n_sources,); NaN for a source no mixed subset holds."""
+    mixed = [i for i, s in enumerate(subsets) if 0 < len(s) < len(names)]
+    w = np.array([[n in subsets[i] for n in names] for i in mixed], dtype=float)
+    v = np.asarray(values, dtype=float)[mixed]
+    counts = w.sum(0)
+    return np.where(counts > 0, (w.T @ v) / np.maximum(counts, 1), np.nan)
+
+
+def _source_ranking(estimates: dict, names, subsets, seed_losses, n_boot: int = 1000, seed: int = 0) -> dict:
+    """How well each estimator's source scores (what the ensemble selector ranks sources by) order the
+    sources' true scores (the same means over the same bank subsets, of the seed-mean truth).
+
+    Spearman over sources with a 95% interval from resampling the bank's subsets (estimate and truth
+    recomputed on each resample), and the ceiling: seed A's source scores against seed B's, raised to
+    the k-seed mean by Spearman-Brown."""
+    from scipy.stats import spearmanr
+
+    two = [i for i, s in enumerate(seed_losses) if len(s) >= 2]
+    true = np.array([np.mean(s) for s in seed_losses])
+    truth = source_scores(subsets, names, true)
+    a = source_scores([subsets[i] for i in two], names, [seed_losses[i][0] for i in two])
+    b = source_scores([subsets[i] for i in two], names, [seed_losses[i][1] for i in two])
+    r = float(spearmanr(a, b, nan_policy="omit")[0])
+    k = int(np.bincount([len(s) for s in seed_losses]).argmax())
+    ceiling = float(np.sqrt(max(k * r / (1 + (k - 1) * r), 0.0))) if r > -1 else float("nan")
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, len(subsets), len(subsets)) for _ in range(n_boot)]
+    out = {"n_sources": len(names), "seed_to_seed_spearman": r, "ceiling_spearman": ceiling,
+           "true_scores": dict(zip(names, map(float, truth))), "variants": {}}
+    for name, est in estimates.items():
+        est = np.asarray(est, dtype=float)
+        rho = float(spearmanr(source_scores(subsets, names, est), truth, nan_policy="omit")[0])
+        boot = []
+        for idx in draws:
+            sub = [subsets[i] for i in idx]
+            e, t = source_scores(sub, names, est[idx]), source_scores(sub, names, true[idx])
+            ok = ~(np.isnan(e) | np.isnan(t))
+            if ok.sum() >= 3:
+                boot.append(spearmanr(e[ok], t[ok])[0])
+        out["variants"][name] = {"spearman": rho,
+                                 "spearman_ci95": [float(np.nanpercentile(boot, 2.5)),
+                                                   float(np.nanpercentile(boot, 97.5))] if boot else None}
+    return out
+
+
 def _loo_kernel_ridge(names, subsets, y, alpha: float = 1e-2) -> np.ndarray:
     """Leave-one-out predictions of ``y`` by RBF kernel ridge on subset indicators (gamma = 1 / n_sources)."""
     from sklearn.kernel_ridge import KernelRidge
@@ -759,6 +807,9 @@ def score_bank(args) -> int:
         fixed = {"linear, default radius": variants["trust_region, default radius"]}
         fixed.update({k: v for k, v in variants.items() if k.startswith("forward pass") and k.endswith("default length")})
         forward_at_k = _surrogate_at_k(fixed, arrays.source_names, subsets, true)
+    # What the ensemble selector ranks sources by, from each fixed estimate (no fitting to the truth).
+    ranked = {k: v for k, v in variants.items() if "LOO" not in k and "kernel ridge" not in k}
+    source_ranking = _source_ranking(ranked, arrays.source_names, subsets, [r["losses"] for r in records])
     base_truth = {tuple(r["sources"]): r["loss"] for r in bank.get("base_model_truth", [])}
     common = [i for i, r in enumerate(records) if tuple(r["sources"]) in base_truth]
     two_truths = None
@@ -783,6 +834,9 @@ def score_bank(args) -> int:
         "surrogate_at_k": forward_at_k,
         # After that trust check: the subset chosen among the unseen ones and the target alone, by margin rule.
         "decisions_at_k": decisions,
+        # The ensemble's source scores (mean estimate over the mixed subsets holding each source) against
+        # the same means of the truth: the ranking selection acts on.
+        "source_ranking": source_ranking,
         "command": "python benchmarks/fidelity.py score --bank " + str(bank_path),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -836,6 +890,12 @@ def score_bank(args) -> int:
             print(f"| {k} | {r['gain_error_mean']:.3f} | " + " | ".join(
                 f"{r[c]['true_loss']:.3f} / {r[c]['regret']:.3f} / {r[c]['chose_target_alone']:.0%} / "
                 f"{r[c]['worse_than_target_alone']:.0%}" for c in rules) + " |")
+    print(f"\n# source scores (mean over the mixed bank subsets holding each source) against the truth's; "
+          f"ceiling {source_ranking['ceiling_spearman']:.2f} (seed to seed {source_ranking['seed_to_seed_spearman']:.2f})")
+    print("| variant | Spearman over sources [95%] |")
+    print("|---|---|")
+    for name, m in source_ranking["variants"].items():
+        print(f"| {name} | {m['spearman']:.2f} {fmt(m['spearman_ci95'])} |")
     print(f"scores: {scores_path}")
     return 0
 

@@ -85,3 +85,32 @@ def test_one_se_rule_off_takes_the_best_however_slightly():
     slightly = np.array([0.0, 1.0, 2.0, 3.0, 5.0, 4.0])  # one pair wrong
     exact = true.copy()
     assert one_se_choice(np.stack([slightly, exact]), true, n_boot=0) == 1
+
+
+def test_source_ranking_on_a_bank_orders_sources_by_their_additive_effect():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from truthbank import _source_ranking, source_scores
+
+    names = [f"s{i}" for i in range(6)]
+    effect = np.array([-0.3, -0.2, -0.1, 0.0, 0.1, 0.2])  # s0 helps most, s5 hurts most
+    rng = np.random.default_rng(0)
+    subsets = [[], names] + [[n for n in names if rng.random() < 0.5] for _ in range(40)]
+    mean = np.array([1.0 + sum(effect[names.index(n)] for n in s) for s in subsets])
+    seed_losses = [[m + rng.normal(0, 0.01), m + rng.normal(0, 0.01)] for m in mean]
+    # A source's score is the mean over the mixed subsets holding it: empty and full subsets are left out.
+    scores = source_scores(subsets, names, mean)
+    mixed = [i for i, s in enumerate(subsets) if 0 < len(s) < len(names)]
+    assert scores[0] == pytest.approx(np.mean([mean[i] for i in mixed if "s0" in subsets[i]]))
+    from scipy.stats import spearmanr
+
+    assert spearmanr(scores, effect)[0] > 0.8  # (means over random subsets: other sources' effects blur it)
+    out = _source_ranking({"exact": mean, "reversed": -mean, "noise": rng.normal(size=len(mean))}, names, subsets,
+                          seed_losses, n_boot=200)
+    assert out["variants"]["exact"]["spearman"] == pytest.approx(1.0)
+    assert out["variants"]["reversed"]["spearman"] == pytest.approx(-1.0)
+    lo, hi = out["variants"]["noise"]["spearman_ci95"]
+    assert lo < out["variants"]["noise"]["spearman"] < hi or lo == hi
+    assert out["ceiling_spearman"] > 0.9 and out["seed_to_seed_spearman"] > 0.8
