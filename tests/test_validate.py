@@ -57,6 +57,19 @@ def test_validate_end_to_end(tmp_path, capsys):
     assert calib["mode"] == report["calibration"]["mode"] and calib["value"] == report["calibration"]["value"] > 0
     assert report["calibration"]["loo"]["n_subsets"] == 3
     assert len(list((tmp_path / "val" / "runs").iterdir())) == 4  # 3 subsets + 1 repeat
+    # The trust check's own evidence: its best measured subset against the target alone, with its noise
+    # (per-example dev losses, which average to each fine-tune's loss, and the repeated seed).
+    truths = [json.loads(p.read_text()) for p in (tmp_path / "val" / "runs").glob("*/truth.json")]
+    for t in truths:
+        assert len(t["example_losses"]) == len(taskset.target_dev.examples)
+        assert np.mean(t["example_losses"]) == pytest.approx(t["loss"])
+    measured = report["measured_choice"]
+    others = {tuple(x["sources"]): x["true_loss"] for x in report["subsets"] if x["sources"]}
+    assert tuple(measured["sources"]) in others
+    assert measured["gain"] == pytest.approx(measured["target_only_loss"] - measured["loss"])
+    assert measured["dev_standard_error"] > 0 and measured["seed_sd"] is not None
+    assert measured["margin"] == pytest.approx(measured["z"] * measured["standard_error"])
+    assert f"best measured subset {', '.join(measured['sources'])}" in out
 
     # A larger k adds subsets and reuses the finished runs.
     before = {p.name: p.stat().st_mtime for p in (tmp_path / "val" / "runs").iterdir()}
@@ -230,3 +243,25 @@ def test_trust_check_fine_tunes_start_from_theta_star(small_task, tmp_path):
     from_base = measure_truth(config, taskset, ["sums"], tmp_path / "base", train_config=still, init_adapter=None,
                               device="cpu", progress=False)
     assert abs(from_base["loss"] - theta_star_loss) > 1e-3
+
+
+def test_measured_choice_needs_a_gain_beyond_seed_and_dev_noise():
+    from gradselect.validate.trust import measured_choice
+
+    subsets = [["a", "b"], [], ["a"], ["b"]]
+    rng = np.random.default_rng(0)
+    alone_ex = rng.normal(0.8, 0.1, 200)
+    # "a" helps every dev example by 0.2; "b" by 0.01; seed noise 0.01 between repeats
+    ex = [alone_ex - 0.05, alone_ex, alone_ex - 0.2 + rng.normal(0, 0.02, 200), alone_ex - 0.01]
+    losses = [[e.mean(), e.mean() + 0.01] if i < 2 else [e.mean()] for i, e in enumerate(ex)]
+    m = measured_choice(subsets, losses, ex)
+    assert m["sources"] == ["a"] and m["sufficient"]
+    assert m["gain"] == pytest.approx(ex[1].mean() + 0.005 - ex[2].mean())
+    assert m["z"] == pytest.approx(2.394, abs=1e-3)  # Bonferroni over 3 candidates
+    assert m["seed_sd"] == pytest.approx(np.sqrt(0.01 ** 2 / 2))
+    # The same best gain inside a large seed noise: not evidence.
+    noisy = [[losses[0][0], losses[0][0] + 0.5], losses[1], losses[2], losses[3]]
+    assert not measured_choice(subsets, noisy, ex)["sufficient"]
+    # Without repeats and without per-example losses there is no noise estimate: never sufficient.
+    assert not measured_choice(subsets, [[x[0]] for x in losses])["sufficient"]
+    assert measured_choice([["a"], ["b"]], [[1.0], [0.5]]) is None  # no target-alone subset

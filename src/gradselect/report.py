@@ -190,6 +190,21 @@ def format_interval(ci, fmt: str = ".3f") -> str:
     return f"[{format(ci[0], fmt)}, {format(ci[1], fmt)}]"
 
 
+def measured_line(measured: dict | None) -> str:
+    """The trust check's best measured subset against the target alone, in words ("" without one)."""
+    if not measured:
+        return ""
+    parts = [f"seed SD {measured['seed_sd']:.4f}" if measured.get("seed_sd") is not None else "no repeated seeds",
+             f"dev SE {measured['dev_standard_error']:.4f}" if measured.get("dev_standard_error") is not None
+             else "no per-example losses"]
+    verdict = ("beyond its noise: real fine-tunes show this subset helps" if measured["sufficient"]
+               else "not beyond its noise")
+    return (f"best measured subset {', '.join(measured['sources'])}: {measured['loss']:.5f} vs the target alone "
+            f"{measured['target_only_loss']:.5f}, gain {measured['gain']:+.5f}, margin {measured['margin']:.5f} = "
+            f"{measured['z']:.2f} x SE {measured['standard_error']:.5f} ({'; '.join(parts)}; z for the best of the "
+            f"validated subsets): {verdict}")
+
+
 def format_validation(report: dict) -> str:
     """The trust check's figures as plain text."""
     m = report["metrics"]
@@ -202,6 +217,8 @@ def format_validation(report: dict) -> str:
              f"{format_interval(m['pairwise_accuracy_ci95'])}"]
     if "noise_floor_mean_relative_difference" in report:
         lines.append(f"  noise floor (same subset, other seed): {report['noise_floor_mean_relative_difference']:.2%}")
+    if measured_line(report.get("measured_choice")):
+        lines.append("  " + measured_line(report["measured_choice"]))
     from gradselect.estimate.estimator import SATURATED_LOSS
 
     if report["base_loss"] < SATURATED_LOSS:
@@ -403,6 +420,8 @@ def write_report(run_dir: str | Path) -> Path:
         if "noise_floor_mean_relative_difference" in val:
             lines += ["", f"Noise floor (same subset, another seed): "
                           f"{val['noise_floor_mean_relative_difference']:.2%} mean relative difference."]
+        if measured_line(val.get("measured_choice")):
+            lines += ["", measured_line(val["measured_choice"]).capitalize() + "."]
         c = val.get("calibration", {})
         if "loo" in c:
             loo = c["loo"]

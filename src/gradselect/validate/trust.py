@@ -117,6 +117,13 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
     if repeat_pairs:
         diffs = [abs(a - b) / ((a + b) / 2) for a, b in repeat_pairs]
         report["noise_floor_mean_relative_difference"] = float(np.mean(diffs))
+    # The trust check's own evidence: its best measured subset against the target alone, beyond noise?
+    seed_runs = [[primary[i]] + ([runs[len(subsets) + i]] if i < len(repeat_pairs) else [])
+                 for i in range(len(primary))]
+    report["measured_choice"] = measured_choice(
+        [r["sources"] for r in primary], [[x["loss"] for x in rs] for rs in seed_runs],
+        [np.mean([x["example_losses"] for x in rs], axis=0) if all(x.get("example_losses") for x in rs) else None
+         for rs in seed_runs])
     # The step for selection: chosen by how well it orders the subsets, its level fitted apart;
     # the figures reported for it are leave-one-out (choice included).
     validated = [r["sources"] for r in primary]
@@ -173,6 +180,63 @@ def gain_error(estimated, true, subsets: list[list[str]], *, reference: float | 
     ref = est[a] if reference is None else float(reference)
     err = (ref - est) - (tru[a] - tru)
     return float(np.sqrt(np.mean(np.delete(err, a) ** 2)))
+
+
+def measured_choice(subsets: list[list[str]], losses: list[list[float]], example_losses=None, *,
+                    z: float | None = None) -> dict | None:
+    """The validated subset whose real fine-tunes beat the target alone's by the most, and whether by more
+    than their noise: the trust check's own evidence, which needs no estimate.
+
+    A subset's measured gain is ``loss(target alone) - loss(subset)``, seed means. Its noise: the
+    training seed (the variance between seeds of the repeated subsets, ``s^2 (1/n_subset + 1/n_alone)``)
+    and the dev examples (the standard error of the paired per-example differences, when
+    ``example_losses`` are given). Picking the largest of m measured gains favours a lucky one, so
+    the margin is Bonferroni's: ``z = Phi^-1(1 - 0.025 / m)`` standard errors (``z`` overrides it).
+
+    Parameters
+    ----------
+    subsets : list of list of str
+        The validated subsets (n_subsets); one must be empty (the target alone).
+    losses : list of list of float
+        Per subset, its true losses (one per training seed).
+    example_losses : list of (array of shape (n_dev,) or None), optional
+        Per subset, the per-example dev losses (seed mean) whose mean is its loss.
+
+    Returns
+    -------
+    dict or None
+        None without a target-alone subset or another subset. Else ``sources`` (the best measured),
+        ``gain``, ``seed_sd`` (per fine-tune; None without repeats), ``dev_standard_error`` (None
+        without per-example losses), ``standard_error``, ``z``, ``margin``, ``sufficient`` and
+        ``target_only_loss`` / ``loss`` (seed means).
+    """
+    from scipy.stats import norm
+
+    alone = [i for i, s in enumerate(subsets) if not s]
+    others = [i for i, s in enumerate(subsets) if s]
+    if not alone or not others:
+        return None
+    a = alone[0]
+    mean = np.array([np.mean(x) for x in losses], dtype=float)
+    n = np.array([len(x) for x in losses], dtype=float)
+    repeated = [np.var(x, ddof=1) for x in losses if len(x) >= 2]
+    seed_var = float(np.mean(repeated)) if repeated else None
+    best = max(others, key=lambda i: mean[a] - mean[i])
+    gain = float(mean[a] - mean[best])
+    var = (seed_var or 0.0) * (1 / n[best] + 1 / n[a])
+    dev_se = None
+    if example_losses is not None and example_losses[a] is not None and example_losses[best] is not None:
+        diff = np.asarray(example_losses[a], dtype=float) - np.asarray(example_losses[best], dtype=float)
+        if len(diff) > 1:
+            dev_se = float(np.std(diff, ddof=1) / np.sqrt(len(diff)))
+            var += dev_se ** 2
+    z = float(norm.ppf(1 - 0.025 / len(others))) if z is None else float(z)
+    se = float(np.sqrt(var))
+    return {"sources": list(subsets[best]), "gain": gain, "loss": float(mean[best]),
+            "target_only_loss": float(mean[a]), "seed_sd": None if seed_var is None else float(np.sqrt(seed_var)),
+            "dev_standard_error": dev_se, "standard_error": se, "z": z, "margin": z * se,
+            # Without any noise estimate there is no evidence either way: not sufficient.
+            "sufficient": bool(se > 0 and gain > z * se)}
 
 
 def fit_surrogate(arrays, estimate_config, subsets: list[list[str]], true, calibrated_held_out, *,

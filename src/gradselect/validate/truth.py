@@ -14,6 +14,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from gradselect.io import content_key, file_digest, write_json_atomic
@@ -59,6 +60,13 @@ def measure_truth(config, taskset, names: list[str], folder: Path, *, train_conf
         except (OSError, json.JSONDecodeError):
             truth = None  # a corrupt cache entry is measured again
         if truth is not None:
+            if "example_losses" not in truth and (Path(folder) / "adapter").exists():
+                # Cached before per-example losses were kept: one dev forward pass of the saved adapter.
+                model, tok = load_trained(config.model, config.adapter, Path(folder) / "adapter", device=device)
+                b = output_values(model, tok, taskset.target_dev.examples, config.tokenize,
+                                  output=config.features.output)
+                truth["example_losses"] = [float(x) for x in np.logaddexp(0.0, -np.asarray(b, dtype=float))]
+                write_json_atomic(result_file, truth)
             if store is not None and init_adapter is not None and truth.get("displacement_in") != _coordinates(store):
                 # The fine-tune is the same; only the features' coordinates (projector, preconditioner) changed.
                 model, _ = load_trained(config.model, config.adapter, Path(folder) / "adapter", device=device)
@@ -77,6 +85,8 @@ def measure_truth(config, taskset, names: list[str], folder: Path, *, train_conf
         "sources": list(names),
         "seed": train_config.seed,
         "loss": float(mean_logistic_loss(b_new)),
+        # Per dev example (same functional): paired comparisons between fine-tunes need them.
+        "example_losses": [float(x) for x in np.logaddexp(0.0, -np.asarray(b_new, dtype=float))],
         "token_ce": target_loss(model, tok, dev, config.tokenize).loss,
         "init": None if init_adapter is None else str(init_adapter),
     }
