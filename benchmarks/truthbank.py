@@ -272,6 +272,8 @@ def build(args) -> int:
             record["token_ce"].append(t["token_ce"])
             record["projected_norm"].append((t.get("displacement") or {}).get("projected_norm"))
             record["seconds"].append(t.get("seconds", time.perf_counter() - start))
+            # Per dev example (5 decimals), for paired comparisons between subsets; absent in older records.
+            record.setdefault("example_losses", {})[str(seed)] = [round(x, 5) for x in t["example_losses"]]
         if tuple(subset) not in done:
             bank["subsets"].append(record)
             done[tuple(subset)] = record
