@@ -453,7 +453,8 @@ def _surrogate_at_k(estimates: dict, names, subsets, true, ks=(6, 8, 10, 12), dr
     return out
 
 
-def _decisions_at_k(arrays, subsets, true, candidates, ks=(6, 8, 10, 12), draws: int = 20, seed: int = 0) -> dict:
+def _decisions_at_k(arrays, subsets, true, candidates, ks=(6, 8, 10, 12), draws: int = 20, seed: int = 0,
+                    seed_losses=None) -> dict:
     """What the choice is worth: after a trust check of k bank subsets, choose among the subsets it did not
     see and the target alone by the product's estimates, with and without the evidence margin.
 
@@ -462,7 +463,9 @@ def _decisions_at_k(arrays, subsets, true, candidates, ks=(6, 8, 10, 12), draws:
     (``gain_rmse`` of :func:`gradselect.validate.trust.fit_surrogate`), then among the unseen subsets plus
     the target alone the lowest corrected estimate is chosen (``margin 0``), kept only when its gain over the target alone
     exceeds 1.96 x its dev-example standard error (``dev SE only``) or 1.96 x (dev SE combined with the
-    gain error) (``auto``, the product's default). Returns per k and rule the mean over draws of the chosen
+    gain error) (``auto``, the product's default: the gain error less the truth's seed noise, estimated as
+    the product does from the subsets it repeats, all sources and the target alone, from ``seed_losses``;
+    ``auto, raw gain error``: without taking it off). Returns per k and rule the mean over draws of the chosen
     subset's true loss, its regret (minus the best candidate's truth), how often the target alone was
     chosen and how often the choice was truly worse than the target alone; plus the target alone and the
     best candidate (oracle) for scale. ``candidates``: as for :func:`_trust_check_at_k`.
@@ -490,8 +493,8 @@ def _decisions_at_k(arrays, subsets, true, candidates, ks=(6, 8, 10, 12), draws:
     out = {}
     for k, checks in _trust_check_draws(subsets, len(arrays.source_names), ks, draws, seed):
         rows = {r: {"true_loss": [], "regret": [], "chose_target_alone": [], "worse_than_target_alone": []}
-                for r in ("margin 0", "dev SE only", "auto", "target alone", "oracle")}
-        gain_errors = []
+                for r in ("margin 0", "dev SE only", "auto", "auto, raw gain error", "target alone", "oracle")}
+        gain_errors, raw_errors = [], []
         for chosen, rest in checks:
             val = [subsets[i] for i in chosen]
             calib = calibrate_for_ranking(arrays, EstimateConfig(), val, true[chosen],
@@ -499,12 +502,22 @@ def _decisions_at_k(arrays, subsets, true, candidates, ks=(6, 8, 10, 12), draws:
             cfg = calibrated_config(EstimateConfig(), calib)
             est = SubsetEstimator(cfg).fit(arrays)
             mine = est.estimate(subsets)
+            noise = None
+            if seed_losses is not None:
+                # Each bank truth is a seed mean; the seed variance as the product estimates it, from its
+                # repeats (the first two of a trust check: all sources and the target alone).
+                fixed = [i for i in chosen if len(subsets[i]) in (0, len(arrays.source_names))]
+                var = [np.var(seed_losses[i], ddof=1) for i in fixed if len(seed_losses[i]) >= 2]
+                n = np.array([len(seed_losses[i]) for i in chosen], dtype=float)
+                noise = float(np.mean(var)) * (1 / n + 1 / n[[subsets[i] for i in chosen].index([])]) if var else None
             fitted = fit_surrogate(arrays, cfg, val, true[chosen], calib["held_out_predictions"], mode="on",
-                                   estimated=mine[chosen], n_boot=0)
+                                   estimated=mine[chosen], n_boot=0, gain_noise=noise)
             corrected = mine + ResidualSurrogate.from_dict(fitted["fitted"], est.source_names_).predict(
                 est.subset_masks(subsets))
             err = fitted["gain_rmse"] or 0.0  # as gradselect validate measures it
+            raw = fitted["gain_rmse_raw"] or 0.0
             gain_errors.append(err)
+            raw_errors.append(raw)
             se = dev_se(cfg, est)
             cands = [alone] + [i for i in rest if i != alone]
             best = cands[int(np.argmin(corrected[cands]))]
@@ -512,6 +525,7 @@ def _decisions_at_k(arrays, subsets, true, candidates, ks=(6, 8, 10, 12), draws:
             picks = {"margin 0": best,
                      "dev SE only": best if gain > EVIDENCE_Z * se[best] else alone,
                      "auto": best if gain > EVIDENCE_Z * np.hypot(se[best], err) else alone,
+                     "auto, raw gain error": best if gain > EVIDENCE_Z * np.hypot(se[best], raw) else alone,
                      "target alone": alone, "oracle": cands[int(np.argmin(true[cands]))]}
             floor = float(true[cands].min())
             for rule, i in picks.items():
@@ -521,6 +535,7 @@ def _decisions_at_k(arrays, subsets, true, candidates, ks=(6, 8, 10, 12), draws:
                 rows[rule]["worse_than_target_alone"].append(bool(true[i] > true[alone]))
         out[str(k)] = {rule: {key: float(np.mean(v)) for key, v in r.items()} for rule, r in rows.items()}
         out[str(k)]["gain_error_mean"] = float(np.mean(gain_errors))
+        out[str(k)]["gain_error_raw_mean"] = float(np.mean(raw_errors))
     return out
 
 
@@ -803,7 +818,7 @@ def score_bank(args) -> int:
         configs = ranking_candidates(arrays, EstimateConfig())
         candidates = (configs, *candidate_estimates(arrays, configs, subsets))
         at_k = _trust_check_at_k(arrays, subsets, true, candidates)
-        decisions = _decisions_at_k(arrays, subsets, true, candidates)
+        decisions = _decisions_at_k(arrays, subsets, true, candidates, seed_losses=[r["losses"] for r in records])
     forward_at_k = {}
     if args.forward and len(records) >= 10:
         fixed = {"linear, default radius": variants["trust_region, default radius"]}
@@ -885,11 +900,11 @@ def score_bank(args) -> int:
     if decisions:
         print("\n# the choice after that trust check: among the unseen subsets and the target alone (mean over draws)")
         print("true loss of the choice / regret / chose the target alone / truly worse than the target alone")
-        rules = [r for r in next(iter(decisions.values())) if r != "gain_error_mean"]
-        print("| k | gain error | " + " | ".join(rules) + " |")
+        rules = [r for r in next(iter(decisions.values())) if not r.startswith("gain_error")]
+        print("| k | gain error (raw) | " + " | ".join(rules) + " |")
         print("|---|---|" + "---|" * len(rules))
         for k, r in decisions.items():
-            print(f"| {k} | {r['gain_error_mean']:.3f} | " + " | ".join(
+            print(f"| {k} | {r['gain_error_mean']:.3f} ({r.get('gain_error_raw_mean', float('nan')):.3f}) | " + " | ".join(
                 f"{r[c]['true_loss']:.3f} / {r[c]['regret']:.3f} / {r[c]['chose_target_alone']:.0%} / "
                 f"{r[c]['worse_than_target_alone']:.0%}" for c in rules) + " |")
     print(f"\n# source scores (mean over the mixed bank subsets holding each source) against the truth's; "

@@ -165,3 +165,20 @@ def test_gain_error_is_the_error_of_differences_to_the_target_alone():
     # A reference for the target alone (fitted on its truth): only the others' errors remain, against it.
     assert gain_error(est + [0, 0.5, 0, 0], true, subsets, reference=0.6) == pytest.approx(
         np.sqrt((0 + 0.01 + 0.01) / 3))
+
+
+def test_gain_error_takes_the_truths_seed_noise_off():
+    from gradselect.validate.trust import gain_error, seed_noise
+
+    subsets = [[], ["a"], ["b"], ["a", "b"]]
+    losses = [[1.0, 1.2], [0.8], [0.9], [0.7, 0.7]]  # seed variance: 0.02 (target alone) and 0 -> mean 0.01
+    noise = seed_noise(subsets, losses)
+    assert noise == pytest.approx([0.01 * (1 / 2 + 1 / 2), 0.01 * (1 + 1 / 2), 0.01 * (1 + 1 / 2), 0.01 * (1 / 2 + 1 / 2)])
+    true = np.array([np.mean(x) for x in losses])
+    est = true + np.array([0.0, 0.2, -0.2, 0.1])
+    raw = gain_error(est, true, subsets)
+    assert raw == pytest.approx(np.sqrt((0.04 + 0.04 + 0.01) / 3))
+    assert gain_error(est, true, subsets, noise=noise) == pytest.approx(np.sqrt(0.03 - (0.015 + 0.015 + 0.01) / 3))
+    # noise bigger than the error: no error left to allow for
+    assert gain_error(true, true, subsets, noise=noise) == 0.0
+    assert seed_noise(subsets, [[x] for x in true]) is None  # no repeats: nothing known of the seed noise

@@ -106,19 +106,26 @@ def test_validate_end_to_end(tmp_path, capsys):
     validated = [s["sources"] for s in report["subsets"]]
     seed_mean = np.array([s["true_loss"] for s in report["subsets"]])
     again = [json.loads((p / "truth.json").read_text()) for p in (tmp_path / "val" / "runs").iterdir()]
+    losses = [[x] for x in seed_mean]
     for r in again:  # the repeat's loss joins its subset's mean
         i = validated.index(r["sources"])
         if r["loss"] != report["subsets"][i]["true_loss"]:
             seed_mean[i] = (seed_mean[i] + r["loss"]) / 2
+            losses[i].append(r["loss"])
     rel = np.abs(corrected.estimate(validated) - seed_mean) / seed_mean
     assert rel.max() < 0.02, rel
     # The trust check's measured error of the gain over the target alone, recomputed here from its
     # held-out predictions, is what selection's evidence margin allows for.
-    from gradselect.validate.trust import gain_error
+    from gradselect.validate.trust import gain_error, seed_noise
 
     held_out = np.array(report["surrogate"]["held_out_predictions"])
-    measured = gain_error(held_out, seed_mean, validated, reference=float(corrected.estimate([[]])[0]))
-    assert measured > 0 and json.loads((tmp_path / "calibration.json").read_text())["gain_rmse"] == pytest.approx(
+    reference = float(corrected.estimate([[]])[0])
+    raw = gain_error(held_out, seed_mean, validated, reference=reference)
+    assert report["gain_rmse_raw"] == pytest.approx(raw)
+    # ... less the truth's own seed noise (one repeated subset here)
+    measured = gain_error(held_out, seed_mean, validated, reference=reference, noise=seed_noise(validated, losses))
+    assert measured <= raw
+    assert json.loads((tmp_path / "calibration.json").read_text())["gain_rmse"] == pytest.approx(
         measured)
     assert corrected.gain_error_ == pytest.approx(measured)
     assert main(["select", "--features", str(feats), "--n-subsets", "10", "-q"]) == 0

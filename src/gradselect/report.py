@@ -240,6 +240,12 @@ def format_validation(report: dict) -> str:
                      f"{sur['pairwise_accuracy']:.3f}, mean relative error {sur['mean_relative_error']:.2%} (calibrated "
                      f"step alone: {before['spearman']:.3f}, {before['pairwise_accuracy']:.3f}, "
                      f"{before['mean_relative_error']:.2%})")
+    if report.get("gain_rmse") is not None:
+        raw = report.get("gain_rmse_raw")
+        lines.append(f"  error of the estimated gain over the target alone (what selection's evidence margin allows "
+                     f"for): {report['gain_rmse']:.4g}" + (f" ({raw:.4g} before the truth's own seed noise is taken "
+                                                          "off)" if raw is not None and raw != report["gain_rmse"]
+                                                          else ""))
     for mode, cand in report["calibration_candidates"].items():
         lines.append(f"  level-only calibration of {mode} {cand['parameter']} = {cand['value']:.4g}: mean relative error "
                      f"{cand['mean_relative_error']:.2%}, leave-one-out {cand['loo_mean_relative_error']:.2%}")

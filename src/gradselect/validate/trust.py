@@ -142,8 +142,9 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
         mean_true = np.array([np.mean(seeds[i]) for i in range(len(primary))])
         used = calibrated_config(config.estimate, calib)
         report["surrogate"] = fit_surrogate(arrays, used, validated, mean_true, calib["held_out_predictions"],
-                                            mode=surrogate)
+                                            mode=surrogate, gain_noise=seed_noise(validated, list(seeds.values())))
         report["gain_rmse"] = report["surrogate"]["gain_rmse"]
+        report["gain_rmse_raw"] = report["surrogate"]["gain_rmse_raw"]
     write_json_atomic(out_dir / "validation.json", report)
     _scatter(report, out_dir / "validation.png")
     if calib.get("parameter"):
@@ -154,7 +155,8 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
     return report
 
 
-def gain_error(estimated, true, subsets: list[list[str]], *, reference: float | None = None) -> float | None:
+def gain_error(estimated, true, subsets: list[list[str]], *, reference: float | None = None,
+               noise=None) -> float | None:
     """RMS error of the estimated gain over the target alone on validated subsets, or None without it.
 
     The gain of subset i is ``loss(target alone) - loss(i)``; its error is what selection's evidence
@@ -171,6 +173,10 @@ def gain_error(estimated, true, subsets: list[list[str]], *, reference: float | 
         The estimate of the target alone that selection compares with, when it differs from the held-out
         one in ``estimated``: a surrogate fitted on every validated subset, the target alone among them,
         knows the target alone's truth, so only the other subsets' estimates are held out.
+    noise : array of shape (n_subsets,), optional
+        The variance of each measured gain from training-seed noise alone (:func:`seed_noise`). A
+        measured gain is the true one plus that noise, so the mean squared error against it
+        overstates the estimate's own by the noise's mean variance, which is taken off (floored at 0).
     """
     alone = [i for i, s in enumerate(subsets) if not s]
     if not alone or len(subsets) < 2:
@@ -179,7 +185,23 @@ def gain_error(estimated, true, subsets: list[list[str]], *, reference: float | 
     a = alone[0]
     ref = est[a] if reference is None else float(reference)
     err = (ref - est) - (tru[a] - tru)
-    return float(np.sqrt(np.mean(np.delete(err, a) ** 2)))
+    mse = float(np.mean(np.delete(err, a) ** 2))
+    if noise is not None:
+        mse = max(0.0, mse - float(np.mean(np.delete(np.asarray(noise, dtype=float), a))))
+    return float(np.sqrt(mse))
+
+
+def seed_noise(subsets: list[list[str]], losses: list[list[float]]) -> np.ndarray | None:
+    """Per validated subset, the variance that training-seed noise adds to its measured gain over the
+    target alone: ``s^2 (1/n_subset + 1/n_alone)``, ``s^2`` the mean variance between the seeds of the
+    subsets fine-tuned more than once, ``n`` the seeds averaged. None without a repeated subset or a
+    target-alone subset. Shape (n_subsets,)."""
+    repeated = [np.var(x, ddof=1) for x in losses if len(x) >= 2]
+    alone = [i for i, s in enumerate(subsets) if not s]
+    if not repeated or not alone:
+        return None
+    n = np.array([len(x) for x in losses], dtype=float)
+    return float(np.mean(repeated)) * (1 / n + 1 / n[alone[0]])
 
 
 def measured_choice(subsets: list[list[str]], losses: list[list[float]], example_losses=None, *,
@@ -240,7 +262,7 @@ def measured_choice(subsets: list[list[str]], losses: list[list[float]], example
 
 
 def fit_surrogate(arrays, estimate_config, subsets: list[list[str]], true, calibrated_held_out, *,
-                  mode: str = "auto", estimated=None, n_boot: int = 1000) -> dict:
+                  mode: str = "auto", estimated=None, n_boot: int = 1000, gain_noise=None) -> dict:
     """The residual surrogate of the estimator selection will use, fitted on the validated subsets.
 
     Parameters
@@ -257,6 +279,8 @@ def fit_surrogate(arrays, estimate_config, subsets: list[list[str]], true, calib
         The config's estimates of ``subsets`` when already computed.
     n_boot : int
         Bootstrap draws of the figures' intervals (0: none).
+    gain_noise : array of shape (n_subsets,), optional
+        The seed-noise variance of each measured gain (:func:`seed_noise`), taken off ``gain_rmse``.
 
     Returns
     -------
@@ -267,7 +291,7 @@ def fit_surrogate(arrays, estimate_config, subsets: list[list[str]], true, calib
         surrogate on all subsets, with ``apply`` and the ``estimator`` config it corrects), and
         ``gain_rmse``: :func:`gain_error` of the estimates selection will use (corrected when it
         applies: others held out, the target alone's as fitted on every validated subset; else the
-        config's own).
+        config's own), with the truth's seed noise taken off (``gain_rmse_raw``: without that).
     """
     from gradselect.estimate import SubsetEstimator
     from gradselect.estimate.surrogate import ResidualSurrogate
@@ -295,14 +319,16 @@ def fit_surrogate(arrays, estimate_config, subsets: list[list[str]], true, calib
     if apply:
         alone = [i for i, s in enumerate(subsets) if not s]
         reference = float(estimated[alone[0]] + surrogate.predict(masks[alone[:1]])[0]) if alone else None
-        gain_rmse = gain_error(corrected, true, subsets, reference=reference)
+        gain_args = (corrected, true, subsets), {"reference": reference}
     else:
-        gain_rmse = gain_error(estimated, true, subsets)
+        gain_args = (estimated, true, subsets), {}
+    gain_rmse_raw = gain_error(*gain_args[0], **gain_args[1])
+    gain_rmse = gain_error(*gain_args[0], **gain_args[1], noise=gain_noise)
     base = estimator.base_loss_
     return {"mode": mode, "apply": bool(apply), "loo": score(corrected, true, base_estimated=base, n_boot=n_boot),
             "held_out_predictions": [float(x) for x in corrected],
             "loo_calibrated": score(held_out, true, base_estimated=base, n_boot=n_boot), "fitted": fitted,
-            "gain_rmse": gain_rmse}
+            "gain_rmse": gain_rmse, "gain_rmse_raw": gain_rmse_raw}
 
 
 def _calibration_summary(calib: dict) -> dict:
