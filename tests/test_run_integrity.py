@@ -214,3 +214,21 @@ def test_identical_final_fine_tunes_train_and_score_once(tmp_path, monkeypatch, 
     # Rerun: nothing to do.
     assert main(["run", str(cfg), "-q"]) == 0
     assert "stages run: none" in capsys.readouterr().out
+
+
+def test_a_selection_that_picks_what_a_baseline_trained_before_copies_it(tmp_path, monkeypatch, capsys):
+    cfg = _setup(tmp_path, monkeypatch)
+    run_dir = tmp_path / "runs" / "r"
+    assert main(["run", str(cfg), "-q"]) == 0  # top-1 selection, and all four sources as "all"
+    capsys.readouterr()
+    cfg.write_text(RUN.replace("k = 1", "k = 4"))  # now the selection is all four sources
+    assert main(["run", str(cfg), "-q"]) == 0
+    assert "stages run: select, final, evaluate" in capsys.readouterr().out
+    mine, theirs = run_dir / "final" / "selection", run_dir / "final" / "all"
+    # copied from final/all (file times kept), not trained again
+    assert (mine / "train_result.json").stat().st_mtime == (theirs / "train_result.json").stat().st_mtime
+    assert (mine / "train_result.json").read_text() == (theirs / "train_result.json").read_text()
+    rows = json.loads((run_dir / "metrics.json").read_text())["rows"]
+    assert rows["selection"]["test_loss"] == rows["all"]["test_loss"]
+    assert main(["run", str(cfg), "-q"]) == 0
+    assert "stages run: none" in capsys.readouterr().out

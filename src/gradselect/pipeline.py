@@ -21,7 +21,8 @@ A stage's key is a hash of its slice of the config and of its upstream keys
 (the final fine-tunes hash the *chosen sources*, so a selection change that
 picks the same sources retrains nothing, and two labels that train the same data
 -- gradient similarity keeping every source beside ``all`` -- share one fine-tune
-and one evaluation: the later label's record names the first one's folder). ``stages/<name>.json`` records the
+and one evaluation: the later label's record names the first one's folder; a
+fine-tune that another label finished in an earlier run is copied, not retrained). ``stages/<name>.json`` records the
 key of the last completed run of a stage and a digest of each output; a stage
 whose key is unchanged and whose outputs are as it wrote them is skipped,
 ``force`` redoes named stages, and an output changed by hand makes its stage
@@ -127,6 +128,24 @@ class Stage:
         outputs = {self._record_name(p): path_digest(p) for p in self.outputs}
         write_json_atomic(self.record, {"key": self.key, "seconds": seconds, "outputs": outputs})
         self.running.unlink(missing_ok=True)
+
+
+def _finished_fine_tunes(run_dir: Path) -> dict[str, Path]:
+    """Final fine-tunes finished in earlier runs, by stage key: each record's own folder, when it is
+    still as the stage wrote it."""
+    found = {}
+    for record in sorted((run_dir / "stages").glob("final*.json")):
+        if record.name.endswith(".running.json"):
+            continue
+        try:
+            done = json.loads(record.read_text())
+            (rel, digest), = done["outputs"].items()
+        except (OSError, json.JSONDecodeError, KeyError, ValueError, AttributeError):
+            continue
+        folder = run_dir / rel
+        if folder.is_dir() and path_digest(folder) == digest:
+            found.setdefault(done["key"], folder)
+    return found
 
 
 def check_against_data(config, taskset) -> None:
@@ -309,6 +328,24 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     # Identical fine-tunes (e.g. grad-sim keeping every source = all) train once: a repeat's stage
     # record points at the first one's folder.
     trained: dict[str, Path] = {}
+    # Fine-tunes an earlier run left under another label (a selection that now picks what a baseline
+    # trained before) are copied, not trained again.
+    earlier = _finished_fine_tunes(run_dir)
+
+    def train_or_copy(folder, names, seeded, data, key):
+        for k, p in list(earlier.items()):
+            if p == folder:  # its old content is about to be replaced
+                del earlier[k]
+        source = earlier.get(key)
+        if source is not None and source.exists():
+            log.info("%s: the same fine-tune as %s (an earlier run); copied", folder, source)
+            build = build_dir(folder)
+            if build.exists():
+                shutil.rmtree(build)
+            shutil.copytree(source, build)  # (copy2: file times kept)
+            replace_dir(build, folder)
+            return
+        train_into(folder, names, seeded, data, init_adapter=init)
     # From theta*, a final fine-tune depends on it too (a base-model start keeps its earlier keys).
     init = meta_dir / "adapter" if config.run.final_init == "meta" else None
     init_key = ["from theta*", meta_key] if init is not None else []
@@ -331,8 +368,8 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
                 stage(name, key, [folder], lambda: None)
             else:
                 trained[key] = folder
-                stage(name, key, [folder], lambda folder=folder, names=names, data=data, seeded=seeded: train_into(
-                    folder, names, seeded, data, init_adapter=init), staging=[build_dir(folder)])
+                stage(name, key, [folder], lambda folder=folder, names=names, data=data, seeded=seeded, key=key:
+                      train_or_copy(folder, names, seeded, data, key), staging=[build_dir(folder)])
             models.setdefault(label, (names, []))[1].append(folder / "adapter")
 
     # 6. evaluate on the target's test split
