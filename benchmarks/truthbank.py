@@ -832,9 +832,25 @@ def score_bank(args) -> int:
     two_truths = None
     if len(common) >= 4:
         bt = np.array([base_truth[tuple(records[i]["sources"])] for i in common])
-        two_truths = {"n_subsets": len(common), "spearman_theta_star_vs_base": float(spearmanr(true[common], bt)[0]),
+        from gradselect.validate.fidelity import bootstrap_ci
+
+        rho = lambda a, b: spearmanr(a, b)[0]  # noqa: E731
+        two_truths = {"n_subsets": len(common), "spearman_theta_star_vs_base": float(rho(true[common], bt)),
+                      "spearman_theta_star_vs_base_ci95": bootstrap_ci(rho, true[common], bt),
                       "spearman_default_estimate_vs_base": float(
-                          spearmanr(variants["trust_region, default radius"][common], bt)[0])}
+                          rho(variants["trust_region, default radius"][common], bt)),
+                      # Every variant against the truth a user gets (fine-tunes from the base model, 1 seed).
+                      "variants_vs_base": {k: {"spearman": float(rho(np.asarray(v)[common], bt)),
+                                               "spearman_ci95": bootstrap_ci(rho, np.asarray(v)[common], bt)}
+                                           for k, v in variants.items()},
+                      # Where the target alone stands in each truth (1 = lowest loss).
+                      "target_alone_rank_base": (int(np.argsort(np.argsort(bt))[[records[i]["sources"] for i in
+                                                                                  common].index([])]) + 1
+                                                 if [] in [records[i]["sources"] for i in common] else None),
+                      "target_alone_rank_theta_star": (int(np.argsort(np.argsort(true[common]))[
+                          [records[i]["sources"] for i in common].index([])]) + 1
+                          if [] in [records[i]["sources"] for i in common] else None),
+                      "base_truth_sd": float(np.std(bt))}
     out = {
         "bank": str(bank_path), "suite": suite, "n_subsets": len(records),
         "seeds_per_subset": sorted({len(r["losses"]) for r in records}),
@@ -907,6 +923,16 @@ def score_bank(args) -> int:
             print(f"| {k} | {r['gain_error_mean']:.3f} ({r.get('gain_error_raw_mean', float('nan')):.3f}) | " + " | ".join(
                 f"{r[c]['true_loss']:.3f} / {r[c]['regret']:.3f} / {r[c]['chose_target_alone']:.0%} / "
                 f"{r[c]['worse_than_target_alone']:.0%}" for c in rules) + " |")
+    if two_truths:
+        print(f"\n# the truth a user gets: fine-tunes from the base model on {two_truths['n_subsets']} bank subsets "
+              f"(1 seed); theta* truth vs base truth: Spearman {two_truths['spearman_theta_star_vs_base']:.2f} "
+              f"{fmt(two_truths['spearman_theta_star_vs_base_ci95'])}; target alone ranks "
+              f"{two_truths['target_alone_rank_base']} from the base model, {two_truths['target_alone_rank_theta_star']} "
+              f"from theta*")
+        print("| variant | Spearman vs base-model truth [95%] |")
+        print("|---|---|")
+        for name, m in two_truths["variants_vs_base"].items():
+            print(f"| {name} | {m['spearman']:.2f} {fmt(m['spearman_ci95'])} |")
     print(f"\n# source scores (mean over the mixed bank subsets holding each source) against the truth's; "
           f"ceiling {source_ranking['ceiling_spearman']:.2f} (seed to seed {source_ranking['seed_to_seed_spearman']:.2f})")
     print("| variant | Spearman over sources [95%] |")
