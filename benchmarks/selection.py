@@ -29,6 +29,8 @@ step budgets for every final fine-tune. Suites:
     python benchmarks/selection.py --suite cot -o runs/selection-cot          # SmolLM2 + LoRA
     python benchmarks/selection.py --suite bbh -o runs/selection-bbh --budget 0
     python benchmarks/selection.py -o runs/selection-scarce --budget 0 --target-train 8   # a source should help
+    python benchmarks/selection.py -o runs/selection-scarce --budget 0 --target-train 8 --n-sources 8 \
+        --validate-k 8 --margin auto   # with a trust check; --margin 0 takes any estimated gain
 
 The cot suite writes its derived data files (BIG-bench format, canary kept) into the
 run folder, never into the repository.
