@@ -357,8 +357,11 @@ def _variants(arrays, subsets, true, base_true, norms):
     return out, base_est
 
 
-def _forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, base_true, norms, device):
-    """Parameter-space steps scored by real forward passes at theta* + step (gradselect.estimate.forward)."""
+def _forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, base_true, norms, device,
+                      only=None, loo_lengths: bool = True):
+    """Parameter-space steps scored by real forward passes at theta* + step (gradselect.estimate.forward):
+    the steps named in ``only`` (default: all), each at its default length and, with ``loo_lengths``, at the
+    median displacement the other fine-tunes measured (one more pass per subset)."""
     from gradselect.estimate.forward import ForwardPassEstimator, SourceGradients
     from gradselect.model import apply_adapter, load_model
     from gradselect.validate.fidelity import loo_affine
@@ -374,7 +377,8 @@ def _forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, bas
 
     grads = source_gradients(run_dir / "source_gradients.safetensors", False)
     # Per-example squared gradients (one backward pass per example) for Adam's first step.
-    grads_sq = source_gradients(run_dir / "source_gradients_squares.safetensors", True)
+    wants_adam = only is None or any(s.startswith("adam") for s in only)
+    grads_sq = source_gradients(run_dir / "source_gradients_squares.safetensors", True) if wants_adam else None
     # Every forward pass is cached by step, length and subset: re-scoring a grown bank runs only the new ones.
     cache_file = run_dir / "forward_cache.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
@@ -393,13 +397,15 @@ def _forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, bas
              f"adam (batch {batch})": ("adam", {"train_batch_size": batch}, grads_sq),
              "adam (batch 1)": ("adam", {"train_batch_size": 1}, grads_sq)}
     for step, (kind, kwargs, source_grads) in steps.items():
+        if only is not None and step not in only and kind not in only:
+            continue
         est = ForwardPassEstimator(kind, **kwargs).fit(model, tok, source_grads, taskset.target_dev.examples,
                                                        config.tokenize)
         default = np.array([cached(est, step, s, est.length_) for s in subsets])
         out[f"forward pass, {step} step, default length"] = default
         out[f"forward pass, {step} step, default length + LOO level"] = loo_affine(default, true, est.base_loss_,
                                                                                   base_true)
-        if kind != "adam" and all(x is not None for x in norms):
+        if loo_lengths and kind != "adam" and all(x is not None for x in norms):
             # Length = the median displacement the *other* real fine-tunes measured (projected norms,
             # which the projection keeps close to the parameter-space norm).
             loo = np.array([cached(est, step, subsets[i], float(np.median(np.delete(np.array(norms), i))))
@@ -787,8 +793,9 @@ def score_bank(args) -> int:
              for r in records]
     variants, base_est = _variants(arrays, subsets, true, base_true, norms)
     if args.forward:
+        only = [x.strip() for x in args.forward_steps.split(",")] if args.forward_steps else None
         variants.update(_forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, base_true, norms,
-                                         args.device))
+                                          args.device, only=only, loo_lengths=not args.forward_default_length))
     ce_variants = {}
     if args.features:
         chosen = [c.strip() for c in args.features.split(",")] if args.features != "all" else list(FEATURE_VARIANTS)
@@ -978,6 +985,9 @@ def main(argv=None) -> int:
                     help="score with features of a theta* re-made on another CPU (|theta*| within 1e-4 relative)")
     sc.add_argument("--forward", action="store_true",
                     help="also score forward-pass variants (one dev forward pass per subset and variant)")
+    sc.add_argument("--forward-steps", help="with --forward: only these steps (comma list of sign, normalized, adam)")
+    sc.add_argument("--forward-default-length", action="store_true",
+                    help="with --forward: the default step length only (no pass at the measured displacement)")
     sc.add_argument("--features", nargs="?", const="all", metavar="NAMES",
                     help="also score estimators on other features of the same theta*: comma-separated among "
                          f"{', '.join(FEATURE_VARIANTS)} (Adam-preconditioned, projection seeds 1-2, soft-minimum "
