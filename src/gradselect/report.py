@@ -427,7 +427,8 @@ def write_report(run_dir: str | Path) -> Path:
             lines += ["", f"Noise floor (same subset, another seed): "
                           f"{val['noise_floor_mean_relative_difference']:.2%} mean relative difference."]
         if measured_line(val.get("measured_choice")):
-            lines += ["", measured_line(val["measured_choice"]).capitalize() + "."]
+            text = measured_line(val["measured_choice"])
+            lines += ["", text[:1].upper() + text[1:] + "."]
         c = val.get("calibration", {})
         if "loo" in c:
             loo = c["loo"]
