@@ -59,6 +59,7 @@ def test_run_caches_stages_and_reruns_downstream_only(tmp_path, capsys):
     assert "stages run: validate, select" in out and "meta_init, features" in out.split("skipped")[1]
     assert (run_dir / "calibration.json").exists()
     assert "## Trust check" in (run_dir / "report.md").read_text()
+    assert "Best measured subset" in (run_dir / "report.md").read_text()  # the trust check's own evidence
     assert main(["run", str(cfg), "-q", "--force", "nope"]) == 2
     assert "unknown stage(s) ['nope']" in capsys.readouterr().err
 
