@@ -22,10 +22,10 @@ A stage's key is a hash of its slice of the config and of its upstream keys
 picks the same sources retrains nothing, and two labels that train the same data
 -- gradient similarity keeping every source beside ``all`` -- share one fine-tune
 and one evaluation: the later label's record names the first one's folder; a
-fine-tune that another label finished in an earlier run is copied, not retrained). ``stages/<name>.json`` records the
-key of the last completed run of a stage and a digest of each output; a stage
-whose key is unchanged and whose outputs are as it wrote them is skipped,
-``force`` redoes named stages, and an output changed by hand makes its stage
+fine-tune that another label finished in an earlier run is copied, not retrained).
+``stages/<name>.json`` records the key of the last completed run of a stage and a
+digest of each output; a stage whose key is unchanged and whose outputs are as it
+wrote them is skipped, ``force`` redoes named stages, and an output changed by hand makes its stage
 stale (redone, with a warning).
 
 Folder outputs are built beside the old result (``<name>.build/``) and swapped
