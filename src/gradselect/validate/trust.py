@@ -10,7 +10,10 @@ rerun with a larger ``k`` adds subsets and a changed input retrains.
 Reported next to every error figure: the zero-order baseline (predicting
 theta*'s own loss for every subset) and the R^2 of the predicted *change* in
 loss, because fine-tuning often moves the loss by only a few percent. Repeats
-with other training seeds measure the noise floor of the truth itself.
+with other training seeds measure the noise floor of the truth itself; that noise
+is taken off the measured error of the estimated gain (:func:`gain_error`), and it
+decides, with the paired dev-example noise, whether the best validated subset beats
+the target alone on its own evidence (:func:`measured_choice`, reported).
 """
 
 from __future__ import annotations
