@@ -199,12 +199,18 @@ def seed_noise(subsets: list[list[str]], losses: list[list[float]]) -> np.ndarra
     target alone: ``s^2 (1/n_subset + 1/n_alone)``, ``s^2`` the mean variance between the seeds of the
     subsets fine-tuned more than once, ``n`` the seeds averaged. None without a repeated subset or a
     target-alone subset. Shape (n_subsets,)."""
-    repeated = [np.var(x, ddof=1) for x in losses if len(x) >= 2]
+    seed_var = _seed_variance(losses)
     alone = [i for i, s in enumerate(subsets) if not s]
-    if not repeated or not alone:
+    if seed_var is None or not alone:
         return None
     n = np.array([len(x) for x in losses], dtype=float)
-    return float(np.mean(repeated)) * (1 / n + 1 / n[alone[0]])
+    return seed_var * (1 / n + 1 / n[alone[0]])
+
+
+def _seed_variance(losses: list[list[float]]) -> float | None:
+    """The mean variance between the seeds of the subsets fine-tuned more than once, or None."""
+    repeated = [np.var(x, ddof=1) for x in losses if len(x) >= 2]
+    return float(np.mean(repeated)) if repeated else None
 
 
 def measured_choice(subsets: list[list[str]], losses: list[list[float]], example_losses=None, *,
@@ -243,12 +249,11 @@ def measured_choice(subsets: list[list[str]], losses: list[list[float]], example
         return None
     a = alone[0]
     mean = np.array([np.mean(x) for x in losses], dtype=float)
-    n = np.array([len(x) for x in losses], dtype=float)
-    repeated = [np.var(x, ddof=1) for x in losses if len(x) >= 2]
-    seed_var = float(np.mean(repeated)) if repeated else None
+    seed_var = _seed_variance(losses)
     best = max(others, key=lambda i: mean[a] - mean[i])
     gain = float(mean[a] - mean[best])
-    var = (seed_var or 0.0) * (1 / n[best] + 1 / n[a])
+    noise = seed_noise(subsets, losses)
+    var = 0.0 if noise is None else float(noise[best])
     dev_se = None
     if example_losses is not None and example_losses[a] is not None and example_losses[best] is not None:
         diff = np.asarray(example_losses[a], dtype=float) - np.asarray(example_losses[best], dtype=float)

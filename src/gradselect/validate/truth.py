@@ -65,7 +65,7 @@ def measure_truth(config, taskset, names: list[str], folder: Path, *, train_conf
                 model, tok = load_trained(config.model, config.adapter, Path(folder) / "adapter", device=device)
                 b = output_values(model, tok, taskset.target_dev.examples, config.tokenize,
                                   output=config.features.output)
-                truth["example_losses"] = [float(x) for x in np.logaddexp(0.0, -np.asarray(b, dtype=float))]
+                truth["example_losses"] = _example_losses(b)
                 write_json_atomic(result_file, truth)
             if store is not None and init_adapter is not None and truth.get("displacement_in") != _coordinates(store):
                 # The fine-tune is the same; only the features' coordinates (projector, preconditioner) changed.
@@ -86,7 +86,7 @@ def measure_truth(config, taskset, names: list[str], folder: Path, *, train_conf
         "seed": train_config.seed,
         "loss": float(mean_logistic_loss(b_new)),
         # Per dev example (same functional): paired comparisons between fine-tunes need them.
-        "example_losses": [float(x) for x in np.logaddexp(0.0, -np.asarray(b_new, dtype=float))],
+        "example_losses": _example_losses(b_new),
         "token_ce": target_loss(model, tok, dev, config.tokenize).loss,
         "init": None if init_adapter is None else str(init_adapter),
     }
@@ -96,6 +96,11 @@ def measure_truth(config, taskset, names: list[str], folder: Path, *, train_conf
     truth["seconds"] = time.perf_counter() - start
     write_json_atomic(result_file, truth)
     return truth
+
+
+def _example_losses(b) -> list[float]:
+    """Per dev example, the logistic loss of its output value (the functional ``loss`` averages)."""
+    return [float(x) for x in np.logaddexp(0.0, -np.asarray(b, dtype=float))]
 
 
 def _coordinates(store) -> str:
