@@ -243,17 +243,18 @@ def stage_seconds(run_dir: Path) -> dict:
             if not p.name.endswith(".running.json")}
 
 
-def final_seconds(run_dir: Path, name: str, seconds: dict) -> float:
-    """Wall seconds of final fine-tune stage ``name``; a repeat of an identical fine-tune (its record's
-    output is another label's folder) is charged the fine-tune it shares."""
-    try:
-        outputs = json.loads((run_dir / "stages" / f"{name}.json").read_text()).get("outputs", {})
-    except (OSError, json.JSONDecodeError):
-        return 0.0
-    folder = Path(next(iter(outputs), f"final/{name}")).name
-    owner = "final" if folder == "selection" else (
-        f"final-seed{folder.rsplit('-seed', 1)[1]}" if folder.startswith("selection-seed") else f"final-{folder}")
-    return seconds.get(owner, seconds.get(name, 0.0))
+def final_seconds(run_dir: Path) -> dict:
+    """Wall seconds of each final fine-tune stage, by stage name; a repeat of an identical fine-tune (its
+    record's output is another label's folder) is charged the fine-tune it shares: the longest stage
+    that wrote that folder."""
+    records = {p.stem: json.loads(p.read_text()) for p in (run_dir / "stages").glob("final*.json")
+               if not p.name.endswith(".running.json")}
+    by_folder = {}
+    for r in records.values():
+        for folder in r.get("outputs", {}):
+            by_folder[folder] = max(by_folder.get(folder, 0.0), r.get("seconds", 0.0))
+    return {name: max((by_folder[f] for f in r.get("outputs", {})), default=r.get("seconds", 0.0))
+            for name, r in records.items()}
 
 
 def selection_rows(run_dir: Path) -> dict:
@@ -264,9 +265,10 @@ def selection_rows(run_dir: Path) -> dict:
     table = MetricsTable.load(run_dir / "metrics.json")
     seconds = stage_seconds(run_dir)
     shared = seconds.get("meta_init", 0) + seconds.get("features", 0) + seconds.get("select", 0)
+    finals = final_seconds(run_dir)
     rows = {}
     for label, row in table.rows.items():
-        wall = final_seconds(run_dir, "final" if label == "selection" else f"final-{label}", seconds)
+        wall = finals.get("final" if label == "selection" else f"final-{label}", 0.0)
         if label in ("selection", "grad-sim", "repr-sim", "forward", "kmm", "less"):
             wall += shared
         if label in ("selection", "forward"):  # the trust check calibrates the estimates they rest on

@@ -702,6 +702,8 @@ def _source_ranking(estimates: dict, names, subsets, seed_losses, n_boot: int = 
     the k-seed mean by Spearman-Brown."""
     from scipy.stats import spearmanr
 
+    from gradselect.validate.fidelity import spearman_brown
+
     two = [i for i, s in enumerate(seed_losses) if len(s) >= 2]
     true = np.array([np.mean(s) for s in seed_losses])
     truth = source_scores(subsets, names, true)
@@ -709,7 +711,7 @@ def _source_ranking(estimates: dict, names, subsets, seed_losses, n_boot: int = 
     b = source_scores([subsets[i] for i in two], names, [seed_losses[i][1] for i in two])
     r = float(spearmanr(a, b, nan_policy="omit")[0])
     k = int(np.bincount([len(s) for s in seed_losses]).argmax())
-    ceiling = float(np.sqrt(max(k * r / (1 + (k - 1) * r), 0.0))) if r > -1 else float("nan")
+    ceiling = float(np.sqrt(max(spearman_brown(r, k), 0.0)))
     rng = np.random.default_rng(seed)
     draws = [rng.integers(0, len(subsets), len(subsets)) for _ in range(n_boot)]
     out = {"n_sources": len(names), "seed_to_seed_spearman": r, "ceiling_spearman": ceiling,
@@ -842,6 +844,11 @@ def score_bank(args) -> int:
         from gradselect.validate.fidelity import bootstrap_ci
 
         rho = lambda a, b: spearmanr(a, b)[0]  # noqa: E731
+        alone = next((j for j, i in enumerate(common) if not records[i]["sources"]), None)
+
+        def rank_of_alone(losses):
+            return None if alone is None else int(np.argsort(np.argsort(losses))[alone]) + 1
+
         two_truths = {"n_subsets": len(common), "spearman_theta_star_vs_base": float(rho(true[common], bt)),
                       "spearman_theta_star_vs_base_ci95": bootstrap_ci(rho, true[common], bt),
                       "spearman_default_estimate_vs_base": float(
@@ -851,12 +858,8 @@ def score_bank(args) -> int:
                                                "spearman_ci95": bootstrap_ci(rho, np.asarray(v)[common], bt)}
                                            for k, v in variants.items()},
                       # Where the target alone stands in each truth (1 = lowest loss).
-                      "target_alone_rank_base": (int(np.argsort(np.argsort(bt))[[records[i]["sources"] for i in
-                                                                                  common].index([])]) + 1
-                                                 if [] in [records[i]["sources"] for i in common] else None),
-                      "target_alone_rank_theta_star": (int(np.argsort(np.argsort(true[common]))[
-                          [records[i]["sources"] for i in common].index([])]) + 1
-                          if [] in [records[i]["sources"] for i in common] else None),
+                      "target_alone_rank_base": rank_of_alone(bt),
+                      "target_alone_rank_theta_star": rank_of_alone(true[common]),
                       "base_truth_sd": float(np.std(bt))}
     out = {
         "bank": str(bank_path), "suite": suite, "n_subsets": len(records),
