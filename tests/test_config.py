@@ -62,3 +62,21 @@ def test_path_options_resolve_against_the_config_folder(tmp_path):
     saved = replay_config(config, base_dir=tmp_path / "cfg")
     assert saved.features.optimizer_state == resolved.features.optimizer_state
     assert resolve_paths(RunConfig(), tmp_path) == RunConfig()  # nothing set, nothing changed
+
+
+def test_forward_scorer_defaults_and_ignored_options(tmp_path):
+    from gradselect.config import FORWARD_N_SUBSETS
+
+    linear = RunConfig()
+    assert linear.select_config().n_subsets == 200
+    forward = RunConfig.model_validate({"estimate": {"scorer": "forward"}})
+    assert forward.select_config().n_subsets == FORWARD_N_SUBSETS
+    # A config that sets n_subsets keeps it.
+    assert RunConfig.model_validate({"estimate": {"scorer": "forward"},
+                                     "select": {"n_subsets": 64}}).select_config().n_subsets == 64
+    with pytest.warns(UserWarning, match="forward_step is ignored by scorer 'linear'"):
+        RunConfig.model_validate({"estimate": {"forward_step": "adam"}})
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[estimate]\nscorer = "exact"\n')
+    with pytest.raises(ConfigError, match="scorer"):
+        load_config(bad)

@@ -96,3 +96,89 @@ def test_forward_pass_estimates_move_from_theta_star_and_restore_it(setup, step)
         assert all(set(torch.unique(t).tolist()) <= {-1.0, 0.0, 1.0} for t in d.values())
     with pytest.raises(Exception, match="unknown source"):
         est.estimate([["nope"]])
+
+
+def test_run_with_the_forward_scorer_selects_by_real_forward_passes(tmp_path, capsys):
+    """``[estimate] scorer = "forward"``: the select stage scores subsets by forward passes at theta* + step
+    (the same numbers a ForwardPassEstimator built by hand gives), caches the source gradients, measures its
+    own gain error on the trust check's fine-tunes, and the CLI verb does the same on the run's features."""
+    import json
+
+    from gradselect.cli import main
+    from gradselect.config import FORWARD_N_SUBSETS
+
+    from conftest import tiny_run
+
+    run_dir = tmp_path / "run"
+    cfg = tmp_path / "run.toml"
+    text = tiny_run(run_dir, k=1).replace("n_subsets = 20\n", "")
+    text = text.replace("[features]", '[estimate]\nscorer = "forward"\n\n[features]')
+    cfg.write_text(text + "validate_k = 3\nvalidate_repeats = 1\n")
+    assert main(["run", str(cfg), "-q"]) == 0
+    capsys.readouterr()
+    sel = json.loads((run_dir / "selection.json").read_text())
+    assert sel["params"]["estimator"]["scorer"] == "forward"
+    assert sel["params"]["n_subsets"] == FORWARD_N_SUBSETS  # the forward scorer's default
+    # Each distinct subset passed forward once: at most the sampled ones, the target alone and the choice.
+    assert 2 <= sel["params"]["forward_passes"] <= FORWARD_N_SUBSETS + 2
+    # The forward scorer's own measured error (not the linear estimator's), from the 3 validated subsets.
+    ev = sel["params"]["evidence"]
+    assert ev["measured_error"] is not None and ev["measured_error"] >= 0
+    validation = json.loads((run_dir / "validation" / "validation.json").read_text())
+    assert all(len(s["true_losses"]) >= 1 for s in validation["subsets"])
+    assert len(validation["subsets"][0]["true_losses"]) == 2  # the repeated one
+    # The choice's estimate is a real forward pass at theta* + step: rebuild one by hand.
+    config = load_config(cfg)
+    taskset = load_taskset(config.data)
+    model, tok = load_model(config.model, device="cpu")
+    model = apply_adapter(model, config.adapter, init_adapter=run_dir / "meta_init" / "adapter")
+    grads = SourceGradients.compute(model, tok, taskset, config.tokenize)
+    by_hand = ForwardPassEstimator("sign", train_batch_size=config.train.batch_size).fit(
+        model, tok, grads, taskset.target_dev.examples, config.tokenize)
+    assert np.isclose(by_hand.estimate([sel["chosen"]])[0], sel["estimated_loss"], rtol=1e-4)
+    assert np.isclose(by_hand.base_loss_, sel["params"]["base_loss"], rtol=1e-5)
+    gradients = run_dir / "source_gradients" / "gradients.safetensors"
+    assert gradients.exists()
+    stamp = gradients.stat().st_mtime_ns
+
+    # The CLI verb on the same features: the same choice; the cached source gradients are reused.
+    out = tmp_path / "again" / "selection.json"
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "source_gradients").symlink_to(run_dir / "source_gradients")
+    assert main(["select", str(cfg), "--features", str(run_dir / "features"), "-o", str(out), "-q"]) == 0
+    again = json.loads(out.read_text())
+    assert again["chosen"] == sel["chosen"] and np.isclose(again["estimated_loss"], sel["estimated_loss"], rtol=1e-6)
+    assert again["params"]["evidence"]["measured_error"] == pytest.approx(ev["measured_error"], rel=1e-6)
+    assert gradients.stat().st_mtime_ns == stamp
+    # Without data the forward scorer cannot pass the dev split through the model: a clear error.
+    bare = tmp_path / "bare.toml"
+    bare.write_text('[estimate]\nscorer = "forward"\n')
+    assert main(["select", str(bare), "--features", str(run_dir / "features"), "-o", str(tmp_path / "x.json")]) != 0
+    assert "[data]" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_forward_scored_estimator_passes_each_subset_forward_once(setup, tmp_path):
+    from gradselect.estimate import FeatureArrays, SubsetEstimator
+    from gradselect.estimate.config import EstimateConfig
+    from gradselect.estimate.forward import ForwardScoredEstimator
+    from gradselect.features import FeatureStore, featurize
+    from gradselect.select.selectors import evidence
+
+    config, taskset, model, tok = setup
+    featurize(taskset, tmp_path / "features", feature_config=config.features, adapter_path=None,
+              model_config=config.model, adapter_config=config.adapter, tokenize_config=config.tokenize,
+              device="cpu", progress=False)
+    linear = SubsetEstimator(EstimateConfig()).fit(FeatureArrays.from_store(FeatureStore.open(tmp_path / "features")))
+    grads = SourceGradients.compute(model, tok, taskset, config.tokenize)
+    fwd = ForwardPassEstimator("sign").fit(model, tok, grads, taskset.target_dev.examples, config.tokenize)
+    scored = ForwardScoredEstimator(linear, fwd)
+    losses = scored.estimate([["more"], ["more"], [], ["legs", "noisy"]])
+    assert scored.n_forward_passes_ == 3 and losses[0] == losses[1]
+    assert np.allclose(losses, fwd.estimate([["more"], ["more"], [], ["legs", "noisy"]]))
+    # The evidence check pairs the forward pass's per-example losses; nothing new to pass forward.
+    ev = evidence(scored, ["more"], margin="auto")
+    assert scored.n_forward_passes_ == 3 and np.isclose(ev["gain"], losses[2] - losses[0])
+    assert ev["measured_error"] is None  # no trust check: nothing inherited from the linear estimator
+    # Everything else is the linear estimator's (features, sources, config).
+    assert scored.source_names_ == linear.source_names_ and scored.arrays_ is linear.arrays_

@@ -163,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "by which the choice's estimate must fall below the target alone's")
     p.add_argument("--pseudo-sources", dest="select_pseudo_sources", type=int,
                    help="cluster source rows into this many pseudo-sources first")
+    p.add_argument("--scorer", dest="estimate_scorer", choices=["linear", "forward"],
+                   help="override [estimate].scorer: forward scores each subset by a real dev forward pass at "
+                   "theta* + step (needs [data] and the meta-initialization's adapter)")
+    p.add_argument("--adapter", type=Path,
+                   help="with the forward scorer: theta*'s adapter (default: FEATURES/../meta_init/adapter)")
     p.add_argument("-o", "--output", type=Path, help="selection JSON to write (default: FEATURES/../selection.json)")
     p.add_argument("--force", action="store_true",
                    help="overwrite the selection.json of a gradselect run folder (which its select stage wrote)")
@@ -281,7 +286,7 @@ def resolve_config(args: argparse.Namespace, *, need_data: bool = True):
     if getattr(args, "proj_dim", None) is not None:
         base.setdefault("features", {})["proj_dim"] = args.proj_dim
     for section, key in (("estimate", "mode"), ("estimate", "solver"), ("estimate", "radius"), ("estimate", "lam"),
-                         ("estimate", "rank"),
+                         ("estimate", "rank"), ("estimate", "scorer"),
                          ("select", "method"), ("select", "rule"), ("select", "k"), ("select", "threshold"),
                          ("select", "n_subsets"), ("select", "alpha"), ("select", "seed"),
                          ("select", "pseudo_sources"), ("select", "margin")):
@@ -438,6 +443,37 @@ def _estimator(config, features: Path):
     return estimator if config.select.pseudo_sources else apply_surrogate(estimator, calibration, manifest)
 
 
+def _forward_scored(config, estimator, args):
+    """The forward scorer on ``estimator``'s sources: needs the data and theta*'s adapter."""
+    from gradselect.data import load_taskset
+    from gradselect.select import forward_scored
+
+    if config.data is None:
+        raise GradselectError("the forward scorer passes the target dev split through the model: give a config "
+                              "with [data] (or --scorer linear)")
+    if config.select.pseudo_sources:
+        raise GradselectError("--pseudo-sources with the forward scorer: use gradselect run (it keeps the clusters' "
+                              "examples), or --scorer linear")
+    adapter = args.adapter or Path(args.features).parent / "meta_init" / "adapter"
+    if not Path(adapter).is_dir():
+        raise GradselectError(f"{adapter}: no adapter folder; pass theta*'s adapter with --adapter")
+    taskset = load_taskset(config.data, base_dir=args.config.parent if args.config else None)
+    out = Path(args.output or Path(args.features).parent / "selection.json").parent
+    # The forward scorer's own measured error needs the trust check's truths; its linear one is not it.
+    estimator = getattr(estimator, "estimator", estimator)
+    scored = forward_scored(estimator, config, taskset, Path(adapter), args.features,
+                            out / "source_gradients" / "gradients.safetensors", device=args.device,
+                            progress=not args.quiet)
+    from gradselect.features import FeatureStore
+    from gradselect.validate import forward_gain_error
+    from gradselect.validate.calibration import read_calibration
+
+    calib = read_calibration(Path(args.features).parent / "calibration.json", FeatureStore.open(args.features).manifest)
+    if calib and calib.get("validation") and Path(calib["validation"]).exists():
+        scored.gain_error_ = forward_gain_error(scored, Path(calib["validation"]))
+    return scored
+
+
 def cmd_estimate(args) -> int:
     from gradselect.estimate import write_estimates
     from gradselect.select import EnsembleSelector
@@ -471,7 +507,9 @@ def cmd_select(args) -> int:
             f"{out} belongs to a gradselect run folder (its select stage wrote it); write elsewhere with -o PATH, "
             "or pass --force to overwrite it (the next gradselect run then redoes its select stage)")
     est = _estimator(config, args.features)
-    selection = select_sources(est, config.select, out)
+    if config.estimate.scorer == "forward":
+        est = _forward_scored(config, est, args)
+    selection = select_sources(est, config.select_config(), out)
     print(format_selection(selection, est.base_loss_))
     print(f"selection: {out}")
     return 0

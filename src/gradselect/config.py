@@ -104,6 +104,10 @@ class Provenance(StrictConfig):
     created: str | None = None
 
 
+#: The ensemble's default number of subsets with the forward scorer (one dev forward pass each).
+FORWARD_N_SUBSETS = 32
+
+
 class RunConfig(StrictConfig):
     """Everything a run needs, section by section."""
 
@@ -142,6 +146,15 @@ class RunConfig(StrictConfig):
         if needs_hidden and not self.features.hidden_states:
             raise ValueError("repr-sim compares mean hidden states: set [features] hidden_states = true")
         return self
+
+    def select_config(self):
+        """How selection runs: ``[select]``, with ``n_subsets`` = 32 for the ensemble when ``[estimate] scorer
+        = "forward"`` and the config does not set it (each subset costs a dev forward pass there; 32 subsets
+        of half the sources put each source in about 16 of them)."""
+        sel = self.select
+        if self.estimate.scorer == "forward" and "n_subsets" not in sel.model_fields_set:
+            return sel.model_copy(update={"n_subsets": FORWARD_N_SUBSETS})
+        return sel
 
     def final_train_config(self):
         """How every final fine-tune (and every trust-check fine-tune) trains: ``[train]``, with

@@ -8,6 +8,7 @@ is the stage function named beside it)::
     validation/       optional trust check ([run] validate_k): real fine-tunes     validate.validate
     calibration.json    from theta*, and the calibration selection then uses
     clusters.json     with [select] pseudo_sources: the clusters, as example ids  select.write_clusters
+    source_gradients/ [estimate] scorer = "forward": per-source gradient sums    select.forward_scored
     selection.json    estimate subsets and choose sources (or clusters)           select.select_sources
     comparisons.json  the baseline subsets of [run] compare                       select.compare_subsets
     conventional/     optional baseline ([run] conventional_budget)               validate.conventional_forward
@@ -285,15 +286,33 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     if config.run.validate_k:  # the trust check's surrogate and measured gain error are part of what selection uses
         trust = read_calibration(calibration, manifest) or {}
         surrogate, gain_rmse = trust.get("residual_surrogate"), trust.get("gain_rmse")
-    sel_key = content_key("select", feat_key, _dump(estimate_config), _dump(config.select), list(config.run.compare),
-                          surrogate, *([gain_rmse] if gain_rmse is not None else []))
+    select_config = config.select_config()
+    forward = estimate_config.scorer == "forward"
+    validation_file = run_dir / "validation" / "validation.json"
+    # The forward scorer's gain error is measured on the trust check's real fine-tunes.
+    truths = [file_digest(validation_file)] if forward and config.run.validate_k else []
+    sel_key = content_key("select", feat_key, _dump(estimate_config), _dump(select_config), list(config.run.compare),
+                          surrogate, *([gain_rmse] if gain_rmse is not None else []),
+                          *([meta_key, config.train.batch_size, *truths] if forward else []))
 
     def do_select():
-        estimator = fitted_estimator(estimate_config, config.select, feat_dir)
-        if surrogate is not None and not pseudo:  # its subsets are of the real sources
+        estimator = fitted_estimator(estimate_config, select_config, feat_dir)
+        # The surrogate learned the linear estimator's residuals: not the forward scorer's.
+        if surrogate is not None and not pseudo and not forward:  # its subsets are of the real sources
             estimator = apply_surrogate(estimator, calibration, manifest)
-        clusters = write_clusters(estimator, feat_dir, config.select, clusters_path) if pseudo else None
-        chosen = select_sources(estimator, config.select, sel_path, clusters=clusters).chosen
+        clusters = write_clusters(estimator, feat_dir, select_config, clusters_path) if pseudo else None
+        if forward:
+            from gradselect.select import forward_scored
+
+            data = clustered_taskset(taskset, clusters) if pseudo else taskset
+            estimator = forward_scored(estimator, config, data, meta_dir / "adapter", feat_dir,
+                                       run_dir / "source_gradients" / "gradients.safetensors", device=device,
+                                       progress=progress)
+            if config.run.validate_k:
+                from gradselect.validate import forward_gain_error
+
+                estimator.gain_error_ = forward_gain_error(estimator, validation_file)
+        chosen = select_sources(estimator, select_config, sel_path, clusters=clusters).chosen
         n_examples = sum(len(estimator.arrays_.source_rows[n]) for n in chosen)
         compare_subsets(estimator, config.run.compare, cmp_path, size=len(chosen), n_examples=n_examples,
                         features_dir=feat_dir)

@@ -22,6 +22,9 @@ from gradselect.select.result import Selection
 def format_selection(selection: Selection, base_loss: float | None = None) -> str:
     """A plain-text table of a selection: sources ranked, scores, intervals, chosen."""
     lines = [f"method {selection.method}: {len(selection.chosen)} of {len(selection.scores)} sources chosen"]
+    if selection.params.get("forward_passes") is not None:
+        lines[0] += (f" (scored by {selection.params['forward_passes']} dev forward passes at theta* + a "
+                     f"{(selection.params.get('estimator') or {}).get('forward_step', 'sign')} step)")
     width = max([len(n) for n in selection.scores] + [6])
     header = f"  {'source':<{width}}  {'score':>10}"
     if selection.intervals:
@@ -336,6 +339,11 @@ def write_report(run_dir: str | Path) -> Path:
               "chosen. Scores: lower is better (for the ensemble, the mean estimated target dev loss of the "
               "random subsets that contain the source).", ""]
     params = selection.get("params", {})
+    if params.get("forward_passes") is not None:
+        step = (params.get("estimator") or {}).get("forward_step", "sign")
+        lines += [f"Scorer: **forward** — each subset scored by a real forward pass of the target dev split at "
+                  f"theta* + a {step} step of norm {params.get('forward_step_length', float('nan')):.4g} "
+                  f"({params['forward_passes']} passes).", ""]
     if params.get("base_loss") is not None and selection.get("estimated_loss") is not None:
         lines += [f"Estimated target dev loss of the choice: {selection['estimated_loss']:.5f} "
                   f"(meta-initialization: {params['base_loss']:.5f}), on the estimator's own scale: for ranking, "

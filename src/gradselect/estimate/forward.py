@@ -224,25 +224,96 @@ class ForwardPassEstimator:
         return {p: -(torch.sign(m) if self.step == "sign" else m) for p, m in mean.items()}
 
     @torch.no_grad()
-    def estimate(self, subsets, *, length: float | None = None, progress: bool = False) -> np.ndarray:
-        """Dev loss at ``theta* + step`` for each subset (lists of names), shape (n_subsets,)."""
-        from gradselect.estimate.solvers import mean_logistic_loss
+    def outputs(self, names: list[str], *, length: float | None = None) -> np.ndarray:
+        """The output value of each dev example at ``theta* + step`` of a subset, shape (n_dev,)."""
         from gradselect.features.extract import output_values
 
         length = self.length_ if length is None else length
-        out = []
-        for names in tqdm(subsets, desc="forward passes", disable=not progress):
-            d = self.direction(names)
-            norm = float(torch.sqrt(sum((t.double() ** 2).sum() for t in d.values())))
-            scale = length / norm if norm > 0 else 0.0
-            saved = {p: t.detach().clone() for p, t in self.params_.items()}
-            try:
-                for p, t in self.params_.items():
-                    t.add_((d[p] * scale).to(t.device, t.dtype))
-                b = output_values(self.model_, self.tokenizer_, self.dev_, self.tokenize_config_, output=self.output,
-                                  batch_size=self.batch_size)
-            finally:
-                for p, t in self.params_.items():
-                    t.copy_(saved[p])
-            out.append(float(mean_logistic_loss(b)))
-        return np.array(out)
+        d = self.direction(names)
+        norm = float(torch.sqrt(sum((t.double() ** 2).sum() for t in d.values())))
+        scale = length / norm if norm > 0 else 0.0
+        saved = {p: t.detach().clone() for p, t in self.params_.items()}
+        try:
+            for p, t in self.params_.items():
+                t.add_((d[p] * scale).to(t.device, t.dtype))
+            return np.asarray(output_values(self.model_, self.tokenizer_, self.dev_, self.tokenize_config_,
+                                            output=self.output, batch_size=self.batch_size), dtype=float)
+        finally:
+            for p, t in self.params_.items():
+                t.copy_(saved[p])
+
+    def estimate(self, subsets, *, length: float | None = None, progress: bool = False) -> np.ndarray:
+        """Dev loss at ``theta* + step`` for each subset (lists of names), shape (n_subsets,)."""
+        from gradselect.estimate.solvers import mean_logistic_loss
+
+        return np.array([float(mean_logistic_loss(self.outputs(names, length=length)))
+                         for names in tqdm(subsets, desc="forward passes", disable=not progress)])
+
+
+class ForwardScoredEstimator:
+    """A fitted :class:`~gradselect.estimate.SubsetEstimator` whose subset estimates are forward passes.
+
+    Everything but the scores is the wrapped estimator's (its features, sources, config), so every
+    selector and baseline runs on it unchanged: the estimate-based selectors (ensemble, stepwise)
+    rank and choose by forward passes, the feature baselines (grad-sim, KMM, LESS) still read the
+    features. Each subset is passed forward once (cached by its sources), so a rule that estimates
+    the same subset twice (the evidence check re-estimating the choice) costs nothing more.
+
+    Parameters
+    ----------
+    estimator : SubsetEstimator
+        Fitted on the features at theta*.
+    forward : ForwardPassEstimator
+        Fitted on the model at theta* and the per-source gradients there.
+
+    Attributes
+    ----------
+    base_loss_ : float
+        theta*'s dev loss by the forward pass.
+    gain_error_ : float or None
+        The measured RMS error of the forward-scored gain over the target alone on the trust
+        check's subsets (:func:`gradselect.validate.trust.gain_error`), when one ran; the linear
+        estimator's own measured error is not this scorer's, so it is never inherited.
+    n_forward_passes_ : int
+        Forward passes run so far (distinct subsets scored).
+    """
+
+    def __init__(self, estimator, forward: ForwardPassEstimator):
+        if set(forward.source_names_) != set(estimator.source_names_):
+            raise GradselectError(f"the source gradients hold sources {forward.source_names_}, the features "
+                                  f"{estimator.source_names_}: computed for other data")
+        if forward.include_target_train != estimator.config_.include_target_train:
+            raise GradselectError("the forward scorer and the estimator disagree on include_target_train")
+        self.estimator, self.forward_ = estimator, forward
+        self.base_loss_ = forward.base_loss_
+        self.gain_error_: float | None = None
+        self._outputs: dict[tuple[str, ...], np.ndarray] = {}
+        self.progress = False
+
+    def __getattr__(self, name):
+        if name in ("estimator", "forward_", "_outputs"):  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.estimator, name)
+
+    @property
+    def n_forward_passes_(self) -> int:
+        return len(self._outputs)
+
+    def _names(self, subsets) -> list[tuple[str, ...]]:
+        masks = self.estimator.subset_masks(subsets)
+        names = self.estimator.source_names_
+        return [tuple(n for n, m in zip(names, row) if m) for row in masks]
+
+    def predict_logodds(self, subsets) -> np.ndarray:
+        """Output values of the dev examples at each subset's step, shape (n_subsets, n_dev)."""
+        keys = self._names(subsets)
+        todo = [k for k in dict.fromkeys(keys) if k not in self._outputs]
+        for k in tqdm(todo, desc="forward passes", disable=not self.progress):
+            self._outputs[k] = self.forward_.outputs(list(k))
+        return np.stack([self._outputs[k] for k in keys]) if keys else np.zeros((0, len(self.forward_.dev_)))
+
+    def estimate(self, subsets, *, progress: bool = False) -> np.ndarray:
+        """Forward-pass target dev loss of each subset, shape (n_subsets,)."""
+        from gradselect.estimate.solvers import mean_logistic_loss
+
+        return np.array([float(mean_logistic_loss(v)) for v in self.predict_logodds(subsets)])

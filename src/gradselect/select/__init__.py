@@ -22,6 +22,7 @@ from gradselect.select.stage import (
     compare_subsets,
     examples_taskset,
     fitted_estimator,
+    forward_scored,
     select_sources,
     write_clusters,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "compare_subsets",
     "examples_taskset",
     "fitted_estimator",
+    "forward_scored",
     "greedy_forward",
     "select_sources",
     "write_clusters",

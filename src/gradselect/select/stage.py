@@ -37,6 +37,59 @@ def fitted_estimator(estimate_config, select_config, features_dir: Path) -> Subs
     return SubsetEstimator(estimate_config).fit(arrays)
 
 
+def forward_scored(estimator: SubsetEstimator, config, taskset, meta_adapter: Path, features_dir: Path,
+                   gradients_file: Path, *, device: str = "auto", progress: bool = False):
+    """``estimator`` with its subset estimates replaced by forward passes (``[estimate] scorer = "forward"``).
+
+    Loads the model at theta* (``meta_adapter``, which must be the adapter the features were computed
+    at, ``features_dir``), computes the per-source training-loss gradient sums there (one batched backward pass per
+    batch of each source; cached in ``gradients_file``, stamped with the adapter's digest) and returns a
+    :class:`~gradselect.estimate.forward.ForwardScoredEstimator`.
+    """
+    import json
+
+    from gradselect.errors import GradselectError
+    from gradselect.estimate.forward import ForwardPassEstimator, ForwardScoredEstimator, SourceGradients
+    from gradselect.features.extract import folder_digest
+    from gradselect.io import write_json_atomic
+    from gradselect.model import apply_adapter, load_model
+
+    est_cfg = config.estimate
+    digest = folder_digest(meta_adapter)
+    manifest = FeatureStore.open(features_dir).manifest
+    if (manifest.get("adapter") or {}).get("sha256") != digest:
+        raise GradselectError(f"{meta_adapter} is not the adapter the features were computed at (theta*): the "
+                              "forward scorer steps from theta*; pass the meta-initialization's adapter")
+    model, tokenizer = load_model(config.model, device=device)
+    model = apply_adapter(model, config.adapter, init_adapter=meta_adapter)
+    gradients_file = Path(gradients_file)
+    stamp = gradients_file.with_name(gradients_file.name + ".identity.json")
+    squares = est_cfg.forward_step == "adam"
+    identity = {"adapter_sha256": digest, "data": taskset.fingerprint(), "squares": squares,
+                "tokenize": config.tokenize.model_dump(mode="json")}
+    gradients = None
+    if gradients_file.exists() and stamp.exists():
+        try:
+            if json.loads(stamp.read_text()) == identity:
+                gradients = SourceGradients.load(gradients_file)
+        except (OSError, ValueError):
+            gradients = None
+    if gradients is None:
+        gradients = SourceGradients.compute(model, tokenizer, taskset, config.tokenize, squares=squares,
+                                            progress=progress)
+        gradients_file.parent.mkdir(parents=True, exist_ok=True)
+        gradients.save(gradients_file)
+        write_json_atomic(stamp, identity)
+    forward = ForwardPassEstimator(est_cfg.forward_step, length_fraction=est_cfg.forward_length_fraction,
+                                   include_target_train=est_cfg.include_target_train,
+                                   output=manifest.get("output_function", "log_odds"),
+                                   train_batch_size=config.train.batch_size)
+    forward.fit(model, tokenizer, gradients, taskset.target_dev.examples, config.tokenize)
+    scored = ForwardScoredEstimator(estimator, forward)
+    scored.progress = progress
+    return scored
+
+
 def select_sources(estimator: SubsetEstimator, select_config, out: Path, *, clusters: dict | None = None) -> Selection:
     """Choose sources with ``[select]``'s method on a fitted estimator; write ``out`` (selection.json).
 
@@ -46,6 +99,9 @@ def select_sources(estimator: SubsetEstimator, select_config, out: Path, *, clus
     selection = select_config.make_selector().select(estimator)
     selection.params["base_loss"] = estimator.base_loss_
     selection.params["estimator"] = estimator.config_.model_dump(mode="json")
+    if hasattr(estimator, "forward_"):
+        selection.params["forward_passes"] = estimator.n_forward_passes_
+        selection.params["forward_step_length"] = estimator.forward_.length_
     if hasattr(estimator, "surrogate_"):
         selection.params["residual_surrogate"] = {"validated_subsets": len(estimator.surrogate_.masks_)}
     if clusters is not None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from gradselect.errors import GradselectError
-from gradselect.io import write_json_atomic
+from gradselect.io import read_json_artifact, write_json_atomic
 from gradselect.validate.truth import measure_truth, truth_key
 
 VALIDATION_VERSION = 1
@@ -123,6 +123,8 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
     # The trust check's own evidence: its best measured subset against the target alone, beyond noise?
     seed_runs = [[primary[i]] + ([runs[len(subsets) + i]] if i < len(repeat_pairs) else [])
                  for i in range(len(primary))]
+    for entry, rs in zip(report["subsets"], seed_runs):
+        entry["true_losses"] = [x["loss"] for x in rs]  # every seed (true_loss is the first one's)
     report["measured_choice"] = measured_choice(
         [r["sources"] for r in primary], [[x["loss"] for x in rs] for rs in seed_runs],
         [np.mean([x["example_losses"] for x in rs], axis=0) if all(x.get("example_losses") for x in rs) else None
@@ -192,6 +194,26 @@ def gain_error(estimated, true, subsets: list[list[str]], *, reference: float | 
     if noise is not None:
         mse = max(0.0, mse - float(np.mean(np.delete(np.asarray(noise, dtype=float), a))))
     return float(np.sqrt(mse))
+
+
+def forward_gain_error(scorer, validation_file: Path) -> float | None:
+    """RMS error of the forward scorer's gain over the target alone on the trust check's subsets.
+
+    The forward scorer (:class:`~gradselect.estimate.forward.ForwardScoredEstimator`) has nothing
+    fitted on the validated subsets, so its estimates of them are held out as they are: one forward
+    pass per validated subset, against the seed-mean truth, net of the truth's seed noise
+    (:func:`gain_error`). None when ``validation_file`` has no target-alone subset.
+    """
+    report = read_json_artifact(Path(validation_file), redo="rerun the trust check (--force validate)")
+    try:
+        subsets = [list(s["sources"]) for s in report["subsets"]]
+        losses = [[float(x) for x in s.get("true_losses") or [s["true_loss"]]] for s in report["subsets"]]
+    except (KeyError, TypeError, ValueError) as err:
+        raise GradselectError(f"{validation_file}: malformed subsets ({err}); rerun the trust check "
+                              "(--force validate)") from None
+    estimated = scorer.estimate(subsets)
+    true = np.array([np.mean(x) for x in losses])
+    return gain_error(estimated, true, subsets, noise=seed_noise(subsets, losses))
 
 
 def seed_noise(subsets: list[list[str]], losses: list[list[float]]) -> np.ndarray | None:
