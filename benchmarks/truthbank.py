@@ -12,6 +12,7 @@ re-scored against it without retraining.
     python benchmarks/fidelity.py score --bank benchmarks/truth/planted12.json     # = truthbank.py score
     python benchmarks/fidelity.py score --bank benchmarks/truth/planted12.json --features adam,softmin   # + other features
     python benchmarks/truthbank.py build bbh12 --run-dir runs/bank-bbh12          # BIG-Bench-Hard, 12 sources
+    python benchmarks/truthbank.py choose --bank benchmarks/truth/planted12.json  # the product's choice, measured
     python benchmarks/truthbank.py build planted12 --run-dir runs/bank-planted12-cuda --device cuda \
         --bank benchmarks/truth/planted12-cuda.json   # a GPU bank: its own theta*, so its own file
 
@@ -358,10 +359,11 @@ def _variants(arrays, subsets, true, base_true, norms):
 
 
 def _forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, base_true, norms, device,
-                      only=None, loo_lengths: bool = True):
+                      only=None, loo_lengths: bool = True, fractions=()):
     """Parameter-space steps scored by real forward passes at theta* + step (gradselect.estimate.forward):
-    the steps named in ``only`` (default: all), each at its default length and, with ``loo_lengths``, at the
-    median displacement the other fine-tunes measured (one more pass per subset)."""
+    the steps named in ``only`` (default: all), each at its default length, at each of ``fractions`` x
+    |theta*| (one more pass per subset each) and, with ``loo_lengths``, at the median displacement the
+    other fine-tunes measured (one more pass per subset)."""
     from gradselect.estimate.forward import ForwardPassEstimator, SourceGradients
     from gradselect.model import apply_adapter, load_model
     from gradselect.validate.fidelity import loo_affine
@@ -405,6 +407,9 @@ def _forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, bas
         out[f"forward pass, {step} step, default length"] = default
         out[f"forward pass, {step} step, default length + LOO level"] = loo_affine(default, true, est.base_loss_,
                                                                                   base_true)
+        for f in fractions:
+            out[f"forward pass, {step} step, length {f:g} |theta*|"] = np.array(
+                [cached(est, step, s, f * est.param_norm_) for s in subsets])
         if loo_lengths and kind != "adam" and all(x is not None for x in norms):
             # Length = the median displacement the *other* real fine-tunes measured (projected norms,
             # which the projection keeps close to the parameter-space norm).
@@ -797,7 +802,8 @@ def score_bank(args) -> int:
     if args.forward:
         only = [x.strip() for x in args.forward_steps.split(",")] if args.forward_steps else None
         variants.update(_forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, base_true, norms,
-                                          args.device, only=only, loo_lengths=not args.forward_default_length))
+                                          args.device, only=only, loo_lengths=not args.forward_default_length,
+                                          fractions=[float(x) for x in (args.forward_lengths or "").split(",") if x]))
     ce_variants = {}
     if args.features:
         chosen = [c.strip() for c in args.features.split(",")] if args.features != "all" else list(FEATURE_VARIANTS)
@@ -809,11 +815,17 @@ def score_bank(args) -> int:
                                               true, true_ce, base_true, bank["theta_star"]["token_ce"], chosen)
         variants.update(more)
     scores = {}
+    alone_at = next((i for i, x in enumerate(subsets) if not x), None)
     for name, est in variants.items():
         m = score(est, true, base_estimated=base_est, base_true=base_true)
         m["r2_change"] = m["skill_of_change"]
         m["ceiling_spearman"] = ceiling["ceiling_spearman"]
         m["spearman_vs_token_ce_truth"] = float(spearmanr(est, true_ce)[0])
+        # Where the target alone stands by this estimate (1 = lowest), against its true rank: the comparison
+        # the selection's evidence check makes.
+        if alone_at is not None:
+            m["target_alone_rank"] = int(np.argsort(np.argsort(est))[alone_at]) + 1
+            m["target_alone_true_rank"] = int(np.argsort(np.argsort(true))[alone_at]) + 1
         scores[name] = m
     scores_ce = {}
     for name, est in ce_variants.items():
@@ -831,7 +843,8 @@ def score_bank(args) -> int:
     forward_at_k = {}
     if args.forward and len(records) >= 10:
         fixed = {"linear, default radius": variants["trust_region, default radius"]}
-        fixed.update({k: v for k, v in variants.items() if k.startswith("forward pass") and k.endswith("default length")})
+        fixed.update({k: v for k, v in variants.items()
+                      if k.startswith("forward pass") and (k.endswith("default length") or k.endswith("|theta*|"))})
         forward_at_k = _surrogate_at_k(fixed, arrays.source_names, subsets, true)
     # What the ensemble selector ranks sources by, from each fixed estimate (no fitting to the truth).
     ranked = {k: v for k, v in variants.items() if "LOO" not in k and "kernel ridge" not in k}
@@ -966,6 +979,131 @@ def _theta_star_loss(config, taskset, adapter, device) -> dict:
     return {"loss": float(mean_logistic_loss(b)), "token_ce": target_loss(model, tok, dev, config.tokenize).loss}
 
 
+def choose(args) -> int:
+    """The product's own selection on a bank's theta* and features, and what its choice is worth there.
+
+    Per scorer (``linear``, ``forward``) and selection seed: a trust check of ``--trust-k`` bank subsets
+    (all sources, the target alone and random others, seeded) gives the scorer's measured gain error,
+    then :func:`gradselect.select.select_sources` chooses with the suite's ``[select]`` config (the
+    ensemble, best prefix, evidence margin) exactly as ``gradselect run`` does. A chosen subset the
+    bank lacks is fine-tuned from theta* with the bank's seeds (kept in ``SUITE.choices.json``, apart from
+    the bank's random subsets). Reported: the choice's true loss against the target alone's (seed-noise
+    interval) and its rank among the bank's subsets.
+    """
+    from scipy.stats import norm
+
+    from gradselect.io import write_json_atomic
+    from gradselect.select import fitted_estimator, forward_scored, select_sources
+    from gradselect.validate import measure_truth, truth_key
+    from gradselect.validate.trust import _seed_variance, gain_error, seed_noise
+
+    bank_path = Path(args.bank)
+    bank = json.loads(bank_path.read_text())
+    suite = bank["suite"]
+    config = SUITES[suite]()
+    run_dir = Path(args.run_dir or f"runs/bank-{suite}")
+    taskset, meta_adapter, store = prepare(config, run_dir, args.device)
+    usable, _ = _check_identity(bank, _identity(store, meta_adapter), bank_path, False)
+    if not usable:
+        return 2
+    import torch
+
+    torch.set_num_threads(args.threads)  # forward passes need no bitwise theta*: share the cores with a build
+    truth_train = config.train.model_copy(update={"max_steps": TRUTH_STEPS})
+    records = [r for r in bank["subsets"] if len(r["losses"]) >= 2]
+    by_subset = {tuple(sorted(r["sources"])): r for r in records}
+    # Fine-tunes of chosen subsets the bank lacks: kept in the choices file (the bank file has one writer,
+    # build, which may be running), re-used by a later call.
+    out_path = bank_path.with_name(bank_path.stem + ".choices.json")
+    previous = json.loads(out_path.read_text()) if out_path.exists() else {}
+    choices = previous.get("fine_tuned_choices", [])
+    by_choice = {tuple(sorted(r["sources"])): r for r in choices}
+    seed_var = _seed_variance([r["losses"] for r in records])
+    alone = by_subset[()]
+    bank_means = np.array([np.mean(r["losses"]) for r in records])
+    fixed = [i for i, r in enumerate(records) if len(r["sources"]) in (0, len(bank["sources"]))]
+    others = [i for i in range(len(records)) if i not in fixed]
+
+    def truth_of(subset):
+        key = tuple(sorted(subset))
+        if key in by_subset:
+            return by_subset[key]["losses"], "bank"
+        record = by_choice.get(key)
+        if record is None:
+            record = {"sources": sorted(subset), "seeds": [], "losses": []}
+            choices.append(record)
+            by_choice[key] = record
+        for seed in range(2):
+            if seed in record["seeds"]:
+                continue
+            cfg = truth_train.model_copy(update={"seed": seed})
+            folder = run_dir / "truth" / truth_key(config, taskset, sorted(subset), cfg, meta_adapter)
+            t = measure_truth(config, taskset, sorted(subset), folder, train_config=cfg, init_adapter=meta_adapter,
+                              store=store, device=args.device, progress=False)
+            record["seeds"].append(seed)
+            record["losses"].append(t["loss"])
+            write_json_atomic(out_path, previous | {"fine_tuned_choices": choices})
+        return record["losses"], "fine-tuned for this check"
+
+    rows = []
+    for scorer in args.scorers.split(","):
+        est_cfg = config.estimate.model_copy(update={"scorer": scorer})
+        cfg = config.model_copy(update={"estimate": est_cfg})
+        estimator = fitted_estimator(est_cfg, cfg.select_config(), run_dir / "features")
+        if scorer == "forward":
+            estimator = forward_scored(estimator, cfg, taskset, meta_adapter, run_dir / "features",
+                                       run_dir / "source_gradients" / "product.safetensors", device=args.device,
+                                       progress=True)
+        for seed in range(args.seeds):
+            rng = np.random.default_rng([seed, 17])
+            trust = fixed + list(rng.choice(others, size=args.trust_k - len(fixed), replace=False))
+            subsets = [records[i]["sources"] for i in trust]
+            losses = [records[i]["losses"] for i in trust]
+            estimator.gain_error_ = gain_error(estimator.estimate(subsets), np.array([np.mean(x) for x in losses]),
+                                               subsets, noise=seed_noise(subsets, losses))
+            select_config = cfg.select_config().model_copy(update={"seed": seed})
+            out = run_dir / "choices" / f"{scorer}-seed{seed}.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            start = time.perf_counter()
+            sel = select_sources(estimator, select_config, out)
+            seconds = time.perf_counter() - start
+            ranking = sorted(sel.scores, key=sel.scores.get)
+            prefix = sel.params.get("prefix_losses")
+            best_prefix = ranking[: int(np.argmin(prefix)) + 1] if prefix else None
+            true, where = truth_of(sel.chosen)
+            diff = float(np.mean(true) - np.mean(alone["losses"]))
+            se = float(np.sqrt(seed_var * (1 / len(true) + 1 / len(alone["losses"])))) if sel.chosen else 0.0
+            z = float(norm.ppf(0.975))
+            ev = sel.params.get("evidence") or {}
+            rows.append({
+                "scorer": scorer, "select_seed": seed, "chosen": sel.chosen, "n_chosen": len(sel.chosen),
+                "trust_k": args.trust_k, "gain_error": estimator.gain_error_,
+                "estimated_gain": ev.get("gain"), "margin": ev.get("margin"),
+                "kept": bool(sel.chosen), "best_prefix": best_prefix, "ranking": ranking,
+                "true_losses": true, "truth_from": where,
+                "true_minus_target_alone": diff, "true_minus_target_alone_ci95": [diff - z * se, diff + z * se],
+                # 1 = the lowest seed-mean loss among the bank's subsets (ties to the bank's own entry).
+                "rank_in_bank": int(np.sum(bank_means < np.mean(true) - 1e-12)) + 1, "n_bank": len(records),
+                "forward_passes": sel.params.get("forward_passes"), "select_seconds": seconds,
+            })
+            r = rows[-1]
+            print(f"{scorer} seed {seed}: chose {r['chosen'] or 'no source'} (best prefix {r['best_prefix']}, "
+                  f"estimated gain {r['estimated_gain']}, margin {r['margin']}); true {np.mean(true):.4f} vs target "
+                  f"alone {np.mean(alone['losses']):.4f}: {diff:+.4f} [{r['true_minus_target_alone_ci95'][0]:+.4f}, "
+                  f"{r['true_minus_target_alone_ci95'][1]:+.4f}], rank {r['rank_in_bank']} of {len(records)}",
+                  flush=True)
+    best = int(np.argmin(bank_means))
+    out = {"bank": str(bank_path), "suite": suite, "n_bank_subsets": len(records),
+           "command": "python benchmarks/truthbank.py " + " ".join(sys.argv[1:]),
+           "date": datetime.date.today().isoformat(),
+           "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores",
+           "target_alone_losses": alone["losses"], "best_bank_subset": records[best]["sources"],
+           "best_bank_loss": float(bank_means[best]), "seed_variance": seed_var, "rows": rows,
+           "fine_tuned_choices": choices}
+    write_json_atomic(out_path, out)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -989,14 +1127,24 @@ def main(argv=None) -> int:
     sc.add_argument("--forward", action="store_true",
                     help="also score forward-pass variants (one dev forward pass per subset and variant)")
     sc.add_argument("--forward-steps", help="with --forward: only these steps (comma list of sign, normalized, adam)")
+    sc.add_argument("--forward-lengths", metavar="FRACTIONS",
+                    help="with --forward: also these step lengths, as fractions of |theta*| (comma list)")
     sc.add_argument("--forward-default-length", action="store_true",
                     help="with --forward: the default step length only (no pass at the measured displacement)")
     sc.add_argument("--features", nargs="?", const="all", metavar="NAMES",
                     help="also score estimators on other features of the same theta*: comma-separated among "
                          f"{', '.join(FEATURE_VARIANTS)} (Adam-preconditioned, projection seeds 1-2, soft-minimum "
                          "functional), or all (the default); one featurization each, cached in the run folder")
+    ch = sub.add_parser("choose", help="run the product's selection on a bank's theta* and measure its choice")
+    ch.add_argument("--bank", required=True)
+    ch.add_argument("--run-dir", help="cache of theta* and features (default runs/bank-SUITE)")
+    ch.add_argument("--device", default="auto")
+    ch.add_argument("--scorers", default="linear,forward", help="comma list of linear, forward")
+    ch.add_argument("--seeds", type=int, default=3, help="selection seeds (ensemble draws and trust checks)")
+    ch.add_argument("--trust-k", type=int, default=8, help="bank subsets in each simulated trust check")
+    ch.add_argument("--threads", type=int, default=BANK_THREADS, help="torch threads")
     args = p.parse_args(argv)
-    return build(args) if args.command == "build" else score_bank(args)
+    return {"build": build, "score": score_bank, "choose": choose}[args.command](args)
 
 
 if __name__ == "__main__":
