@@ -150,6 +150,11 @@ def test_run_with_the_forward_scorer_selects_by_real_forward_passes(tmp_path, ca
     assert again["chosen"] == sel["chosen"] and np.isclose(again["estimated_loss"], sel["estimated_loss"], rtol=1e-6)
     assert again["params"]["evidence"]["measured_error"] == pytest.approx(ev["measured_error"], rel=1e-6)
     assert gradients.stat().st_mtime_ns == stamp
+    # Without the trust check's calibration beside the features: a warning, and no measured error.
+    (run_dir / "calibration.json").rename(tmp_path / "calibration.json")
+    with pytest.warns(UserWarning, match="without a trust check"):
+        assert main(["select", str(cfg), "--features", str(run_dir / "features"), "-o", str(out), "-q"]) == 0
+    assert json.loads(out.read_text())["params"]["evidence"]["measured_error"] is None
     # Without data the forward scorer cannot pass the dev split through the model: a clear error.
     bare = tmp_path / "bare.toml"
     bare.write_text('[estimate]\nscorer = "forward"\n')

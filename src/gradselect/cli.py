@@ -471,6 +471,11 @@ def _forward_scored(config, estimator, args):
     calib = read_calibration(Path(args.features).parent / "calibration.json", FeatureStore.open(args.features).manifest)
     if calib and calib.get("validation") and Path(calib["validation"]).exists():
         scored.gain_error_ = forward_gain_error(scored, Path(calib["validation"]))
+    else:
+        warnings.warn("the forward scorer without a trust check (no calibration.json beside the features): the "
+                      "evidence margin then allows only for dev-example noise, while on our bank the forward scorer "
+                      "estimated the target alone worst where it was second best; run gradselect validate first",
+                      UserWarning, stacklevel=2)
     return scored
 
 

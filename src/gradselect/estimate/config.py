@@ -64,10 +64,12 @@ class EstimateConfig(StrictConfig):
     (thousands of subsets per second). ``forward``: a step in the trainable parameters themselves,
     from per-source sums of the training-loss gradient at theta*, scored by a real forward pass on the
     target dev split at theta* + step (:mod:`gradselect.estimate.forward`): one dev forward pass per
-    subset, so the ensemble samples fewer subsets (``[select] n_subsets`` defaults to 32 with it). On
-    our 12-source bank it ordered the sources with Spearman 0.87 against real fine-tunes where the
-    linear scorer reached 0.24 (benchmarks/README.md). Needs the model: ``gradselect run``, or
-    ``gradselect select --adapter`` with a ``[data]`` section."""
+    subset, so the ensemble samples fewer subsets (``[select] n_subsets`` defaults to 64 with it). On
+    our 12-source bank its source scores predicted real fine-tunes' on other subsets as well as those
+    fine-tunes predict themselves (split half 0.50; linear 0.09), but it estimated the target alone
+    worst where it is second best: use it with a trust check (``[run] validate_k``), whose measured
+    gain error the evidence margin then allows for (docs/results.md). Needs the model: ``gradselect
+    run``, or ``gradselect select`` with a ``[data]`` section and theta*'s adapter."""
     forward_step: Literal["sign", "normalized", "adam"] = "sign"
     """Forward scorer: the step's shape (``sign``: every coordinate moved alike against the sign of the
     subset's mean gradient, the shape of AdamW's first steps; see :mod:`gradselect.estimate.forward`)."""
