@@ -150,6 +150,17 @@ def test_run_with_the_forward_scorer_selects_by_real_forward_passes(tmp_path, ca
     assert again["chosen"] == sel["chosen"] and np.isclose(again["estimated_loss"], sel["estimated_loss"], rtol=1e-6)
     assert again["params"]["evidence"]["measured_error"] == pytest.approx(ev["measured_error"], rel=1e-6)
     assert gradients.stat().st_mtime_ns == stamp
+    # gradselect estimate with the forward scorer: the same forward pass for the same subset.
+    subsets = tmp_path / "subsets.json"
+    subsets.write_text(json.dumps([sel["chosen"], []]))
+    table = tmp_path / "again" / "estimates.csv"
+    assert main(["estimate", str(cfg), "--features", str(run_dir / "features"), "--subsets", str(subsets),
+                 "-o", str(table), "-q"]) == 0
+    import pyarrow.csv as pacsv
+
+    est = pacsv.read_csv(table).column("estimated_loss").to_pylist()
+    assert np.isclose(est[0], sel["estimated_loss"], rtol=1e-6)
+    assert "scorer forward" in capsys.readouterr().out
     # Without the trust check's calibration beside the features: a warning, and no measured error.
     (run_dir / "calibration.json").rename(tmp_path / "calibration.json")
     with pytest.warns(UserWarning, match="without a trust check"):

@@ -57,6 +57,11 @@ def _add_features_inputs(p: argparse.ArgumentParser) -> None:
                    help="override [estimate].rank (lowrank solver; the exact solver's preconditioner)")
     p.add_argument("--radius", dest="estimate_radius", type=float, help="override [estimate].radius")
     p.add_argument("--lam", dest="estimate_lam", type=float, help="override [estimate].lam")
+    p.add_argument("--scorer", dest="estimate_scorer", choices=["linear", "forward"],
+                   help="override [estimate].scorer: forward scores each subset by a real dev forward pass at "
+                   "theta* + step (needs [data] and the meta-initialization's adapter)")
+    p.add_argument("--adapter", type=Path,
+                   help="with the forward scorer: theta*'s adapter (default: FEATURES/../meta_init/adapter)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "estimate",
-        help="estimated target loss of subsets of sources (no training, no forward pass)",
+        help="estimated target loss of subsets of sources (no training)",
         description="Estimate, from a feature store, the target dev loss that fine-tuning on each subset of "
         "sources would reach. Subsets come from --subsets (JSON list of lists of names, or one comma-separated "
         "line per subset) or are sampled (--n-subsets, --alpha, --seed). Writes a Parquet or CSV table.",
@@ -163,11 +168,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "by which the choice's estimate must fall below the target alone's")
     p.add_argument("--pseudo-sources", dest="select_pseudo_sources", type=int,
                    help="cluster source rows into this many pseudo-sources first")
-    p.add_argument("--scorer", dest="estimate_scorer", choices=["linear", "forward"],
-                   help="override [estimate].scorer: forward scores each subset by a real dev forward pass at "
-                   "theta* + step (needs [data] and the meta-initialization's adapter)")
-    p.add_argument("--adapter", type=Path,
-                   help="with the forward scorer: theta*'s adapter (default: FEATURES/../meta_init/adapter)")
     p.add_argument("-o", "--output", type=Path, help="selection JSON to write (default: FEATURES/../selection.json)")
     p.add_argument("--force", action="store_true",
                    help="overwrite the selection.json of a gradselect run folder (which its select stage wrote)")
@@ -487,17 +487,20 @@ def cmd_estimate(args) -> int:
         raise GradselectError(f"{args.output}: output must end in .parquet or .csv")
     config = resolve_config(args, need_data=False)
     est = _estimator(config, args.features)
+    if config.estimate.scorer == "forward":
+        est = _forward_scored(config, est, args)
     names = est.source_names_
     if args.subsets is not None:
         subsets = _read_subsets(args.subsets, names)
         masks = est.subset_masks(subsets) if subsets else np.zeros((0, len(names)), dtype=bool)
     else:
-        sel = config.select
+        sel = config.select_config()
         masks = EnsembleSelector(n_subsets=sel.n_subsets, alpha=sel.alpha, seed=sel.seed).sample_subsets(len(names))
     table = write_estimates(est, masks, args.output, progress=not args.quiet)
-    print(f"estimated {table.num_rows} subsets of {len(names)} sources "
-          f"(mode {est.config_.mode}, solver {est.config_.solver}; meta-initialization {est.base_loss_:.4f}); "
-          f"table: {args.output}")
+    how = ("scorer forward: dev forward passes at theta* + a " f"{config.estimate.forward_step} step"
+           if config.estimate.scorer == "forward" else f"mode {est.config_.mode}, solver {est.config_.solver}")
+    print(f"estimated {table.num_rows} subsets of {len(names)} sources ({how}; meta-initialization "
+          f"{est.base_loss_:.4f}); table: {args.output}")
     return 0
 
 

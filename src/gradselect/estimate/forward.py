@@ -304,11 +304,11 @@ class ForwardScoredEstimator:
         names = self.estimator.source_names_
         return [tuple(n for n, m in zip(names, row) if m) for row in masks]
 
-    def predict_logodds(self, subsets) -> np.ndarray:
+    def predict_logodds(self, subsets, *, progress: bool = False) -> np.ndarray:
         """Output values of the dev examples at each subset's step, shape (n_subsets, n_dev)."""
         keys = self._names(subsets)
         todo = [k for k in dict.fromkeys(keys) if k not in self._outputs]
-        for k in tqdm(todo, desc="forward passes", disable=not self.progress):
+        for k in tqdm(todo, desc="forward passes", disable=not (self.progress or progress)):
             self._outputs[k] = self.forward_.outputs(list(k))
         return np.stack([self._outputs[k] for k in keys]) if keys else np.zeros((0, len(self.forward_.dev_)))
 
@@ -316,4 +316,4 @@ class ForwardScoredEstimator:
         """Forward-pass target dev loss of each subset, shape (n_subsets,)."""
         from gradselect.estimate.solvers import mean_logistic_loss
 
-        return np.array([float(mean_logistic_loss(v)) for v in self.predict_logodds(subsets)])
+        return np.array([float(mean_logistic_loss(v)) for v in self.predict_logodds(subsets, progress=progress)])
