@@ -140,6 +140,9 @@ def test_run_with_the_forward_scorer_selects_by_real_forward_passes(tmp_path, ca
     gradients = run_dir / "source_gradients" / "gradients.safetensors"
     assert gradients.exists()
     stamp = gradients.stat().st_mtime_ns
+    passes = run_dir / "source_gradients" / "forward_outputs.json"
+    assert len(json.loads(passes.read_text())["outputs"]) == sel["params"]["forward_passes"]
+    passes_stamp = passes.stat().st_mtime_ns
 
     # The CLI verb on the same features: the same choice; the cached source gradients are reused.
     out = tmp_path / "again" / "selection.json"
@@ -150,6 +153,7 @@ def test_run_with_the_forward_scorer_selects_by_real_forward_passes(tmp_path, ca
     assert again["chosen"] == sel["chosen"] and np.isclose(again["estimated_loss"], sel["estimated_loss"], rtol=1e-6)
     assert again["params"]["evidence"]["measured_error"] == pytest.approx(ev["measured_error"], rel=1e-6)
     assert gradients.stat().st_mtime_ns == stamp
+    assert passes.stat().st_mtime_ns == passes_stamp  # every subset's pass read back, none run again
     # gradselect estimate with the forward scorer: the same forward pass for the same subset.
     subsets = tmp_path / "subsets.json"
     subsets.write_text(json.dumps([sel["chosen"], []]))

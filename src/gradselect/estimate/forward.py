@@ -278,7 +278,8 @@ class ForwardScoredEstimator:
         Forward passes run so far (distinct subsets scored).
     """
 
-    def __init__(self, estimator, forward: ForwardPassEstimator):
+    def __init__(self, estimator, forward: ForwardPassEstimator, *, cache_file: Path | None = None,
+                 cache_identity: dict | None = None):
         if set(forward.source_names_) != set(estimator.source_names_):
             raise GradselectError(f"the source gradients hold sources {forward.source_names_}, the features "
                                   f"{estimator.source_names_}: computed for other data")
@@ -288,16 +289,29 @@ class ForwardScoredEstimator:
         self.base_loss_ = forward.base_loss_
         self.gain_error_: float | None = None
         self._outputs: dict[tuple[str, ...], np.ndarray] = {}
+        self._used: set[tuple[str, ...]] = set()
         self.progress = False
+        # Passes of an earlier call with the same theta*, gradients, step and dev split: a rerun that only
+        # changes the rule or margin passes nothing forward again.
+        self.cache_file, self.cache_identity = (Path(cache_file) if cache_file else None), cache_identity
+        if self.cache_file is not None and self.cache_file.exists():
+            try:
+                saved = json.loads(self.cache_file.read_text())
+                if saved.get("identity") == cache_identity:
+                    self._outputs = {tuple(k.split(";")) if k else (): np.asarray(v, dtype=float)
+                                     for k, v in saved["outputs"].items()}
+            except (OSError, ValueError, KeyError, AttributeError):
+                self._outputs = {}  # a corrupt cache is recomputed
 
     def __getattr__(self, name):
-        if name in ("estimator", "forward_", "_outputs"):  # not set yet (copy, unpickling): no recursion
+        if name in ("estimator", "forward_", "_outputs", "_used"):  # not set yet (copy, unpickling): no recursion
             raise AttributeError(name)
         return getattr(self.estimator, name)
 
     @property
     def n_forward_passes_(self) -> int:
-        return len(self._outputs)
+        """Distinct subsets scored by this estimator (passed forward now or read back from the cache)."""
+        return len(self._used)
 
     def _names(self, subsets) -> list[tuple[str, ...]]:
         masks = self.estimator.subset_masks(subsets)
@@ -307,9 +321,15 @@ class ForwardScoredEstimator:
     def predict_logodds(self, subsets, *, progress: bool = False) -> np.ndarray:
         """Output values of the dev examples at each subset's step, shape (n_subsets, n_dev)."""
         keys = self._names(subsets)
+        self._used.update(keys)
         todo = [k for k in dict.fromkeys(keys) if k not in self._outputs]
         for k in tqdm(todo, desc="forward passes", disable=not (self.progress or progress)):
             self._outputs[k] = self.forward_.outputs(list(k))
+            if self.cache_file is not None:
+                from gradselect.io import write_json_atomic
+
+                write_json_atomic(self.cache_file, {"identity": self.cache_identity, "outputs": {
+                    ";".join(n): v.tolist() for n, v in self._outputs.items()}})
         return np.stack([self._outputs[k] for k in keys]) if keys else np.zeros((0, len(self.forward_.dev_)))
 
     def estimate(self, subsets, *, progress: bool = False) -> np.ndarray:

@@ -44,7 +44,8 @@ def forward_scored(estimator: SubsetEstimator, config, taskset, meta_adapter: Pa
     Loads the model at theta* (``meta_adapter``, which must be the adapter the features were computed
     at, ``features_dir``), computes the per-source training-loss gradient sums there (one batched backward pass per
     batch of each source; cached in ``gradients_file``, stamped with the adapter's digest) and returns a
-    :class:`~gradselect.estimate.forward.ForwardScoredEstimator`.
+    :class:`~gradselect.estimate.forward.ForwardScoredEstimator` whose forward passes are cached beside it
+    (``forward_outputs.json``, for the same theta*, gradients, step and dev split).
     """
     import json
 
@@ -85,7 +86,13 @@ def forward_scored(estimator: SubsetEstimator, config, taskset, meta_adapter: Pa
                                    output=manifest.get("output_function", "log_odds"),
                                    train_batch_size=config.train.batch_size)
     forward.fit(model, tokenizer, gradients, taskset.target_dev.examples, config.tokenize)
-    scored = ForwardScoredEstimator(estimator, forward)
+    outputs_identity = identity | {"step": est_cfg.forward_step, "length": forward.length_, "output": forward.output,
+                                   "include_target_train": forward.include_target_train,
+                                   "train_batch_size": forward.train_batch_size,
+                                   "model": config.model.model_dump(mode="json"),
+                                   "adapter": config.adapter.model_dump(mode="json")}
+    scored = ForwardScoredEstimator(estimator, forward, cache_file=gradients_file.with_name("forward_outputs.json"),
+                                    cache_identity=outputs_identity)
     scored.progress = progress
     return scored
 
