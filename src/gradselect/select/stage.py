@@ -67,7 +67,8 @@ def forward_scored(estimator: SubsetEstimator, config, taskset, meta_adapter: Pa
     stamp = gradients_file.with_name(gradients_file.name + ".identity.json")
     squares = est_cfg.forward_step == "adam"
     identity = {"adapter_sha256": digest, "data": taskset.fingerprint(), "squares": squares,
-                "tokenize": config.tokenize.model_dump(mode="json")}
+                "tokenize": config.tokenize.model_dump(mode="json"), "model": config.model.model_dump(mode="json"),
+                "adapter": config.adapter.model_dump(mode="json")}
     gradients = None
     if gradients_file.exists() and stamp.exists():
         try:
@@ -88,9 +89,7 @@ def forward_scored(estimator: SubsetEstimator, config, taskset, meta_adapter: Pa
     forward.fit(model, tokenizer, gradients, taskset.target_dev.examples, config.tokenize)
     outputs_identity = identity | {"step": est_cfg.forward_step, "length": forward.length_, "output": forward.output,
                                    "include_target_train": forward.include_target_train,
-                                   "train_batch_size": forward.train_batch_size,
-                                   "model": config.model.model_dump(mode="json"),
-                                   "adapter": config.adapter.model_dump(mode="json")}
+                                   "train_batch_size": forward.train_batch_size}
     scored = ForwardScoredEstimator(estimator, forward, cache_file=gradients_file.with_name("forward_outputs.json"),
                                     cache_identity=outputs_identity)
     scored.progress = progress
