@@ -472,9 +472,10 @@ def _forward_scored(config, estimator, args):
     if calib and calib.get("validation") and Path(calib["validation"]).exists():
         scored.gain_error_ = forward_gain_error(scored, Path(calib["validation"]))
     else:
-        warnings.warn("the forward scorer without a trust check (no calibration.json beside the features): the "
-                      "evidence margin then allows only for dev-example noise, while on our bank the forward scorer "
-                      "estimated the target alone worst where it was second best; run gradselect validate first",
+        from gradselect.select.stage import FORWARD_WITHOUT_TRUST_CHECK
+
+        warnings.warn(FORWARD_WITHOUT_TRUST_CHECK.format(why="no calibration.json beside the features",
+                                                         fix="run gradselect validate first"),
                       UserWarning, stacklevel=2)
     return scored
 

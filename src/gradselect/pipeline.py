@@ -51,12 +51,6 @@ from gradselect.io import (content_key, file_digest, path_digest, read_json_arti
 
 log = logging.getLogger(__name__)
 
-#: Why the forward scorer wants a trust check (measured on the planted12 bank, docs/results.md).
-FORWARD_WITHOUT_TRUST_CHECK = (
-    "[estimate] scorer = 'forward' without a trust check ([run] validate_k = 0): the evidence margin then allows "
-    "only for dev-example noise, while on our bank the forward scorer estimated the target alone worst where it "
-    "was second best (a measured gain error of 0.9-1.0 that only a trust check reveals); set [run] validate_k")
-
 STAGES = ("meta_init", "features", "validate", "select", "conventional", "final", "evaluate", "report")
 
 
@@ -309,6 +303,7 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
         clusters = write_clusters(estimator, feat_dir, select_config, clusters_path) if pseudo else None
         if forward:
             from gradselect.select import forward_scored
+            from gradselect.select.stage import FORWARD_WITHOUT_TRUST_CHECK
 
             data = clustered_taskset(taskset, clusters) if pseudo else taskset
             estimator = forward_scored(estimator, config, data, meta_dir / "adapter", feat_dir,
@@ -319,7 +314,7 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
 
                 estimator.gain_error_ = forward_gain_error(estimator, validation_file)
             else:
-                log.warning(FORWARD_WITHOUT_TRUST_CHECK)
+                log.warning(FORWARD_WITHOUT_TRUST_CHECK.format(why="[run] validate_k = 0", fix="set [run] validate_k"))
         chosen = select_sources(estimator, select_config, sel_path, clusters=clusters).chosen
         n_examples = sum(len(estimator.arrays_.source_rows[n]) for n in chosen)
         compare_subsets(estimator, config.run.compare, cmp_path, size=len(chosen), n_examples=n_examples,

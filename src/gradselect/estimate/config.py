@@ -86,19 +86,17 @@ class EstimateConfig(StrictConfig):
     @pydantic.model_validator(mode="after")
     def _warn_ignored(self) -> "EstimateConfig":
         step = STEP_MODELS[self.mode]
-        ignored = [f for f in MODE_FIELDS if f in self.model_fields_set and f not in step.reads]
-        if self.solver == "fast" and "rank" in self.model_fields_set:
-            ignored.append("rank")
+        # (field, the setting that ignores it)
+        ignored = [(f, "mode") for f in MODE_FIELDS if f not in step.reads]
+        if self.solver == "fast":
+            ignored.append(("rank", "solver"))
         if self.solver != "exact":
-            ignored += [f for f in ("tol", "max_iter") if f in self.model_fields_set]
+            ignored += [("tol", "solver"), ("max_iter", "solver")]
         if self.scorer == "linear":
-            ignored += [f for f in ("forward_step", "forward_length_fraction") if f in self.model_fields_set]
-        for f in ignored:
-            if f.startswith("forward_"):
-                warnings.warn(f"[estimate] {f} is ignored by scorer 'linear'", UserWarning, stacklevel=2)
-                continue
-            by = "solver" if f in ("rank", "tol", "max_iter") else "mode"
-            warnings.warn(f"[estimate] {f} is ignored by {by} {getattr(self, by)!r}", UserWarning, stacklevel=2)
+            ignored += [("forward_step", "scorer"), ("forward_length_fraction", "scorer")]
+        for f, by in ignored:
+            if f in self.model_fields_set:
+                warnings.warn(f"[estimate] {f} is ignored by {by} {getattr(self, by)!r}", UserWarning, stacklevel=2)
         return self
 
     def step_model(self, param_norm: float):

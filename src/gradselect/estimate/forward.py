@@ -275,7 +275,7 @@ class ForwardScoredEstimator:
         check's subsets (:func:`gradselect.validate.trust.gain_error`), when one ran; the linear
         estimator's own measured error is not this scorer's, so it is never inherited.
     n_forward_passes_ : int
-        Forward passes run so far (distinct subsets scored).
+        Distinct subsets scored so far (passed forward, or read back from ``cache_file``).
     """
 
     def __init__(self, estimator, forward: ForwardPassEstimator, *, cache_file: Path | None = None,

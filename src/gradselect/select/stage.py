@@ -37,6 +37,14 @@ def fitted_estimator(estimate_config, select_config, features_dir: Path) -> Subs
     return SubsetEstimator(estimate_config).fit(arrays)
 
 
+#: Why the forward scorer wants a trust check (measured on the planted12 bank, docs/results.md); ``why`` says
+#: what is missing, ``fix`` how to add it.
+FORWARD_WITHOUT_TRUST_CHECK = (
+    "[estimate] scorer = 'forward' without a trust check ({why}): the evidence margin then allows only for "
+    "dev-example noise, while on our bank the forward scorer estimated the target alone worst where it was second "
+    "best (a measured gain error of 0.9-1.0 that only a trust check reveals); {fix}")
+
+
 def forward_scored(estimator: SubsetEstimator, config, taskset, meta_adapter: Path, features_dir: Path,
                    gradients_file: Path, *, device: str = "auto", progress: bool = False):
     """``estimator`` with its subset estimates replaced by forward passes (``[estimate] scorer = "forward"``).

@@ -123,10 +123,11 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
     # The trust check's own evidence: its best measured subset against the target alone, beyond noise?
     seed_runs = [[primary[i]] + ([runs[len(subsets) + i]] if i < len(repeat_pairs) else [])
                  for i in range(len(primary))]
-    for entry, rs in zip(report["subsets"], seed_runs):
-        entry["true_losses"] = [x["loss"] for x in rs]  # every seed (true_loss is the first one's)
+    seed_losses = [[x["loss"] for x in rs] for rs in seed_runs]
+    for entry, losses in zip(report["subsets"], seed_losses):
+        entry["true_losses"] = losses  # every seed (true_loss is the first one's)
     report["measured_choice"] = measured_choice(
-        [r["sources"] for r in primary], [[x["loss"] for x in rs] for rs in seed_runs],
+        [r["sources"] for r in primary], seed_losses,
         [np.mean([x["example_losses"] for x in rs], axis=0) if all(x.get("example_losses") for x in rs) else None
          for rs in seed_runs])
     # The step for selection: chosen by how well it orders the subsets, its level fitted apart;
@@ -141,13 +142,10 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
     calib = report["calibration"]
     if calib.get("parameter"):
         # The truth of a subset fine-tuned with two seeds is their mean (half the seed noise).
-        seeds = {i: [primary[i]["loss"]] for i in range(len(primary))}
-        for i, (_, again) in enumerate(repeat_pairs):
-            seeds[i].append(again)
-        mean_true = np.array([np.mean(seeds[i]) for i in range(len(primary))])
+        mean_true = np.array([np.mean(x) for x in seed_losses])
         used = calibrated_config(config.estimate, calib)
         report["surrogate"] = fit_surrogate(arrays, used, validated, mean_true, calib["held_out_predictions"],
-                                            mode=surrogate, gain_noise=seed_noise(validated, list(seeds.values())))
+                                            mode=surrogate, gain_noise=seed_noise(validated, seed_losses))
         report["gain_rmse"] = report["surrogate"]["gain_rmse"]
         report["gain_rmse_raw"] = report["surrogate"]["gain_rmse_raw"]
     write_json_atomic(out_dir / "validation.json", report)
