@@ -419,6 +419,40 @@ def _forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, bas
         # The trust check's correction, on the forward pass instead of the linear estimate.
         out[f"forward pass, {step} step, default length + kernel ridge on its residuals (LOO)"] = (
             default + _loo_kernel_ridge(est.source_names_, subsets, true - default))
+    if only is not None and "lifted" in only:
+        out.update(_lifted_variants(config, taskset, model, tok, grads, run_dir, subsets, true, cached, fractions))
+    return out
+
+
+def _lifted_variants(config, taskset, model, tok, grads, run_dir, subsets, true, cached, fractions=()):
+    """The authors' estimator: the linear estimator's projected-space step v_S (default trust region)
+    taken back to the parameters as ``P v_S`` (:meth:`gradselect.features.Projector.lift`), scaled to a
+    length, and scored by a dev forward pass. Only when asked (``--forward-steps lifted``)."""
+    import torch
+
+    from gradselect.estimate import EstimateConfig, FeatureArrays, SubsetEstimator
+    from gradselect.estimate.forward import ForwardPassEstimator
+    from gradselect.estimate.solvers import mean_logistic_loss
+    from gradselect.features import FeatureStore, make_projector
+
+    store = FeatureStore.open(run_dir / "features")
+    m = store.manifest
+    projector = make_projector(m["projector"]["kind"], {n: tuple(s) for n, s in m["params"]}, m["projector"]["dim"],
+                               m["projector"]["seed"])
+    linear = SubsetEstimator(EstimateConfig()).fit(FeatureArrays.from_store(store))
+    scorer = ForwardPassEstimator("sign").fit(model, tok, grads, taskset.target_dev.examples, config.tokenize)
+
+    class Lifted:  # what ``cached`` calls: estimate([subset], length=...)
+        def estimate(self, subsets, length):
+            d = projector.lift(torch.as_tensor(linear.solve(subsets)[0], dtype=torch.float32))
+            return [float(mean_logistic_loss(scorer.outputs_along(d, length=length)))]
+
+    out = {}
+    for f in (0.1, *fractions):
+        label = "default length" if f == 0.1 else f"length {f:g} |theta*|"
+        out[f"forward pass, lifted linear step, {label}"] = np.array(
+            [cached(Lifted(), "lifted", s, f * scorer.param_norm_) for s in subsets])
+    projector.free_memory()
     return out
 
 
@@ -556,6 +590,11 @@ FEATURE_VARIANTS = {
     "seed1": {"seed": 1},
     "seed2": {"seed": 2},
     "softmin": {"output": "log_odds_softmin"},
+    # The projection dimension d (issue 13, B6), re-measured on the bank; the bank's own store is d = 256.
+    "d64": {"proj_dim": 64},
+    "d128": {"proj_dim": 128},
+    "d512": {"proj_dim": 512},
+    "d1024": {"proj_dim": 1024},
 }
 
 
@@ -572,15 +611,17 @@ def _feature_variants(config, taskset, meta_adapter, run_dir, device, base_array
     from gradselect.validate.calibration import calibrate_for_ranking
     from gradselect.validate.fidelity import loo_affine
 
-    arrays = {"default": base_arrays}
+    arrays, seconds = {"default": base_arrays}, {}
     for name, change in FEATURE_VARIANTS.items():
         if name not in chosen:
             continue
+        start = time.perf_counter()
         store = featurize(taskset, run_dir / f"features-{name}", model_config=config.model,
                           adapter_config=config.adapter, tokenize_config=config.tokenize,
                           feature_config=config.features.model_copy(update=change), adapter_path=meta_adapter,
                           device=device, progress=True)
         arrays[name] = FeatureArrays.from_store(store)
+        seconds[name] = time.perf_counter() - start  # near 0 when the store was cached
 
     def default(a):
         est = SubsetEstimator(EstimateConfig()).fit(a)
@@ -603,6 +644,18 @@ def _feature_variants(config, taskset, meta_adapter, run_dir, device, base_array
         out[f"trust_region, default radius, mean over {len(seeded)} projection seeds"] = mean
         out[f"trust_region, default radius, mean over {len(seeded)} projection seeds + LOO level"] = loo_affine(
             mean, true, base_mean, base_true)
+    # The projection dimension: the fixed default step, the trust check's choice and the residual surrogate
+    # (each held out), at every d featurized, beside the bank's own d.
+    dims = sorted((a.g.shape[1], k) for k, a in arrays.items() if k == "default" or k.startswith("d"))
+    if len(dims) > 1:
+        for d, name in dims:
+            est, _ = default(arrays[name])
+            out[f"d = {d}, default radius"] = est
+            out[f"d = {d}, trust check's choice (LOO)"] = order_first(arrays[name], true)
+            out[f"d = {d}, default radius + kernel ridge on its residuals (LOO)"] = est + _loo_kernel_ridge(
+                arrays[name].source_names, subsets, true - est)
+        print("featurization seconds (0 when cached): "
+              + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()), flush=True)
     # Against token cross-entropy: the level maps and the order-first choice are fitted to it (LOO).
     for name in [k for k in ("default", "adam", "softmin") if k in arrays]:
         est, base = default(arrays[name])
@@ -1014,10 +1067,10 @@ def choose(args) -> int:
     """The product's own selection on a bank's theta* and features, and what its choice is worth there.
 
     Per scorer (``linear``, ``forward``) and selection seed: a trust check of ``--trust-k`` bank subsets
-    (all sources, the target alone and random others, seeded) gives the scorer's measured gain error,
-    then :func:`gradselect.select.select_sources` chooses with the suite's ``[select]`` config (the
-    ensemble, best prefix, evidence margin) exactly as ``gradselect run`` does. A chosen subset the
-    bank lacks is fine-tuned from theta* with the bank's seeds (kept in ``SUITE.choices.json``, apart from
+    (all sources, the target alone and random others: draw ``seed`` of :func:`_trust_check_draws`) gives
+    the scorer's measured gain error, then :func:`gradselect.select.select_sources` chooses with the
+    suite's ``[select]`` config (the ensemble, best prefix, evidence margin) exactly as ``gradselect run``
+    does. A chosen subset the bank lacks is fine-tuned from theta* with the bank's seeds (kept in ``SUITE.choices.json``, apart from
     the bank's random subsets). Reported: the choice's true loss against the target alone's (seed-noise
     interval) and its rank among the bank's subsets.
     """
@@ -1052,8 +1105,13 @@ def choose(args) -> int:
     seed_var = _seed_variance([r["losses"] for r in records])
     alone = by_subset[()]
     bank_means = np.array([np.mean(r["losses"]) for r in records])
-    fixed = [i for i, r in enumerate(records) if len(r["sources"]) in (0, len(bank["sources"]))]
-    others = [i for i in range(len(records)) if i not in fixed]
+    # One simulated trust check per selection seed: the same draws the bank scorer's trust-check tables use.
+    draws = dict(_trust_check_draws([r["sources"] for r in records], len(bank["sources"]), [args.trust_k],
+                                    draws=args.seeds, seed=0))
+    if args.trust_k not in draws:
+        print(f"--trust-k {args.trust_k}: leaves fewer than 4 of the bank's {len(records)} subsets unseen",
+              file=sys.stderr)
+        return 2
 
     def truth_of(subset):
         key = tuple(sorted(subset))
@@ -1086,8 +1144,7 @@ def choose(args) -> int:
                                        run_dir / "source_gradients" / "product.safetensors", device=args.device,
                                        progress=True)
         for seed in range(args.seeds):
-            rng = np.random.default_rng([seed, 17])
-            trust = fixed + list(rng.choice(others, size=args.trust_k - len(fixed), replace=False))
+            trust = draws[args.trust_k][seed][0]
             subsets = [records[i]["sources"] for i in trust]
             losses = [records[i]["losses"] for i in trust]
             estimator.gain_error_ = gain_error(estimator.estimate(subsets), np.array([np.mean(x) for x in losses]),
@@ -1157,7 +1214,8 @@ def main(argv=None) -> int:
                     help="score with features of a theta* re-made on another CPU (|theta*| within 1e-4 relative)")
     sc.add_argument("--forward", action="store_true",
                     help="also score forward-pass variants (one dev forward pass per subset and variant)")
-    sc.add_argument("--forward-steps", help="with --forward: only these steps (comma list of sign, normalized, adam)")
+    sc.add_argument("--forward-steps", help="with --forward: only these steps (comma list of sign, normalized, adam, "
+                                            "lifted: the linear step taken back through the projection)")
     sc.add_argument("--forward-lengths", metavar="FRACTIONS",
                     help="with --forward: also these step lengths, as fractions of |theta*| (comma list)")
     sc.add_argument("--forward-default-length", action="store_true",
@@ -1165,7 +1223,8 @@ def main(argv=None) -> int:
     sc.add_argument("--features", nargs="?", const="all", metavar="NAMES",
                     help="also score estimators on other features of the same theta*: comma-separated among "
                          f"{', '.join(FEATURE_VARIANTS)} (Adam-preconditioned, projection seeds 1-2, soft-minimum "
-                         "functional), or all (the default); one featurization each, cached in the run folder")
+                         "functional, projection dimensions 64-1024), or all (the default); one featurization each, cached in the "
+                         "run folder")
     ch = sub.add_parser("choose", help="run the product's selection on a bank's theta* and measure its choice")
     ch.add_argument("--bank", required=True)
     ch.add_argument("--run-dir", help="cache of theta* and features (default runs/bank-SUITE)")

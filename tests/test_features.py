@@ -125,6 +125,26 @@ def test_blockwise_projection_equals_dense_matrix():
     assert torch.allclose(values.abs(), torch.tensor(1 / 8.0))
 
 
+@pytest.mark.parametrize("kind", ["rademacher", "gaussian", "kronecker", "identity"])
+def test_lift_is_the_transpose_of_the_projection(kind):
+    # (P^T g) . v = g . (P v) for every gradient g: a projected-space step scored linearly is the lifted step.
+    from gradselect.features.projector import make_projector
+
+    shapes = {"a": (3000,), "b": (7, 30), "c": (4, 2, 3)}  # "a" spans three blocks
+    proj = make_projector(kind, shapes, 16, seed=5, **({"factor_dim": 3} if kind == "kronecker" else {}))
+    grads = {n: torch.randn(3, *s) for n, s in shapes.items()}
+    v = torch.randn(proj.proj_dim)
+    lifted = proj.lift(v)
+    assert {n: tuple(t.shape) for n, t in lifted.items()} == shapes
+    flat = torch.cat([lifted[n].reshape(-1) for n in shapes])
+    by_grads = torch.stack([sum((grads[n][i] * lifted[n]).sum() for n in shapes) for i in range(3)])
+    assert torch.allclose(proj.project(grads) @ v, by_grads, rtol=1e-4, atol=1e-4)
+    if kind != "identity":
+        assert torch.allclose(proj.matrix() @ v, flat, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="shape"):
+        proj.lift(torch.zeros(proj.proj_dim + 1))
+
+
 def test_jl_inner_products_preserved():
     torch.manual_seed(0)
     p, d = 20_000, 512

@@ -96,6 +96,10 @@ def test_forward_pass_estimates_move_from_theta_star_and_restore_it(setup, step)
         assert all(set(torch.unique(t).tolist()) <= {-1.0, 0.0, 1.0} for t in d.values())
     with pytest.raises(Exception, match="unknown source"):
         est.estimate([["nope"]])
+    # Any direction scores the same way: the subset's own direction gives its estimate; a partial one is refused.
+    assert np.allclose(est.outputs_along(d), est.outputs(["more"]))
+    with pytest.raises(Exception, match="lacks parameter"):
+        est.outputs_along(dict(list(d.items())[:1]))
 
 
 def test_run_with_the_forward_scorer_selects_by_real_forward_passes(tmp_path, capsys):

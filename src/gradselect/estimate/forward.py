@@ -223,13 +223,22 @@ class ForwardPassEstimator:
             return out
         return {p: -(torch.sign(m) if self.step == "sign" else m) for p, m in mean.items()}
 
-    @torch.no_grad()
     def outputs(self, names: list[str], *, length: float | None = None) -> np.ndarray:
         """The output value of each dev example at ``theta* + step`` of a subset, shape (n_dev,)."""
+        return self.outputs_along(self.direction(names), length=length)
+
+    @torch.no_grad()
+    def outputs_along(self, d: dict[str, torch.Tensor], *, length: float | None = None) -> np.ndarray:
+        """The output value of each dev example at ``theta* + length * d / |d|``, shape (n_dev,).
+
+        ``d``: a direction by trainable parameter (any step model's, e.g. a projected-space step
+        taken back by :meth:`gradselect.features.Projector.lift`)."""
         from gradselect.features.extract import output_values
 
         length = self.length_ if length is None else length
-        d = self.direction(names)
+        missing = [p for p in self.params_ if p not in d]
+        if missing:
+            raise GradselectError(f"the direction lacks parameter(s) {missing[:3]}")
         norm = float(torch.sqrt(sum((t.double() ** 2).sum() for t in d.values())))
         scale = length / norm if norm > 0 else 0.0
         saved = {p: t.detach().clone() for p, t in self.params_.items()}

@@ -66,6 +66,38 @@ class Projector(abc.ABC):
     def n_params(self) -> int:
         return sum(math.prod(s) for s in self.param_shapes.values())
 
+    def lift(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``P v``: a vector of the projected space taken back to the parameters.
+
+        Since ``(P^T grad) . v = grad . (P v)``, a step ``v`` scored linearly on projected
+        gradients is, to first order, the parameter step ``P v``; this gives it, so that it
+        can be added to the parameters and scored by a real forward pass (the authors'
+        estimator). Generic version: the gradient of ``project(x) . v`` in ``x`` (exact,
+        since the projection is linear); subclasses compute it directly.
+
+        Parameters
+        ----------
+        v : Tensor of shape (proj_dim,)
+
+        Returns
+        -------
+        dict of str to Tensor of each parameter's shape, float32
+        """
+        v = self._check_lift(v)
+        x = {n: torch.zeros((1, *s), dtype=torch.float32, device=v.device, requires_grad=True)
+             for n, s in self.param_shapes.items()}
+        with torch.enable_grad():
+            value = self.project(x)[0].to(v.device) @ v
+            grads = torch.autograd.grad(value, list(x.values()), allow_unused=True)
+        return {n: (torch.zeros(s, device=v.device) if g is None else g[0])
+                for (n, s), g in zip(self.param_shapes.items(), grads)}
+
+    def _check_lift(self, v) -> torch.Tensor:
+        v = torch.as_tensor(v, dtype=torch.float32)
+        if v.shape != (self.proj_dim,):
+            raise ValueError(f"lift takes a vector of shape ({self.proj_dim},), got {tuple(v.shape)}")
+        return v.to(getattr(self, "device", v.device))
+
     @abc.abstractmethod
     def project(self, grads: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Project per-example gradients.
@@ -140,6 +172,16 @@ class BlockwiseProjector(Projector):
             for index, start in enumerate(range(0, flat.shape[1], BLOCK_ROWS)):
                 stop = min(flat.shape[1], start + BLOCK_ROWS)
                 out.addmm_(flat[:, start:stop], self.block(name, index, stop - start))
+        return out
+
+    def lift(self, v):
+        v = self._check_lift(v)
+        out = {}
+        for name, shape in self.param_shapes.items():
+            p = math.prod(shape)
+            flat = torch.cat([self.block(name, index, min(p, start + BLOCK_ROWS) - start) @ v
+                              for index, start in enumerate(range(0, p, BLOCK_ROWS))])
+            out[name] = flat.reshape(shape)
         return out
 
     def matrix(self) -> torch.Tensor:
@@ -310,6 +352,15 @@ class IdentityProjector(Projector):
     def project(self, grads):
         n = next(iter(grads.values())).shape[0]
         return torch.cat([grads[name].reshape(n, -1).float() for name in self.param_shapes], dim=1)
+
+    def lift(self, v):
+        v = self._check_lift(v)
+        out, start = {}, 0
+        for name, shape in self.param_shapes.items():
+            p = math.prod(shape)
+            out[name] = v[start:start + p].reshape(shape).clone()
+            start += p
+        return out
 
 
 PROJECTORS: dict[str, type[Projector]] = {
