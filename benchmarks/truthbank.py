@@ -973,7 +973,8 @@ def score_bank(args) -> int:
         # The ensemble's source scores (mean estimate over the mixed subsets holding each source) against
         # the same means of the truth: the ranking selection acts on.
         "source_ranking": source_ranking,
-        "command": "python benchmarks/fidelity.py score --bank " + str(bank_path),
+        # As invoked (fidelity.py score and truthbank.py score share this code), options included.
+        "command": " ".join(["python", "benchmarks/" + Path(sys.argv[0]).name, *sys.argv[1:]]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
