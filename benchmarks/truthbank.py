@@ -359,11 +359,12 @@ def _variants(arrays, subsets, true, base_true, norms):
 
 
 def _forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, base_true, norms, device,
-                      only=None, loo_lengths: bool = True, fractions=()):
+                      forward_cache, only=None, loo_lengths: bool = True, fractions=()):
     """Parameter-space steps scored by real forward passes at theta* + step (gradselect.estimate.forward):
     the steps named in ``only`` (default: all), each at its default length, at each of ``fractions`` x
     |theta*| (one more pass per subset each) and, with ``loo_lengths``, at the median displacement the
-    other fine-tunes measured (one more pass per subset)."""
+    other fine-tunes measured (one more pass per subset). ``forward_cache`` = (JSON file, theta* and data digests):
+    passes are kept there and reused only for the same theta* and data."""
     from gradselect.estimate.forward import ForwardPassEstimator, SourceGradients
     from gradselect.model import apply_adapter, load_model
     from gradselect.validate.fidelity import loo_affine
@@ -381,15 +382,23 @@ def _forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, bas
     # Per-example squared gradients (one backward pass per example) for Adam's first step.
     wants_adam = only is None or any(s.startswith("adam") for s in only)
     grads_sq = source_gradients(run_dir / "source_gradients_squares.safetensors", True) if wants_adam else None
-    # Every forward pass is cached by step, length and subset: re-scoring a grown bank runs only the new ones.
-    cache_file = run_dir / "forward_cache.json"
-    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    # Every forward pass is cached by step, length and subset, beside the bank (committed: a fresh clone
+    # re-scores without redoing the passes) when made from the bank's own theta*, else in the run folder.
+    from gradselect.io import write_json_atomic
+
+    cache_file, theta_digest = forward_cache
+    cache = {}
+    if cache_file.exists():
+        stored = json.loads(cache_file.read_text())
+        if stored.get("theta_star_and_data") == theta_digest:
+            cache = stored["passes"]
 
     def cached(est, step, subset, length):
         key = f"{step}|{length:.9g}|{';'.join(sorted(subset))}"
         if key not in cache:
             cache[key] = float(est.estimate([subset], length=length)[0])
-            cache_file.write_text(json.dumps(cache, indent=1, sort_keys=True))
+            write_json_atomic(cache_file, {"theta_star_and_data": theta_digest,
+                                           "passes": dict(sorted(cache.items()))})
         return cache[key]
 
     out = {}
@@ -881,8 +890,13 @@ def score_bank(args) -> int:
     variants, base_est = _variants(arrays, subsets, true, base_true, norms)
     if args.forward:
         only = [x.strip() for x in args.forward_steps.split(",")] if args.forward_steps else None
+        # theta* equal to the bank's: the passes belong beside the bank; a drifted theta* keeps its own.
+        cache_file = (bank_path.with_name(bank_path.stem + ".forward.json") if drift is None
+                      else run_dir / "forward_cache.json")
+        made_from = f"{identity['theta_star_sha256']}/{identity['dataset_fingerprint']}"
         variants.update(_forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, base_true, norms,
-                                          args.device, only=only, loo_lengths=not args.forward_default_length,
+                                          args.device, (cache_file, made_from), only=only,
+                                          loo_lengths=not args.forward_default_length,
                                           fractions=[float(x) for x in (args.forward_lengths or "").split(",") if x]))
     ce_variants = {}
     if args.features:
