@@ -12,6 +12,7 @@ re-scored against it without retraining.
     python benchmarks/fidelity.py score --bank benchmarks/truth/planted12.json     # = truthbank.py score
     python benchmarks/fidelity.py score --bank benchmarks/truth/planted12.json --features adam,softmin   # + other features
     python benchmarks/truthbank.py build bbh12 --run-dir runs/bank-bbh12          # BIG-Bench-Hard, 12 sources
+    python benchmarks/truthbank.py build arith12 --run-dir runs/bank-arith12      # BIG-bench arithmetic, 12 sources
     python benchmarks/truthbank.py choose --bank benchmarks/truth/planted12.json  # the product's choice, measured
     python benchmarks/truthbank.py build planted12 --run-dir runs/bank-planted12-cuda --device cuda \
         --bank benchmarks/truth/planted12-cuda.json   # a GPU bank: its own theta*, so its own file
@@ -103,7 +104,44 @@ def bbh12_config(bbh: Path | None = None):
     })
 
 
-SUITES = {"planted12": planted12_config, "bbh12": bbh12_config}
+ARITH_TARGET = "2_digit_addition"
+ARITH_SOURCES = [  # (name, BIG-bench arithmetic subtask, label noise): two planted with swapped answers
+    ("1_digit_addition", "1_digit_addition", 0.0), ("1_digit_subtraction", "1_digit_subtraction", 0.0),
+    ("1_digit_multiplication", "1_digit_multiplication", 0.0), ("1_digit_division", "1_digit_division", 0.0),
+    ("2_digit_subtraction", "2_digit_subtraction", 0.0), ("2_digit_multiplication", "2_digit_multiplication", 0.0),
+    ("3_digit_addition", "3_digit_addition", 0.0), ("3_digit_subtraction", "3_digit_subtraction", 0.0),
+    ("4_digit_addition", "4_digit_addition", 0.0), ("5_digit_addition", "5_digit_addition", 0.0),
+    ("3_digit_addition_noisy", "3_digit_addition", 1.0), ("2_digit_subtraction_noisy", "2_digit_subtraction", 1.0),
+]
+
+
+def arith12_config(arithmetic: Path | None = None):
+    """BIG-bench arithmetic: 2-digit addition as the target (360 questions: 40 train / 120 dev / 200 test, split
+    seeded), 12 other subtasks as sources (30 examples each; two with swapped answers). ``arithmetic``: the
+    folder of subtask folders (default ``../shared/data/bigbench/arithmetic`` or $GRADSELECT_ARITHMETIC)."""
+    from gradselect.config import RunConfig
+
+    root = Path(arithmetic or os.environ.get(
+        "GRADSELECT_ARITHMETIC", Path(__file__).resolve().parents[2] / "shared" / "data" / "bigbench" / "arithmetic"))
+    if not (root / ARITH_TARGET / "task.json").exists():
+        raise SystemExit(f"no BIG-bench arithmetic data at {root}; set GRADSELECT_ARITHMETIC to its folder")
+    return RunConfig.model_validate({
+        "data": {
+            "target": {"name": ARITH_TARGET, "path": str(root / ARITH_TARGET / "task.json"), "max_examples": 360,
+                       "seed": 0},
+            "dev_fraction": 1 / 3, "test_fraction": 5 / 9, "split_seed": 0,
+            "sources": [{"name": name, "path": str(root / task / "task.json"), "max_examples": 30,
+                         "seed": 2 if noise else 1, "label_noise": noise} for name, task, noise in ARITH_SOURCES],
+        },
+        "model": {"name_or_path": "smollm2"},
+        "features": {"proj_dim": 256, "hidden_states": True},
+        "tokenize": {"max_length": 96, "chat_template": True},
+        "train": {"epochs": 1, "learning_rate": 5e-4, "batch_size": 8, "logging_steps": 5},
+        "evaluate": {"max_new_tokens": 8, "exact_match": True},
+    })
+
+
+SUITES = {"planted12": planted12_config, "bbh12": bbh12_config, "arith12": arith12_config}
 
 
 def keep_half_subsets(names: list[str], n: int, seed: int) -> list[list[str]]:
@@ -992,7 +1030,7 @@ def score_bank(args) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    scores_path = bank_path.with_name(bank_path.stem + ".scores.json")
+    scores_path = Path(args.out) if args.out else bank_path.with_name(bank_path.stem + ".scores.json")
     write_json_atomic(scores_path, out)
     print(f"# {suite}: {len(records)} subsets, seeds {out['seeds_per_subset']}; ceiling Spearman "
           f"{ceiling['ceiling_spearman']:.3f} (seed-to-seed {ceiling['spearman_seed_to_seed']:.3f}, mean relative "
@@ -1227,6 +1265,8 @@ def main(argv=None) -> int:
     sc.add_argument("--device", default="auto")
     sc.add_argument("--accept-drift", action="store_true",
                     help="score with features of a theta* re-made on another CPU (|theta*| within 1e-4 relative)")
+    sc.add_argument("--out", help="scores file (default SUITE.scores.json beside the bank): a partial scoring, e.g. "
+                                  "--features alone, kept apart from the full one")
     sc.add_argument("--forward", action="store_true",
                     help="also score forward-pass variants (one dev forward pass per subset and variant)")
     sc.add_argument("--forward-steps", help="with --forward: only these steps (comma list of sign, normalized, adam, "
