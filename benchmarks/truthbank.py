@@ -958,6 +958,9 @@ def score_bank(args) -> int:
         if alone_at is not None:
             m["target_alone_rank"] = int(np.argsort(np.argsort(est))[alone_at]) + 1
             m["target_alone_true_rank"] = int(np.argsort(np.argsort(true))[alone_at]) + 1
+        # The estimate of every bank subset, in the bank's order: a later session combines or re-scores
+        # variants (forward passes take an hour here) from this file alone.
+        m["estimates"] = [round(float(x), 6) for x in est]
         scores[name] = m
     scores_ce = {}
     for name, est in ce_variants.items():
