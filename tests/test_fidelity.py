@@ -114,3 +114,26 @@ def test_source_ranking_on_a_bank_orders_sources_by_their_additive_effect():
     lo, hi = out["variants"]["noise"]["spearman_ci95"]
     assert lo < out["variants"]["noise"]["spearman"] < hi or lo == hi
     assert out["ceiling_spearman"] > 0.9 and out["seed_to_seed_spearman"] > 0.8
+
+
+@pytest.mark.parametrize("suite, sizes", [("bbh12", (40, 100, 110)), ("arith12", (40, 120, 200))])
+def test_bank_suites_on_shared_data_have_their_documented_splits(suite, sizes):
+    """The BIG-bench banks read ../shared/data (skipped without it): the split sizes benchmarks/README.md states,
+    12 sources, and the planted noise where the suite plants it."""
+    import sys
+    from pathlib import Path
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    if not (shared / "bbh").is_dir() or not (shared / "bigbench" / "arithmetic").is_dir():
+        pytest.skip("no ../shared/data on this machine")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import truthbank
+
+    from gradselect.data import load_taskset
+
+    taskset = load_taskset(truthbank.SUITES[suite]().data)
+    got = (len(taskset.target_train.examples), len(taskset.target_dev.examples), len(taskset.target_test.examples))
+    assert got == sizes
+    assert len(taskset.sources) == 12
+    noisy = {s.name for s in taskset.sources if any(e.meta.get("noisy") for e in s.examples)}
+    assert noisy == ({"3_digit_addition_noisy", "2_digit_subtraction_noisy"} if suite == "arith12" else set())
