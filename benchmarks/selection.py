@@ -225,7 +225,7 @@ def main(argv=None) -> int:
     else:
         config, steps = suite_config(args.model, args.n_sources, args.size, args.test_size, args.target_train)
     config = config.model_copy(update={"run": config.run.model_copy(update={
-        "run_dir": str(args.out), "compare": COMPARE + ["kmm", "less"], "final_steps": steps,
+        "run_dir": str(args.out), "compare": COMPARE + ["kmm", "less", "uniform", "stratified"], "final_steps": steps,
         "final_seeds": args.final_seeds, "final_init": args.final_init, "conventional_budget": args.budget,
         "validate_k": args.validate_k}),
         "select": config.select.model_copy(update={"margin": args.margin if args.margin == "auto"

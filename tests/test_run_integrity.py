@@ -134,7 +134,7 @@ def test_export_round_trips_the_selected_training_set(tmp_path, monkeypatch, cap
 def test_less_comparison_trains_on_as_many_examples_as_the_selection(tmp_path, monkeypatch, capsys):
     cfg = _setup(tmp_path, monkeypatch)
     run_dir = tmp_path / "runs" / "r"
-    cfg.write_text(RUN.replace('compare = ["all"]', 'compare = ["all", "less", "kmm"]'))
+    cfg.write_text(RUN.replace('compare = ["all"]', 'compare = ["all", "less", "kmm", "uniform", "stratified"]'))
     assert main(["run", str(cfg), "-q"]) == 0
     compared = json.loads((run_dir / "comparisons.json").read_text())
     chosen = json.loads((run_dir / "selection.json").read_text())["chosen"]
@@ -142,9 +142,12 @@ def test_less_comparison_trains_on_as_many_examples_as_the_selection(tmp_path, m
     assert len(compared["examples"]["less"]) == sum(sizes[n] for n in chosen) == compared["n_examples"]
     assert len(compared["subsets"]["kmm"]) == len(chosen)  # equal budgets
     ours = json.loads((run_dir / "final" / "selection" / "train_result.json").read_text())["n_examples"]
-    less = json.loads((run_dir / "final" / "less" / "train_result.json").read_text())["n_examples"]
-    assert less == ours
-    assert set(json.loads((run_dir / "metrics.json").read_text())["rows"]) == {"selection", "all", "less", "kmm"}
+    for label in ("less", "uniform", "stratified"):  # example-level baselines: the selection's example count
+        assert len(compared["examples"][label]) == compared["n_examples"]
+        assert json.loads((run_dir / "final" / label / "train_result.json").read_text())["n_examples"] == ours
+    assert {s for s, _ in compared["examples"]["stratified"]} == set(sizes)  # every source gives its share
+    assert set(json.loads((run_dir / "metrics.json").read_text())["rows"]) == {
+        "selection", "all", "less", "kmm", "uniform", "stratified"}
 
 
 def test_final_seeds_add_fine_tunes_and_report_the_mean_and_spread(tmp_path, monkeypatch, capsys):
@@ -152,9 +155,26 @@ def test_final_seeds_add_fine_tunes_and_report_the_mean_and_spread(tmp_path, mon
     run_dir = tmp_path / "runs" / "r"
     assert main(["run", str(cfg), "-q"]) == 0
     capsys.readouterr()
+    first = json.loads((run_dir / "metrics.json").read_text())["rows"]
+    assert len(list((run_dir / "evaluations").glob("*.json"))) == 2  # one per model scored
+
+    import gradselect.evaluate.results as results
+    scored = []
+    real = results.score_split_examples
+    monkeypatch.setattr(results, "score_split_examples", lambda *a, **k: scored.append(1) or real(*a, **k))
     cfg.write_text(RUN.replace("final_steps = 3", "final_steps = 3\nfinal_seeds = 2"))
     assert main(["run", str(cfg), "-q"]) == 0
     out = capsys.readouterr().out
+    # Only the new seed's models are scored; the first seed's scores come back from evaluations/.
+    assert len(scored) == 2 and len(list((run_dir / "evaluations").glob("*.json"))) == 4
+    again = json.loads((run_dir / "metrics.json").read_text())["rows"]
+    for label in ("selection", "all"):
+        assert again[label]["seeds"]["loss"][0] == pytest.approx(first[label]["test_loss"], rel=1e-12)
+    # --force evaluate scores every model again, a damaged cache entry included.
+    next((run_dir / "evaluations").glob("*.json")).write_text("{not json")
+    assert main(["run", str(cfg), "-q", "--force", "evaluate"]) == 0
+    assert len(scored) == 6
+    assert json.loads((run_dir / "metrics.json").read_text())["rows"] == again
     # The first seed's fine-tunes are kept; only the second seed's are trained.
     assert "stages run: final-seed1, final-all-seed1, evaluate, report" in out
     assert "(2 seeds)" in out

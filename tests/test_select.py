@@ -189,6 +189,26 @@ def test_less_examples_are_the_rows_most_aligned_with_the_target():
     assert len(less_examples(est, 10_000)) == 160
 
 
+def test_sampled_examples_draw_the_requested_count_uniformly_or_in_equal_shares():
+    from gradselect.select.selectors import sampled_examples
+
+    arr = planted(n_sources=4, harmful=(1, 3), seed=2)
+    # Uneven sources: src0 keeps 10 rows, so an equal share of 15 cannot come from it.
+    arr.source_rows["src0"] = arr.source_rows["src0"][:10]
+    est = SubsetEstimator(EstimateConfig(radius=0.5)).fit(arr)
+    pooled = np.concatenate([arr.source_rows[n] for n in est.source_names_])
+    uniform = sampled_examples(est, 60, seed=3)
+    assert len(uniform) == len(set(uniform.tolist())) == 60 and set(uniform.tolist()) <= set(pooled.tolist())
+    assert np.array_equal(uniform, sampled_examples(est, 60, seed=3))
+    assert not np.array_equal(uniform, sampled_examples(est, 60, seed=4))
+    strat = sampled_examples(est, 60, stratified=True, seed=3)
+    counts = {n: len(set(strat.tolist()) & set(arr.source_rows[n].tolist())) for n in est.source_names_}
+    # 60 over 4 sources: src0 gives its 10, the other three split the remaining 50 as evenly as possible.
+    assert counts["src0"] == 10 and sorted(counts[n] for n in ("src1", "src2", "src3")) == [16, 17, 17]
+    assert len(sampled_examples(est, 10_000, stratified=True)) == len(pooled)
+    assert len(sampled_examples(est, 0)) == 0
+
+
 def test_evidence_margin_is_the_gain_over_the_target_alone_beyond_the_estimates_error():
     from gradselect.report import format_selection
     from gradselect.select.selectors import evidence

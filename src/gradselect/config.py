@@ -47,7 +47,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-Comparison = Literal["all", "target-only", "grad-sim", "repr-sim", "kmm", "less", "random", "forward"]
+Comparison = Literal["all", "target-only", "grad-sim", "repr-sim", "kmm", "less", "uniform", "stratified", "random",
+                     "forward"]
 
 
 class RunSection(StrictConfig):
@@ -57,7 +58,7 @@ class RunSection(StrictConfig):
     """Run folder (a relative path is taken from the current directory; saved configs store it absolute)."""
     compare: list[Comparison] = pydantic.Field(default_factory=lambda: ["all", "target-only"])
     """Also fine-tune and evaluate these subsets next to the selection (sized baselines keep as many
-    sources as the selection; ``less`` keeps as many examples)."""
+    sources as the selection; ``less``, ``uniform`` and ``stratified`` keep as many examples)."""
     final_steps: int | None = pydantic.Field(default=None, ge=1)
     """Optimizer steps of every final fine-tune (equal budgets); default: [train]'s epochs."""
     final_seeds: int = pydantic.Field(default=1, ge=1)

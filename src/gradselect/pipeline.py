@@ -15,6 +15,8 @@ is the stage function named beside it)::
     final/<label>/    fine-tune the base model on the selection and comparisons   train.train
                       (or theta*: [run] final_init = "meta")
     metrics.json      target test metrics of every final model                    evaluate.evaluate_models
+    evaluations/        each model's per-example scores, keyed by its adapter's bytes (adding a
+                        comparison to a run scores only the new model)
     report.md         a readable report with plots                                report.write_report
     config.toml       the run's config, replayable (config.dump_config)
 
@@ -399,7 +401,8 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     eval_key = content_key("evaluate", final_keys, _dump(config.evaluate))
     lm_eval_out = [run_dir / "lm_eval.json"] if config.evaluate.lm_eval_tasks else []
     stage("evaluate", eval_key, [metrics_path, *lm_eval_out],
-          lambda: evaluate_models(config, taskset, models, metrics_path, device=device, progress=progress))
+          lambda: evaluate_models(config, taskset, models, metrics_path, device=device, progress=progress,
+                                  cache_dir=run_dir / "evaluations", refresh="evaluate" in force))
 
     # 7. report (cheap: regenerated whenever what it reads changed, a forced stage's new output included)
     from gradselect.report import write_report

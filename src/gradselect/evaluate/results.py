@@ -9,6 +9,7 @@ and render that table; none of them builds metric rows of its own.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 from gradselect.errors import ArtifactError
 from gradselect.evaluate.metrics import (
     METRICS,
+    LossResult,
     PerExample,
     bootstrap_interval,
     paired_difference,
@@ -160,7 +162,8 @@ class MetricsTable:
 
 
 def evaluate_models(config, taskset, models: dict[str, tuple[list[str], list[Path]]], out: Path, *,
-                    device: str = "auto", progress: bool = True) -> MetricsTable:
+                    device: str = "auto", progress: bool = True, cache_dir: Path | None = None,
+                    refresh: bool = False) -> MetricsTable:
     """The evaluate stage: score each final model on the target's test split; write ``out`` (metrics.json).
 
     Each model's token cross-entropy on the target's dev split is recorded too
@@ -174,9 +177,12 @@ def evaluate_models(config, taskset, models: dict[str, tuple[list[str], list[Pat
     models : dict of label to (sources, adapter folders)
         One adapter folder per training seed; with several, the row holds the mean over seeds
         (per example too, for intervals) and each seed's value.
+    cache_dir : Path, optional
+        Keep each model's per-example scores here, keyed by the adapter's bytes, the splits and
+        the configs that shape them, so adding a model to a run scores only that model.
+    refresh : bool
+        Score every model again and rewrite its cache entry (``--force evaluate``).
     """
-    from gradselect.model import load_trained
-
     rows, dev_loss, dev_per = {}, {}, {}
     scored = {}  # adapter folder -> (test scores, dev loss): one model shared by several labels is scored once
     for label, (names, adapters) in models.items():
@@ -185,11 +191,7 @@ def evaluate_models(config, taskset, models: dict[str, tuple[list[str], list[Pat
         for adapter in adapters:
             where = Path(adapter).resolve()
             if where not in scored:
-                model, tok = load_trained(config.model, config.adapter, adapter, device=device)
-                scored[where] = (score_split_examples(model, tok, taskset.target_test, config.tokenize,
-                                                      config.evaluate, progress=progress),
-                                 target_loss(model, tok, taskset.target_dev.examples, config.tokenize,
-                                             batch_size=config.evaluate.batch_size))
+                scored[where] = _scores_of(config, taskset, where, cache_dir, device, progress, refresh)
             per_seed.append(scored[where][0])
             dev.append(scored[where][1])
         dev_loss[label] = float(np.mean([d.loss for d in dev]))
@@ -203,6 +205,57 @@ def evaluate_models(config, taskset, models: dict[str, tuple[list[str], list[Pat
         write_lm_eval(config, taskset, models, Path(out).with_name(LM_EVAL_FILE), device=device)
     table.save(out)
     return table
+
+
+SCORES_VERSION = 1
+
+
+def _scores_of(config, taskset, adapter: Path, cache_dir: Path | None, device: str, progress: bool,
+               refresh: bool = False):
+    """One model's per-example test scores and dev loss, from ``cache_dir`` when it scored this model before."""
+    from gradselect.io import content_key, file_digest
+    from gradselect.model import load_trained
+
+    path = None
+    if cache_dir is not None:
+        files = sorted(f for f in adapter.rglob("*") if f.is_file())
+        ev = config.evaluate.model_dump(mode="json", exclude={"lm_eval_tasks", "lm_eval_include", "lm_eval_limit"})
+        key = content_key(SCORES_VERSION, [[str(f.relative_to(adapter)), file_digest(f)] for f in files],
+                          config.model.model_dump(mode="json"), config.adapter.model_dump(mode="json"),
+                          config.tokenize.model_dump(mode="json"), ev,
+                          _split_digest(taskset.target_test), _split_digest(taskset.target_dev))
+        path = Path(cache_dir) / f"{key}.json"
+        if path.exists() and not refresh:
+            try:
+                data = json.loads(path.read_text())
+                test = {k: PerExample(np.asarray(v["num"], float), np.asarray(v["den"], float))
+                        for k, v in data["test"].items()}
+                d = data["dev"]
+                return test, LossResult(float(d["loss"]), list(d["example_loss"]), int(d["n_tokens"]),
+                                        list(d["example_tokens"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # a damaged cache entry: score again and rewrite it
+    model, tok = load_trained(config.model, config.adapter, adapter, device=device)
+    test = score_split_examples(model, tok, taskset.target_test, config.tokenize, config.evaluate, progress=progress)
+    dev = target_loss(model, tok, taskset.target_dev.examples, config.tokenize, batch_size=config.evaluate.batch_size)
+    if path is not None:
+        write_json_atomic(path, {"scores_version": SCORES_VERSION, "adapter": str(adapter),
+                                 "test": {k: {"num": v.num.tolist(), "den": v.den.tolist()} for k, v in test.items()},
+                                 "dev": {"loss": dev.loss, "example_loss": list(map(float, dev.example_loss)),
+                                         "n_tokens": int(dev.n_tokens),
+                                         "example_tokens": list(map(int, dev.example_tokens))}})
+    return test, dev
+
+
+def _split_digest(split) -> str:
+    """SHA-256 of a split's examples (ids, prompts, responses, choices)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for e in split.examples:
+        h.update(json.dumps([e.id, e.prompt, e.response, None if e.messages is None else list(e.messages),
+                             None if e.choices is None else list(e.choices)], sort_keys=True, default=str).encode())
+    return h.hexdigest()
 
 
 #: The harness's scores of every final model, beside metrics.json (written by the evaluate stage).

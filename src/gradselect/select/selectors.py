@@ -464,6 +464,34 @@ def less_examples(estimator: SubsetEstimator, n_examples: int) -> np.ndarray:
     return rows[order[: max(0, min(int(n_examples), len(rows)))]]
 
 
+def sampled_examples(estimator: SubsetEstimator, n_examples: int, *, stratified: bool = False,
+                     seed: int = 0) -> np.ndarray:
+    """``n_examples`` source rows drawn at random from all sources (row indices, sorted).
+
+    The baseline a user would try before any selection: subsample the pooled sources to the
+    selection's size. ``stratified=False`` draws uniformly from the pool (large sources give
+    more); ``stratified=True`` gives every source an equal share (the remainder, and the share
+    of sources too small to fill theirs, spread over the others at random). Seeded.
+    """
+    a = estimator.arrays_
+    names = list(estimator.source_names_)
+    pools = [np.asarray(a.source_rows[n]) for n in names]
+    total = sum(len(p) for p in pools)
+    n = max(0, min(int(n_examples), total))
+    rng = np.random.default_rng([seed, 23, int(stratified)])
+    if not stratified:
+        return np.sort(rng.choice(np.concatenate(pools), size=n, replace=False))
+    take = np.zeros(len(pools), dtype=int)
+    room = np.array([len(p) for p in pools])
+    while take.sum() < n:  # equal shares, water-filled: sources that run out pass theirs on
+        open_ = np.flatnonzero(take < room)
+        share, extra = divmod(n - int(take.sum()), len(open_))
+        add = np.full(len(open_), share)
+        add[rng.permutation(len(open_))[:extra]] += 1
+        take[open_] = np.minimum(take[open_] + add, room[open_])
+    return np.sort(np.concatenate([rng.choice(p, size=k, replace=False) for p, k in zip(pools, take)]))
+
+
 class RandomSelector(Selector):
     """Baseline: k sources drawn at random (seeded); k defaults to half of them."""
 

@@ -155,8 +155,9 @@ def clustered_taskset(taskset, clusters: dict[str, list]):
 SIZED = {"grad-sim": "k", "repr-sim": "k", "random": "k", "kmm": "k", "forward": "max_size"}
 
 
-#: Example-level baselines: they choose examples, not sources (comparisons.json ``examples``).
-EXAMPLE_LEVEL = ("less",)
+#: Example-level baselines: they choose examples, not sources (comparisons.json ``examples``):
+#: ``less`` by gradient alignment, ``uniform`` / ``stratified`` at random from the pooled sources.
+EXAMPLE_LEVEL = ("less", "uniform", "stratified")
 
 
 def compare_subsets(estimator: SubsetEstimator, methods, out: Path, *, size: int | None = None,
@@ -166,7 +167,7 @@ def compare_subsets(estimator: SubsetEstimator, methods, out: Path, *, size: int
     With ``size`` (the selection's number of sources), every baseline that can be told how
     many sources to keep keeps that many, so a comparison differs in *which* sources, not
     in how many; ``all`` and ``target-only`` are sizes of their own. Example-level
-    baselines (``less``) keep ``n_examples`` examples (the selection's), listed as
+    baselines (``less``, ``uniform``, ``stratified``) keep ``n_examples`` examples (the selection's), listed as
     ``[source, id]`` pairs under ``examples``; their subset is named after themselves.
     When the selection chose no source (size 0), a baseline held to it would be the target
     alone again: each then keeps what its own rule picks (example-level ones, as many
@@ -177,7 +178,11 @@ def compare_subsets(estimator: SubsetEstimator, methods, out: Path, *, size: int
     dict
         ``{"subsets": {method: [names]}, "examples": {method: [[source, id], ...]}}``
     """
-    from gradselect.select.selectors import less_examples
+    from gradselect.select.selectors import less_examples, sampled_examples
+
+    example_rules = {"less": less_examples,
+                     "uniform": lambda est, n: sampled_examples(est, n),
+                     "stratified": lambda est, n: sampled_examples(est, n, stratified=True)}
 
     subsets, examples = {}, {}
     if size == 0:
@@ -188,7 +193,7 @@ def compare_subsets(estimator: SubsetEstimator, methods, out: Path, *, size: int
             if features_dir is None or n_examples is None:
                 raise ValueError("example-level comparisons need features_dir and n_examples")
             store = FeatureStore.open(features_dir)
-            rows = less_examples(estimator, n_examples)
+            rows = example_rules[name](estimator, n_examples)
             examples[name] = [[store.sources[r], store.ids[r]] for r in rows.tolist()]
             subsets[name] = [name]
             continue
