@@ -13,6 +13,10 @@ step budgets for every final fine-tune. Suites:
   scarce target (``--test-size`` test questions, 30 dev, the rest, 20 of 250, to train)
   and ``--n-sources`` other BBH tasks of ``--per-source`` examples as sources, the last
   two with swapped answers (planted harm); the planted suite's methods;
+- ``arith``: BIG-bench arithmetic (``--arithmetic``, ``../shared/data/bigbench/arithmetic``):
+  2-digit addition as a scarce target (``--target-train`` questions, default 16; 60 dev;
+  ``--test-size`` test; multiple-choice accuracy over the task's answer options) and the 12 other
+  subtasks of the arith12 truth bank as sources, two with swapped answers (planted harm);
 - ``cot``: chain-of-thought data selection (issue 16): StrategyQA from ``--data``
   (BIG-bench, ``../shared/data/bigbench/strategyqa``), questions with an answer and a
   short explanation as the training data, with ``--noisy`` of them given another
@@ -28,6 +32,7 @@ step budgets for every final fine-tune. Suites:
     python benchmarks/selection.py -o runs/selection-planted12 --budget 0 --test-size 200 --final-seeds 2
     python benchmarks/selection.py --suite cot -o runs/selection-cot          # SmolLM2 + LoRA
     python benchmarks/selection.py --suite bbh -o runs/selection-bbh --budget 0
+    python benchmarks/selection.py --suite arith -o runs/selection-arith12 --budget 0 --validate-k 8
     python benchmarks/selection.py -o runs/selection-scarce --budget 0 --target-train 8   # a source should help
     python benchmarks/selection.py -o runs/selection-scarce --budget 0 --target-train 8 --n-sources 8 \
         --validate-k 8 --margin auto   # with a trust check; --margin 0 takes any estimated gain
@@ -156,6 +161,29 @@ def bbh_selection_config(bbh: Path, target: str, n_sources: int, per_source: int
     return config, FINAL_STEPS["tiny" if tiny else "smollm2"], [s["name"] for s in data["sources"][-2:]]
 
 
+def arith_selection_config(root: Path, target_train: int, test_size: int, model: str | None):
+    """BIG-bench arithmetic: 2-digit addition as the target (``target_train`` training questions, 60 dev,
+    ``test_size`` test; multiple choice kept), the truth bank arith12's 12 other subtasks as sources
+    (30 examples each; two with swapped answers, planted harm)."""
+    from gradselect.demo import FINAL_STEPS
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from truthbank import ARITH_SOURCES, arith12_config
+
+    config = arith12_config(root)
+    dev = 60
+    total = target_train + dev + test_size
+    data = config.data.model_dump()
+    data["target"]["max_examples"] = total
+    data["dev_fraction"], data["test_fraction"] = dev / total, test_size / total
+    if model:
+        config = config.model_copy(update={"model": config.model.model_copy(update={"name_or_path": model})})
+    config = config.model_copy(update={"data": type(config.data).model_validate(data),
+                                       "select": config.select.model_copy(update={"n_subsets": 64})})
+    tiny = config.model.name_or_path.startswith("tiny-")
+    return config, FINAL_STEPS["tiny" if tiny else "smollm2"], [n for n, _, noise in ARITH_SOURCES if noise]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-o", "--out", type=Path, required=True, help="run folder")
@@ -165,7 +193,8 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=int, default=100,
                    help="fine-tunes at most for the conventional search (0: skip it)")
     p.add_argument("--test-size", type=int, default=200, help="planted: target test questions")
-    p.add_argument("--target-train", type=int, help="planted: target training questions (default: the demo's 60)")
+    p.add_argument("--target-train", type=int,
+                   help="planted / arith: target training questions (default: the demo's 60 / 16)")
     p.add_argument("--final-seeds", type=int, default=2, help="training seeds of every final fine-tune")
     p.add_argument("--final-init", choices=["base", "meta"], default="base",
                    help="where every final fine-tune starts: the base model or theta* ([run] final_init)")
@@ -174,7 +203,9 @@ def main(argv=None) -> int:
     p.add_argument("--margin", default="auto",
                    help="evidence margin of the selection ([select] margin): auto, or a number (0: the old rule)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--suite", choices=["planted", "bbh", "cot"], default="planted")
+    p.add_argument("--suite", choices=["planted", "bbh", "arith", "cot"], default="planted")
+    p.add_argument("--arithmetic", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
+                   / "bigbench" / "arithmetic", help="arith: the BIG-bench arithmetic folder (subtask folders)")
     p.add_argument("--bbh", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "bbh",
                    help="bbh: BIG-Bench-Hard folder")
     p.add_argument("--target", default="boolean_expressions", help="bbh: target task")
@@ -222,6 +253,12 @@ def main(argv=None) -> int:
             return 0
         config, steps, planted = bbh_selection_config(args.bbh, args.target, args.n_sources, args.per_source,
                                                       args.test_size, args.model)
+    elif args.suite == "arith":
+        if not (args.arithmetic / "2_digit_addition" / "task.json").exists():
+            print(f"skipped: no BIG-bench arithmetic at {args.arithmetic}")
+            return 0
+        config, steps, planted = arith_selection_config(args.arithmetic, args.target_train or 16, args.test_size,
+                                                        args.model)
     else:
         config, steps = suite_config(args.model, args.n_sources, args.size, args.test_size, args.target_train)
     config = config.model_copy(update={"run": config.run.model_copy(update={

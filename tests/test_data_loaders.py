@@ -25,11 +25,15 @@ def test_json_list_and_bigbench_shape(tmp_path, qa_rows):
             {"input": "not True", "target": "False"},
             {"input": "1+1", "target": ["2", "two"]},
             {"input": "sky?", "target_scores": {"red": 0, "blue": 1}},
+            {"input": "What is 2 plus 3?", "target": "5", "target_scores": {"4": 0, "5": 1, "house": 0}},
         ],
     }
     (tmp_path / "task.json").write_text(json.dumps(bb))
     [src] = load_sources(SourceSpec(path=str(tmp_path / "task.json"), name="bb"))
-    assert [(e.prompt, e.response) for e in src.examples] == [("not True", "False"), ("1+1", "2"), ("sky?", "blue")]
+    assert [(e.prompt, e.response) for e in src.examples] == [("not True", "False"), ("1+1", "2"), ("sky?", "blue"),
+                                                              ("What is 2 plus 3?", "5")]
+    # target_scores make a question multiple choice, also beside a written target (BIG-bench arithmetic).
+    assert [e.choices for e in src.examples] == [None, None, ("red", "blue"), ("4", "5", "house")]
 
 
 def test_csv_parquet_and_custom_columns(tmp_path):

@@ -126,13 +126,15 @@ def _bigbench_target(row: dict) -> dict:
     """BIG-bench rows may give ``target`` as a list or only ``target_scores``."""
     row = dict(row)
     target = row.get("target")
+    scores = row.get("target_scores")
     if isinstance(target, list) and target and all(isinstance(t, str) for t in target):
         row["target"] = target[0]
-    elif target is None and isinstance(row.get("target_scores"), dict) and row["target_scores"]:
-        scores = row["target_scores"]
+    elif target is None and isinstance(scores, dict) and scores:
         row["target"] = max(scores, key=lambda k: scores[k])
-        if len(scores) > 1 and all(isinstance(k, str) for k in scores):
-            row["_choices"] = list(scores)  # multiple choice: every scored answer is a candidate
+    # Multiple choice: every scored answer is a candidate, also beside a written ``target`` (BIG-bench
+    # arithmetic gives both); kept only when the target is among them (checked with the response).
+    if isinstance(scores, dict) and len(scores) > 1 and all(isinstance(k, str) for k in scores):
+        row["_choices"] = list(scores)
     return row
 
 
