@@ -161,10 +161,11 @@ def bbh_selection_config(bbh: Path, target: str, n_sources: int, per_source: int
     return config, FINAL_STEPS["tiny" if tiny else "smollm2"], [s["name"] for s in data["sources"][-2:]]
 
 
-def arith_selection_config(root: Path, target_train: int, test_size: int, model: str | None):
+def arith_selection_config(root: Path, target_train: int, test_size: int, model: str | None, n_sources: int = 12):
     """BIG-bench arithmetic: 2-digit addition as the target (``target_train`` training questions, 60 dev,
     ``test_size`` test; multiple choice kept), the truth bank arith12's 12 other subtasks as sources
-    (30 examples each; two with swapped answers, planted harm)."""
+    (30 examples each; two with swapped answers, planted harm); fewer with ``n_sources`` (the first
+    clean ones and both noisy ones)."""
     from gradselect.demo import FINAL_STEPS
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -176,6 +177,9 @@ def arith_selection_config(root: Path, target_train: int, test_size: int, model:
     data = config.data.model_dump()
     data["target"]["max_examples"] = total
     data["dev_fraction"], data["test_fraction"] = dev / total, test_size / total
+    if not 3 <= n_sources <= len(data["sources"]):
+        raise SystemExit(f"--n-sources: the arith suite has 3 to {len(data['sources'])} sources")
+    data["sources"] = data["sources"][:n_sources - 2] + data["sources"][-2:]
     if model:
         config = config.model_copy(update={"model": config.model.model_copy(update={"name_or_path": model})})
     config = config.model_copy(update={"data": type(config.data).model_validate(data),
@@ -258,7 +262,7 @@ def main(argv=None) -> int:
             print(f"skipped: no BIG-bench arithmetic at {args.arithmetic}")
             return 0
         config, steps, planted = arith_selection_config(args.arithmetic, args.target_train or 16, args.test_size,
-                                                        args.model)
+                                                        args.model, args.n_sources)
     else:
         config, steps = suite_config(args.model, args.n_sources, args.size, args.test_size, args.target_train)
     config = config.model_copy(update={"run": config.run.model_copy(update={

@@ -350,6 +350,8 @@ def _variants(arrays, subsets, true, base_true, norms):
     out = {}
     default, base_est = est(EstimateConfig())
     out["trust_region, default radius"] = default
+    out["trust_region, default radius, additive over sources (LOO, label-free)"] = _loo_additive(
+        arrays.source_names, subsets, default)
     out["trust_region, default radius, lowrank"] = est(EstimateConfig(solver="lowrank", rank=32))[0]
     out["l2, default lam"] = est(EstimateConfig(mode="l2"))[0]
     out["reference"] = est(EstimateConfig(mode="reference"))[0]
@@ -452,6 +454,8 @@ def _forward_variants(config, taskset, meta_adapter, run_dir, subsets, true, bas
                                                        config.tokenize)
         default = np.array([cached(est, step, s, est.length_) for s in subsets])
         out[f"forward pass, {step} step, default length"] = default
+        out[f"forward pass, {step} step, default length, additive over sources (LOO, label-free)"] = \
+            _loo_additive(est.source_names_, subsets, default)
         out[f"forward pass, {step} step, default length + LOO level"] = loo_affine(default, true, est.base_loss_,
                                                                                   base_true)
         for f in fractions:
@@ -877,6 +881,21 @@ def _loo_kernel_ridge(names, subsets, y, alpha: float = 1e-2) -> np.ndarray:
         mean = y[keep].mean()
         model.fit(x[keep], y[keep] - mean)
         out[i] = mean + model.predict(x[i:i + 1])[0]
+    return out
+
+
+def _loo_additive(names, subsets, estimates) -> np.ndarray:
+    """Leave-one-out: each subset's estimate predicted by an additive model over sources (intercept +
+    one effect per source, least squares) fitted to the *estimates* of the other subsets. Label-free:
+    no truth enters; it asks whether a scorer's per-source effects, averaged over many subsets,
+    predict an unscored subset better than its own score of that subset."""
+    x = np.c_[np.ones(len(subsets)), np.array([[n in s for n in names] for s in subsets], dtype=float)]
+    y = np.asarray(estimates, float)
+    out = np.empty(len(y))
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        coef = np.linalg.lstsq(x[keep], y[keep], rcond=None)[0]
+        out[i] = float(x[i] @ coef)
     return out
 
 

@@ -137,3 +137,28 @@ def test_bank_suites_on_shared_data_have_their_documented_splits(suite, sizes):
     assert len(taskset.sources) == 12
     noisy = {s.name for s in taskset.sources if any(e.meta.get("noisy") for e in s.examples)}
     assert noisy == ({"3_digit_addition_noisy", "2_digit_subtraction_noisy"} if suite == "arith12" else set())
+
+
+def test_arith_selection_suite_is_a_scarce_multiple_choice_target_with_planted_noise():
+    """benchmarks/selection.py --suite arith (skipped without ../shared/data): the documented splits, every
+    test question multiple choice (BIG-bench target_scores), 12 sources of 30 or fewer with both noisy ones."""
+    import sys
+    from pathlib import Path
+
+    arithmetic = Path(__file__).resolve().parents[2] / "shared" / "data" / "bigbench" / "arithmetic"
+    if not (arithmetic / "2_digit_addition" / "task.json").exists():
+        pytest.skip("no ../shared/data on this machine")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import selection
+
+    from gradselect.data import load_taskset
+
+    config, steps, planted = selection.arith_selection_config(arithmetic, 16, 200, None)
+    taskset = load_taskset(config.data)
+    assert (len(taskset.target_train.examples), len(taskset.target_dev.examples),
+            len(taskset.target_test.examples)) == (16, 60, 200)
+    assert all(e.choices and e.response in e.choices for e in taskset.target_test.examples)
+    assert len(taskset.sources) == 12 and all(20 <= len(s.examples) <= 30 for s in taskset.sources)
+    assert set(planted) == {s.name for s in taskset.sources if any(e.meta.get("noisy") for e in s.examples)}
+    small, _, _ = selection.arith_selection_config(arithmetic, 16, 200, None, n_sources=6)
+    assert [s.name for s in small.data.sources][-2:] == planted and len(small.data.sources) == 6
