@@ -36,6 +36,8 @@ step budgets for every final fine-tune. Suites:
     python benchmarks/selection.py -o runs/selection-scarce --budget 0 --target-train 8   # a source should help
     python benchmarks/selection.py -o runs/selection-scarce --budget 0 --target-train 8 --n-sources 8 \
         --validate-k 8 --margin auto   # with a trust check; --margin 0 takes any estimated gain
+    python benchmarks/selection.py -o runs/selection-scarce12 --budget 0 --target-train 8 --validate-k 8 \
+        --scorer forward   # subsets scored by dev forward passes (the other methods' fine-tunes are reused)
 
 The cot suite writes its derived data files (BIG-bench format, canary kept) into the
 run folder, never into the repository.
@@ -206,6 +208,9 @@ def main(argv=None) -> int:
                    help="trust check of this many subsets fine-tuned from theta* before selecting ([run] validate_k)")
     p.add_argument("--margin", default="auto",
                    help="evidence margin of the selection ([select] margin): auto, or a number (0: the old rule)")
+    p.add_argument("--scorer", choices=["linear", "forward"], default="linear",
+                   help="how the selection scores subsets ([estimate] scorer): the linear first-order estimate, or "
+                        "a real dev forward pass at theta* + a sign step per subset")
     p.add_argument("--device", default="auto")
     p.add_argument("--suite", choices=["planted", "bbh", "arith", "cot"], default="planted")
     p.add_argument("--arithmetic", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -270,7 +275,8 @@ def main(argv=None) -> int:
         "final_seeds": args.final_seeds, "final_init": args.final_init, "conventional_budget": args.budget,
         "validate_k": args.validate_k}),
         "select": config.select.model_copy(update={"margin": args.margin if args.margin == "auto"
-                                                   else float(args.margin)})})
+                                                   else float(args.margin)}),
+        "estimate": config.estimate.model_copy(update={"scorer": args.scorer})})
     run_pipeline(config, device=args.device, progress=False)
     rows = selection_rows(args.out)
     ours = cost_of_selection(args.out)
@@ -278,7 +284,7 @@ def main(argv=None) -> int:
     print(f"# selection suite {args.suite}: {config.model.name_or_path}, {args.n_sources} sources of {size} "
           f"examples, {args.test_size} test questions, final fine-tunes of {steps} steps x {args.final_seeds} seeds "
           f"from {'theta*' if args.final_init == 'meta' else 'the base model'}; trust check of {args.validate_k} "
-          f"subsets; evidence margin {args.margin}")
+          f"subsets; evidence margin {args.margin}; {args.scorer} scorer")
     print_selection_rows(rows)
     sel = json.loads((args.out / "selection.json").read_text())
     print(f"planted harmful sources {planted}; chosen among them: {sorted(set(planted) & set(sel['chosen']))}")
