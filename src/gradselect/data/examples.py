@@ -63,6 +63,20 @@ class Source:
     def __len__(self) -> int:
         return len(self.examples)
 
+    def fingerprint(self) -> str:
+        """SHA-256 over the name and examples, hashed as :meth:`TaskSet.fingerprint` hashes each part."""
+        h = hashlib.sha256()
+        self._hash_into(h)
+        return h.hexdigest()
+
+    def _hash_into(self, h) -> None:
+        h.update(self.name.encode())
+        for e in self.examples:
+            payload = [e.id, e.prompt, e.response, None if e.messages is None else list(e.messages)]
+            if e.choices is not None:  # (appended only when present: older fingerprints stay valid)
+                payload.append(list(e.choices))
+            h.update(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode())
+
 
 @dataclass
 class TaskSet:
@@ -107,12 +121,6 @@ class TaskSet:
     def fingerprint(self) -> str:
         """SHA-256 over every split and source (names, ids, prompts, responses)."""
         h = hashlib.sha256()
-        parts = [self.target_train, self.target_dev, self.target_test, *self.sources]
-        for part in parts:
-            h.update(part.name.encode())
-            for e in part.examples:
-                payload = [e.id, e.prompt, e.response, None if e.messages is None else list(e.messages)]
-                if e.choices is not None:  # (appended only when present: older fingerprints stay valid)
-                    payload.append(list(e.choices))
-                h.update(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode())
+        for part in [self.target_train, self.target_dev, self.target_test, *self.sources]:
+            part._hash_into(h)
         return h.hexdigest()

@@ -24,7 +24,7 @@ from gradselect.evaluate.metrics import (
     score_split_examples,
     target_loss,
 )
-from gradselect.io import read_json_artifact, write_json_atomic
+from gradselect.io import content_key, file_digest, read_json_artifact, write_json_atomic
 
 METRICS_VERSION = 1
 
@@ -213,7 +213,6 @@ SCORES_VERSION = 1
 def _scores_of(config, taskset, adapter: Path, cache_dir: Path | None, device: str, progress: bool,
                refresh: bool = False):
     """One model's per-example test scores and dev loss, from ``cache_dir`` when it scored this model before."""
-    from gradselect.io import content_key, file_digest
     from gradselect.model import load_trained
 
     path = None
@@ -223,7 +222,7 @@ def _scores_of(config, taskset, adapter: Path, cache_dir: Path | None, device: s
         key = content_key(SCORES_VERSION, [[str(f.relative_to(adapter)), file_digest(f)] for f in files],
                           config.model.model_dump(mode="json"), config.adapter.model_dump(mode="json"),
                           config.tokenize.model_dump(mode="json"), ev,
-                          _split_digest(taskset.target_test), _split_digest(taskset.target_dev))
+                          taskset.target_test.fingerprint(), taskset.target_dev.fingerprint())
         path = Path(cache_dir) / f"{key}.json"
         if path.exists() and not refresh:
             try:
@@ -245,17 +244,6 @@ def _scores_of(config, taskset, adapter: Path, cache_dir: Path | None, device: s
                                          "n_tokens": int(dev.n_tokens),
                                          "example_tokens": list(map(int, dev.example_tokens))}})
     return test, dev
-
-
-def _split_digest(split) -> str:
-    """SHA-256 of a split's examples (ids, prompts, responses, choices)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for e in split.examples:
-        h.update(json.dumps([e.id, e.prompt, e.response, None if e.messages is None else list(e.messages),
-                             None if e.choices is None else list(e.choices)], sort_keys=True, default=str).encode())
-    return h.hexdigest()
 
 
 #: The harness's scores of every final model, beside metrics.json (written by the evaluate stage).
