@@ -146,8 +146,13 @@ def test_less_comparison_trains_on_as_many_examples_as_the_selection(tmp_path, m
         assert len(compared["examples"][label]) == compared["n_examples"]
         assert json.loads((run_dir / "final" / label / "train_result.json").read_text())["n_examples"] == ours
     assert {s for s, _ in compared["examples"]["stratified"]} == set(sizes)  # every source gives its share
-    assert set(json.loads((run_dir / "metrics.json").read_text())["rows"]) == {
-        "selection", "all", "less", "kmm", "uniform", "stratified"}
+    rows = json.loads((run_dir / "metrics.json").read_text())["rows"]
+    assert set(rows) == {"selection", "all", "less", "kmm", "uniform", "stratified"}
+    # reported by the sources their examples came from and their count, not as one pseudo-source
+    assert rows["stratified"]["sources"] == list(sizes) and rows["stratified"]["n_examples"] == compared["n_examples"]
+    assert set(rows["less"]["sources"]) == {s for s, _ in compared["examples"]["less"]}
+    assert "n_examples" not in rows["kmm"]
+    assert f"| stratified | {compared['n_examples']} ex. of 4 |" in (run_dir / "report.md").read_text()
 
 
 def test_final_seeds_add_fine_tunes_and_report_the_mean_and_spread(tmp_path, monkeypatch, capsys):

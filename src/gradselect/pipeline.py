@@ -373,10 +373,16 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     # From theta*, a final fine-tune depends on it too (a base-model start keeps its earlier keys).
     init = meta_dir / "adapter" if config.run.final_init == "meta" else None
     init_key = ["from theta*", meta_key] if init is not None else []
+    example_counts = {}
     for label, names in subsets.items():
         data, pairs = train_taskset, example_sets.get(label)
+        shown = names
         if pairs is not None:  # an example-level baseline: one source made of the examples it chose
             data = examples_taskset(taskset, label, pairs)
+            # (reported as the sources its examples came from, in the task set's order, and their count)
+            drawn = {source for source, _ in pairs}
+            shown = [s.name for s in taskset.sources if s.name in drawn]
+            example_counts[label] = len(pairs)
         for k in range(config.run.final_seeds):
             # Seed 0 keeps the single-seed folder and stage names, so adding seeds retrains nothing done.
             tag = "" if k == 0 else f"-seed{k}"
@@ -394,15 +400,16 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
                 trained[key] = folder
                 stage(name, key, [folder], lambda folder=folder, names=names, data=data, seeded=seeded, key=key:
                       train_or_copy(folder, names, seeded, data, key), staging=[build_dir(folder)])
-            models.setdefault(label, (names, []))[1].append(folder / "adapter")
+            models.setdefault(label, (shown, []))[1].append(folder / "adapter")
 
     # 6. evaluate on the target's test split
     metrics_path = run_dir / "metrics.json"
-    eval_key = content_key("evaluate", final_keys, _dump(config.evaluate))
+    eval_key = content_key("evaluate", final_keys, _dump(config.evaluate), *([example_counts] if example_counts else []))
     lm_eval_out = [run_dir / "lm_eval.json"] if config.evaluate.lm_eval_tasks else []
     stage("evaluate", eval_key, [metrics_path, *lm_eval_out],
           lambda: evaluate_models(config, taskset, models, metrics_path, device=device, progress=progress,
-                                  cache_dir=run_dir / "evaluations", refresh="evaluate" in force))
+                                  cache_dir=run_dir / "evaluations", refresh="evaluate" in force,
+                                  example_counts=example_counts))
 
     # 7. report (cheap: regenerated whenever what it reads changed, a forced stage's new output included)
     from gradselect.report import write_report

@@ -107,7 +107,7 @@ def format_metrics(table: MetricsTable, labels: dict | None = None) -> str:
     grid = [["fine-tuned on", "sources"] + [m.title for m in columns]]
     for key in order:
         r = table.rows[key]
-        grid.append([labels.get(key, key), str(len(r.sources))] + [_metric_cell(r, m) for m in columns])
+        grid.append([labels.get(key, key), r.size_text()] + [_metric_cell(r, m) for m in columns])
     text = _grid(grid)
     if table.final_init == "meta":  # the paper's default (base) goes without saying
         text += f"\n({start_line(table)})"
@@ -392,7 +392,7 @@ def write_report(run_dir: str | Path) -> Path:
         order = _ordered(table, None)
         for label in order:
             row = table.rows[label]
-            lines.append(f"| {label} | {len(row.sources)} | " + " | ".join(_metric_cell(row, m) for m in columns)
+            lines.append(f"| {label} | {row.size_text()} | " + " | ".join(_metric_cell(row, m) for m in columns)
                          + " |")
         others = [k for k in order if k != "selection" and "selection" in table.rows]
         if others and table.versus(others[0], columns[0].key) is not None:

@@ -45,6 +45,9 @@ class MetricRow:
         seeds, each example's value averaged over them.
     seed_values : dict of str to list of float, optional
         With several training seeds, each seed's value.
+    n_examples : int, optional
+        An example-level baseline (``less``, ``uniform``, ``stratified``): how many examples it
+        trained on, drawn from ``sources``; None for a model trained on whole sources.
     """
 
     label: str
@@ -53,6 +56,13 @@ class MetricRow:
     per_example: dict[str, PerExample] | None = None
     seed_values: dict[str, list[float]] | None = None
     """With several training seeds: each seed's value (``values`` holds their mean)."""
+    n_examples: int | None = None
+
+    def size_text(self) -> str:
+        """The training data's size as a table shows it: ``5`` sources, or ``150 ex. of 12`` sources."""
+        if self.n_examples is None:
+            return str(len(self.sources))
+        return f"{self.n_examples} ex. of {len(self.sources)}"
 
     def get(self, key: str) -> float | None:
         return self.values.get(key)
@@ -110,6 +120,8 @@ class MetricsTable:
         rows = {}
         for label, r in self.rows.items():
             row = {"sources": list(r.sources), **{f"{self.split}_{k}": v for k, v in r.values.items()}}
+            if r.n_examples is not None:
+                row["n_examples"] = r.n_examples
             if r.seed_values:
                 row["seeds"] = r.seed_values
             if r.per_example:
@@ -145,7 +157,8 @@ class MetricsTable:
                        for k, v in (r.get("per_example") or {}).items()} or None
                 rows[label] = MetricRow(label, list(r["sources"]),
                                         {k[len(prefix):]: float(v) for k, v in r.items() if k.startswith(prefix)},
-                                        per, r.get("seeds"))
+                                        per, r.get("seeds"),
+                                        None if r.get("n_examples") is None else int(r["n_examples"]))
             dev = {k: float(v) for k, v in data["dev_loss"].items()} if data.get("dev_loss") else None
             init = data.get("final_init")
             if init not in (None, "base", "meta"):
@@ -163,6 +176,7 @@ class MetricsTable:
 
 def evaluate_models(config, taskset, models: dict[str, tuple[list[str], list[Path]]], out: Path, *,
                     device: str = "auto", progress: bool = True, cache_dir: Path | None = None,
+                    example_counts: dict[str, int] | None = None,
                     refresh: bool = False) -> MetricsTable:
     """The evaluate stage: score each final model on the target's test split; write ``out`` (metrics.json).
 
@@ -182,6 +196,9 @@ def evaluate_models(config, taskset, models: dict[str, tuple[list[str], list[Pat
         the configs that shape them, so adding a model to a run scores only that model.
     refresh : bool
         Score every model again and rewrite its cache entry (``--force evaluate``).
+    example_counts : dict of str to int, optional
+        Example-level baselines: how many examples each label trained on (its ``sources`` are
+        the sources they came from).
     """
     rows, dev_loss, dev_per = {}, {}, {}
     scored = {}  # adapter folder -> (test scores, dev loss): one model shared by several labels is scored once
@@ -199,7 +216,8 @@ def evaluate_models(config, taskset, models: dict[str, tuple[list[str], list[Pat
         dev_per[label] = PerExample(np.mean([np.asarray(d.example_loss) * tokens for d in dev], axis=0), tokens)
         per = {k: PerExample(np.mean([p[k].num for p in per_seed], axis=0), per_seed[0][k].den) for k in per_seed[0]}
         seeds = {k: [p[k].value for p in per_seed] for k in per_seed[0]} if len(per_seed) > 1 else None
-        rows[label] = MetricRow(label, list(names), {k: v.value for k, v in per.items()}, per, seeds)
+        rows[label] = MetricRow(label, list(names), {k: v.value for k, v in per.items()}, per, seeds,
+                                (example_counts or {}).get(label))
     table = MetricsTable("test", len(taskset.target_test), rows, dev_loss, config.run.final_init, dev_per)
     if config.evaluate.lm_eval_tasks:
         write_lm_eval(config, taskset, models, Path(out).with_name(LM_EVAL_FILE), device=device)
