@@ -404,7 +404,8 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
 
     # 6. evaluate on the target's test split
     metrics_path = run_dir / "metrics.json"
-    eval_key = content_key("evaluate", final_keys, _dump(config.evaluate), *([example_counts] if example_counts else []))
+    eval_key = content_key("evaluate", final_keys, _dump(config.evaluate),
+                           *([example_counts] if example_counts else []))
     lm_eval_out = [run_dir / "lm_eval.json"] if config.evaluate.lm_eval_tasks else []
     stage("evaluate", eval_key, [metrics_path, *lm_eval_out],
           lambda: evaluate_models(config, taskset, models, metrics_path, device=device, progress=progress,
