@@ -65,6 +65,14 @@ SOURCES = [  # (name, generator, label noise)
 ]
 
 
+def source_sizes(run_dir: Path) -> str:
+    """The examples per source the run featurized: ``30``, or ``23-30`` where sources differ."""
+    from gradselect.features.store import FeatureStore
+
+    sizes = [len(rows) for rows in FeatureStore.open(Path(run_dir) / "features").rows_by_source().values()]
+    return str(min(sizes)) if min(sizes) == max(sizes) else f"{min(sizes)}-{max(sizes)}"
+
+
 def suite_config(model: str | None, n_sources: int, size: int, test_size: int = 200, target_train: int | None = None):
     """The demo's target (two-term sums, which SmolLM2 partly solves once fine-tuned) with ``n_sources``
     sources, chain sums and arithmetic at the target's difficulty, and ``test_size`` test questions;
@@ -280,9 +288,8 @@ def main(argv=None) -> int:
     run_pipeline(config, device=args.device, progress=False)
     rows = selection_rows(args.out)
     ours = cost_of_selection(args.out)
-    size = args.per_source if args.suite == "bbh" else args.size
-    print(f"# selection suite {args.suite}: {config.model.name_or_path}, {args.n_sources} sources of {size} "
-          f"examples, {args.test_size} test questions, final fine-tunes of {steps} steps x {args.final_seeds} seeds "
+    print(f"# selection suite {args.suite}: {config.model.name_or_path}, {args.n_sources} sources of "
+          f"{source_sizes(args.out)} examples, {args.test_size} test questions, final fine-tunes of {steps} steps x {args.final_seeds} seeds "
           f"from {'theta*' if args.final_init == 'meta' else 'the base model'}; trust check of {args.validate_k} "
           f"subsets; evidence margin {args.margin}; {args.scorer} scorer")
     print_selection_rows(rows)

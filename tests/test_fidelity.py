@@ -162,3 +162,26 @@ def test_arith_selection_suite_is_a_scarce_multiple_choice_target_with_planted_n
     assert set(planted) == {s.name for s in taskset.sources if any(e.meta.get("noisy") for e in s.examples)}
     small, _, _ = selection.arith_selection_config(arithmetic, 16, 200, None, n_sources=6)
     assert [s.name for s in small.data.sources][-2:] == planted and len(small.data.sources) == 6
+
+
+def test_selection_suite_header_counts_the_examples_each_source_really_has(tmp_path):
+    """benchmarks/selection.py prints the featurized sizes (a capped source may hold fewer than asked)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import selection
+
+    from gradselect.features.store import FORMAT_VERSION, FeatureStore
+
+    def store(sizes):
+        sources = [s for s, n in sizes.items() for _ in range(n)] + ["target"] * 3
+        splits = ["source"] * (len(sources) - 3) + ["target_train"] * 3
+        index = {"ids": [str(i) for i in range(len(sources))], "sources": sources, "splits": splits}
+        manifest = {"format_version": FORMAT_VERSION, "chunk_size": 4, "projector": {"dim": 2}}
+        FeatureStore.create(tmp_path / "features", manifest, index)
+
+    store({"a": 30, "b": 23, "c": 30})
+    assert selection.source_sizes(tmp_path) == "23-30"
+    store({"a": 30, "b": 30})
+    assert selection.source_sizes(tmp_path) == "30"
