@@ -137,6 +137,25 @@ def test_validate_end_to_end(tmp_path, capsys):
         assert ev["margin"] == pytest.approx(1.96 * np.hypot(ev["dev_standard_error"], measured))
         assert ev["sufficient"] == bool(saved["chosen"])
 
+    # From the base model (--start base, [run] validate_init): the truth a final fine-tune from the base
+    # model gets, measured on the same subsets; nothing starts from theta*, no displacement is measured.
+    capsys.readouterr()
+    assert main(args[:-5] + ["--k", "3", "--repeats", "0", "--start", "base", "-o", str(tmp_path / "val-base"),
+                             "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "3 subsets fine-tuned from the base model" in out
+    based = json.loads((tmp_path / "val-base" / "validation.json").read_text())
+    assert based["start"] == "base" and all(s["displacement"] is None for s in based["subsets"])
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "val-base" / "runs").glob("*/truth.json")]
+    assert len(runs) == 3 and all(r["init"] is None for r in runs)
+    from_meta = {tuple(s["sources"]): s["true_loss"] for s in report["subsets"]}
+    assert all(abs(from_meta[tuple(s["sources"])] - s["true_loss"]) > 1e-4 for s in based["subsets"])
+    from gradselect.config import RunConfig
+
+    assert RunConfig().run.validate_init == "meta"
+    with pytest.raises(ValueError, match="validate_init"):
+        RunConfig.model_validate({"run": {"validate_init": "theta"}})
+
 
 def test_compare_and_calibrate_on_synthetic_truth():
     true = np.array([0.50, 0.45, 0.40, 0.47])

@@ -196,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="correct later estimates by kernel ridge on the validated subsets' residuals: on, auto (when "
                    "it orders the held-out validated subsets better than the calibrated step), off (default: [run] "
                    "residual_surrogate, on)")
+    p.add_argument("--start", choices=["meta", "base"], default=None,
+                   help="where the fine-tunes start: meta (theta*, --adapter) or base (the base model, where final "
+                   "fine-tunes start by default: the truth the user gets) (default: [run] validate_init, meta)")
     _add_common(p)
 
     p = sub.add_parser(
@@ -534,8 +537,8 @@ def cmd_validate(args) -> int:
     if store.manifest["dataset_fingerprint"] != taskset.fingerprint():
         raise GradselectError(f"{args.features}: features were computed from other data than this config's")
     report = validate(config, taskset, store, args.adapter, args.output, k=args.k, repeats=args.repeats,
-                      seed=args.seed, surrogate=args.surrogate or config.run.residual_surrogate, device=args.device,
-                      progress=not args.quiet)
+                      seed=args.seed, surrogate=args.surrogate or config.run.residual_surrogate,
+                      start=args.start or config.run.validate_init, device=args.device, progress=not args.quiet)
     print(format_validation(report))
     print(f"results: {args.output / 'validation.json'}, {args.output / 'validation.png'}")
     return 0

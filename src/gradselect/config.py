@@ -72,6 +72,14 @@ class RunSection(StrictConfig):
     validate_k: int = pydantic.Field(default=0, ge=0)
     """Trust check before selecting: fine-tune from theta* on this many subsets (0: skip; >= 3 to
     run). Its calibrated step is then used by selection."""
+    validate_init: Literal["meta", "base"] = "meta"
+    """Where the trust check's fine-tunes start: ``meta``, theta* (the point the estimates
+    linearize around: it measures the estimator against what it models); ``base``, the base
+    model, where the final fine-tunes start with ``final_init = "base"`` (it measures the
+    estimates against what the user will get, so the evidence margin and the calibrated level
+    are about base-model fine-tunes: a choice whose gains from theta* do not carry over to a
+    fine-tune from the base model is caught). Step-length candidates centred on the measured
+    displacement need a theta* start; from the base model the grid is centred on the default."""
     validate_repeats: int = pydantic.Field(default=2, ge=0)
     """Trust check: subsets fine-tuned again with another seed (noise floor)."""
     residual_surrogate: Literal["auto", "on", "off"] = "on"

@@ -270,13 +270,17 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     if config.run.validate_k:
         from gradselect.validate import validate
 
+        # (a theta* start keeps the keys it had before the start was a choice)
+        start = [] if config.run.validate_init == "meta" else ["from the base model"]
         val_key = content_key("validate", feat_key, _dump(final_train), _dump(config.estimate),
-                              config.run.validate_k, config.run.validate_repeats, config.run.residual_surrogate)
+                              config.run.validate_k, config.run.validate_repeats, config.run.residual_surrogate,
+                              *start)
         # Fine-tunes are cached under content keys in validation/runs/: never cleared.
         stage("validate", val_key, [run_dir / "validation" / "validation.json", calibration],
               lambda: validate(config, taskset, FeatureStore.open(feat_dir), meta_dir / "adapter",
                                run_dir / "validation", k=config.run.validate_k, repeats=config.run.validate_repeats,
-                               surrogate=config.run.residual_surrogate, device=device, progress=progress))
+                               surrogate=config.run.residual_surrogate, start=config.run.validate_init,
+                               device=device, progress=progress))
 
     # 4. estimate + select. Only this run's own trust check calibrates it.
     manifest = FeatureStore.open(feat_dir).manifest

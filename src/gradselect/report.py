@@ -208,10 +208,17 @@ def measured_line(measured: dict | None) -> str:
             f"validated subsets): {verdict}")
 
 
+def trust_start(report: dict) -> str:
+    """Where the trust check's fine-tunes started, as the reports say it."""
+    if report.get("start") == "base":
+        return "the base model ([run] validate_init = \"base\"; estimates made at theta*)"
+    return "the meta-initialization"
+
+
 def format_validation(report: dict) -> str:
     """The trust check's figures as plain text."""
     m = report["metrics"]
-    lines = [f"{m['n_subsets']} subsets fine-tuned from the meta-initialization (true dev loss at theta*: "
+    lines = [f"{m['n_subsets']} subsets fine-tuned from {trust_start(report)} (dev loss at theta*: "
              f"{report['base_loss']:.5f})",
              f"  mean relative error {m['mean_relative_error']:.2%} (max {m['max_relative_error']:.2%}); "
              f"zero-order baseline {m['zero_order_mean_relative_error']:.2%}",
@@ -420,7 +427,7 @@ def write_report(run_dir: str | Path) -> Path:
         val = read_json_artifact(validation_file, redo="rerun with --force validate")
         m = val["metrics"]
         lines += ["", "## Trust check: estimates against real fine-tunes", "",
-                  f"{m['n_subsets']} subsets fine-tuned from the meta-initialization (true dev loss there: "
+                  f"{m['n_subsets']} subsets fine-tuned from {trust_start(val)} (dev loss at theta*: "
                   f"{val['base_loss']:.5f}).", "",
                   "| mean rel. error | zero-order baseline | skill of the change | Spearman [95%] | "
                   "pairwise order accuracy [95%] |",

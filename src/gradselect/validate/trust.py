@@ -53,8 +53,10 @@ def validation_subsets(names: list[str], k: int, seed: int) -> list[list[str]]:
 
 
 def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: int = 8, repeats: int = 2,
-             seed: int = 0, surrogate: str = "on", device: str = "auto", progress: bool = True) -> dict:
-    """Fine-tune on k subsets from theta*, measure the truth, compare with estimates, calibrate.
+             seed: int = 0, surrogate: str = "on", start: str = "meta", device: str = "auto",
+             progress: bool = True) -> dict:
+    """Fine-tune on k subsets from theta* (or the base model), measure the truth, compare with estimates,
+    calibrate.
 
     The calibration selection then uses is :func:`~gradselect.validate.calibration.calibrate_for_ranking`
     (the step that orders the validated subsets best, by more than one standard error over the configured
@@ -75,6 +77,10 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
         Whether selection corrects its estimates by the residual surrogate fitted here
         (:func:`fit_surrogate`): ``on`` always; ``auto`` when its held-out order of the validated
         subsets beats the calibrated step's (``[run] residual_surrogate``).
+    start : {"meta", "base"}
+        Where the fine-tunes start (``[run] validate_init``): ``meta_adapter`` (theta*), or the
+        base model (the truth a final fine-tune from the base model gets; no displacement is
+        measured then).
 
     Returns
     -------
@@ -88,6 +94,9 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
 
     if k < 3:
         raise GradselectError(f"validate needs k >= 3 subsets to compare ranks, got {k}")
+    if start not in ("meta", "base"):
+        raise GradselectError(f"validate: start must be 'meta' (theta*) or 'base', got {start!r}")
+    init = Path(meta_adapter) if start == "meta" else None
     out_dir = Path(out_dir)
     arrays = FeatureArrays.from_store(store)
     names = arrays.source_names
@@ -99,8 +108,8 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
     plan = [(s, base_train.seed) for s in subsets] + [(s, base_train.seed + 1) for s in subsets[:repeats]]
     for names_s, train_seed in plan:
         train_cfg = base_train.model_copy(update={"seed": train_seed})
-        folder = out_dir / "runs" / truth_key(config, taskset, names_s, train_cfg, meta_adapter)
-        runs.append(measure_truth(config, taskset, names_s, folder, train_config=train_cfg, init_adapter=meta_adapter,
+        folder = out_dir / "runs" / truth_key(config, taskset, names_s, train_cfg, init)
+        runs.append(measure_truth(config, taskset, names_s, folder, train_config=train_cfg, init_adapter=init,
                                   store=store, device=device, progress=progress))
 
     primary = runs[: len(subsets)]
@@ -111,8 +120,9 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
         "validation_version": VALIDATION_VERSION,
         "estimator": config.estimate.model_dump(mode="json") | {"radius_used": estimator.radius_},
         "base_loss": estimator.base_loss_,
+        "start": start,
         "subsets": [{"sources": r["sources"], "true_loss": r["loss"], "true_token_ce": r["token_ce"],
-                     "estimated_loss": float(e), "displacement": r["displacement"]}
+                     "estimated_loss": float(e), "displacement": r.get("displacement")}
                     for r, e in zip(primary, estimated)],
         "metrics": compare(estimated, true, estimator.base_loss_),
     }
@@ -135,7 +145,7 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
     validated = [r["sources"] for r in primary]
     report["calibration"] = calibrate_for_ranking(arrays, config.estimate, validated, true)
     # For reference: each mode's step fitted to the level alone (mean relative error), as before.
-    norms = [r["displacement"]["projected_norm"] for r in primary]
+    norms = [r["displacement"]["projected_norm"] for r in primary] if init is not None else None
     candidates = {mode: calibrate(arrays, config.estimate.model_copy(update={"mode": mode}), validated, true, norms)
                   for mode in calibrated_modes()}
     report["calibration_candidates"] = {mode: _calibration_summary(c) for mode, c in candidates.items()}
