@@ -214,6 +214,11 @@ def main(argv=None) -> int:
                    help="where every final fine-tune starts: the base model or theta* ([run] final_init)")
     p.add_argument("--validate-k", type=int, default=0,
                    help="trust check of this many subsets fine-tuned from theta* before selecting ([run] validate_k)")
+    p.add_argument("--validate-init", choices=["meta", "base"], default="meta",
+                   help="where the trust check's fine-tunes start ([run] validate_init): theta* or the base model")
+    p.add_argument("--compare", type=lambda text: [m for m in text.split(",") if m],
+                   default=COMPARE + ["kmm", "less", "uniform", "stratified"],
+                   help="comma list of the methods compared with the selection (default: every one)")
     p.add_argument("--margin", default="auto",
                    help="evidence margin of the selection ([select] margin): auto, or a number (0: the old rule)")
     p.add_argument("--scorer", choices=["linear", "forward"], default="linear",
@@ -279,9 +284,9 @@ def main(argv=None) -> int:
     else:
         config, steps = suite_config(args.model, args.n_sources, args.size, args.test_size, args.target_train)
     config = config.model_copy(update={"run": config.run.model_copy(update={
-        "run_dir": str(args.out), "compare": COMPARE + ["kmm", "less", "uniform", "stratified"], "final_steps": steps,
+        "run_dir": str(args.out), "compare": args.compare, "final_steps": steps,
         "final_seeds": args.final_seeds, "final_init": args.final_init, "conventional_budget": args.budget,
-        "validate_k": args.validate_k}),
+        "validate_k": args.validate_k, "validate_init": args.validate_init}),
         "select": config.select.model_copy(update={"margin": args.margin if args.margin == "auto"
                                                    else float(args.margin)}),
         "estimate": config.estimate.model_copy(update={"scorer": args.scorer})})
@@ -289,9 +294,11 @@ def main(argv=None) -> int:
     rows = selection_rows(args.out)
     ours = cost_of_selection(args.out)
     print(f"# selection suite {args.suite}: {config.model.name_or_path}, {args.n_sources} sources of "
-          f"{source_sizes(args.out)} examples, {args.test_size} test questions, final fine-tunes of {steps} steps x {args.final_seeds} seeds "
+          f"{source_sizes(args.out)} examples, {args.test_size} test questions, final fine-tunes of {steps} steps x "
+          f"{args.final_seeds} seeds "
           f"from {'theta*' if args.final_init == 'meta' else 'the base model'}; trust check of {args.validate_k} "
-          f"subsets; evidence margin {args.margin}; {args.scorer} scorer")
+          f"subsets from {'the base model' if args.validate_init == 'base' else 'theta*'}; evidence margin "
+          f"{args.margin}; {args.scorer} scorer")
     print_selection_rows(rows)
     sel = json.loads((args.out / "selection.json").read_text())
     print(f"planted harmful sources {planted}; chosen among them: {sorted(set(planted) & set(sel['chosen']))}")
