@@ -353,6 +353,13 @@ def _variants(arrays, subsets, true, base_true, norms):
     out["trust_region, default radius, additive over sources (LOO, label-free)"] = _loo_additive(
         arrays.source_names, subsets, default)
     out["trust_region, default radius, lowrank"] = est(EstimateConfig(solver="lowrank", rank=32))[0]
+    # The baseline a user would try without an estimator: each source's gradient similarity to the target
+    # (grad-sim's cosine), summed over the subset (no step, no labels; only its order means anything).
+    target = arrays.g[arrays.dev_rows].mean(0)
+    cos = {n: float(arrays.g[r].mean(0) @ target / (np.linalg.norm(arrays.g[r].mean(0)) * np.linalg.norm(target)))
+           for n, r in arrays.source_rows.items()}
+    out["gradient similarity summed over sources (no step; order only)"] = np.array(
+        [base_est - 0.01 * sum(cos[n] for n in s) for s in subsets])
     out["l2, default lam"] = est(EstimateConfig(mode="l2"))[0]
     out["reference"] = est(EstimateConfig(mode="reference"))[0]
     # The radius grid is fixed in advance (around the default), so it carries no held-out information.

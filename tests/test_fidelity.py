@@ -185,3 +185,32 @@ def test_selection_suite_header_counts_the_examples_each_source_really_has(tmp_p
     assert selection.source_sizes(tmp_path) == "23-30"
     store({"a": 30, "b": 30})
     assert selection.source_sizes(tmp_path) == "30"
+
+
+def test_bank_variants_include_the_gradient_similarity_baseline_in_its_order():
+    """benchmarks/truthbank.py scores a no-estimator baseline beside the estimators: the subset's summed
+    gradient similarity (grad-sim's cosine) to the target, higher similarity estimated lower."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from truthbank import _variants
+
+    from gradselect.estimate import FeatureArrays
+
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=8)
+    g = np.concatenate([target + rng.normal(0, 0.5, size=(30, 8)),  # target train, dev
+                        target + rng.normal(0, 0.3, size=(20, 8)),  # "near": aligned with the target
+                        -target + rng.normal(0, 0.3, size=(20, 8)),  # "far": opposed
+                        rng.normal(size=(20, 8))])
+    b = rng.normal(1.0, 0.3, size=len(g))
+    arrays = FeatureArrays(g, b, {"near": np.arange(30, 50), "far": np.arange(50, 70), "other": np.arange(70, 90)},
+                           np.arange(0, 15), np.arange(15, 30), param_norm=2.0)
+    subsets = [[], ["near"], ["far"], ["near", "other"], ["near", "far", "other"]]
+    out, base = _variants(arrays, subsets, np.linspace(1.0, 0.5, len(subsets)), 1.0, [None] * len(subsets))
+    sim = out["gradient similarity summed over sources (no step; order only)"]
+    assert sim[1] < sim[0] < sim[2]  # the aligned source lowers it, the opposed one raises it
+    # additive over sources: all three = near + far + other, other's effect read off near+other
+    assert sim[4] - sim[0] == pytest.approx((sim[1] - sim[0]) + (sim[2] - sim[0]) + (sim[3] - sim[1]))
+    assert np.isfinite(sim).all() and sim[0] == pytest.approx(base)
