@@ -52,6 +52,7 @@ def suite_config(model: str | None, n_sources: int, size: int, run_dir: Path, bu
         "data": config.data.model_copy(update={"sources": sources}),
         "run": config.run.model_copy(update={"run_dir": str(run_dir), "compare": [], "final_steps": steps,
                                              "conventional_budget": budget, "validate_k": validate_k,
+                                             "validate_init": "meta",  # as the recorded measurements
                                              "validate_repeats": 0})})
 
 

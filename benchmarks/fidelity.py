@@ -123,7 +123,7 @@ def main(argv=None) -> int:
         config, steps, planted = planted_config(args.model)
     config = config.model_copy(update={"run": config.run.model_copy(update={
         "run_dir": str(args.out), "compare": COMPARE, "final_steps": steps, "validate_k": args.k,
-        "validate_repeats": 2})})
+        "validate_init": "meta", "validate_repeats": 2})})  # (the estimator against what it models)
     start = time.perf_counter()
     result = run_pipeline(config, device=args.device, progress=False)
     run_dir = args.out

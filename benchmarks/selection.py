@@ -213,9 +213,10 @@ def main(argv=None) -> int:
     p.add_argument("--final-init", choices=["base", "meta"], default="base",
                    help="where every final fine-tune starts: the base model or theta* ([run] final_init)")
     p.add_argument("--validate-k", type=int, default=0,
-                   help="trust check of this many subsets fine-tuned from theta* before selecting ([run] validate_k)")
-    p.add_argument("--validate-init", choices=["meta", "base"], default="meta",
-                   help="where the trust check's fine-tunes start ([run] validate_init): theta* or the base model")
+                   help="trust check of this many subsets fine-tuned before selecting ([run] validate_k)")
+    p.add_argument("--validate-init", choices=["auto", "meta", "base"], default="auto",
+                   help="where the trust check's fine-tunes start ([run] validate_init): auto (where the final "
+                        "fine-tunes start), theta* or the base model")
     p.add_argument("--compare", type=lambda text: [m for m in text.split(",") if m],
                    default=COMPARE + ["kmm", "less", "uniform", "stratified"],
                    help="comma list of the methods compared with the selection (default: every one)")
@@ -297,7 +298,8 @@ def main(argv=None) -> int:
           f"{source_sizes(args.out)} examples, {args.test_size} test questions, final fine-tunes of {steps} steps x "
           f"{args.final_seeds} seeds "
           f"from {'theta*' if args.final_init == 'meta' else 'the base model'}; trust check of {args.validate_k} "
-          f"subsets from {'the base model' if args.validate_init == 'base' else 'theta*'}; evidence margin "
+          f"subsets from {'theta*' if config.run.trust_check_start() == 'meta' else 'the base model'}; "
+          f"evidence margin "
           f"{args.margin}; {args.scorer} scorer")
     print_selection_rows(rows)
     sel = json.loads((args.out / "selection.json").read_text())

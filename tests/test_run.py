@@ -80,13 +80,16 @@ def test_run_caches_stages_and_reruns_downstream_only(tmp_path, capsys):
     (run_dir / "report.md").unlink()
     assert main(["report", str(run_dir)]) == 0
     assert (run_dir / "report.md").read_text() == current
-    # The trust check from the base model ([run] validate_init): it reruns, and the report says where it started.
-    cfg.write_text(config(2, run_dir) + 'validate_k = 3\nvalidate_repeats = 0\nvalidate_init = "base"\n'
+    # By default the trust check starts where the final fine-tunes do (the base model); from theta*
+    # ([run] validate_init = "meta") it reruns, and the report says where it started.
+    assert json.loads((run_dir / "validation" / "validation.json").read_text())["start"] == "base"
+    assert "3 subsets fine-tuned from the base model" in current
+    cfg.write_text(config(2, run_dir) + 'validate_k = 3\nvalidate_repeats = 0\nvalidate_init = "meta"\n'
                    "conventional_budget = 20\n")
     assert main(["run", str(cfg), "-q"]) == 0
     assert "stages run: validate" in capsys.readouterr().out
-    assert json.loads((run_dir / "validation" / "validation.json").read_text())["start"] == "base"
-    assert "3 subsets fine-tuned from the base model" in (run_dir / "report.md").read_text()
+    assert json.loads((run_dir / "validation" / "validation.json").read_text())["start"] == "meta"
+    assert "3 subsets fine-tuned from the meta-initialization" in (run_dir / "report.md").read_text()
 
     # Features in Adam's metric through a Kronecker projector: features and what follows rerun, not
     # meta-training (whose optimizer moments they read); the trust check's cached fine-tunes are reused.

@@ -38,7 +38,7 @@ def test_validate_end_to_end(tmp_path, capsys):
     assert np.allclose(dev_b, store.b[store.rows_of(split="dev")], rtol=1e-5, atol=1e-6)
 
     args = ["validate", str(cfg), "--adapter", str(tmp_path / "meta" / "adapter"), "--features", str(feats),
-            "-o", str(tmp_path / "val"), "--k", "3", "--repeats", "1", "-q"]
+            "-o", str(tmp_path / "val"), "--start", "meta", "--k", "3", "--repeats", "1", "-q"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "zero-order baseline" in out and "noise floor" in out
@@ -140,7 +140,7 @@ def test_validate_end_to_end(tmp_path, capsys):
     # From the base model (--start base, [run] validate_init): the truth a final fine-tune from the base
     # model gets, measured on the same subsets; nothing starts from theta*, no displacement is measured.
     capsys.readouterr()
-    assert main(args[:-5] + ["--k", "3", "--repeats", "0", "--start", "base", "-o", str(tmp_path / "val-base"),
+    assert main(args[:-7] + ["--k", "3", "--repeats", "0", "--start", "base", "-o", str(tmp_path / "val-base"),
                              "-q"]) == 0
     out = capsys.readouterr().out
     assert "3 subsets fine-tuned from the base model" in out
@@ -152,7 +152,11 @@ def test_validate_end_to_end(tmp_path, capsys):
     assert all(abs(from_meta[tuple(s["sources"])] - s["true_loss"]) > 1e-4 for s in based["subsets"])
     from gradselect.config import RunConfig
 
-    assert RunConfig().run.validate_init == "meta"
+    # By default the trust check starts where the final fine-tunes start.
+    assert RunConfig().run.validate_init == "auto" and RunConfig().run.trust_check_start() == "base"
+    from_meta_finals = RunConfig.model_validate({"run": {"final_init": "meta"}})
+    assert from_meta_finals.run.trust_check_start() == "meta"
+    assert RunConfig.model_validate({"run": {"validate_init": "meta"}}).run.trust_check_start() == "meta"
     with pytest.raises(ValueError, match="validate_init"):
         RunConfig.model_validate({"run": {"validate_init": "theta"}})
 

@@ -175,8 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "validate",
-        help="trust check: estimates against real fine-tunes from the meta-initialization; calibration",
-        description="Fine-tune from the meta-initialization on k subsets (all sources, target only, then random; "
+        help="trust check: estimates against real fine-tunes; calibration",
+        description="Fine-tune on k subsets (all sources, target only, then random; from where the final fine-tunes "
+        "start, or --start; "
         "[run] final_steps optimizer steps each when set, so subsets differ in data, not in training length), "
         "measure the true target dev loss, and compare with the estimates: relative error beside the zero-order "
         "baseline, the skill of the change over predicting none, Spearman and pairwise order accuracy with bootstrap "
@@ -198,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "residual_surrogate, on)")
     p.add_argument("--start", choices=["meta", "base"], default=None,
                    help="where the fine-tunes start: meta (theta*, --adapter) or base (the base model, where final "
-                   "fine-tunes start by default: the truth the user gets) (default: [run] validate_init, meta)")
+                   "fine-tunes start by default: the truth the user gets) (default: [run] validate_init; auto: "
+                   "where [run] final_init starts the final fine-tunes, the base model unless set)")
     _add_common(p)
 
     p = sub.add_parser(
@@ -538,7 +540,7 @@ def cmd_validate(args) -> int:
         raise GradselectError(f"{args.features}: features were computed from other data than this config's")
     report = validate(config, taskset, store, args.adapter, args.output, k=args.k, repeats=args.repeats,
                       seed=args.seed, surrogate=args.surrogate or config.run.residual_surrogate,
-                      start=args.start or config.run.validate_init, device=args.device, progress=not args.quiet)
+                      start=args.start or config.run.trust_check_start(), device=args.device, progress=not args.quiet)
     print(format_validation(report))
     print(f"results: {args.output / 'validation.json'}, {args.output / 'validation.png'}")
     return 0

@@ -271,7 +271,7 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
         from gradselect.validate import validate
 
         # (a theta* start keeps the keys it had before the start was a choice)
-        start = [] if config.run.validate_init == "meta" else ["from the base model"]
+        start = [] if config.run.trust_check_start() == "meta" else ["from the base model"]
         val_key = content_key("validate", feat_key, _dump(final_train), _dump(config.estimate),
                               config.run.validate_k, config.run.validate_repeats, config.run.residual_surrogate,
                               *start)
@@ -279,7 +279,7 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
         stage("validate", val_key, [run_dir / "validation" / "validation.json", calibration],
               lambda: validate(config, taskset, FeatureStore.open(feat_dir), meta_dir / "adapter",
                                run_dir / "validation", k=config.run.validate_k, repeats=config.run.validate_repeats,
-                               surrogate=config.run.residual_surrogate, start=config.run.validate_init,
+                               surrogate=config.run.residual_surrogate, start=config.run.trust_check_start(),
                                device=device, progress=progress))
 
     # 4. estimate + select. Only this run's own trust check calibrates it.
