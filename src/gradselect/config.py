@@ -70,8 +70,8 @@ class RunSection(StrictConfig):
     which is the point the estimates linearize around, so the final fine-tune is the one they
     predict. The conventional baseline always starts from the base model."""
     validate_k: int = pydantic.Field(default=0, ge=0)
-    """Trust check before selecting: fine-tune from theta* on this many subsets (0: skip; >= 3 to
-    run). Its calibrated step is then used by selection."""
+    """Trust check before selecting: fine-tune on this many subsets (0: skip; >= 3 to run), from
+    where ``validate_init`` says. Its calibration and measured gain error are then used by selection."""
     validate_init: Literal["auto", "meta", "base"] = "auto"
     """Where the trust check's fine-tunes start: ``auto`` (default), where the final fine-tunes
     start (``final_init``), so its calibrated level, measured gain error and evidence margin

@@ -211,7 +211,7 @@ def measured_line(measured: dict | None) -> str:
 def trust_start(report: dict) -> str:
     """Where the trust check's fine-tunes started, as the reports say it."""
     if report.get("start") == "base":
-        return "the base model ([run] validate_init = \"base\"; estimates made at theta*)"
+        return "the base model (where the final fine-tunes start; estimates made at theta*; [run] validate_init)"
     return "the meta-initialization"
 
 
