@@ -355,11 +355,12 @@ def _variants(arrays, subsets, true, base_true, norms):
     out["trust_region, default radius, lowrank"] = est(EstimateConfig(solver="lowrank", rank=32))[0]
     # The baseline a user would try without an estimator: each source's gradient similarity to the target
     # (grad-sim's cosine), summed over the subset (no step, no labels; only its order means anything).
-    target = arrays.g[arrays.dev_rows].mean(0)
-    cos = {n: float(arrays.g[r].mean(0) @ target / (np.linalg.norm(arrays.g[r].mean(0)) * np.linalg.norm(target)))
-           for n, r in arrays.source_rows.items()}
+    from gradselect.select.selectors import _cosine_scores
+
+    negated = _cosine_scores({n: arrays.g[r].mean(0) for n, r in arrays.source_rows.items()},
+                             arrays.g[arrays.dev_rows].mean(0))  # grad-sim's own scores: -cosine
     out["gradient similarity summed over sources (no step; order only)"] = np.array(
-        [base_est - 0.01 * sum(cos[n] for n in s) for s in subsets])
+        [base_est + 0.01 * sum(negated[n] for n in s) for s in subsets])
     out["l2, default lam"] = est(EstimateConfig(mode="l2"))[0]
     out["reference"] = est(EstimateConfig(mode="reference"))[0]
     # The radius grid is fixed in advance (around the default), so it carries no held-out information.
