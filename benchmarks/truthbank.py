@@ -1275,6 +1275,141 @@ def choose(args) -> int:
     return 0
 
 
+def fresh_adapter(config, folder: Path, device: str) -> Path:
+    """The adapter a seed-0 fine-tune from the base model starts from (LoRA B = 0, A drawn under the
+    training seed), saved once: the point estimates "at the base model" linearize around."""
+    from transformers import set_seed
+
+    from gradselect.model import apply_adapter, load_model
+    from gradselect.model.adapters import save_trained
+
+    adapter = folder / "adapter"
+    if not (adapter / "adapter_config.json").exists():
+        model, _ = load_model(config.model, device=device)
+        set_seed(config.train.seed)  # as gradselect.train does before apply_adapter
+        save_trained(apply_adapter(model, config.adapter), adapter)
+    return adapter
+
+
+def score_at_base(args) -> int:
+    """Estimates made at the base model (the final fine-tunes' start; no meta-training), against the
+    bank's base-model truths: the linear estimate, gradient similarity and forward passes of the
+    sign step, on features of the fresh adapter a seed-0 fine-tune starts from."""
+    import torch
+    from scipy.stats import spearmanr
+
+    from gradselect.data import load_taskset
+    from gradselect.estimate import EstimateConfig, FeatureArrays, SubsetEstimator
+    from gradselect.estimate.forward import ForwardPassEstimator, SourceGradients
+    from gradselect.features import featurize
+    from gradselect.io import write_json_atomic
+    from gradselect.model import apply_adapter, load_model
+    from gradselect.select.selectors import _cosine_scores
+    from gradselect.validate.fidelity import bootstrap_ci, loo_select, pairwise_accuracy
+
+    torch.set_num_threads(BANK_THREADS)
+    bank_path = Path(args.bank)
+    bank = json.loads(bank_path.read_text())
+    config = SUITES[bank["suite"]]()
+    run_dir = Path(args.run_dir or f"runs/bank-{bank['suite']}")
+    base_records = bank.get("base_model_truth", [])
+    if len(base_records) < 4:
+        print(f"{bank_path}: {len(base_records)} base-model truths; scoring needs at least 4", file=sys.stderr)
+        return 2
+    taskset = load_taskset(config.data)
+    adapter = fresh_adapter(config, run_dir / "at_base", args.device)
+    store = featurize(taskset, run_dir / "features-at-base", model_config=config.model,
+                      adapter_config=config.adapter, tokenize_config=config.tokenize,
+                      feature_config=config.features, adapter_path=adapter, device=args.device, progress=True)
+    arrays = FeatureArrays.from_store(store)
+    # Every bank subset is scored (the additive model needs many), the base-model truths judge.
+    subsets = [r["sources"] for r in bank["subsets"]]
+    truth = {tuple(r["sources"]): r["loss"] for r in base_records}
+    judged = [i for i, s in enumerate(subsets) if tuple(s) in truth]
+    bt = np.array([truth[tuple(subsets[i])] for i in judged])
+    meta_true = np.array([np.mean(bank["subsets"][i]["losses"]) for i in judged])
+    names = arrays.source_names
+
+    variants = {}
+    linear = SubsetEstimator(EstimateConfig()).fit(arrays)
+    variants["linear, default radius"] = linear.estimate(subsets)
+    negated = _cosine_scores({n: arrays.g[r].mean(0) for n, r in arrays.source_rows.items()},
+                             arrays.g[arrays.dev_rows].mean(0))
+    variants["gradient similarity summed over sources (order only)"] = np.array(
+        [linear.base_loss_ + 0.01 * sum(negated[n] for n in s) for s in subsets])
+    r0 = EstimateConfig().radius_fraction * arrays.param_norm
+    by_radius = {f"{r:.4g}": SubsetEstimator(EstimateConfig(radius=float(r))).fit(arrays).estimate(
+        [subsets[i] for i in judged]) for r in r0 * np.logspace(-2, 1.5, 15)}
+    loo_radius, _ = loo_select(by_radius, bt, pairwise_accuracy)
+
+    model, tok = load_model(config.model, device=args.device)
+    model = apply_adapter(model, config.adapter, init_adapter=adapter)
+    grads_path = run_dir / "at_base" / "source_gradients.safetensors"
+    if grads_path.exists():
+        grads = SourceGradients.load(grads_path)
+    else:
+        grads = SourceGradients.compute(model, tok, taskset, config.tokenize, progress=True)
+        grads.save(grads_path)
+    est = ForwardPassEstimator("sign").fit(model, tok, grads, taskset.target_dev.examples, config.tokenize)
+    cache_file = run_dir / "at_base" / "forward.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+
+    def passes(fraction, which):
+        out = []
+        for s in which:
+            key = f"{fraction:g}|{';'.join(sorted(s))}"
+            if key not in cache:
+                cache[key] = float(est.estimate([s], length=fraction * est.param_norm_)[0])
+                write_json_atomic(cache_file, cache)
+            out.append(cache[key])
+        return np.array(out)
+
+    fractions = [float(x) for x in args.lengths.split(",")]
+    by_length = {f"{f:g}": passes(f, [subsets[i] for i in judged]) for f in fractions}
+    default = passes(0.1, subsets)
+    variants["forward pass, sign step, 0.1 |theta|"] = default
+    variants["forward pass, sign step, 0.1 |theta|, additive over sources (LOO, label-free)"] = _loo_additive(
+        names, subsets, default)
+
+    rho = lambda a, b: spearmanr(a, b)[0]  # noqa: E731
+
+    def figures(e):
+        e = np.asarray(e, float)
+        alone = next((j for j, i in enumerate(judged) if not subsets[i]), None)
+        return {"spearman": float(rho(e, bt)), "spearman_ci95": bootstrap_ci(rho, e, bt),
+                "pairwise_accuracy": pairwise_accuracy(e, bt),
+                "target_alone_rank": None if alone is None else int(np.argsort(np.argsort(e))[alone]) + 1}
+
+    scores = {k: figures(np.asarray(v)[judged]) for k, v in variants.items()}
+    scores["linear, radius by LOO pairwise order"] = figures(loo_radius)
+    for k, v in by_length.items():
+        scores[f"forward pass, sign step, {k} |theta|"] = figures(v)
+    scores["forward pass, sign step, length by LOO pairwise order"] = figures(
+        loo_select(by_length, bt, pairwise_accuracy)[0])
+    out = {
+        "bank": str(bank_path), "suite": bank["suite"], "n_base_truths": len(judged),
+        "what": "estimates made at the base model (the fresh adapter of a seed-0 fine-tune; no theta*) against the "
+                "bank's base-model truths (1 seed each)",
+        "param_norm": arrays.param_norm, "estimator_base_loss": linear.base_loss_, "forward_base_loss": est.base_loss_,
+        "truth_base": {"spearman_vs_theta_star_truth": float(rho(bt, meta_true)),
+                       "target_alone_rank": figures(bt)["target_alone_rank"], "sd": float(np.std(bt))},
+        "variants": scores,
+        "estimates": {k: [round(float(x), 6) for x in v] for k, v in variants.items()},
+        "command": " ".join(["python", "benchmarks/" + Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    out_path = Path(args.out) if args.out else bank_path.with_name(bank_path.stem + ".at-base.scores.json")
+    write_json_atomic(out_path, out)
+    print(f"{len(judged)} base-model truths (target alone rank {out['truth_base']['target_alone_rank']}); "
+          f"written {out_path}")
+    for k, v in scores.items():
+        lo, hi = v["spearman_ci95"] or (float("nan"), float("nan"))
+        print(f"  {v['spearman']:+.2f} [{lo:+.2f}, {hi:+.2f}]  pairwise {v['pairwise_accuracy']:.2f}  "
+              f"alone {v['target_alone_rank']}  {k}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -1318,8 +1453,16 @@ def main(argv=None) -> int:
     ch.add_argument("--seeds", type=int, default=3, help="selection seeds (ensemble draws and trust checks)")
     ch.add_argument("--trust-k", type=int, default=8, help="bank subsets in each simulated trust check")
     ch.add_argument("--threads", type=int, default=BANK_THREADS, help="torch threads")
+    ab = sub.add_parser("at-base", help="estimates made at the base model (no theta*) against the bank's "
+                                        "base-model truths")
+    ab.add_argument("--bank", required=True)
+    ab.add_argument("--run-dir", help="cache of the base-model features and passes (default runs/bank-SUITE)")
+    ab.add_argument("--device", default="auto")
+    ab.add_argument("--lengths", default="0.02,0.05,0.1,0.2",
+                    help="sign-step lengths, fractions of |theta| at the fresh adapter (comma list)")
+    ab.add_argument("--out", help="scores file (default SUITE.at-base.scores.json beside the bank)")
     args = p.parse_args(argv)
-    return {"build": build, "score": score_bank, "choose": choose}[args.command](args)
+    return {"build": build, "score": score_bank, "choose": choose, "at-base": score_at_base}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -214,3 +214,27 @@ def test_bank_variants_include_the_gradient_similarity_baseline_in_its_order():
     # additive over sources: all three = near + far + other, other's effect read off near+other
     assert sim[4] - sim[0] == pytest.approx((sim[1] - sim[0]) + (sim[2] - sim[0]) + (sim[3] - sim[1]))
     assert np.isfinite(sim).all() and sim[0] == pytest.approx(base)
+
+
+def test_fresh_adapter_is_the_seeded_start_of_a_base_model_fine_tune(tmp_path):
+    """benchmarks/truthbank.py at-base linearizes around the adapter a seed-0 fine-tune from the base
+    model starts from: B = 0, A drawn under the training seed, the same bytes on every call."""
+    import sys
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from truthbank import fresh_adapter, planted12_config
+
+    config = planted12_config()
+    config = config.model_copy(update={"model": config.model.model_copy(update={"name_or_path": "tiny-llama"})})
+    first = load_file(fresh_adapter(config, tmp_path / "a", "cpu") / "adapter_model.safetensors")
+    again = load_file(fresh_adapter(config, tmp_path / "b", "cpu") / "adapter_model.safetensors")
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    assert all(not t.any() for k, t in first.items() if "lora_B" in k)
+    assert any(t.abs().sum() > 0 for k, t in first.items() if "lora_A" in k)
+    other = config.model_copy(update={"train": config.train.model_copy(update={"seed": 1})})
+    moved = load_file(fresh_adapter(other, tmp_path / "c", "cpu") / "adapter_model.safetensors")
+    assert any(not torch.equal(first[k], moved[k]) for k in first if "lora_A" in k)
