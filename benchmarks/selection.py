@@ -38,6 +38,8 @@ step budgets for every final fine-tune. Suites:
         --validate-k 8 --margin auto   # with a trust check; --margin 0 takes any estimated gain
     python benchmarks/selection.py -o runs/selection-scarce12 --budget 0 --target-train 8 --validate-k 8 \
         --scorer forward   # subsets scored by dev forward passes (the other methods' fine-tunes are reused)
+    python benchmarks/selection.py -o runs/selection-scarce12-at-base --budget 0 --target-train 8 --validate-k 8 \
+        --scorer forward --estimate-at base   # no meta-training: estimates where the final fine-tunes start
 
 The cot suite writes its derived data files (BIG-bench format, canary kept) into the
 run folder, never into the repository.
@@ -225,6 +227,11 @@ def main(argv=None) -> int:
     p.add_argument("--scorer", choices=["linear", "forward"], default="linear",
                    help="how the selection scores subsets ([estimate] scorer): the linear first-order estimate, or "
                         "a real dev forward pass at theta* + a sign step per subset")
+    p.add_argument("--estimate-at", choices=["meta", "base"], default="meta",
+                   help="where the estimates linearize ([run] estimate_at): theta* (meta-training on all sources) or "
+                        "the base model's untrained adapter (no meta-training)")
+    p.add_argument("--forward-length", type=float, metavar="FRACTION",
+                   help="forward scorer: sign-step length as a fraction of |theta| ([estimate] forward_length_fraction)")
     p.add_argument("--device", default="auto")
     p.add_argument("--suite", choices=["planted", "bbh", "arith", "cot"], default="planted")
     p.add_argument("--arithmetic", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -287,10 +294,11 @@ def main(argv=None) -> int:
     config = config.model_copy(update={"run": config.run.model_copy(update={
         "run_dir": str(args.out), "compare": args.compare, "final_steps": steps,
         "final_seeds": args.final_seeds, "final_init": args.final_init, "conventional_budget": args.budget,
-        "validate_k": args.validate_k, "validate_init": args.validate_init}),
+        "validate_k": args.validate_k, "validate_init": args.validate_init, "estimate_at": args.estimate_at}),
         "select": config.select.model_copy(update={"margin": args.margin if args.margin == "auto"
                                                    else float(args.margin)}),
-        "estimate": config.estimate.model_copy(update={"scorer": args.scorer})})
+        "estimate": config.estimate.model_copy(update={"scorer": args.scorer, **(
+            {"forward_length_fraction": args.forward_length} if args.forward_length else {})})})
     run_pipeline(config, device=args.device, progress=False)
     rows = selection_rows(args.out)
     ours = cost_of_selection(args.out)
@@ -300,7 +308,8 @@ def main(argv=None) -> int:
           f"from {'theta*' if args.final_init == 'meta' else 'the base model'}; trust check of {args.validate_k} "
           f"subsets from {'theta*' if config.run.trust_check_start() == 'meta' else 'the base model'}; "
           f"evidence margin "
-          f"{args.margin}; {args.scorer} scorer")
+          f"{args.margin}; {args.scorer} scorer; estimates at "
+          f"{'theta*' if args.estimate_at == 'meta' else 'the base model (no meta-training)'}")
     print_selection_rows(rows)
     sel = json.loads((args.out / "selection.json").read_text())
     print(f"planted harmful sources {planted}; chosen among them: {sorted(set(planted) & set(sel['chosen']))}")

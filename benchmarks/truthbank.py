@@ -1277,17 +1277,14 @@ def choose(args) -> int:
 
 def fresh_adapter(config, folder: Path, device: str) -> Path:
     """The adapter a seed-0 fine-tune from the base model starts from (LoRA B = 0, A drawn under the
-    training seed), saved once: the point estimates "at the base model" linearize around."""
-    from transformers import set_seed
-
-    from gradselect.model import apply_adapter, load_model
-    from gradselect.model.adapters import save_trained
+    training seed), saved once: the point estimates "at the base model" linearize around (what
+    ``[run] estimate_at = "base"`` does in a run)."""
+    from gradselect.train import save_initial_adapter
 
     adapter = folder / "adapter"
     if not (adapter / "adapter_config.json").exists():
-        model, _ = load_model(config.model, device=device)
-        set_seed(config.train.seed)  # as gradselect.train does before apply_adapter
-        save_trained(apply_adapter(model, config.adapter), adapter)
+        save_initial_adapter(folder, model_config=config.model, adapter_config=config.adapter,
+                             seed=config.train.seed, device=device)
     return adapter
 
 
@@ -1366,10 +1363,12 @@ def score_at_base(args) -> int:
 
     fractions = [float(x) for x in args.lengths.split(",")]
     by_length = {f"{f:g}": passes(f, [subsets[i] for i in judged]) for f in fractions}
-    default = passes(0.1, subsets)
-    variants["forward pass, sign step, 0.1 |theta|"] = default
-    variants["forward pass, sign step, 0.1 |theta|, additive over sources (LOO, label-free)"] = _loo_additive(
-        names, subsets, default)
+    if args.additive_length:  # one pass per bank subset, for the additive model over sources
+        f = args.additive_length
+        every = passes(f, subsets)
+        variants[f"forward pass, sign step, {f:g} |theta|, every bank subset"] = every
+        variants[f"forward pass, sign step, {f:g} |theta|, additive over sources (LOO, label-free)"] = _loo_additive(
+            names, subsets, every)
 
     rho = lambda a, b: spearmanr(a, b)[0]  # noqa: E731
 
@@ -1458,8 +1457,10 @@ def main(argv=None) -> int:
     ab.add_argument("--bank", required=True)
     ab.add_argument("--run-dir", help="cache of the base-model features and passes (default runs/bank-SUITE)")
     ab.add_argument("--device", default="auto")
-    ab.add_argument("--lengths", default="0.02,0.05,0.1,0.2",
+    ab.add_argument("--lengths", default="0.02,0.05,0.2",
                     help="sign-step lengths, fractions of |theta| at the fresh adapter (comma list)")
+    ab.add_argument("--additive-length", type=float, metavar="FRACTION",
+                    help="also forward-score every bank subset at this length, for the additive model over sources")
     ab.add_argument("--out", help="scores file (default SUITE.at-base.scores.json beside the bank)")
     args = p.parse_args(argv)
     return {"build": build, "score": score_bank, "choose": choose, "at-base": score_at_base}[args.command](args)

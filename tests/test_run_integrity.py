@@ -257,3 +257,47 @@ def test_a_selection_that_picks_what_a_baseline_trained_before_copies_it(tmp_pat
     assert rows["selection"]["test_loss"] == rows["all"]["test_loss"]
     assert main(["run", str(cfg), "-q"]) == 0
     assert "stages run: none" in capsys.readouterr().out
+
+
+def test_estimates_at_the_base_model_skip_meta_training(tmp_path, monkeypatch, capsys):
+    """[run] estimate_at = "base": no meta-training; the features are taken at the untrained LoRA adapter the
+    final fine-tunes start from (B = 0, A under the final fine-tunes' seed), and switching back retrains theta*."""
+    import torch
+    from safetensors.torch import load_file
+
+    from gradselect.features import FeatureStore
+    from gradselect.features.extract import folder_digest
+
+    cfg = _setup(tmp_path, monkeypatch)
+    run_dir = tmp_path / "runs" / "r"
+    lora = RUN.replace('method = "full"', 'method = "lora"')
+    cfg.write_text(lora.replace("final_steps = 3", 'final_steps = 3\nestimate_at = "base"'))
+    assert main(["run", str(cfg), "-q"]) == 0
+    capsys.readouterr()
+    adapter = run_dir / "meta_init" / "adapter"
+    assert not (run_dir / "meta_init" / "train_result.json").exists()  # nothing trained
+    weights = load_file(adapter / "adapter_model.safetensors")
+    assert all(not t.any() for k, t in weights.items() if "lora_B" in k)
+    assert any(t.abs().sum() > 0 for k, t in weights.items() if "lora_A" in k)
+    assert FeatureStore.open(run_dir / "features").manifest["adapter"]["sha256"] == folder_digest(adapter)
+    # The same A a final fine-tune from the base model starts from: train() seeds, then draws it.
+    from gradselect.config import load_config
+    from gradselect.train import save_initial_adapter
+
+    config = load_config(cfg)
+    again = load_file(save_initial_adapter(tmp_path / "again", model_config=config.model,
+                                           adapter_config=config.adapter,
+                                           seed=config.final_train_config().seed, device="cpu")
+                      / "adapter_model.safetensors")
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    assert json.loads((run_dir / "selection.json").read_text())["chosen"]
+    # Back to theta*: meta-training runs, and every stage after it.
+    cfg.write_text(lora)
+    assert main(["run", str(cfg), "-q"]) == 0
+    assert "stages run: meta_init, features" in capsys.readouterr().out
+    assert (run_dir / "meta_init" / "train_result.json").exists()
+    # Adam-preconditioned features need meta-training's optimizer: refused before any work.
+    cfg.write_text(lora.replace("final_steps = 3", 'final_steps = 3\nestimate_at = "base"')
+                   .replace("proj_dim = 32", 'proj_dim = 32\nprecondition = "adam"'))
+    assert main(["run", str(cfg), "-q"]) == 2
+    assert "estimate_at" in capsys.readouterr().err

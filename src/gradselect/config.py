@@ -69,6 +69,15 @@ class RunSection(StrictConfig):
     model, as in the paper; ``meta``, the meta-initialization theta* (trained on all sources),
     which is the point the estimates linearize around, so the final fine-tune is the one they
     predict. The conventional baseline always starts from the base model."""
+    estimate_at: Literal["meta", "base"] = "meta"
+    """Where the estimates linearize (features, source gradients, forward passes): ``meta``
+    (default), the meta-initialization theta* trained on all sources, as in the paper; ``base``,
+    the base model with the untrained LoRA adapter the final fine-tunes start from (B = 0, A
+    drawn under [train] seed): no meta-training, and first-order effects measured where the
+    final fine-tunes begin. LoRA only, and no Adam-preconditioned features (no meta-training
+    optimizer). Measured on the planted12 truth bank (20 subsets fine-tuned from the base model;
+    benchmarks/README.md, 2026-12-03): forward-scored sign steps at the base model ordered them
+    better than any estimate made at theta* and put the target alone first, as the truth does."""
     validate_k: int = pydantic.Field(default=0, ge=0)
     """Trust check before selecting: fine-tune on this many subsets (0: skip; >= 3 to run), from
     where ``validate_init`` says. Its calibration and measured gain error are then used by selection."""
@@ -158,6 +167,14 @@ class RunConfig(StrictConfig):
         if self.select.pseudo_sources and (self.run.validate_k or self.run.conventional_budget):
             raise ValueError("[select] pseudo_sources with [run] validate_k or conventional_budget: the trust check "
                              "and the conventional baseline do not run on clusters yet; set them to 0")
+        if self.run.estimate_at == "base":
+            if self.adapter.method != "lora":
+                raise ValueError("[run] estimate_at = \"base\" estimates at the untrained LoRA adapter of the final "
+                                 "fine-tunes: it needs [adapter] method = \"lora\"")
+            if self.features.precondition == "adam":
+                raise ValueError("[run] estimate_at = \"base\" skips meta-training, so there are no Adam moments for "
+                                 "[features] precondition = \"adam\"; use estimate_at = \"meta\" or precondition = "
+                                 "\"none\"")
         needs_hidden = self.select.method == "repr-sim" or "repr-sim" in self.run.compare
         if needs_hidden and not self.features.hidden_states:
             raise ValueError("repr-sim compares mean hidden states: set [features] hidden_states = true")

@@ -4,6 +4,8 @@ Stages, in order, each writing into the run folder (the writer of each artifact
 is the stage function named beside it)::
 
     meta_init/        fine-tune the base model on all sources (+ target train)   train.train
+                      (or, [run] estimate_at = "base", the final fine-tunes'     train.save_initial_adapter
+                      untrained adapter: no meta-training)
     features/         output values and projected gradients at theta*             features.featurize
     validation/       optional trust check ([run] validate_k): real fine-tunes     validate.validate
     calibration.json    from theta*, and the calibration selection then uses
@@ -198,7 +200,7 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
         select_sources,
         write_clusters,
     )
-    from gradselect.train import train
+    from gradselect.train import save_initial_adapter, train
     from gradselect.validate import apply_calibration, apply_surrogate
     from gradselect.validate.calibration import read_calibration
 
@@ -245,10 +247,24 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
 
     # 1. meta-initialization
     meta_dir = run_dir / "meta_init"
-    meta_key = content_key("meta_init", *train_slice, _dump(config.train))
-    stage("meta_init", meta_key, [meta_dir],
-          lambda: train_into(meta_dir, taskset.source_names, config.train, save_moments=True),
-          staging=[build_dir(meta_dir)])
+    if config.run.estimate_at == "base":
+        # No meta-training: the estimates linearize at the untrained adapter the final fine-tunes start from.
+        def initial_adapter():
+            build = build_dir(meta_dir)
+            if build.exists():
+                shutil.rmtree(build)
+            save_initial_adapter(build, model_config=config.model, adapter_config=config.adapter,
+                                 seed=config.final_train_config().seed, device=device)
+            replace_dir(build, meta_dir)
+
+        meta_key = content_key("meta_init", *train_slice, "untrained adapter of the final fine-tunes",
+                               config.final_train_config().seed)
+        stage("meta_init", meta_key, [meta_dir], initial_adapter, staging=[build_dir(meta_dir)])
+    else:
+        meta_key = content_key("meta_init", *train_slice, _dump(config.train))
+        stage("meta_init", meta_key, [meta_dir],
+              lambda: train_into(meta_dir, taskset.source_names, config.train, save_moments=True),
+              staging=[build_dir(meta_dir)])
 
     # 2. features (built in features.build/, resumable from its own .part)
     feat_dir = run_dir / "features"

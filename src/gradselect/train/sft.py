@@ -94,6 +94,39 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def save_initial_adapter(
+    output_dir: str | Path,
+    *,
+    model_config: ModelConfig | None = None,
+    adapter_config: AdapterConfig | None = None,
+    seed: int = 0,
+    device: str = "auto",
+) -> Path:
+    """Save the LoRA adapter a fine-tune from the base model with ``seed`` starts from, untrained.
+
+    B = 0 and A drawn exactly as :func:`train` draws it under the same seed, so the adapter is
+    the base model itself plus the point every such fine-tune departs from: estimates made at
+    it ([run] estimate_at = "base") linearize around the final fine-tunes' start.
+
+    Returns
+    -------
+    Path
+        ``output_dir/adapter``.
+    """
+    from transformers import set_seed
+
+    adapter_config = adapter_config or AdapterConfig()
+    if adapter_config.method != "lora":
+        raise GradselectError("an initial adapter exists for LoRA only: with full fine-tuning the start is the base "
+                              "model itself")
+    output_dir = Path(output_dir)
+    model, _ = load_model(model_config or ModelConfig(), device=device)
+    set_seed(seed)  # as train() does right before apply_adapter
+    model = apply_adapter(model, adapter_config)
+    save_trained(model, output_dir / ADAPTER_DIR)
+    return output_dir / ADAPTER_DIR
+
+
 def train(
     taskset: TaskSet,
     source_names: Sequence[str],
