@@ -272,8 +272,7 @@ def test_estimates_at_the_base_model_skip_meta_training(tmp_path, monkeypatch, c
     run_dir = tmp_path / "runs" / "r"
     lora = RUN.replace('method = "full"', 'method = "lora"')
     cfg.write_text(lora.replace("final_steps = 3", 'final_steps = 3\nestimate_at = "base"'))
-    assert main(["run", str(cfg), "-q"]) == 0
-    capsys.readouterr()
+    assert main(["run", str(cfg)]) == 0
     adapter = run_dir / "meta_init" / "adapter"
     assert not (run_dir / "meta_init" / "train_result.json").exists()  # nothing trained
     weights = load_file(adapter / "adapter_model.safetensors")
@@ -290,7 +289,11 @@ def test_estimates_at_the_base_model_skip_meta_training(tmp_path, monkeypatch, c
                                            seed=config.final_train_config().seed, device="cpu")
                       / "adapter_model.safetensors")
     assert all(torch.equal(weights[k], again[k]) for k in weights)
-    assert json.loads((run_dir / "selection.json").read_text())["chosen"]
+    selection = json.loads((run_dir / "selection.json").read_text())
+    assert selection["chosen"] and selection["params"]["estimated_at"] == "base"
+    out = capsys.readouterr().out
+    assert "base model (untrained adapter of the final fine-tunes)" in out and "meta-initialization 0" not in out
+    assert "(base model (untrained adapter of the final fine-tunes): " in (run_dir / "report.md").read_text()
     # Back to theta*: meta-training runs, and every stage after it.
     cfg.write_text(lora)
     assert main(["run", str(cfg), "-q"]) == 0

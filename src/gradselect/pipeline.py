@@ -337,7 +337,8 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
                 estimator.gain_error_ = forward_gain_error(estimator, validation_file)
             else:
                 log.warning(FORWARD_WITHOUT_TRUST_CHECK.format(why="[run] validate_k = 0", fix="set [run] validate_k"))
-        chosen = select_sources(estimator, select_config, sel_path, clusters=clusters).chosen
+        chosen = select_sources(estimator, select_config, sel_path, clusters=clusters,
+                                estimated_at=config.run.estimate_at).chosen
         n_examples = sum(len(estimator.arrays_.source_rows[n]) for n in chosen)
         compare_subsets(estimator, config.run.compare, cmp_path, size=len(chosen), n_examples=n_examples,
                         features_dir=feat_dir)

@@ -45,11 +45,19 @@ def format_selection(selection: Selection, base_loss: float | None = None) -> st
         lines.append("MC interval: the Monte-Carlo error of the mean over the sampled subsets (it shrinks with "
                      "n_subsets), not the uncertainty of the source's effect")
     if selection.estimated_loss is not None:
-        extra = f"; meta-initialization {base_loss:.5f}" if base_loss is not None else ""
+        where = start_of_estimates(selection.params)
+        extra = f"; {where} {base_loss:.5f}" if base_loss is not None else ""
         lines.append(f"estimated target dev loss of the choice: {selection.estimated_loss:.5f}{extra} (the "
                      "estimator's own scale, for ranking; gradselect validate measures how far it is from real "
                      "fine-tunes)")
     return "\n".join(lines)
+
+
+def start_of_estimates(params: dict) -> str:
+    """Where a selection's estimates were made, as outputs name it (its base loss belongs there)."""
+    if params.get("estimated_at") == "base":
+        return "base model (untrained adapter of the final fine-tunes)"
+    return "meta-initialization"
 
 
 def _evidence_line(ev: dict, *, chosen: bool) -> str:
@@ -349,11 +357,13 @@ def write_report(run_dir: str | Path) -> Path:
     if params.get("forward_passes") is not None:
         step = (params.get("estimator") or {}).get("forward_step", "sign")
         lines += [f"Scorer: **forward** — each subset scored by a real forward pass of the target dev split at "
-                  f"theta* + a {step} step of norm {params.get('forward_step_length', float('nan')):.4g} "
+                  f"{'the base model' if params.get('estimated_at') == 'base' else 'theta*'} + a {step} step of "
+                  f"norm {params.get('forward_step_length', float('nan')):.4g} "
                   f"({params['forward_passes']} passes).", ""]
     if params.get("base_loss") is not None and selection.get("estimated_loss") is not None:
         lines += [f"Estimated target dev loss of the choice: {selection['estimated_loss']:.5f} "
-                  f"(meta-initialization: {params['base_loss']:.5f}), on the estimator's own scale: for ranking, "
+                  f"({start_of_estimates(params)}: {params['base_loss']:.5f}), on the estimator's own scale: for "
+                  "ranking, "
                   "not a prediction; the trust check (`[run] validate_k`) measures how far it is from real "
                   "fine-tunes.", ""]
     if selection.get("intervals"):

@@ -104,8 +104,12 @@ def forward_scored(estimator: SubsetEstimator, config, taskset, meta_adapter: Pa
     return scored
 
 
-def select_sources(estimator: SubsetEstimator, select_config, out: Path, *, clusters: dict | None = None) -> Selection:
+def select_sources(estimator: SubsetEstimator, select_config, out: Path, *, clusters: dict | None = None,
+                   estimated_at: str = "meta") -> Selection:
     """Choose sources with ``[select]``'s method on a fitted estimator; write ``out`` (selection.json).
+
+    ``estimated_at``: where the features were taken (``[run] estimate_at``); ``base`` is recorded
+    (``params["estimated_at"]``) so outputs name the start the estimates' base loss belongs to.
 
     With ``clusters`` (from :func:`write_clusters`), the selection also lists the chosen
     clusters' examples (``params["chosen_examples"]``, ``[source, id]`` pairs).
@@ -113,6 +117,8 @@ def select_sources(estimator: SubsetEstimator, select_config, out: Path, *, clus
     selection = select_config.make_selector().select(estimator)
     selection.params["base_loss"] = estimator.base_loss_
     selection.params["estimator"] = estimator.config_.model_dump(mode="json")
+    if estimated_at == "base":
+        selection.params["estimated_at"] = "base"
     if hasattr(estimator, "forward_"):
         selection.params["forward_passes"] = estimator.n_forward_passes_
         selection.params["forward_step_length"] = estimator.forward_.length_
