@@ -74,7 +74,10 @@ class EstimateConfig(StrictConfig):
     """Forward scorer: the step's shape (``sign``: every coordinate moved alike against the sign of the
     subset's mean gradient, the shape of AdamW's first steps; see :mod:`gradselect.estimate.forward`)."""
     forward_length_fraction: float = pydantic.Field(default=0.1, gt=0)
-    """Forward scorer: the step's norm as a fraction of |theta*| over the trainable parameters."""
+    """Forward scorer: the step's norm as a fraction of |theta*| over the trainable parameters. With
+    ``[run] estimate_at = "base"`` |theta| is the untrained adapter's (|A|, B = 0): on the planted12
+    bank's base-model truths 0.2-1 ordered subsets alike (Spearman 0.63-0.66) and 0.05 worse (0.31);
+    0.1 there was not measured on all 20 subsets."""
 
     @pydantic.field_validator("mode")
     @classmethod
