@@ -353,14 +353,8 @@ def _variants(arrays, subsets, true, base_true, norms):
     out["trust_region, default radius, additive over sources (LOO, label-free)"] = _loo_additive(
         arrays.source_names, subsets, default)
     out["trust_region, default radius, lowrank"] = est(EstimateConfig(solver="lowrank", rank=32))[0]
-    # The baseline a user would try without an estimator: each source's gradient similarity to the target
-    # (grad-sim's cosine), summed over the subset (no step, no labels; only its order means anything).
-    from gradselect.select.selectors import _cosine_scores
-
-    negated = _cosine_scores({n: arrays.g[r].mean(0) for n, r in arrays.source_rows.items()},
-                             arrays.g[arrays.dev_rows].mean(0))  # grad-sim's own scores: -cosine
-    out["gradient similarity summed over sources (no step; order only)"] = np.array(
-        [base_est + 0.01 * sum(negated[n] for n in s) for s in subsets])
+    out["gradient similarity summed over sources (no step; order only)"] = _summed_gradient_similarity(
+        arrays, subsets, base_est)
     out["l2, default lam"] = est(EstimateConfig(mode="l2"))[0]
     out["reference"] = est(EstimateConfig(mode="reference"))[0]
     # The radius grid is fixed in advance (around the default), so it carries no held-out information.
@@ -876,6 +870,24 @@ def _source_ranking(estimates: dict, names, subsets, seed_losses, n_boot: int = 
     return out
 
 
+def _summed_gradient_similarity(arrays, subsets, base: float) -> np.ndarray:
+    """The baseline a user would try without an estimator: each source's gradient similarity to the target
+    (grad-sim's own cosine), summed over the subset and placed around ``base`` (no step, no labels; only
+    its order means anything), shape (n_subsets,)."""
+    from gradselect.select.selectors import _cosine_scores
+
+    negated = _cosine_scores({n: arrays.g[r].mean(0) for n, r in arrays.source_rows.items()},
+                             arrays.g[arrays.dev_rows].mean(0))  # grad-sim's scores: -cosine
+    return np.array([base + 0.01 * sum(negated[n] for n in s) for s in subsets])
+
+
+def _provenance() -> dict:
+    """How a scores file was made: the command as invoked (options included), machine and date."""
+    return {"command": " ".join(["python", "benchmarks/" + Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
 def _loo_kernel_ridge(names, subsets, y, alpha: float = 1e-2) -> np.ndarray:
     """Leave-one-out predictions of ``y`` by RBF kernel ridge on subset indicators (gamma = 1 / n_sources)."""
     from sklearn.kernel_ridge import KernelRidge
@@ -1056,9 +1068,7 @@ def score_bank(args) -> int:
         # the same means of the truth: the ranking selection acts on.
         "source_ranking": source_ranking,
         # As invoked (fidelity.py score and truthbank.py score share this code), options included.
-        "command": " ".join(["python", "benchmarks/" + Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **_provenance(),
     }
     scores_path = Path(args.out) if args.out else bank_path.with_name(bank_path.stem + ".scores.json")
     write_json_atomic(scores_path, out)
@@ -1301,7 +1311,6 @@ def score_at_base(args) -> int:
     from gradselect.features import featurize
     from gradselect.io import write_json_atomic
     from gradselect.model import apply_adapter, load_model
-    from gradselect.select.selectors import _cosine_scores
     from gradselect.validate.fidelity import bootstrap_ci, loo_select, pairwise_accuracy
 
     torch.set_num_threads(BANK_THREADS)
@@ -1323,20 +1332,19 @@ def score_at_base(args) -> int:
     subsets = [r["sources"] for r in bank["subsets"]]
     truth = {tuple(r["sources"]): r["loss"] for r in base_records}
     judged = [i for i, s in enumerate(subsets) if tuple(s) in truth]
-    bt = np.array([truth[tuple(subsets[i])] for i in judged])
+    judged_subsets = [subsets[i] for i in judged]
+    bt = np.array([truth[tuple(s)] for s in judged_subsets])
     meta_true = np.array([np.mean(bank["subsets"][i]["losses"]) for i in judged])
     names = arrays.source_names
 
     variants = {}
     linear = SubsetEstimator(EstimateConfig()).fit(arrays)
     variants["linear, default radius"] = linear.estimate(subsets)
-    negated = _cosine_scores({n: arrays.g[r].mean(0) for n, r in arrays.source_rows.items()},
-                             arrays.g[arrays.dev_rows].mean(0))
-    variants["gradient similarity summed over sources (order only)"] = np.array(
-        [linear.base_loss_ + 0.01 * sum(negated[n] for n in s) for s in subsets])
+    variants["gradient similarity summed over sources (order only)"] = _summed_gradient_similarity(
+        arrays, subsets, linear.base_loss_)
     r0 = EstimateConfig().radius_fraction * arrays.param_norm
-    by_radius = {f"{r:.4g}": SubsetEstimator(EstimateConfig(radius=float(r))).fit(arrays).estimate(
-        [subsets[i] for i in judged]) for r in r0 * np.logspace(-2, 1.5, 15)}
+    by_radius = {f"{r:.4g}": SubsetEstimator(EstimateConfig(radius=float(r))).fit(arrays).estimate(judged_subsets)
+                 for r in r0 * np.logspace(-2, 1.5, 15)}
     loo_radius, _ = loo_select(by_radius, bt, pairwise_accuracy)
 
     model, tok = load_model(config.model, device=args.device)
@@ -1362,7 +1370,7 @@ def score_at_base(args) -> int:
         return np.array(out)
 
     fractions = [float(x) for x in args.lengths.split(",")]
-    by_length = {f"{f:g}": passes(f, [subsets[i] for i in judged]) for f in fractions}
+    by_length = {f"{f:g}": passes(f, judged_subsets) for f in fractions}
     if args.additive_length:  # one pass per bank subset, for the additive model over sources
         f = args.additive_length
         every = passes(f, subsets)
@@ -1394,9 +1402,7 @@ def score_at_base(args) -> int:
                        "target_alone_rank": figures(bt)["target_alone_rank"], "sd": float(np.std(bt))},
         "variants": scores,
         "estimates": {k: [round(float(x), 6) for x in v] for k, v in variants.items()},
-        "command": " ".join(["python", "benchmarks/" + Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **_provenance(),
     }
     out_path = Path(args.out) if args.out else bank_path.with_name(bank_path.stem + ".at-base.scores.json")
     write_json_atomic(out_path, out)
