@@ -45,6 +45,14 @@ def test_validate_end_to_end(tmp_path, capsys):
     assert "level-only calibration of trust_region radius" in out and "level-only calibration of l2 lam" in out
     assert "step for selection, chosen by pairwise order" in out and "held out" in out
     report = json.loads((tmp_path / "val" / "validation.json").read_text())
+    assert report["estimated_at"] == "meta" and "(dev loss at theta*: " in out
+    # Outputs name where the estimates were made ([run] estimate_at = "base": the untrained adapter).
+    from gradselect.report import format_validation
+
+    at_base = format_validation(report | {"estimated_at": "base", "start": "base"})
+    assert "theta*" not in at_base.splitlines()[0]
+    assert "estimates made at the base model's untrained adapter" in at_base
+    assert "(dev loss at the base model's untrained adapter: " in at_base
     assert [s["sources"] for s in report["subsets"]][:2] == [["more", "legs", "noisy"], []]
     for s in report["subsets"]:
         assert s["true_loss"] > 0 and s["estimated_loss"] > 0 and s["displacement"]["projected_norm"] > 0

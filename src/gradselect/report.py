@@ -23,7 +23,8 @@ def format_selection(selection: Selection, base_loss: float | None = None) -> st
     """A plain-text table of a selection: sources ranked, scores, intervals, chosen."""
     lines = [f"method {selection.method}: {len(selection.chosen)} of {len(selection.scores)} sources chosen"]
     if selection.params.get("forward_passes") is not None:
-        lines[0] += (f" (scored by {selection.params['forward_passes']} dev forward passes at theta* + a "
+        at = "the base model" if selection.params.get("estimated_at") == "base" else "theta*"
+        lines[0] += (f" (scored by {selection.params['forward_passes']} dev forward passes at {at} + a "
                      f"{(selection.params.get('estimator') or {}).get('forward_step', 'sign')} step)")
     width = max([len(n) for n in selection.scores] + [6])
     header = f"  {'source':<{width}}  {'score':>10}"
@@ -184,7 +185,7 @@ def dev_margin(table: MetricsTable, labels: dict | None = None) -> str:
 def _disagree(table: MetricsTable) -> str:
     if table.final_init == "meta":
         return "the estimates and the real fine-tunes from the meta-initialization disagree here"
-    return "the estimates (made at the meta-initialization) and fine-tuning from the base model disagree here"
+    return "the estimates and the real fine-tunes from the base model disagree here"
 
 
 def start_line(table: MetricsTable) -> str:
@@ -216,17 +217,35 @@ def measured_line(measured: dict | None) -> str:
             f"validated subsets): {verdict}")
 
 
+def estimates_origin(report: dict) -> str:
+    """Where a trust check's estimates (and its ``base_loss``) were made: ``[run] estimate_at``."""
+    if report.get("estimated_at") == "base":
+        return "the base model's untrained adapter"
+    return "theta*"
+
+
+def trust_origin(report: dict) -> str:
+    """Where a trust check's fine-tunes started, in one short phrase."""
+    if report.get("start") == "base":
+        return "the base model"
+    return "the untrained adapter" if report.get("estimated_at") == "base" else "theta*"
+
+
 def trust_start(report: dict) -> str:
     """Where the trust check's fine-tunes started, as the reports say it."""
     if report.get("start") == "base":
-        return "the base model (where the final fine-tunes start; estimates made at theta*; [run] validate_init)"
+        return (f"the base model (where the final fine-tunes start; estimates made at {estimates_origin(report)}; "
+                "[run] validate_init)")
+    if report.get("estimated_at") == "base":
+        return "the untrained adapter the estimates were made at"
     return "the meta-initialization"
 
 
 def format_validation(report: dict) -> str:
     """The trust check's figures as plain text."""
     m = report["metrics"]
-    lines = [f"{m['n_subsets']} subsets fine-tuned from {trust_start(report)} (dev loss at theta*: "
+    lines = [f"{m['n_subsets']} subsets fine-tuned from {trust_start(report)} (dev loss at "
+             f"{estimates_origin(report)}: "
              f"{report['base_loss']:.5f})",
              f"  mean relative error {m['mean_relative_error']:.2%} (max {m['max_relative_error']:.2%}); "
              f"zero-order baseline {m['zero_order_mean_relative_error']:.2%}",
@@ -240,7 +259,7 @@ def format_validation(report: dict) -> str:
     from gradselect.estimate.estimator import SATURATED_LOSS
 
     if report["base_loss"] < SATURATED_LOSS:
-        lines.append(f"  warning: theta*'s dev loss {report['base_loss']:.2g} is below {SATURATED_LOSS}: the functional "
+        lines.append(f"  warning: the dev loss at {estimates_origin(report)} {report['base_loss']:.2g} is below {SATURATED_LOSS}: the functional "
                      "saturates, and estimates (and this truth) barely separate subsets")
     c = report["calibration"]
     if "loo" in c:
@@ -437,7 +456,8 @@ def write_report(run_dir: str | Path) -> Path:
         val = read_json_artifact(validation_file, redo="rerun with --force validate")
         m = val["metrics"]
         lines += ["", "## Trust check: estimates against real fine-tunes", "",
-                  f"{m['n_subsets']} subsets fine-tuned from {trust_start(val)} (dev loss at theta*: "
+                  f"{m['n_subsets']} subsets fine-tuned from {trust_start(val)} (dev loss at "
+                  f"{estimates_origin(val)}: "
                   f"{val['base_loss']:.5f}).", "",
                   "| mean rel. error | zero-order baseline | skill of the change | Spearman [95%] | "
                   "pairwise order accuracy [95%] |",
@@ -445,7 +465,8 @@ def write_report(run_dir: str | Path) -> Path:
                   f"| {m['mean_relative_error']:.2%} | {m['zero_order_mean_relative_error']:.2%} | "
                   f"{m['skill_of_change']:.3f} | {m['spearman']:.3f} {format_interval(m['spearman_ci95'])} | "
                   f"{m['pairwise_accuracy']:.3f} {format_interval(m['pairwise_accuracy_ci95'])} |", "",
-                  "Skill of the change: 1 - sum (est - true)^2 / sum (true - theta*)^2 over the subsets, i.e. how "
+                  "Skill of the change: 1 - sum (est - true)^2 / sum (true - base)^2 over the subsets (base: the dev loss "
+                  f"at {estimates_origin(val)}), i.e. how "
                   "much better than predicting no change (1 is perfect, 0 no better). The figures are for the "
                   "configured step (nothing fitted to the truth); the calibrated ones below are leave-one-out."]
         if "noise_floor_mean_relative_difference" in val:

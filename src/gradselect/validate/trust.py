@@ -121,6 +121,8 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
         "estimator": config.estimate.model_dump(mode="json") | {"radius_used": estimator.radius_},
         "base_loss": estimator.base_loss_,
         "start": start,
+        # where the features (and so base_loss) were taken: [run] estimate_at
+        "estimated_at": config.run.estimate_at,
         "subsets": [{"sources": r["sources"], "true_loss": r["loss"], "true_token_ce": r["token_ce"],
                      "estimated_loss": float(e), "displacement": r.get("displacement")}
                     for r, e in zip(primary, estimated)],
@@ -386,10 +388,12 @@ def _scatter(report: dict, path: Path) -> None:
     ax.scatter(true, est, zorder=3)
     lo, hi = min(est + true), max(est + true)
     ax.plot([lo, hi], [lo, hi], color="gray", linestyle="--", label="y = x")
-    ax.axhline(report["base_loss"], color="tab:orange", linestyle=":", label="meta-initialization")
+    from gradselect.report import estimates_origin, trust_origin
+
+    ax.axhline(report["base_loss"], color="tab:orange", linestyle=":", label=f"at {estimates_origin(report)}")
     m = report["metrics"]
     ax.set_title(f"Spearman {m['spearman']:.2f}, mean rel. error {m['mean_relative_error']:.1%}")
-    ax.set_xlabel("true target dev loss (fine-tuned from theta*)")
+    ax.set_xlabel(f"true target dev loss (fine-tuned from {trust_origin(report)})")
     ax.set_ylabel("estimated")
     ax.legend()
     fig.tight_layout()
