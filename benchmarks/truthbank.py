@@ -14,6 +14,8 @@ re-scored against it without retraining.
     python benchmarks/truthbank.py build bbh12 --run-dir runs/bank-bbh12          # BIG-Bench-Hard, 12 sources
     python benchmarks/truthbank.py build arith12 --run-dir runs/bank-arith12      # BIG-bench arithmetic, 12 sources
     python benchmarks/truthbank.py choose --bank benchmarks/truth/planted12.json  # the product's choice, measured
+    python benchmarks/truthbank.py build-base arith12 --run-dir runs/bank-arith12   # truths from the base model
+    python benchmarks/truthbank.py at-base --bank benchmarks/truth/arith12.base.json --lengths 0.2,0.5
     python benchmarks/truthbank.py build planted12 --run-dir runs/bank-planted12-cuda --device cuda \
         --bank benchmarks/truth/planted12-cuda.json   # a GPU bank: its own theta*, so its own file
 
@@ -1285,6 +1287,76 @@ def choose(args) -> int:
     return 0
 
 
+def build_base(args) -> int:
+    """Grow a base-model truth bank: real fine-tunes from the base model (no theta*), the truth a user
+    of ``[run] estimate_at = "base"`` (and of every final fine-tune from the base model) gets.
+
+    The bank (``SUITE.base.json``, ``"start": "base"``) has the theta* bank's subset plan and record
+    format; its identity is the base model, the data and the fresh adapter the fine-tunes start from
+    (whose features ``at-base`` scores, made here once)."""
+    import torch
+
+    from gradselect.data import load_taskset
+    from gradselect.features import featurize
+    from gradselect.io import write_json_atomic
+    from gradselect.validate import measure_truth, truth_key
+
+    torch.set_num_threads(BANK_THREADS)
+    config = SUITES[args.suite]()
+    run_dir = Path(args.run_dir)
+    bank_path = Path(args.bank or Path(__file__).parent / "truth" / f"{args.suite}.base.json")
+    taskset = load_taskset(config.data)
+    adapter = fresh_adapter(config, run_dir / "at_base", args.device)
+    store = featurize(taskset, run_dir / "features-at-base", model_config=config.model,
+                      adapter_config=config.adapter, tokenize_config=config.tokenize,
+                      feature_config=config.features, adapter_path=adapter, device=args.device, progress=True)
+    identity = {"base_model_sha256": store.manifest["model"]["weights_sha256"],
+                "initial_adapter_sha256": _sha(adapter), "dataset_fingerprint": store.manifest["dataset_fingerprint"]}
+    truth_train = config.train.model_copy(update={"max_steps": TRUTH_STEPS})
+    bank = json.loads(bank_path.read_text()) if bank_path.exists() else None
+    if bank is not None and bank.get("identity") != identity:
+        diff = [k for k in identity if identity[k] != bank["identity"].get(k)]
+        print(f"{bank_path}: made from another base model / data / initial adapter (they differ in {diff}); "
+              "refusing to mix them", file=sys.stderr)
+        return 2
+    names = list(taskset.source_names)
+    bank = bank or {
+        "bank_version": BANK_VERSION, "suite": args.suite, "start": "base", "identity": identity,
+        "config": config.model_dump(mode="json", exclude_none=True),
+        "truth_train": truth_train.model_dump(mode="json"),
+        "functional": "logistic loss of the mean gold-token log-odds on the target dev split",
+        "n_dev": len(taskset.target_dev), "sources": names, "subsets": [],
+    }
+    bank["machine"] = f"{platform.machine()}, {platform.processor() or 'cpu'}"
+    done = {tuple(r["sources"]): r for r in bank["subsets"]}
+    plan = keep_half_subsets(names, args.n_subsets, seed=0)
+    for i, subset in enumerate(plan):
+        record = done.get(tuple(subset)) or {"sources": subset, "seeds": [], "losses": [], "token_ce": [],
+                                             "seconds": []}
+        for seed in range(args.seeds):
+            if seed in record["seeds"]:
+                continue
+            cfg = truth_train.model_copy(update={"seed": seed})
+            # the theta* bank's base-model truths live under the same keys: shared, not retrained
+            folder = run_dir / "truth_base" / truth_key(config, taskset, subset, cfg, None)
+            start = time.perf_counter()
+            t = measure_truth(config, taskset, subset, folder, train_config=cfg, init_adapter=None,
+                              device=args.device, progress=False)
+            record["seeds"].append(seed)
+            record["losses"].append(t["loss"])
+            record["token_ce"].append(t["token_ce"])
+            record["seconds"].append(t.get("seconds", time.perf_counter() - start))
+            record.setdefault("example_losses", {})[str(seed)] = [round(x, 5) for x in t["example_losses"]]
+        if tuple(subset) not in done:
+            bank["subsets"].append(record)
+            done[tuple(subset)] = record
+        bank["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        write_json_atomic(bank_path, bank)
+        print(f"[{i + 1}/{len(plan)}] {len(subset)} sources from the base model: losses {record['losses']}",
+              flush=True)
+    return 0
+
+
 def fresh_adapter(config, folder: Path, device: str) -> Path:
     """The adapter a seed-0 fine-tune from the base model starts from (LoRA B = 0, A drawn under the
     training seed), saved once: the point estimates "at the base model" linearize around (what
@@ -1318,7 +1390,9 @@ def score_at_base(args) -> int:
     bank = json.loads(bank_path.read_text())
     config = SUITES[bank["suite"]]()
     run_dir = Path(args.run_dir or f"runs/bank-{bank['suite']}")
-    base_records = bank.get("base_model_truth", [])
+    base_bank = bank.get("start") == "base"  # a build-base bank: every subset's truth is from the base model
+    base_records = ([{"sources": r["sources"], "loss": float(np.mean(r["losses"]))} for r in bank["subsets"]]
+                    if base_bank else bank.get("base_model_truth", []))
     if len(base_records) < 4:
         print(f"{bank_path}: {len(base_records)} base-model truths; scoring needs at least 4", file=sys.stderr)
         return 2
@@ -1334,7 +1408,7 @@ def score_at_base(args) -> int:
     judged = [i for i, s in enumerate(subsets) if tuple(s) in truth]
     judged_subsets = [subsets[i] for i in judged]
     bt = np.array([truth[tuple(s)] for s in judged_subsets])
-    meta_true = np.array([np.mean(bank["subsets"][i]["losses"]) for i in judged])
+    meta_true = None if base_bank else np.array([np.mean(bank["subsets"][i]["losses"]) for i in judged])
     names = arrays.source_names
 
     variants = {}
@@ -1396,9 +1470,11 @@ def score_at_base(args) -> int:
     out = {
         "bank": str(bank_path), "suite": bank["suite"], "n_base_truths": len(judged),
         "what": "estimates made at the base model (the fresh adapter of a seed-0 fine-tune; no theta*) against the "
-                "bank's base-model truths (1 seed each)",
+                + ("base bank's truths (fine-tunes from the base model, seed mean)" if base_bank
+                   else "bank's base-model truths (1 seed each)"),
         "param_norm": arrays.param_norm, "estimator_base_loss": linear.base_loss_, "forward_base_loss": est.base_loss_,
-        "truth_base": {"spearman_vs_theta_star_truth": float(rho(bt, meta_true)),
+        "truth_base": {"spearman_vs_theta_star_truth": None if meta_true is None else float(rho(bt, meta_true)),
+                       "seeds_per_truth": (max(len(r["losses"]) for r in bank["subsets"]) if base_bank else 1),
                        "target_alone_rank": figures(bt)["target_alone_rank"], "sd": float(np.std(bt))},
         "variants": scores,
         "estimates": {k: [round(float(x), 6) for x in v] for k, v in variants.items()},
@@ -1429,6 +1505,13 @@ def main(argv=None) -> int:
     b.add_argument("--accept-drift", action="store_true",
                    help="grow a bank made on another CPU from this machine's re-made theta* (same model, data and "
                         "features; |theta*| within 1e-4 relative); recorded per seed, with a re-measured check")
+    bb = sub.add_parser("build-base", help="grow a base-model truth bank (fine-tunes from the base model; no theta*)")
+    bb.add_argument("suite", choices=sorted(SUITES))
+    bb.add_argument("--run-dir", required=True, help="cache of the initial adapter, its features and every fine-tune")
+    bb.add_argument("--bank", help="bank file (default benchmarks/truth/SUITE.base.json)")
+    bb.add_argument("--n-subsets", type=int, default=50, help="random keep-50%% subsets beyond all / target only")
+    bb.add_argument("--seeds", type=int, default=1, help="fine-tunes per subset")
+    bb.add_argument("--device", default="auto")
     sc = sub.add_parser("score", help="score every estimator variant against a bank (no training if cached)")
     sc.add_argument("--bank", required=True)
     sc.add_argument("--run-dir", help="cache of theta* and features (default runs/bank-SUITE)")
@@ -1469,7 +1552,8 @@ def main(argv=None) -> int:
                     help="also forward-score every bank subset at this length, for the additive model over sources")
     ab.add_argument("--out", help="scores file (default SUITE.at-base.scores.json beside the bank)")
     args = p.parse_args(argv)
-    return {"build": build, "score": score_bank, "choose": choose, "at-base": score_at_base}[args.command](args)
+    return {"build": build, "build-base": build_base, "score": score_bank, "choose": choose,
+            "at-base": score_at_base}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -238,3 +238,57 @@ def test_fresh_adapter_is_the_seeded_start_of_a_base_model_fine_tune(tmp_path):
     other = config.model_copy(update={"train": config.train.model_copy(update={"seed": 1})})
     moved = load_file(fresh_adapter(other, tmp_path / "c", "cpu") / "adapter_model.safetensors")
     assert any(not torch.equal(first[k], moved[k]) for k in first if "lora_A" in k)
+
+
+def test_base_bank_grows_resumably_and_scores_estimates_made_at_the_base_model(tmp_path, monkeypatch, capsys):
+    """benchmarks/truthbank.py build-base: real fine-tunes from the base model (no theta*) on the keep-50%
+    plan, one record per subset, resumable without retraining; at-base scores against its seed means."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import truthbank
+    from gradselect.config import RunConfig
+
+    def rg(name, task, seed, noise=0.0, size=4):
+        return {"name": name, "reasoning_gym": task, "size": size, "seed": seed, "label_noise": noise}
+
+    def tiny_suite():
+        return RunConfig.model_validate({
+            "data": {"target": rg("chain_sum", "chain_sum", 10), "target_dev": rg("dev", "chain_sum", 20),
+                     "target_test": rg("test", "chain_sum", 21),
+                     "sources": [rg("more", "chain_sum", 11), rg("legs", "leg_counting", 13),
+                                 rg("noisy", "chain_sum", 15, 1.0)]},
+            "model": {"name_or_path": "tiny-llama"},
+            "features": {"proj_dim": 16},
+            "tokenize": {"max_length": 48},
+            "train": {"epochs": 1, "learning_rate": 5e-3, "batch_size": 4, "logging_steps": 1},
+        })
+
+    monkeypatch.setitem(truthbank.SUITES, "tiny", tiny_suite)
+    monkeypatch.setattr(truthbank, "TRUTH_STEPS", 2)
+    bank_path, run_dir = tmp_path / "tiny.base.json", tmp_path / "run"
+    args = ["build-base", "tiny", "--run-dir", str(run_dir), "--bank", str(bank_path), "--n-subsets", "2",
+            "--device", "cpu"]
+    assert truthbank.main(args) == 0
+    bank = json.loads(bank_path.read_text())
+    assert bank["start"] == "base" and "theta_star" not in bank
+    assert [r["sources"] for r in bank["subsets"]][:2] == [["more", "legs", "noisy"], []]
+    assert len(bank["subsets"]) == 4 and all(len(r["losses"]) == 1 and r["losses"][0] > 0 for r in bank["subsets"])
+    assert not (run_dir / "meta_init").exists()  # no meta-training
+    # Resumed: every fine-tune is cached, the truths are the same.
+    assert truthbank.main(args) == 0
+    assert json.loads(bank_path.read_text())["subsets"] == bank["subsets"]
+    # Another initial adapter (another training seed draws another A) is refused, not mixed in.
+    monkeypatch.setitem(truthbank.SUITES, "tiny", lambda: tiny_suite().model_copy(
+        update={"train": tiny_suite().train.model_copy(update={"seed": 3})}))
+    assert truthbank.main(args[:3] + [str(tmp_path / "other-run")] + args[4:]) == 2
+    assert "initial_adapter_sha256" in capsys.readouterr().err
+    monkeypatch.setitem(truthbank.SUITES, "tiny", tiny_suite)
+    scores = tmp_path / "scores.json"
+    assert truthbank.main(["at-base", "--bank", str(bank_path), "--run-dir", str(run_dir), "--lengths", "0.5",
+                           "--device", "cpu", "--out", str(scores)]) == 0
+    out = json.loads(scores.read_text())
+    assert out["n_base_truths"] == 4 and out["truth_base"]["spearman_vs_theta_star_truth"] is None
+    assert "forward pass, sign step, 0.5 |theta|" in out["variants"]
