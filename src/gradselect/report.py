@@ -16,6 +16,7 @@ from gradselect.errors import GradselectError
 from gradselect.evaluate.results import MetricsTable
 from gradselect.io import read_json_artifact, write_text_atomic
 from gradselect.select.result import Selection
+from gradselect.validate.trust import estimates_origin, trust_origin
 
 
 # -- plain-text tables ----------------------------------------------------------------------------------------
@@ -215,20 +216,6 @@ def measured_line(measured: dict | None) -> str:
             f"{measured['target_only_loss']:.5f}, gain {measured['gain']:+.5f}, margin {measured['margin']:.5f} = "
             f"{measured['z']:.2f} x SE {measured['standard_error']:.5f} ({'; '.join(parts)}; z for the best of the "
             f"validated subsets): {verdict}")
-
-
-def estimates_origin(report: dict) -> str:
-    """Where a trust check's estimates (and its ``base_loss``) were made: ``[run] estimate_at``."""
-    if report.get("estimated_at") == "base":
-        return "the base model's untrained adapter"
-    return "theta*"
-
-
-def trust_origin(report: dict) -> str:
-    """Where a trust check's fine-tunes started, in one short phrase."""
-    if report.get("start") == "base":
-        return "the base model"
-    return "the untrained adapter" if report.get("estimated_at") == "base" else "theta*"
 
 
 def trust_start(report: dict) -> str:

@@ -376,6 +376,20 @@ def _calibration_summary(calib: dict) -> dict:
     return {k: calib[k] for k in keys}
 
 
+def estimates_origin(report: dict) -> str:
+    """Where a trust check's estimates (and its ``base_loss``) were made: ``[run] estimate_at``."""
+    if report.get("estimated_at") == "base":
+        return "the base model's untrained adapter"
+    return "theta*"
+
+
+def trust_origin(report: dict) -> str:
+    """Where a trust check's fine-tunes started, in one short phrase."""
+    if report.get("start") == "base":
+        return "the base model"
+    return "the untrained adapter" if report.get("estimated_at") == "base" else "theta*"
+
+
 def _scatter(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -388,8 +402,6 @@ def _scatter(report: dict, path: Path) -> None:
     ax.scatter(true, est, zorder=3)
     lo, hi = min(est + true), max(est + true)
     ax.plot([lo, hi], [lo, hi], color="gray", linestyle="--", label="y = x")
-    from gradselect.report import estimates_origin, trust_origin
-
     ax.axhline(report["base_loss"], color="tab:orange", linestyle=":", label=f"at {estimates_origin(report)}")
     m = report["metrics"]
     ax.set_title(f"Spearman {m['spearman']:.2f}, mean rel. error {m['mean_relative_error']:.1%}")
