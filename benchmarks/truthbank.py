@@ -239,6 +239,50 @@ def _check_identity(bank: dict, identity: dict, bank_path, accept_drift: bool) -
     return True, drift
 
 
+def _new_bank(suite: str, identity: dict, config, taskset, truth_train, **extra) -> dict:
+    """An empty bank's header: what its truths depend on and how they are measured."""
+    return {
+        "bank_version": BANK_VERSION, "suite": suite, **extra, "identity": identity,
+        "config": config.model_dump(mode="json", exclude_none=True),
+        "truth_train": truth_train.model_dump(mode="json"),
+        "functional": "logistic loss of the mean gold-token log-odds on the target dev split",
+        "n_dev": len(taskset.target_dev), "sources": list(taskset.source_names), "subsets": [],
+    }
+
+
+def _grow_subsets(bank: dict, bank_path: Path, plan: list[list[str]], n_seeds: int, measure, *,
+                  extra: tuple[str, ...] = (), label: str = "") -> None:
+    """Fine-tune every subset of ``plan`` with seeds ``0..n_seeds-1`` that ``bank["subsets"]`` still lacks,
+    rewriting the bank atomically after each subset (so a partial bank holds complete repeat sets).
+
+    ``measure(subset, seed, record)`` returns :func:`~gradselect.validate.measure_truth`'s result and
+    fills the record's own ``extra`` lists; the losses, token cross-entropies, seconds and per-example
+    dev losses are recorded here."""
+    from gradselect.io import write_json_atomic
+
+    done = {tuple(r["sources"]): r for r in bank["subsets"]}
+    for i, subset in enumerate(plan):
+        record = done.get(tuple(subset)) or {"sources": subset, "seeds": [], "losses": [], "token_ce": [],
+                                             **{k: [] for k in extra}, "seconds": []}
+        for seed in range(n_seeds):
+            if seed in record["seeds"]:
+                continue
+            start = time.perf_counter()
+            t = measure(subset, seed, record)
+            record["seeds"].append(seed)
+            record["losses"].append(t["loss"])
+            record["token_ce"].append(t["token_ce"])
+            record["seconds"].append(t.get("seconds", time.perf_counter() - start))
+            # Per dev example (5 decimals), for paired comparisons between subsets; absent in older records.
+            record.setdefault("example_losses", {})[str(seed)] = [round(x, 5) for x in t["example_losses"]]
+        if tuple(subset) not in done:
+            bank["subsets"].append(record)
+            done[tuple(subset)] = record
+        bank["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        write_json_atomic(bank_path, bank)
+        print(f"[{i + 1}/{len(plan)}] {len(subset)} sources{label}: losses {record['losses']}", flush=True)
+
+
 def build(args) -> int:
     from gradselect.io import write_json_atomic
 
@@ -257,16 +301,9 @@ def build(args) -> int:
         usable, drift = _check_identity(bank, identity, bank_path, args.accept_drift)
         if not usable:
             return 2
-    bank = bank or {
-        "bank_version": BANK_VERSION, "suite": args.suite, "identity": identity,
-        "config": config.model_dump(mode="json", exclude_none=True),
-        "truth_train": truth_train.model_dump(mode="json"),
-        "functional": "logistic loss of the mean gold-token log-odds on the target dev split",
-        "n_dev": len(taskset.target_dev), "sources": names, "subsets": [], "base_model_truth": [],
-    }
+    bank = bank or {**_new_bank(args.suite, identity, config, taskset, truth_train), "base_model_truth": []}
     bank["machine"] = f"{platform.machine()}, {platform.processor() or 'cpu'}"
     base_loss = _theta_star_loss(config, taskset, meta_adapter, args.device)
-    done = {tuple(r["sources"]): r for r in bank["subsets"]}
     theta = identity["theta_star_sha256"]
     if drift is None:
         bank["theta_star"] = base_loss
@@ -279,7 +316,7 @@ def build(args) -> int:
                      "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores",
                      "date": datetime.date.today().isoformat(), "theta_star": base_loss}
             bank["theta_star_drift"].append(entry)
-        old = done.get(())
+        old = next((r for r in bank["subsets"] if not r["sources"]), None)  # the target alone
         if "check" not in entry and old and 0 in old["seeds"]:
             cfg = truth_train.model_copy(update={"seed": 0})
             t = measure_truth(config, taskset, [], run_dir / "truth" / truth_key(config, taskset, [], cfg, meta_adapter),
@@ -294,33 +331,18 @@ def build(args) -> int:
         print(f"theta* re-made on this machine (|theta*| {drift:.2g} relative off the bank's); check: "
               f"{entry.get('check')}", flush=True)
     plan = keep_half_subsets(names, args.n_subsets, seed=0)
-    seeds = list(range(args.seeds))
-    for i, subset in enumerate(plan):
-        record = done.get(tuple(subset)) or {"sources": subset, "seeds": [], "losses": [], "token_ce": [],
-                                             "projected_norm": [], "seconds": []}
-        for seed in seeds:
-            if seed in record["seeds"]:
-                continue
-            cfg = truth_train.model_copy(update={"seed": seed})
-            folder = run_dir / "truth" / truth_key(config, taskset, subset, cfg, meta_adapter)
-            start = time.perf_counter()
-            t = measure_truth(config, taskset, subset, folder, train_config=cfg, init_adapter=meta_adapter,
-                              store=store, device=args.device, progress=False)
-            record["seeds"].append(seed)
-            if drift is not None:  # which theta* this seed started from (the bank's identity when absent)
-                record.setdefault("theta_star_of_seed", {})[str(seed)] = theta
-            record["losses"].append(t["loss"])
-            record["token_ce"].append(t["token_ce"])
-            record["projected_norm"].append((t.get("displacement") or {}).get("projected_norm"))
-            record["seconds"].append(t.get("seconds", time.perf_counter() - start))
-            # Per dev example (5 decimals), for paired comparisons between subsets; absent in older records.
-            record.setdefault("example_losses", {})[str(seed)] = [round(x, 5) for x in t["example_losses"]]
-        if tuple(subset) not in done:
-            bank["subsets"].append(record)
-            done[tuple(subset)] = record
-        bank["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        write_json_atomic(bank_path, bank)
-        print(f"[{i + 1}/{len(plan)}] {len(subset)} sources: losses {record['losses']}", flush=True)
+
+    def measure(subset, seed, record):
+        cfg = truth_train.model_copy(update={"seed": seed})
+        folder = run_dir / "truth" / truth_key(config, taskset, subset, cfg, meta_adapter)
+        t = measure_truth(config, taskset, subset, folder, train_config=cfg, init_adapter=meta_adapter,
+                          store=store, device=args.device, progress=False)
+        if drift is not None:  # which theta* this seed started from (the bank's identity when absent)
+            record.setdefault("theta_star_of_seed", {})[str(seed)] = theta
+        record["projected_norm"].append((t.get("displacement") or {}).get("projected_norm"))
+        return t
+
+    _grow_subsets(bank, bank_path, plan, args.seeds, measure, extra=("projected_norm",))
     # The truth a user gets: fine-tunes from the base model (one seed) on the first subsets.
     have = {tuple(r["sources"]) for r in bank["base_model_truth"]}
     for subset in plan[: args.base_subsets]:
@@ -1297,8 +1319,6 @@ def build_base(args) -> int:
     import torch
 
     from gradselect.data import load_taskset
-    from gradselect.features import featurize
-    from gradselect.io import write_json_atomic
     from gradselect.validate import measure_truth, truth_key
 
     torch.set_num_threads(BANK_THREADS)
@@ -1306,10 +1326,7 @@ def build_base(args) -> int:
     run_dir = Path(args.run_dir)
     bank_path = Path(args.bank or Path(__file__).parent / "truth" / f"{args.suite}.base.json")
     taskset = load_taskset(config.data)
-    adapter = fresh_adapter(config, run_dir / "at_base", args.device)
-    store = featurize(taskset, run_dir / "features-at-base", model_config=config.model,
-                      adapter_config=config.adapter, tokenize_config=config.tokenize,
-                      feature_config=config.features, adapter_path=adapter, device=args.device, progress=True)
+    adapter, store = features_at_base(config, taskset, run_dir, args.device)
     identity = {"base_model_sha256": store.manifest["model"]["weights_sha256"],
                 "initial_adapter_sha256": _sha(adapter), "dataset_fingerprint": store.manifest["dataset_fingerprint"]}
     truth_train = config.train.model_copy(update={"max_steps": TRUTH_STEPS})
@@ -1320,40 +1337,18 @@ def build_base(args) -> int:
               "refusing to mix them", file=sys.stderr)
         return 2
     names = list(taskset.source_names)
-    bank = bank or {
-        "bank_version": BANK_VERSION, "suite": args.suite, "start": "base", "identity": identity,
-        "config": config.model_dump(mode="json", exclude_none=True),
-        "truth_train": truth_train.model_dump(mode="json"),
-        "functional": "logistic loss of the mean gold-token log-odds on the target dev split",
-        "n_dev": len(taskset.target_dev), "sources": names, "subsets": [],
-    }
+    bank = bank or _new_bank(args.suite, identity, config, taskset, truth_train, start="base")
     bank["machine"] = f"{platform.machine()}, {platform.processor() or 'cpu'}"
-    done = {tuple(r["sources"]): r for r in bank["subsets"]}
-    plan = keep_half_subsets(names, args.n_subsets, seed=0)
-    for i, subset in enumerate(plan):
-        record = done.get(tuple(subset)) or {"sources": subset, "seeds": [], "losses": [], "token_ce": [],
-                                             "seconds": []}
-        for seed in range(args.seeds):
-            if seed in record["seeds"]:
-                continue
-            cfg = truth_train.model_copy(update={"seed": seed})
-            # the theta* bank's base-model truths live under the same keys: shared, not retrained
-            folder = run_dir / "truth_base" / truth_key(config, taskset, subset, cfg, None)
-            start = time.perf_counter()
-            t = measure_truth(config, taskset, subset, folder, train_config=cfg, init_adapter=None,
-                              device=args.device, progress=False)
-            record["seeds"].append(seed)
-            record["losses"].append(t["loss"])
-            record["token_ce"].append(t["token_ce"])
-            record["seconds"].append(t.get("seconds", time.perf_counter() - start))
-            record.setdefault("example_losses", {})[str(seed)] = [round(x, 5) for x in t["example_losses"]]
-        if tuple(subset) not in done:
-            bank["subsets"].append(record)
-            done[tuple(subset)] = record
-        bank["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        write_json_atomic(bank_path, bank)
-        print(f"[{i + 1}/{len(plan)}] {len(subset)} sources from the base model: losses {record['losses']}",
-              flush=True)
+
+    def measure(subset, seed, record):
+        cfg = truth_train.model_copy(update={"seed": seed})
+        # the theta* bank's base-model truths live under the same keys: shared, not retrained
+        folder = run_dir / "truth_base" / truth_key(config, taskset, subset, cfg, None)
+        return measure_truth(config, taskset, subset, folder, train_config=cfg, init_adapter=None,
+                             device=args.device, progress=False)
+
+    _grow_subsets(bank, bank_path, keep_half_subsets(names, args.n_subsets, seed=0), args.seeds, measure,
+                  label=" from the base model")
     return 0
 
 
@@ -1370,6 +1365,17 @@ def fresh_adapter(config, folder: Path, device: str) -> Path:
     return adapter
 
 
+def features_at_base(config, taskset, run_dir: Path, device: str):
+    """``(adapter, store)``: the fresh adapter (:func:`fresh_adapter`) and its features, cached in ``run_dir``."""
+    from gradselect.features import featurize
+
+    adapter = fresh_adapter(config, run_dir / "at_base", device)
+    store = featurize(taskset, run_dir / "features-at-base", model_config=config.model,
+                      adapter_config=config.adapter, tokenize_config=config.tokenize,
+                      feature_config=config.features, adapter_path=adapter, device=device, progress=True)
+    return adapter, store
+
+
 def score_at_base(args) -> int:
     """Estimates made at the base model (the final fine-tunes' start; no meta-training), against the
     bank's base-model truths: the linear estimate, gradient similarity and forward passes of the
@@ -1380,7 +1386,6 @@ def score_at_base(args) -> int:
     from gradselect.data import load_taskset
     from gradselect.estimate import EstimateConfig, FeatureArrays, SubsetEstimator
     from gradselect.estimate.forward import ForwardPassEstimator, SourceGradients
-    from gradselect.features import featurize
     from gradselect.io import write_json_atomic
     from gradselect.model import apply_adapter, load_model
     from gradselect.validate.fidelity import bootstrap_ci, loo_select, pairwise_accuracy
@@ -1397,10 +1402,7 @@ def score_at_base(args) -> int:
         print(f"{bank_path}: {len(base_records)} base-model truths; scoring needs at least 4", file=sys.stderr)
         return 2
     taskset = load_taskset(config.data)
-    adapter = fresh_adapter(config, run_dir / "at_base", args.device)
-    store = featurize(taskset, run_dir / "features-at-base", model_config=config.model,
-                      adapter_config=config.adapter, tokenize_config=config.tokenize,
-                      feature_config=config.features, adapter_path=adapter, device=args.device, progress=True)
+    adapter, store = features_at_base(config, taskset, run_dir, args.device)
     arrays = FeatureArrays.from_store(store)
     # Every bank subset is scored (the additive model needs many), the base-model truths judge.
     subsets = [r["sources"] for r in bank["subsets"]]

@@ -503,13 +503,12 @@ def cmd_estimate(args) -> int:
         sel = config.select_config()
         masks = EnsembleSelector(n_subsets=sel.n_subsets, alpha=sel.alpha, seed=sel.seed).sample_subsets(len(names))
     table = write_estimates(est, masks, args.output, progress=not args.quiet)
-    from gradselect.report import start_of_estimates
+    from gradselect.report import forward_origin, start_of_estimates
 
-    at = "base" if config.run.estimate_at == "base" else "meta"
-    how = (f"scorer forward: dev forward passes at {'the base model' if at == 'base' else 'theta*'} + a "
-           f"{config.estimate.forward_step} step"
+    where = {"estimated_at": config.run.estimate_at}
+    how = (f"scorer forward: dev forward passes at {forward_origin(where)} + a {config.estimate.forward_step} step"
            if config.estimate.scorer == "forward" else f"mode {est.config_.mode}, solver {est.config_.solver}")
-    print(f"estimated {table.num_rows} subsets of {len(names)} sources ({how}; {start_of_estimates({'estimated_at': at})} "
+    print(f"estimated {table.num_rows} subsets of {len(names)} sources ({how}; {start_of_estimates(where)} "
           f"{est.base_loss_:.4f}); table: {args.output}")
     return 0
 

@@ -16,7 +16,7 @@ from gradselect.errors import GradselectError
 from gradselect.evaluate.results import MetricsTable
 from gradselect.io import read_json_artifact, write_text_atomic
 from gradselect.select.result import Selection
-from gradselect.validate.trust import estimates_origin, trust_origin
+from gradselect.validate.trust import estimates_origin
 
 
 # -- plain-text tables ----------------------------------------------------------------------------------------
@@ -24,8 +24,8 @@ def format_selection(selection: Selection, base_loss: float | None = None) -> st
     """A plain-text table of a selection: sources ranked, scores, intervals, chosen."""
     lines = [f"method {selection.method}: {len(selection.chosen)} of {len(selection.scores)} sources chosen"]
     if selection.params.get("forward_passes") is not None:
-        at = "the base model" if selection.params.get("estimated_at") == "base" else "theta*"
-        lines[0] += (f" (scored by {selection.params['forward_passes']} dev forward passes at {at} + a "
+        lines[0] += (f" (scored by {selection.params['forward_passes']} dev forward passes at "
+                     f"{forward_origin(selection.params)} + a "
                      f"{(selection.params.get('estimator') or {}).get('forward_step', 'sign')} step)")
     width = max([len(n) for n in selection.scores] + [6])
     header = f"  {'source':<{width}}  {'score':>10}"
@@ -53,6 +53,11 @@ def format_selection(selection: Selection, base_loss: float | None = None) -> st
                      "estimator's own scale, for ranking; gradselect validate measures how far it is from real "
                      "fine-tunes)")
     return "\n".join(lines)
+
+
+def forward_origin(params: dict) -> str:
+    """Where the forward scorer's steps start (a selection's ``params``), in one short phrase."""
+    return "the base model" if params.get("estimated_at") == "base" else "theta*"
 
 
 def start_of_estimates(params: dict) -> str:
@@ -363,7 +368,7 @@ def write_report(run_dir: str | Path) -> Path:
     if params.get("forward_passes") is not None:
         step = (params.get("estimator") or {}).get("forward_step", "sign")
         lines += [f"Scorer: **forward** — each subset scored by a real forward pass of the target dev split at "
-                  f"{'the base model' if params.get('estimated_at') == 'base' else 'theta*'} + a {step} step of "
+                  f"{forward_origin(params)} + a {step} step of "
                   f"norm {params.get('forward_step_length', float('nan')):.4g} "
                   f"({params['forward_passes']} passes).", ""]
     if params.get("base_loss") is not None and selection.get("estimated_loss") is not None:
