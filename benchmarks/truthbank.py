@@ -1376,6 +1376,39 @@ def features_at_base(config, taskset, run_dir: Path, device: str):
     return adapter, store
 
 
+def _length_by_trust_check(by_length: dict, true, subsets, n_sources: int, configured: str, ks=(8, 12),
+                           draws: int = 20, seed: int = 0) -> dict:
+    """What a trust check of k subsets would make of the forward step's length: per k, ``draws`` simulated
+    checks (:func:`_trust_check_draws`) choose a length among ``by_length`` by pairwise order on their
+    subsets, keeping ``configured`` unless another beats it by more than one standard error
+    (:func:`gradselect.validate.fidelity.one_se_choice`, the rule the linear step's calibration uses);
+    each is scored on the subsets it left unseen, beside the configured length and the best fixed length
+    in hindsight. Pairwise accuracy and Spearman on the unseen subsets, and how often each length won."""
+    from scipy.stats import spearmanr
+
+    from gradselect.validate.fidelity import one_se_choice, pairwise_accuracy
+
+    names = list(by_length)
+    stack = np.array([by_length[n] for n in names])
+    t = np.asarray(true, float)
+    default = names.index(configured)
+    out = {}
+    for k, pairs in _trust_check_draws(subsets, n_sources, ks, draws, seed):
+        rows = {"chosen": [], "configured": [], "best in hindsight": []}
+        won = []
+        for chosen, rest in pairs:
+            c = one_se_choice(stack[:, chosen], t[chosen], default=default)
+            won.append(names[c])
+            best = max(range(len(names)), key=lambda j: pairwise_accuracy(stack[j, rest], t[rest]))
+            for key, j in (("chosen", c), ("configured", default), ("best in hindsight", best)):
+                rows[key].append((pairwise_accuracy(stack[j, rest], t[rest]), spearmanr(stack[j, rest], t[rest])[0]))
+        out[str(k)] = {key: {"pairwise_accuracy": float(np.mean([a for a, _ in v])),
+                             "spearman": float(np.nanmean([r for _, r in v]))} for key, v in rows.items()}
+        out[str(k)]["lengths_chosen"] = {n: won.count(n) for n in names if won.count(n)}
+        out[str(k)]["draws"] = len(pairs)
+    return out
+
+
 def score_at_base(args) -> int:
     """Estimates made at the base model (the final fine-tunes' start; no meta-training), against the
     bank's base-model truths: the linear estimate, gradient similarity and forward passes of the
@@ -1469,6 +1502,13 @@ def score_at_base(args) -> int:
         scores[f"forward pass, sign step, {k} |theta|"] = figures(v)
     scores["forward pass, sign step, length by LOO pairwise order"] = figures(
         loo_select(by_length, bt, pairwise_accuracy)[0])
+    by_trust_check = None
+    if args.configured_length is not None:
+        configured = f"{args.configured_length:g}"
+        if configured not in by_length:
+            print(f"--configured-length {configured} is not among --lengths {args.lengths}", file=sys.stderr)
+            return 2
+        by_trust_check = _length_by_trust_check(by_length, bt, judged_subsets, len(names), configured)
     out = {
         "bank": str(bank_path), "suite": bank["suite"], "n_base_truths": len(judged),
         "what": "estimates made at the base model (the fresh adapter of a seed-0 fine-tune; no theta*) against the "
@@ -1479,6 +1519,8 @@ def score_at_base(args) -> int:
                        "seeds_per_truth": (max(len(r["losses"]) for r in bank["subsets"]) if base_bank else 1),
                        "target_alone_rank": figures(bt)["target_alone_rank"], "sd": float(np.std(bt))},
         "variants": scores,
+        **({"length_by_trust_check": {"configured": args.configured_length, "by_k": by_trust_check}}
+           if by_trust_check is not None else {}),
         "estimates": {k: [round(float(x), 6) for x in v] for k, v in variants.items()},
         **_provenance(),
     }
@@ -1490,6 +1532,11 @@ def score_at_base(args) -> int:
         lo, hi = v["spearman_ci95"] or (float("nan"), float("nan"))
         print(f"  {v['spearman']:+.2f} [{lo:+.2f}, {hi:+.2f}]  pairwise {v['pairwise_accuracy']:.2f}  "
               f"alone {v['target_alone_rank']}  {k}")
+    for k, v in (by_trust_check or {}).items():
+        print(f"  trust check of {k} choosing the length (one-SE rule, configured {args.configured_length:g}), "
+              f"on its unseen subsets over {v['draws']} draws: " + "; ".join(
+                  f"{key} pairwise {v[key]['pairwise_accuracy']:.2f} Spearman {v[key]['spearman']:+.2f}"
+                  for key in ("chosen", "configured", "best in hindsight")) + f"; chosen {v['lengths_chosen']}")
     return 0
 
 
@@ -1552,6 +1599,9 @@ def main(argv=None) -> int:
                     help="sign-step lengths, fractions of |theta| at the fresh adapter (comma list)")
     ab.add_argument("--additive-length", type=float, metavar="FRACTION",
                     help="also forward-score every bank subset at this length, for the additive model over sources")
+    ab.add_argument("--configured-length", type=float, metavar="FRACTION",
+                    help="also simulate trust checks of 8 and 12 bank subsets choosing the length among --lengths, "
+                         "keeping this one unless another orders their subsets better by more than one SE")
     ab.add_argument("--out", help="scores file (default SUITE.at-base.scores.json beside the bank)")
     args = p.parse_args(argv)
     return {"build": build, "build-base": build_base, "score": score_bank, "choose": choose,

@@ -123,8 +123,14 @@ def test_run_with_the_forward_scorer_selects_by_real_forward_passes(tmp_path, ca
     sel = json.loads((run_dir / "selection.json").read_text())
     assert sel["params"]["estimator"]["scorer"] == "forward"
     assert sel["params"]["n_subsets"] == FORWARD_N_SUBSETS  # the forward scorer's default
-    # Each distinct subset passed forward once: at most the sampled ones, the target alone and the choice.
-    assert 2 <= sel["params"]["forward_passes"] <= FORWARD_N_SUBSETS + 2
+    # Each distinct subset passed forward once: at most the sampled ones, the target alone and the choice,
+    # and the 3 validated subsets at each other candidate length of the step.
+    choice = sel["params"]["forward_length_choice"]
+    others = len(choice["pairwise_accuracy"]) - 1
+    assert choice["subsets"] == 3 and others == len(config_lengths := [0.05, 0.2, 0.5, 1.0])
+    assert choice["configured_fraction"] == pytest.approx(0.1) and choice["chosen_fraction"] in [0.1] + config_lengths
+    assert 2 <= sel["params"]["forward_passes"] <= FORWARD_N_SUBSETS + 2 + 3 * others
+    assert "step length" in (run_dir / "report.md").read_text()
     # The forward scorer's own measured error (not the linear estimator's), from the 3 validated subsets.
     ev = sel["params"]["evidence"]
     assert ev["measured_error"] is not None and ev["measured_error"] >= 0
@@ -139,7 +145,9 @@ def test_run_with_the_forward_scorer_selects_by_real_forward_passes(tmp_path, ca
     grads = SourceGradients.compute(model, tok, taskset, config.tokenize)
     by_hand = ForwardPassEstimator("sign", train_batch_size=config.train.batch_size).fit(
         model, tok, grads, taskset.target_dev.examples, config.tokenize)
-    assert np.isclose(by_hand.estimate([sel["chosen"]])[0], sel["estimated_loss"], rtol=1e-4)
+    length = choice["chosen_fraction"] * by_hand.param_norm_
+    assert np.isclose(sel["params"]["forward_step_length"], length, rtol=1e-6)
+    assert np.isclose(by_hand.estimate([sel["chosen"]], length=length)[0], sel["estimated_loss"], rtol=1e-4)
     assert np.isclose(by_hand.base_loss_, sel["params"]["base_loss"], rtol=1e-5)
     gradients = run_dir / "source_gradients" / "gradients.safetensors"
     assert gradients.exists()
@@ -154,6 +162,7 @@ def test_run_with_the_forward_scorer_selects_by_real_forward_passes(tmp_path, ca
     (tmp_path / "again" / "source_gradients").symlink_to(run_dir / "source_gradients")
     assert main(["select", str(cfg), "--features", str(run_dir / "features"), "-o", str(out), "-q"]) == 0
     again = json.loads(out.read_text())
+    assert again["params"]["forward_length_choice"] == choice
     assert again["chosen"] == sel["chosen"] and np.isclose(again["estimated_loss"], sel["estimated_loss"], rtol=1e-6)
     assert again["params"]["evidence"]["measured_error"] == pytest.approx(ev["measured_error"], rel=1e-6)
     assert gradients.stat().st_mtime_ns == stamp
@@ -206,3 +215,57 @@ def test_forward_scored_estimator_passes_each_subset_forward_once(setup, tmp_pat
     assert ev["measured_error"] is None  # no trust check: nothing inherited from the linear estimator
     # Everything else is the linear estimator's (features, sources, config).
     assert scored.source_names_ == linear.source_names_ and scored.arrays_ is linear.arrays_
+
+
+def test_trust_check_chooses_the_forward_step_length_by_the_order_of_its_subsets(setup, tmp_path):
+    """trust_forward_scorer scores the validated subsets at each candidate length, keeps the configured one
+    unless another orders them better by more than one standard error, and measures the gain error at the
+    length kept; every later estimate uses that length."""
+    import itertools
+    import json
+
+    from gradselect.estimate import FeatureArrays, SubsetEstimator
+    from gradselect.estimate.config import EstimateConfig
+    from gradselect.estimate.forward import ForwardScoredEstimator
+    from gradselect.features import FeatureStore, featurize
+    from gradselect.validate import trust_forward_scorer
+    from gradselect.validate.fidelity import one_se_choice
+    from gradselect.validate.trust import gain_error, seed_noise
+
+    config, taskset, model, tok = setup
+    featurize(taskset, tmp_path / "features", feature_config=config.features, adapter_path=None,
+              model_config=config.model, adapter_config=config.adapter, tokenize_config=config.tokenize,
+              device="cpu", progress=False)
+    linear = SubsetEstimator(EstimateConfig()).fit(FeatureArrays.from_store(FeatureStore.open(tmp_path / "features")))
+    grads = SourceGradients.compute(model, tok, taskset, config.tokenize)
+    fwd = ForwardPassEstimator("sign", length_fraction=0.1).fit(model, tok, grads, taskset.target_dev.examples,
+                                                                config.tokenize)
+    names = taskset.source_names
+    subsets = [list(c) for r in range(len(names) + 1) for c in itertools.combinations(names, r)]
+    norm = fwd.param_norm_
+    # The truth: what the 1 |theta| step estimates, reversed, so the lengths differ in how well they order it.
+    at = {f: fwd.estimate(subsets, length=f * norm) for f in (0.1, 0.05, 1.0)}
+    true = -at[1.0]
+    losses = [[t, t + 0.01] if i < 2 else [t] for i, t in enumerate(true)]
+    validation = tmp_path / "validation.json"
+    validation.write_text(json.dumps({"subsets": [{"sources": s, "true_losses": x} for s, x in zip(subsets, losses)]}))
+
+    scored = ForwardScoredEstimator(linear, fwd)
+    record = trust_forward_scorer(scored, validation, [0.05, 1.0])
+    means = np.array([np.mean(x) for x in losses])
+    expected = [0.1, 0.05, 1.0][one_se_choice(np.array([at[0.1], at[0.05], at[1.0]]), means)]
+    assert record["chosen_fraction"] == pytest.approx(expected) and record["configured_fraction"] == pytest.approx(0.1)
+    assert set(record["pairwise_accuracy"]) == {"0.1", "0.05", "1"} and record["subsets"] == len(subsets)
+    assert scored.length_choice_ == record and np.isclose(scored.length_, expected * norm)
+    # Later estimates are at the length kept; the gain error was measured there.
+    assert np.allclose(scored.estimate(subsets), at[expected], rtol=1e-6)
+    assert scored.gain_error_ == pytest.approx(gain_error(at[expected], means, subsets,
+                                                          noise=seed_noise(subsets, losses)))
+    assert scored.n_forward_passes_ == 3 * len(subsets)  # each (subset, length) passed forward once
+    # No candidates: the configured length, its gain error, no record.
+    plain = ForwardScoredEstimator(linear, ForwardPassEstimator("sign", length_fraction=0.1).fit(
+        model, tok, grads, taskset.target_dev.examples, config.tokenize))
+    assert trust_forward_scorer(plain, validation) == {} and plain.length_choice_ is None
+    assert plain.gain_error_ == pytest.approx(gain_error(at[0.1], means, subsets, noise=seed_noise(subsets, losses)))
+    with pytest.raises(Exception, match="positive"):
+        plain.set_length(0.0)

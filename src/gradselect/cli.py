@@ -470,12 +470,12 @@ def _forward_scored(config, estimator, args):
                             out / "source_gradients" / "gradients.safetensors", device=args.device,
                             progress=not args.quiet)
     from gradselect.features import FeatureStore
-    from gradselect.validate import forward_gain_error
+    from gradselect.validate import trust_forward_scorer
     from gradselect.validate.calibration import read_calibration
 
     calib = read_calibration(Path(args.features).parent / "calibration.json", FeatureStore.open(args.features).manifest)
     if calib and calib.get("validation") and Path(calib["validation"]).exists():
-        scored.gain_error_ = forward_gain_error(scored, Path(calib["validation"]))
+        trust_forward_scorer(scored, Path(calib["validation"]), config.estimate.forward_length_candidates)
     else:
         from gradselect.select.stage import FORWARD_WITHOUT_TRUST_CHECK
 

@@ -332,9 +332,9 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
                                        run_dir / "source_gradients" / "gradients.safetensors", device=device,
                                        progress=progress)
             if config.run.validate_k:
-                from gradselect.validate import forward_gain_error
+                from gradselect.validate import trust_forward_scorer
 
-                estimator.gain_error_ = forward_gain_error(estimator, validation_file)
+                trust_forward_scorer(estimator, validation_file, estimate_config.forward_length_candidates)
             else:
                 log.warning(FORWARD_WITHOUT_TRUST_CHECK.format(why="[run] validate_k = 0", fix="set [run] validate_k"))
         chosen = select_sources(estimator, select_config, sel_path, clusters=clusters,

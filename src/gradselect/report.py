@@ -27,6 +27,8 @@ def format_selection(selection: Selection, base_loss: float | None = None) -> st
         lines[0] += (f" (scored by {selection.params['forward_passes']} dev forward passes at "
                      f"{forward_origin(selection.params)} + a "
                      f"{(selection.params.get('estimator') or {}).get('forward_step', 'sign')} step)")
+    if selection.params.get("forward_length_choice"):
+        lines.append(forward_length_line(selection.params["forward_length_choice"]))
     width = max([len(n) for n in selection.scores] + [6])
     header = f"  {'source':<{width}}  {'score':>10}"
     if selection.intervals:
@@ -53,6 +55,15 @@ def format_selection(selection: Selection, base_loss: float | None = None) -> st
                      "estimator's own scale, for ranking; gradselect validate measures how far it is from real "
                      "fine-tunes)")
     return "\n".join(lines)
+
+
+def forward_length_line(choice: dict) -> str:
+    """One line on how the trust check set the forward step's length (``params["forward_length_choice"]``)."""
+    marks = ", ".join(f"{f} |theta| {a:.2f}" for f, a in choice["pairwise_accuracy"].items())
+    kept = ("kept" if np.isclose(choice["chosen_fraction"], choice["configured_fraction"])
+            else "chosen over the configured {:g} |theta|".format(choice["configured_fraction"]))
+    return (f"step length {choice['chosen_fraction']:g} |theta| {kept} by the trust check's pairwise order of its "
+            f"{choice['subsets']} subsets (one-SE rule): {marks}")
 
 
 def forward_origin(params: dict) -> str:
@@ -371,6 +382,8 @@ def write_report(run_dir: str | Path) -> Path:
                   f"{forward_origin(params)} + a {step} step of "
                   f"norm {params.get('forward_step_length', float('nan')):.4g} "
                   f"({params['forward_passes']} passes).", ""]
+        if params.get("forward_length_choice"):
+            lines += [forward_length_line(params["forward_length_choice"]), ""]
     if params.get("base_loss") is not None and selection.get("estimated_loss") is not None:
         lines += [f"Estimated target dev loss of the choice: {selection['estimated_loss']:.5f} "
                   f"({start_of_estimates(params)}: {params['base_loss']:.5f}), on the estimator's own scale: for "

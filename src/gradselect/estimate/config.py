@@ -78,6 +78,20 @@ class EstimateConfig(StrictConfig):
     ``[run] estimate_at = "base"`` |theta| is the untrained adapter's (|A|, B = 0): on the planted12
     bank's base-model truths 0.2-1 ordered subsets alike (Spearman 0.63-0.66) and 0.05 worse (0.31);
     0.1 there was not measured on all 20 subsets."""
+    forward_length_candidates: list[float] = [0.05, 0.2, 0.5, 1.0]
+    """Forward scorer with a trust check: other step norms (fractions of |theta|) the trust check may
+    choose instead of ``forward_length_fraction``. The validated subsets are passed forward at each
+    (one pass per subset and length) and the length that orders them best by pairwise accuracy is
+    used only when it is ahead of the configured one by more than one standard error
+    (:func:`gradselect.validate.trust.trust_forward_scorer`); ``[]`` keeps the configured length."""
+
+    @pydantic.field_validator("forward_length_candidates")
+    @classmethod
+    def _positive_lengths(cls, v: list[float]) -> list[float]:
+        bad = [x for x in v if not (x > 0 and x < float("inf"))]
+        if bad:
+            raise ValueError(f"step lengths must be positive fractions of |theta|, got {bad}")
+        return v
 
     @pydantic.field_validator("mode")
     @classmethod
@@ -96,7 +110,8 @@ class EstimateConfig(StrictConfig):
         if self.solver != "exact":
             ignored += [("tol", "solver"), ("max_iter", "solver")]
         if self.scorer == "linear":
-            ignored += [("forward_step", "scorer"), ("forward_length_fraction", "scorer")]
+            ignored += [("forward_step", "scorer"), ("forward_length_fraction", "scorer"),
+                        ("forward_length_candidates", "scorer")]
         for f, by in ignored:
             if f in self.model_fields_set:
                 warnings.warn(f"[estimate] {f} is ignored by {by} {getattr(self, by)!r}", UserWarning, stacklevel=2)

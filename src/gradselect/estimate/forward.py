@@ -283,8 +283,10 @@ class ForwardScoredEstimator:
         The measured RMS error of the forward-scored gain over the target alone on the trust
         check's subsets (:func:`gradselect.validate.trust.gain_error`), when one ran; the linear
         estimator's own measured error is not this scorer's, so it is never inherited.
+    length_choice_ : dict or None
+        How the trust check chose the step's length (:func:`gradselect.validate.trust.trust_forward_scorer`).
     n_forward_passes_ : int
-        Distinct subsets scored so far (passed forward, or read back from ``cache_file``).
+        Distinct (subset, step length) pairs scored so far (passed forward, or read back from ``cache_file``).
     """
 
     def __init__(self, estimator, forward: ForwardPassEstimator, *, cache_file: Path | None = None,
@@ -297,8 +299,10 @@ class ForwardScoredEstimator:
         self.estimator, self.forward_ = estimator, forward
         self.base_loss_ = forward.base_loss_
         self.gain_error_: float | None = None
-        self._outputs: dict[tuple[str, ...], np.ndarray] = {}
-        self._used: set[tuple[str, ...]] = set()
+        self.length_choice_: dict | None = None
+        # Keyed by (step length, sources): the trust check scores its subsets at several lengths.
+        self._outputs: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
+        self._used: set[tuple[str, tuple[str, ...]]] = set()
         self.progress = False
         # Passes of an earlier call with the same theta*, gradients, step and dev split: a rerun that only
         # changes the rule or margin passes nothing forward again.
@@ -307,8 +311,9 @@ class ForwardScoredEstimator:
             try:
                 saved = json.loads(self.cache_file.read_text())
                 if saved.get("identity") == cache_identity:
-                    self._outputs = {tuple(k.split(";")) if k else (): np.asarray(v, dtype=float)
-                                     for k, v in saved["outputs"].items()}
+                    for k, v in saved["outputs"].items():
+                        length, names = k.split("|", 1)
+                        self._outputs[length, tuple(names.split(";")) if names else ()] = np.asarray(v, dtype=float)
             except (OSError, ValueError, KeyError, AttributeError):
                 self._outputs = {}  # a corrupt cache is recomputed
 
@@ -318,8 +323,19 @@ class ForwardScoredEstimator:
         return getattr(self.estimator, name)
 
     @property
+    def length_(self) -> float:
+        """The step's norm every estimate uses (``set_length`` changes it)."""
+        return self.forward_.length_
+
+    def set_length(self, length: float) -> None:
+        """Score every later estimate at steps of norm ``length`` (passes at other lengths stay cached)."""
+        if not np.isfinite(length) or length <= 0:
+            raise GradselectError(f"the forward step's length must be positive, got {length}")
+        self.forward_.length_ = float(length)
+
+    @property
     def n_forward_passes_(self) -> int:
-        """Distinct subsets scored by this estimator (passed forward now or read back from the cache)."""
+        """Distinct (subset, length) pairs scored by this estimator (passed forward now or read back from the cache)."""
         return len(self._used)
 
     def _names(self, subsets) -> list[tuple[str, ...]]:
@@ -327,22 +343,27 @@ class ForwardScoredEstimator:
         names = self.estimator.source_names_
         return [tuple(n for n, m in zip(names, row) if m) for row in masks]
 
-    def predict_logodds(self, subsets, *, progress: bool = False) -> np.ndarray:
-        """Output values of the dev examples at each subset's step, shape (n_subsets, n_dev)."""
-        keys = self._names(subsets)
+    def predict_logodds(self, subsets, *, length: float | None = None, progress: bool = False) -> np.ndarray:
+        """Output values of the dev examples at each subset's step, shape (n_subsets, n_dev); ``length``: the
+        step's norm (default ``length_``)."""
+        length = self.length_ if length is None else float(length)
+        tag = f"{length:.9g}"
+        keys = [(tag, k) for k in self._names(subsets)]
         self._used.update(keys)
         todo = [k for k in dict.fromkeys(keys) if k not in self._outputs]
-        for k in tqdm(todo, desc="forward passes", disable=not (self.progress or progress)):
-            self._outputs[k] = self.forward_.outputs(list(k))
+        for key in tqdm(todo, desc="forward passes", disable=not (self.progress or progress)):
+            self._outputs[key] = self.forward_.outputs(list(key[1]), length=length)
             if self.cache_file is not None:
                 from gradselect.io import write_json_atomic
 
                 write_json_atomic(self.cache_file, {"identity": self.cache_identity, "outputs": {
-                    ";".join(n): v.tolist() for n, v in self._outputs.items()}})
+                    f"{t}|{';'.join(n)}": v.tolist() for (t, n), v in self._outputs.items()}})
         return np.stack([self._outputs[k] for k in keys]) if keys else np.zeros((0, len(self.forward_.dev_)))
 
-    def estimate(self, subsets, *, progress: bool = False) -> np.ndarray:
-        """Forward-pass target dev loss of each subset, shape (n_subsets,)."""
+    def estimate(self, subsets, *, length: float | None = None, progress: bool = False) -> np.ndarray:
+        """Forward-pass target dev loss of each subset, shape (n_subsets,); ``length`` as in
+        :meth:`predict_logodds`."""
         from gradselect.estimate.solvers import mean_logistic_loss
 
-        return np.array([float(mean_logistic_loss(v)) for v in self.predict_logodds(subsets, progress=progress)])
+        return np.array([float(mean_logistic_loss(v))
+                         for v in self.predict_logodds(subsets, length=length, progress=progress)])

@@ -95,7 +95,8 @@ def forward_scored(estimator: SubsetEstimator, config, taskset, meta_adapter: Pa
                                    output=manifest.get("output_function", "log_odds"),
                                    train_batch_size=config.train.batch_size)
     forward.fit(model, tokenizer, gradients, taskset.target_dev.examples, config.tokenize)
-    outputs_identity = identity | {"step": est_cfg.forward_step, "length": forward.length_, "output": forward.output,
+    # Passes are cached by step length too (the trust check scores its subsets at several).
+    outputs_identity = identity | {"step": est_cfg.forward_step, "output": forward.output,
                                    "include_target_train": forward.include_target_train,
                                    "train_batch_size": forward.train_batch_size}
     scored = ForwardScoredEstimator(estimator, forward, cache_file=gradients_file.with_name("forward_outputs.json"),
@@ -122,6 +123,8 @@ def select_sources(estimator: SubsetEstimator, select_config, out: Path, *, clus
     if hasattr(estimator, "forward_"):
         selection.params["forward_passes"] = estimator.n_forward_passes_
         selection.params["forward_step_length"] = estimator.forward_.length_
+        if estimator.length_choice_ is not None:
+            selection.params["forward_length_choice"] = estimator.length_choice_
     if hasattr(estimator, "surrogate_"):
         selection.params["residual_surrogate"] = {"validated_subsets": len(estimator.surrogate_.masks_)}
     if clusters is not None:

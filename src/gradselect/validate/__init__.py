@@ -11,20 +11,21 @@ selection with one real fine-tune per candidate).
 from gradselect.validate.calibration import (apply_calibration, apply_surrogate, calibrate, features_identity,
                                             write_calibration)
 from gradselect.validate.conventional import conventional_forward
-from gradselect.validate.trust import compare, fit_surrogate, forward_gain_error, validate, validation_subsets
+from gradselect.validate.trust import (compare, fit_surrogate, trust_forward_scorer, validate,
+                                      validation_subsets)
 from gradselect.validate.truth import measure_truth, truth_key
 
 __all__ = [
     "apply_calibration",
     "apply_surrogate",
     "calibrate",
-    "forward_gain_error",
     "compare",
     "conventional_forward",
     "features_identity",
     "fit_surrogate",
     "measure_truth",
     "truth_key",
+    "trust_forward_scorer",
     "validate",
     "validation_subsets",
     "write_calibration",
