@@ -1383,7 +1383,9 @@ def _length_by_trust_check(by_length: dict, true, subsets, n_sources: int, confi
     subsets, keeping ``configured`` unless another beats it by more than one standard error
     (:func:`gradselect.validate.fidelity.one_se_choice`, the rule the linear step's calibration uses);
     each is scored on the subsets it left unseen, beside the configured length and the best fixed length
-    in hindsight. Pairwise accuracy and Spearman on the unseen subsets, and how often each length won."""
+    in hindsight. Pairwise accuracy and Spearman on the unseen subsets, where the length ranks the target
+    alone among all the bank's subsets (it is always in the check, so never unseen; selection turns on
+    it), and how often each length won."""
     from scipy.stats import spearmanr
 
     from gradselect.validate.fidelity import one_se_choice, pairwise_accuracy
@@ -1392,6 +1394,8 @@ def _length_by_trust_check(by_length: dict, true, subsets, n_sources: int, confi
     stack = np.array([by_length[n] for n in names])
     t = np.asarray(true, float)
     default = names.index(configured)
+    alone = next((i for i, sub in enumerate(subsets) if not sub), None)
+    alone_rank = [None if alone is None else int(np.argsort(np.argsort(e))[alone]) + 1 for e in stack]
     out = {}
     for k, pairs in _trust_check_draws(subsets, n_sources, ks, draws, seed):
         rows = {"chosen": [], "configured": [], "best in hindsight": []}
@@ -1401,9 +1405,13 @@ def _length_by_trust_check(by_length: dict, true, subsets, n_sources: int, confi
             won.append(names[c])
             best = max(range(len(names)), key=lambda j: pairwise_accuracy(stack[j, rest], t[rest]))
             for key, j in (("chosen", c), ("configured", default), ("best in hindsight", best)):
-                rows[key].append((pairwise_accuracy(stack[j, rest], t[rest]), spearmanr(stack[j, rest], t[rest])[0]))
-        out[str(k)] = {key: {"pairwise_accuracy": float(np.mean([a for a, _ in v])),
-                             "spearman": float(np.nanmean([r for _, r in v]))} for key, v in rows.items()}
+                rows[key].append((pairwise_accuracy(stack[j, rest], t[rest]), spearmanr(stack[j, rest], t[rest])[0],
+                                  alone_rank[j]))
+        out[str(k)] = {key: {"pairwise_accuracy": float(np.mean([a for a, _, _ in v])),
+                             "spearman": float(np.nanmean([r for _, r, _ in v])),
+                             "target_alone_rank_mean": (None if alone is None
+                                                        else float(np.mean([x for _, _, x in v])))}
+                       for key, v in rows.items()}
         out[str(k)]["lengths_chosen"] = {n: won.count(n) for n in names if won.count(n)}
         out[str(k)]["draws"] = len(pairs)
     return out
@@ -1423,7 +1431,7 @@ def score_at_base(args) -> int:
     from gradselect.model import apply_adapter, load_model
     from gradselect.validate.fidelity import bootstrap_ci, loo_select, pairwise_accuracy
 
-    torch.set_num_threads(BANK_THREADS)
+    torch.set_num_threads(args.threads)
     bank_path = Path(args.bank)
     bank = json.loads(bank_path.read_text())
     config = SUITES[bank["suite"]]()
@@ -1535,7 +1543,8 @@ def score_at_base(args) -> int:
     for k, v in (by_trust_check or {}).items():
         print(f"  trust check of {k} choosing the length (one-SE rule, configured {args.configured_length:g}), "
               f"on its unseen subsets over {v['draws']} draws: " + "; ".join(
-                  f"{key} pairwise {v[key]['pairwise_accuracy']:.2f} Spearman {v[key]['spearman']:+.2f}"
+                  f"{key} pairwise {v[key]['pairwise_accuracy']:.2f} Spearman {v[key]['spearman']:+.2f} "
+                  f"alone ranked {v[key]['target_alone_rank_mean']}"
                   for key in ("chosen", "configured", "best in hindsight")) + f"; chosen {v['lengths_chosen']}")
     return 0
 
@@ -1599,6 +1608,7 @@ def main(argv=None) -> int:
                     help="sign-step lengths, fractions of |theta| at the fresh adapter (comma list)")
     ab.add_argument("--additive-length", type=float, metavar="FRACTION",
                     help="also forward-score every bank subset at this length, for the additive model over sources")
+    ab.add_argument("--threads", type=int, default=BANK_THREADS, help="torch threads")
     ab.add_argument("--configured-length", type=float, metavar="FRACTION",
                     help="also simulate trust checks of 8 and 12 bank subsets choosing the length among --lengths, "
                          "keeping this one unless another orders their subsets better by more than one SE")
