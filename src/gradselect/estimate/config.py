@@ -77,7 +77,9 @@ class EstimateConfig(StrictConfig):
     """Forward scorer: the step's norm as a fraction of |theta*| over the trainable parameters. With
     ``[run] estimate_at = "base"`` |theta| is the untrained adapter's (|A|, B = 0): on the planted12
     bank's base-model truths 0.2-1 ordered subsets alike (Spearman 0.63-0.66) and 0.05 worse (0.31);
-    0.1 there was not measured on all 20 subsets."""
+    on the arith12 bank's (26 subsets) 0.1 was best (0.31, target alone ranked 1st) and 0.5-1 ordered
+    nothing (-0.07, target alone 24th-25th). No one length suits both, hence
+    ``forward_length_candidates`` (docs/results.md)."""
     forward_length_candidates: list[float] = [0.05, 0.2, 0.5, 1.0]
     """Forward scorer with a trust check: other step norms (fractions of |theta|) the trust check may
     choose instead of ``forward_length_fraction``. The validated subsets are passed forward at each
