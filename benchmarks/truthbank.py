@@ -16,6 +16,7 @@ re-scored against it without retraining.
     python benchmarks/truthbank.py choose --bank benchmarks/truth/planted12.json  # the product's choice, measured
     python benchmarks/truthbank.py build-base arith12 --run-dir runs/bank-arith12   # truths from the base model
     python benchmarks/truthbank.py at-base --bank benchmarks/truth/arith12.base.json --lengths 0.2,0.5
+    python benchmarks/truthbank.py baselines --bank benchmarks/truth/arith12.base.json   # data-only, seconds
     python benchmarks/truthbank.py build planted12 --run-dir runs/bank-planted12-cuda --device cuda \
         --bank benchmarks/truth/planted12-cuda.json   # a GPU bank: its own theta*, so its own file
 
@@ -379,6 +380,7 @@ def _variants(arrays, subsets, true, base_true, norms):
     out["trust_region, default radius, lowrank"] = est(EstimateConfig(solver="lowrank", rank=32))[0]
     out["gradient similarity summed over sources (no step; order only)"] = _summed_gradient_similarity(
         arrays, subsets, base_est)
+    out["number of sources, fewer = lower (no features; order only)"] = subset_size_baseline(subsets, base_est)
     out["l2, default lam"] = est(EstimateConfig(mode="l2"))[0]
     out["reference"] = est(EstimateConfig(mode="reference"))[0]
     # The radius grid is fixed in advance (around the default), so it carries no held-out information.
@@ -903,6 +905,13 @@ def _summed_gradient_similarity(arrays, subsets, base: float) -> np.ndarray:
     negated = _cosine_scores({n: arrays.g[r].mean(0) for n, r in arrays.source_rows.items()},
                              arrays.g[arrays.dev_rows].mean(0))  # grad-sim's scores: -cosine
     return np.array([base + 0.01 * sum(negated[n] for n in s) for s in subsets])
+
+
+def subset_size_baseline(subsets, base: float = 0.0) -> np.ndarray:
+    """The trivial baseline: fewer sources, lower loss (each source dilutes the target in a fixed step
+    budget). ``base + 0.01 * len(subset)``, shape (n_subsets,); no features, no labels, order only.
+    An estimator that does not beat it on a bank has not shown it knows *which* sources matter."""
+    return np.array([base + 0.01 * len(s) for s in subsets], dtype=float)
 
 
 def _provenance() -> dict:
@@ -1459,6 +1468,8 @@ def score_at_base(args) -> int:
     variants["linear, default radius"] = linear.estimate(subsets)
     variants["gradient similarity summed over sources (order only)"] = _summed_gradient_similarity(
         arrays, subsets, linear.base_loss_)
+    variants["number of sources, fewer = lower (no features; order only)"] = subset_size_baseline(
+        subsets, linear.base_loss_)
     r0 = EstimateConfig().radius_fraction * arrays.param_norm
     by_radius = {f"{r:.4g}": SubsetEstimator(EstimateConfig(radius=float(r))).fit(arrays).estimate(judged_subsets)
                  for r in r0 * np.logspace(-2, 1.5, 15)}
@@ -1466,28 +1477,40 @@ def score_at_base(args) -> int:
 
     model, tok = load_model(config.model, device=args.device)
     model = apply_adapter(model, config.adapter, init_adapter=adapter)
-    grads_path = run_dir / "at_base" / "source_gradients.safetensors"
+    steps = [x.strip() for x in args.steps.split(",") if x.strip()]
+    unknown = [x for x in steps if x not in ("sign", "normalized", "adam")]
+    if unknown or "sign" not in steps:
+        print(f"--steps {args.steps}: choose among sign, normalized, adam (sign always included)", file=sys.stderr)
+        return 2
+    squares = "adam" in steps  # the adam step needs per-example squared gradients (one backward pass per example)
+    grads_path = run_dir / "at_base" / ("source_gradients_sq.safetensors" if squares else "source_gradients.safetensors")
     if grads_path.exists():
         grads = SourceGradients.load(grads_path)
     else:
-        grads = SourceGradients.compute(model, tok, taskset, config.tokenize, progress=True)
+        grads = SourceGradients.compute(model, tok, taskset, config.tokenize, squares=squares, progress=True)
         grads.save(grads_path)
-    est = ForwardPassEstimator("sign").fit(model, tok, grads, taskset.target_dev.examples, config.tokenize)
+    ests = {step: ForwardPassEstimator(step, train_batch_size=config.train.batch_size).fit(
+        model, tok, grads, taskset.target_dev.examples, config.tokenize) for step in steps}
+    est = ests["sign"]
     cache_file = run_dir / "at_base" / "forward.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
 
-    def passes(fraction, which):
+    def passes(fraction, which, step="sign"):
         out = []
         for s in which:
-            key = f"{fraction:g}|{';'.join(sorted(s))}"
+            # Sign keys as before (caches from earlier runs stay valid); other steps prefixed by name.
+            key = ("" if step == "sign" else f"{step}|") + f"{fraction:g}|{';'.join(sorted(s))}"
             if key not in cache:
-                cache[key] = float(est.estimate([s], length=fraction * est.param_norm_)[0])
+                e = ests[step]
+                cache[key] = float(e.estimate([s], length=fraction * e.param_norm_)[0])
                 write_json_atomic(cache_file, cache)
             out.append(cache[key])
         return np.array(out)
 
     fractions = [float(x) for x in args.lengths.split(",")]
     by_length = {f"{f:g}": passes(f, judged_subsets) for f in fractions}
+    other_steps = {step: {f"{f:g}": passes(f, judged_subsets, step) for f in fractions}
+                   for step in steps if step != "sign"}
     if args.additive_length:  # one pass per bank subset, for the additive model over sources
         f = args.additive_length
         every = passes(f, subsets)
@@ -1510,6 +1533,11 @@ def score_at_base(args) -> int:
         scores[f"forward pass, sign step, {k} |theta|"] = figures(v)
     scores["forward pass, sign step, length by LOO pairwise order"] = figures(
         loo_select(by_length, bt, pairwise_accuracy)[0])
+    for step, lengths in other_steps.items():
+        for k, v in lengths.items():
+            scores[f"forward pass, {step} step, {k} |theta|"] = figures(v)
+        scores[f"forward pass, {step} step, length by LOO pairwise order"] = figures(
+            loo_select(lengths, bt, pairwise_accuracy)[0])
     by_trust_check = None
     if args.configured_length is not None:
         configured = f"{args.configured_length:g}"
@@ -1530,6 +1558,12 @@ def score_at_base(args) -> int:
         **({"length_by_trust_check": {"configured": args.configured_length, "by_k": by_trust_check}}
            if by_trust_check is not None else {}),
         "estimates": {k: [round(float(x), 6) for x in v] for k, v in variants.items()},
+        # Every forward pass behind the figures, on the judged subsets in the bank's order: a later
+        # session combines or re-scores them from this file alone (regenerating takes an hour here).
+        "judged": judged,
+        "forward_estimates": {f"{step}|{k}": [round(float(x), 6) for x in v]
+                              for step, lengths in {"sign": by_length, **other_steps}.items()
+                              for k, v in lengths.items()},
         **_provenance(),
     }
     out_path = Path(args.out) if args.out else bank_path.with_name(bank_path.stem + ".at-base.scores.json")
@@ -1546,6 +1580,77 @@ def score_at_base(args) -> int:
                   f"{key} pairwise {v[key]['pairwise_accuracy']:.2f} Spearman {v[key]['spearman']:+.2f} "
                   f"alone ranked {v[key]['target_alone_rank_mean']}"
                   for key in ("chosen", "configured", "best in hindsight")) + f"; chosen {v['lengths_chosen']}")
+    return 0
+
+
+def _truths_of(bank: dict) -> dict:
+    """Each truth a bank holds, by name: ``(subsets, losses)``, losses the seed mean of the estimator
+    functional. A theta* bank holds its theta* truth and, where measured, the base-model truth; a
+    build-base bank only the latter."""
+    mean = lambda r: float(np.mean(r["losses"]))  # noqa: E731
+    records = [r for r in bank["subsets"] if r["losses"]]
+    if bank.get("start") == "base":
+        return {"base model": ([r["sources"] for r in records], [mean(r) for r in records])}
+    out = {"theta*": ([r["sources"] for r in records], [mean(r) for r in records])}
+    base = bank.get("base_model_truth", [])
+    if base:
+        out["base model"] = ([r["sources"] for r in base], [float(r["loss"]) for r in base])
+    return out
+
+
+def score_baselines(args) -> int:
+    """Data-only baselines every estimator must beat, from the bank file alone (no model, no features;
+    seconds): the number of sources (fewer = lower loss; label-free) and a datamodel on subset
+    indicators fitted to the other subsets' truths (leave-one-out; what real fine-tunes alone buy).
+    Scored on every truth the bank holds, over all subsets and over the mixtures only (the target
+    alone left out: the order among mixtures is what says an estimator knows which sources matter)."""
+    from scipy.stats import spearmanr
+
+    from gradselect.io import write_json_atomic
+    from gradselect.validate.fidelity import bootstrap_ci, pairwise_accuracy
+
+    bank_path = Path(args.bank)
+    try:
+        bank = json.loads(bank_path.read_text())
+        truths = _truths_of(bank)
+        names = list(bank["sources"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        print(f"{bank_path}: not a truth bank ({err})", file=sys.stderr)
+        return 2
+    rho = lambda a, b: float(spearmanr(a, b)[0])  # noqa: E731
+
+    def figures(e, t, subsets):
+        e, t = np.asarray(e, float), np.asarray(t, float)
+        mixed = np.array([bool(s) for s in subsets])
+        alone = next((i for i, s in enumerate(subsets) if not s), None)
+        return {"spearman": rho(e, t), "spearman_ci95": bootstrap_ci(rho, e, t),
+                "pairwise_accuracy": pairwise_accuracy(e, t),
+                "spearman_mixtures_only": rho(e[mixed], t[mixed]),
+                "pairwise_accuracy_mixtures_only": pairwise_accuracy(e[mixed], t[mixed]),
+                "target_alone_rank": None if alone is None else int(np.argsort(np.argsort(e))[alone]) + 1}
+
+    out_truths = {}
+    for truth, (subsets, losses) in truths.items():
+        if len(subsets) < 4:
+            continue
+        t = np.asarray(losses, float)
+        variants = {"number of sources, fewer = lower (label-free)": subset_size_baseline(subsets),
+                    "indicator kernel ridge on the other truths (LOO)": _loo_kernel_ridge(names, subsets, t)}
+        out_truths[truth] = {"n_subsets": len(subsets),
+                             "target_alone_true_rank": figures(t, t, subsets)["target_alone_rank"],
+                             "variants": {k: figures(v, t, subsets) for k, v in variants.items()}}
+    out = {"bank": str(bank_path), "suite": bank.get("suite"), "truths": out_truths, **_provenance()}
+    out_path = Path(args.out) if args.out else bank_path.with_name(bank_path.stem + ".baselines.json")
+    write_json_atomic(out_path, out)
+    for truth, r in out_truths.items():
+        print(f"# {bank.get('suite')}, {truth} truth: {r['n_subsets']} subsets "
+              f"(target alone truly ranked {r['target_alone_true_rank']})")
+        for k, m in r["variants"].items():
+            lo, hi = m["spearman_ci95"] or (float("nan"), float("nan"))
+            print(f"  Spearman {m['spearman']:+.2f} [{lo:+.2f}, {hi:+.2f}]  pairwise {m['pairwise_accuracy']:.2f}  "
+                  f"mixtures only {m['spearman_mixtures_only']:+.2f} / {m['pairwise_accuracy_mixtures_only']:.2f}  "
+                  f"alone {m['target_alone_rank']}  {k}")
+    print(f"written {out_path}")
     return 0
 
 
@@ -1608,14 +1713,21 @@ def main(argv=None) -> int:
                     help="sign-step lengths, fractions of |theta| at the fresh adapter (comma list)")
     ab.add_argument("--additive-length", type=float, metavar="FRACTION",
                     help="also forward-score every bank subset at this length, for the additive model over sources")
+    ab.add_argument("--steps", default="sign",
+                    help="step models passed forward at each length (comma list of sign, normalized, adam; "
+                         "adam needs per-example squared gradients: one backward pass per example)")
     ab.add_argument("--threads", type=int, default=BANK_THREADS, help="torch threads")
     ab.add_argument("--configured-length", type=float, metavar="FRACTION",
                     help="also simulate trust checks of 8 and 12 bank subsets choosing the length among --lengths, "
                          "keeping this one unless another orders their subsets better by more than one SE")
     ab.add_argument("--out", help="scores file (default SUITE.at-base.scores.json beside the bank)")
+    bl = sub.add_parser("baselines", help="data-only baselines (number of sources; indicator datamodel, LOO) "
+                                          "from the bank file alone, on every truth it holds")
+    bl.add_argument("--bank", required=True)
+    bl.add_argument("--out", help="output file (default SUITE.baselines.json beside the bank)")
     args = p.parse_args(argv)
     return {"build": build, "build-base": build_base, "score": score_bank, "choose": choose,
-            "at-base": score_at_base}[args.command](args)
+            "at-base": score_at_base, "baselines": score_baselines}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -288,7 +288,58 @@ def test_base_bank_grows_resumably_and_scores_estimates_made_at_the_base_model(t
     monkeypatch.setitem(truthbank.SUITES, "tiny", tiny_suite)
     scores = tmp_path / "scores.json"
     assert truthbank.main(["at-base", "--bank", str(bank_path), "--run-dir", str(run_dir), "--lengths", "0.5",
-                           "--device", "cpu", "--out", str(scores)]) == 0
+                           "--device", "cpu", "--out", str(scores), "--steps", "sign,adam"]) == 0
     out = json.loads(scores.read_text())
     assert out["n_base_truths"] == 4 and out["truth_base"]["spearman_vs_theta_star_truth"] is None
-    assert "forward pass, sign step, 0.5 |theta|" in out["variants"]
+    assert {"forward pass, sign step, 0.5 |theta|", "forward pass, adam step, 0.5 |theta|",
+            "number of sources, fewer = lower (no features; order only)"} <= set(out["variants"])
+    # Every pass is kept, per step and length, in the judged subsets' order; the two steps differ.
+    passes = out["forward_estimates"]
+    assert set(passes) == {"sign|0.5", "adam|0.5"} and all(len(v) == 4 for v in passes.values())
+    assert passes["sign|0.5"] != passes["adam|0.5"]
+    assert truthbank.main(["at-base", "--bank", str(bank_path), "--run-dir", str(run_dir), "--steps", "sgd",
+                           "--device", "cpu"]) == 2
+
+
+def test_bank_baselines_score_subset_size_and_a_loo_datamodel_from_the_bank_file_alone(tmp_path, capsys):
+    """benchmarks/truthbank.py baselines: the number of sources (fewer = lower) and an indicator datamodel
+    fitted leave-one-out, on every truth the bank holds, with no model or features; a file that is not a
+    bank is refused with its name."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import truthbank
+
+    names = [f"s{i}" for i in range(6)]
+    rng = np.random.default_rng(1)
+    subsets = [names, []] + [[n for n in names if rng.random() < 0.5] for _ in range(20)]
+    # Truth: every source dilutes the target (+0.1 each) and s0 hurts most (+0.3 more).
+    loss = lambda s: 1.0 + 0.1 * len(s) + 0.3 * ("s0" in s)  # noqa: E731
+    base_truth = [{"sources": s, "loss": loss(s) + 0.05} for s in subsets[:10]]
+    bank = {"suite": "toy", "sources": names, "base_model_truth": base_truth,
+            "subsets": [{"sources": s, "losses": [loss(s) + rng.normal(0, 0.01), loss(s)]} for s in subsets]}
+    path = tmp_path / "toy.json"
+    path.write_text(json.dumps(bank))
+    assert truthbank.main(["baselines", "--bank", str(path)]) == 0
+    out = json.loads((tmp_path / "toy.baselines.json").read_text())
+    assert set(out["truths"]) == {"theta*", "base model"}
+    theta = out["truths"]["theta*"]
+    assert theta["n_subsets"] == len(subsets) and theta["target_alone_true_rank"] == 1
+    size = theta["variants"]["number of sources, fewer = lower (label-free)"]
+    assert size["target_alone_rank"] == 1 and 0.5 < size["spearman"] < 1.0  # size explains part, s0 the rest
+    datamodel = theta["variants"]["indicator kernel ridge on the other truths (LOO)"]
+    assert datamodel["spearman"] > size["spearman"]  # the fitted model also sees s0
+    assert "spearman_mixtures_only" in size and size["spearman_ci95"][0] <= size["spearman"] <= size["spearman_ci95"][1]
+    assert out["truths"]["base model"]["n_subsets"] == 10
+    # A base-model bank holds one truth.
+    base_bank = dict(bank, start="base")
+    del base_bank["base_model_truth"]
+    path.write_text(json.dumps(base_bank))
+    assert truthbank.main(["baselines", "--bank", str(path), "--out", str(tmp_path / "b.json")]) == 0
+    assert set(json.loads((tmp_path / "b.json").read_text())["truths"]) == {"base model"}
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\"suite\": 1}")
+    assert truthbank.main(["baselines", "--bank", str(bad)]) == 2
+    assert "bad.json: not a truth bank" in capsys.readouterr().err
