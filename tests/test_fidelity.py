@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from gradselect.validate.fidelity import (
+    size_baseline,
     loo_affine,
     loo_select,
     noise_ceiling,
@@ -343,3 +344,13 @@ def test_bank_baselines_score_subset_size_and_a_loo_datamodel_from_the_bank_file
     bad.write_text("{\"suite\": 1}")
     assert truthbank.main(["baselines", "--bank", str(bad)]) == 2
     assert "bad.json: not a truth bank" in capsys.readouterr().err
+
+
+def test_size_baseline_orders_subsets_by_their_number_of_sources():
+    subsets = [[], ["a"], ["a", "b"], ["b", "c", "d"]]
+    diluted = size_baseline(subsets, [1.0, 1.1, 1.2, 1.3])  # every source dilutes: the count orders perfectly
+    assert diluted["spearman"] == pytest.approx(1.0) and diluted["pairwise_accuracy"] == pytest.approx(1.0)
+    helped = size_baseline(subsets, [1.3, 1.2, 1.1, 1.0])
+    assert helped["spearman"] == pytest.approx(-1.0) and helped["pairwise_accuracy"] == pytest.approx(0.0)
+    same = size_baseline([["a"], ["b"], ["c"]], [1.0, 2.0, 3.0])  # one size: no order to offer
+    assert np.isnan(same["spearman"]) and same["spearman_ci95"] is None

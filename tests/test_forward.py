@@ -131,6 +131,9 @@ def test_run_with_the_forward_scorer_selects_by_real_forward_passes(tmp_path, ca
     assert choice["configured_fraction"] == pytest.approx(0.1) and choice["chosen_fraction"] in [0.1] + config_lengths
     assert 2 <= sel["params"]["forward_passes"] <= FORWARD_N_SUBSETS + 2 + 3 * others
     assert "step length" in (run_dir / "report.md").read_text()
+    # The trivial rival on the same subsets: the number of sources alone (the 3 validated subsets differ in size).
+    assert 0 <= choice["size_baseline_pairwise_accuracy"] <= 1
+    assert "the number of sources alone orders them at" in (run_dir / "report.md").read_text()
     # The forward scorer's own measured error (not the linear estimator's), from the 3 validated subsets.
     ev = sel["params"]["evidence"]
     assert ev["measured_error"] is not None and ev["measured_error"] >= 0

@@ -46,6 +46,13 @@ def test_validate_end_to_end(tmp_path, capsys):
     assert "step for selection, chosen by pairwise order" in out and "held out" in out
     report = json.loads((tmp_path / "val" / "validation.json").read_text())
     assert report["estimated_at"] == "meta" and "(dev loss at theta*: " in out
+    # Beside the estimates' order: the number of sources alone, on the same subsets and truths.
+    from gradselect.validate.fidelity import pairwise_accuracy
+
+    sizes = [len(s["sources"]) for s in report["subsets"]]
+    assert report["size_baseline"]["pairwise_accuracy"] == pytest.approx(
+        pairwise_accuracy(sizes, [s["true_loss"] for s in report["subsets"]]))
+    assert "baseline: the number of sources alone (fewer = lower loss) orders these subsets at Spearman" in out
     # Outputs name where the estimates were made ([run] estimate_at = "base": the untrained adapter).
     from gradselect.report import format_validation
 

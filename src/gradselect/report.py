@@ -62,8 +62,11 @@ def forward_length_line(choice: dict) -> str:
     marks = ", ".join(f"{f} |theta| {a:.2f}" for f, a in choice["pairwise_accuracy"].items())
     kept = ("kept" if np.isclose(choice["chosen_fraction"], choice["configured_fraction"])
             else "chosen over the configured {:g} |theta|".format(choice["configured_fraction"]))
+    size = choice.get("size_baseline_pairwise_accuracy")
+    rival = ("" if size is None or not np.isfinite(size)
+             else f"; the number of sources alone orders them at {size:.2f}")
     return (f"step length {choice['chosen_fraction']:g} |theta| {kept} by the trust check's pairwise order of its "
-            f"{choice['subsets']} subsets (one-SE rule): {marks}")
+            f"{choice['subsets']} subsets (one-SE rule): {marks}{rival}")
 
 
 def forward_origin(params: dict) -> str:
@@ -244,6 +247,19 @@ def trust_start(report: dict) -> str:
     return "the meta-initialization"
 
 
+def size_line(report: dict) -> str | None:
+    """The trust check's trivial rival in one line: how well the number of sources alone orders its subsets
+    (``report["size_baseline"]``), against the estimates' order; None where it was not measured."""
+    size, m = report.get("size_baseline"), report["metrics"]
+    if not size or not np.isfinite(size.get("spearman", float("nan"))):
+        return None
+    verdict = ("the estimates order them better" if m["pairwise_accuracy"] > size["pairwise_accuracy"]
+               else "the estimates do not order them better: they have not shown they know which sources matter")
+    return (f"baseline: the number of sources alone (fewer = lower loss) orders these subsets at Spearman "
+            f"{size['spearman']:.3f} {format_interval(size['spearman_ci95'])}, pairwise order "
+            f"{size['pairwise_accuracy']:.3f}; {verdict}")
+
+
 def format_validation(report: dict) -> str:
     """The trust check's figures as plain text."""
     m = report["metrics"]
@@ -255,6 +271,8 @@ def format_validation(report: dict) -> str:
              f"  skill of the change over predicting none {m['skill_of_change']:.3f}; Spearman {m['spearman']:.3f} "
              f"{format_interval(m['spearman_ci95'])}; pairwise order accuracy {m['pairwise_accuracy']:.3f} "
              f"{format_interval(m['pairwise_accuracy_ci95'])}"]
+    if size_line(report):
+        lines.append("  " + size_line(report))
     if "noise_floor_mean_relative_difference" in report:
         lines.append(f"  noise floor (same subset, other seed): {report['noise_floor_mean_relative_difference']:.2%}")
     if measured_line(report.get("measured_choice")):
@@ -474,6 +492,9 @@ def write_report(run_dir: str | Path) -> Path:
                   f"at {estimates_origin(val)}), i.e. how "
                   "much better than predicting no change (1 is perfect, 0 no better). The figures are for the "
                   "configured step (nothing fitted to the truth); the calibrated ones below are leave-one-out."]
+        if size_line(val):
+            text = size_line(val)
+            lines += ["", text[:1].upper() + text[1:] + "."]
         if "noise_floor_mean_relative_difference" in val:
             lines += ["", f"Noise floor (same subset, another seed): "
                           f"{val['noise_floor_mean_relative_difference']:.2%} mean relative difference."]

@@ -9,7 +9,8 @@ Every figure here is computed across subsets (n_subsets values each):
   loss(theta*)``: how much better than the zero-order baseline (predict no change) the
   estimates are, 1 at best, 0 for no better, negative for worse. (The ordinary R^2 of
   the losses is ``r2_losses``; shifting both by theta*'s loss does not change it.)
-- ``mean_relative_error`` and the zero-order baseline's.
+- ``mean_relative_error`` and the zero-order baseline's;
+- :func:`size_baseline`: how well the number of sources alone orders the truth.
 
 :func:`noise_ceiling` measures how well one seed of the truth predicts another;
 :func:`loo_affine` and :func:`loo_select` give leave-one-out predictions, in which a
@@ -147,6 +148,25 @@ def score(estimated, true, *, base_estimated: float, base_true: float | None = N
     out["pairwise_accuracy_ci95"] = (bootstrap_ci(pairwise_accuracy, e, t, n=n_boot, seed=seed)
                                      if n > 2 and n_boot else None)
     return out
+
+
+def size_baseline(subsets: list[list[str]], true, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """How well the number of sources alone (fewer = lower loss) orders ``true`` (shape (n_subsets,)).
+
+    The trivial rival of every estimate: at a fixed step budget each added source dilutes the target,
+    so a count of sources often orders real fine-tunes (Spearman 0.58 on our arith12 bank, above every
+    estimate made there; 0.19 on planted12). Estimates that do not beat it have not shown they know
+    *which* sources matter. ``spearman`` (with ``spearman_ci95``) and ``pairwise_accuracy``; nan where
+    every subset has the same size.
+    """
+    size = np.array([len(s) for s in subsets], dtype=float)
+    t = np.asarray(true, float)
+    if len(t) < 3 or np.ptp(size) == 0:
+        return {"spearman": float("nan"), "spearman_ci95": None, "pairwise_accuracy": float("nan")}
+    with np.errstate(all="ignore"):
+        rho = float(_rho(size, t))
+    return {"spearman": rho, "spearman_ci95": bootstrap_ci(_rho, size, t, n=n_boot, seed=seed) if n_boot else None,
+            "pairwise_accuracy": pairwise_accuracy(size, t)}
 
 
 def spearman_brown(r: float, k: float) -> float:

@@ -91,6 +91,7 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
     from gradselect.estimate.modes import calibrated_modes
     from gradselect.validate.calibration import (calibrate, calibrate_for_ranking, calibrated_config,
                                                  write_calibration)
+    from gradselect.validate.fidelity import size_baseline
 
     if k < 3:
         raise GradselectError(f"validate needs k >= 3 subsets to compare ranks, got {k}")
@@ -127,6 +128,8 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
                      "estimated_loss": float(e), "displacement": r.get("displacement")}
                     for r, e in zip(primary, estimated)],
         "metrics": compare(estimated, true, estimator.base_loss_),
+        # The number of sources alone, on the same subsets: the trivial order the estimates must beat.
+        "size_baseline": size_baseline([r["sources"] for r in primary], true),
     }
     repeat_pairs = [(primary[i]["loss"], runs[len(subsets) + i]["loss"]) for i in range(min(repeats, len(subsets)))]
     if repeat_pairs:
@@ -235,7 +238,7 @@ def trust_forward_scorer(scorer, validation_file: Path, fractions=()) -> dict:
     Sets ``scorer.gain_error_`` and, when a length is chosen, ``scorer.length_choice_`` (also returned):
     ``configured_fraction``, ``chosen_fraction``, ``pairwise_accuracy`` per fraction, ``subsets``.
     """
-    from gradselect.validate.fidelity import one_se_choice, pairwise_accuracy
+    from gradselect.validate.fidelity import one_se_choice, pairwise_accuracy, size_baseline
 
     subsets, losses = _validated(validation_file)
     true = np.array([np.mean(x) for x in losses])
@@ -249,6 +252,7 @@ def trust_forward_scorer(scorer, validation_file: Path, fractions=()) -> dict:
         scorer.set_length(candidates[best] * norm)
         record = {"configured_fraction": configured, "chosen_fraction": candidates[best],
                   "pairwise_accuracy": {f"{f:g}": pairwise_accuracy(e, true) for f, e in zip(candidates, stack)},
+                  "size_baseline_pairwise_accuracy": size_baseline(subsets, true, n_boot=0)["pairwise_accuracy"],
                   "subsets": len(subsets)}
         scorer.length_choice_ = record
     scorer.gain_error_ = gain_error(scorer.estimate(subsets), true, subsets, noise=seed_noise(subsets, losses))
