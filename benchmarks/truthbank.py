@@ -1438,7 +1438,7 @@ def score_at_base(args) -> int:
     from gradselect.estimate.forward import ForwardPassEstimator, SourceGradients
     from gradselect.io import write_json_atomic
     from gradselect.model import apply_adapter, load_model
-    from gradselect.validate.fidelity import bootstrap_ci, loo_select, pairwise_accuracy
+    from gradselect.validate.fidelity import loo_select, pairwise_accuracy
 
     torch.set_num_threads(args.threads)
     bank_path = Path(args.bank)
@@ -1508,9 +1508,8 @@ def score_at_base(args) -> int:
         return np.array(out)
 
     fractions = [float(x) for x in args.lengths.split(",")]
-    by_length = {f"{f:g}": passes(f, judged_subsets) for f in fractions}
-    other_steps = {step: {f"{f:g}": passes(f, judged_subsets, step) for f in fractions}
-                   for step in steps if step != "sign"}
+    by_step = {step: {f"{f:g}": passes(f, judged_subsets, step) for f in fractions} for step in steps}
+    by_length = by_step["sign"]
     if args.additive_length:  # one pass per bank subset, for the additive model over sources
         f = args.additive_length
         every = passes(f, subsets)
@@ -1521,19 +1520,11 @@ def score_at_base(args) -> int:
     rho = lambda a, b: spearmanr(a, b)[0]  # noqa: E731
 
     def figures(e):
-        e = np.asarray(e, float)
-        alone = next((j for j, i in enumerate(judged) if not subsets[i]), None)
-        return {"spearman": float(rho(e, bt)), "spearman_ci95": bootstrap_ci(rho, e, bt),
-                "pairwise_accuracy": pairwise_accuracy(e, bt),
-                "target_alone_rank": None if alone is None else int(np.argsort(np.argsort(e))[alone]) + 1}
+        return _order_figures(e, bt, judged_subsets)
 
     scores = {k: figures(np.asarray(v)[judged]) for k, v in variants.items()}
     scores["linear, radius by LOO pairwise order"] = figures(loo_radius)
-    for k, v in by_length.items():
-        scores[f"forward pass, sign step, {k} |theta|"] = figures(v)
-    scores["forward pass, sign step, length by LOO pairwise order"] = figures(
-        loo_select(by_length, bt, pairwise_accuracy)[0])
-    for step, lengths in other_steps.items():
+    for step, lengths in by_step.items():
         for k, v in lengths.items():
             scores[f"forward pass, {step} step, {k} |theta|"] = figures(v)
         scores[f"forward pass, {step} step, length by LOO pairwise order"] = figures(
@@ -1562,7 +1553,7 @@ def score_at_base(args) -> int:
         # session combines or re-scores them from this file alone (regenerating takes an hour here).
         "judged": judged,
         "forward_estimates": {f"{step}|{k}": [round(float(x), 6) for x in v]
-                              for step, lengths in {"sign": by_length, **other_steps}.items()
+                              for step, lengths in by_step.items()
                               for k, v in lengths.items()},
         **_provenance(),
     }
@@ -1583,15 +1574,29 @@ def score_at_base(args) -> int:
     return 0
 
 
+def _order_figures(estimated, true, subsets) -> dict:
+    """How ``estimated`` orders ``true`` (both shape (n_subsets,)): Spearman with its bootstrap interval,
+    pairwise accuracy, and where it ranks the target alone (1 = lowest; None without it)."""
+    from scipy.stats import spearmanr
+
+    from gradselect.validate.fidelity import bootstrap_ci, pairwise_accuracy
+
+    e, t = np.asarray(estimated, float), np.asarray(true, float)
+    rho = lambda a, b: float(spearmanr(a, b)[0])  # noqa: E731
+    alone = next((i for i, s in enumerate(subsets) if not s), None)
+    return {"spearman": rho(e, t), "spearman_ci95": bootstrap_ci(rho, e, t), "pairwise_accuracy": pairwise_accuracy(e, t),
+            "target_alone_rank": None if alone is None else int(np.argsort(np.argsort(e))[alone]) + 1}
+
+
 def _truths_of(bank: dict) -> dict:
     """Each truth a bank holds, by name: ``(subsets, losses)``, losses the seed mean of the estimator
     functional. A theta* bank holds its theta* truth and, where measured, the base-model truth; a
     build-base bank only the latter."""
-    mean = lambda r: float(np.mean(r["losses"]))  # noqa: E731
     records = [r for r in bank["subsets"] if r["losses"]]
+    own = ([r["sources"] for r in records], [float(np.mean(r["losses"])) for r in records])
     if bank.get("start") == "base":
-        return {"base model": ([r["sources"] for r in records], [mean(r) for r in records])}
-    out = {"theta*": ([r["sources"] for r in records], [mean(r) for r in records])}
+        return {"base model": own}
+    out = {"theta*": own}
     base = bank.get("base_model_truth", [])
     if base:
         out["base model"] = ([r["sources"] for r in base], [float(r["loss"]) for r in base])
@@ -1607,7 +1612,7 @@ def score_baselines(args) -> int:
     from scipy.stats import spearmanr
 
     from gradselect.io import write_json_atomic
-    from gradselect.validate.fidelity import bootstrap_ci, pairwise_accuracy
+    from gradselect.validate.fidelity import pairwise_accuracy
 
     bank_path = Path(args.bank)
     try:
@@ -1617,17 +1622,12 @@ def score_baselines(args) -> int:
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
         print(f"{bank_path}: not a truth bank ({err})", file=sys.stderr)
         return 2
-    rho = lambda a, b: float(spearmanr(a, b)[0])  # noqa: E731
-
     def figures(e, t, subsets):
         e, t = np.asarray(e, float), np.asarray(t, float)
         mixed = np.array([bool(s) for s in subsets])
-        alone = next((i for i, s in enumerate(subsets) if not s), None)
-        return {"spearman": rho(e, t), "spearman_ci95": bootstrap_ci(rho, e, t),
-                "pairwise_accuracy": pairwise_accuracy(e, t),
-                "spearman_mixtures_only": rho(e[mixed], t[mixed]),
-                "pairwise_accuracy_mixtures_only": pairwise_accuracy(e[mixed], t[mixed]),
-                "target_alone_rank": None if alone is None else int(np.argsort(np.argsort(e))[alone]) + 1}
+        return _order_figures(e, t, subsets) | {
+            "spearman_mixtures_only": float(spearmanr(e[mixed], t[mixed])[0]),
+            "pairwise_accuracy_mixtures_only": pairwise_accuracy(e[mixed], t[mixed])}
 
     out_truths = {}
     for truth, (subsets, losses) in truths.items():

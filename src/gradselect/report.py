@@ -271,8 +271,8 @@ def format_validation(report: dict) -> str:
              f"  skill of the change over predicting none {m['skill_of_change']:.3f}; Spearman {m['spearman']:.3f} "
              f"{format_interval(m['spearman_ci95'])}; pairwise order accuracy {m['pairwise_accuracy']:.3f} "
              f"{format_interval(m['pairwise_accuracy_ci95'])}"]
-    if size_line(report):
-        lines.append("  " + size_line(report))
+    if size := size_line(report):
+        lines.append("  " + size)
     if "noise_floor_mean_relative_difference" in report:
         lines.append(f"  noise floor (same subset, other seed): {report['noise_floor_mean_relative_difference']:.2%}")
     if measured_line(report.get("measured_choice")):
@@ -492,8 +492,7 @@ def write_report(run_dir: str | Path) -> Path:
                   f"at {estimates_origin(val)}), i.e. how "
                   "much better than predicting no change (1 is perfect, 0 no better). The figures are for the "
                   "configured step (nothing fitted to the truth); the calibrated ones below are leave-one-out."]
-        if size_line(val):
-            text = size_line(val)
+        if text := size_line(val):
             lines += ["", text[:1].upper() + text[1:] + "."]
         if "noise_floor_mean_relative_difference" in val:
             lines += ["", f"Noise floor (same subset, another seed): "
