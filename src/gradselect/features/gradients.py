@@ -139,7 +139,7 @@ class GradientComputer(abc.ABC):
             use_cache=False,
         )
         if positions is not None:
-            kwargs["logits_to_keep"] = positions[None]
+            kwargs["logits_to_keep"] = positions  # 1-D: read the same by every transformers release
         out = functional_call(self.model, params, args=(), kwargs=kwargs)
         if positions is not None:
             value = self.output_fn.mean_over(out.logits[0], labels)
@@ -179,8 +179,50 @@ def response_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 def accepts_logits_to_keep(model) -> bool:
     """Whether the (unwrapped) HF model's forward takes ``logits_to_keep``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return "logits_to_keep" in inspect.signature(_base_model(model).forward).parameters
+
+
+def _base_model(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+#: Model classes whose forward indexes every row with every row's 2-D ``logits_to_keep``
+#: (transformers releases before per-row positions), found on the first call.
+_KEEPS_EVERY_ROW: set[type] = set()
+
+
+def forward_at_positions(model, positions: torch.Tensor, **kwargs):
+    """The model's output with logits only at each example's own positions.
+
+    Parameters
+    ----------
+    positions : Tensor of shape (n_examples, n_positions)
+        From :func:`response_positions`.
+    **kwargs
+        The model's other inputs (``input_ids``, ``attention_mask``, ...).
+
+    Returns
+    -------
+    output, logits : the model's output, and Tensor of shape (n_examples, n_positions, vocab)
+
+    Recent transformers keep row ``i``'s positions for row ``i``; earlier 5.x releases index
+    every row with the whole (n, k) tensor and return (n, n, k, vocab) logits, which would
+    mix examples. That is detected on the first call (the diagonal is taken then) and such
+    models are afterwards handed the sorted union of the positions, a 1-D index every release
+    reads the same way, and each row's logits gathered from it.
+    """
+    cls = type(_base_model(model))
+    if cls not in _KEEPS_EVERY_ROW:
+        out = model(**kwargs, logits_to_keep=positions)
+        if out.logits.ndim == positions.ndim + 1:
+            return out, out.logits
+        _KEEPS_EVERY_ROW.add(cls)
+        rows = torch.arange(positions.shape[0], device=positions.device)
+        return out, out.logits[rows, rows]
+    union = positions.unique()  # sorted
+    out = model(**kwargs, logits_to_keep=union)
+    index = torch.searchsorted(union, positions)
+    return out, torch.take_along_dim(out.logits, index[..., None], dim=1)
 
 
 class FuncGradientComputer(GradientComputer):
@@ -288,9 +330,8 @@ class HookGradientComputer(GradientComputer):
                           output_hidden_states=self.with_hidden)
             if accepts_logits_to_keep(self.model):
                 positions, gold = response_positions(labels)
-                kwargs["logits_to_keep"] = positions
-                out = self.model(**kwargs)
-                values = self.output_fn.mean_over(out.logits, gold)  # [n_examples]
+                out, logits = forward_at_positions(self.model, positions, **kwargs)
+                values = self.output_fn.mean_over(logits, gold)  # [n_examples]
             else:
                 out = self.model(**kwargs)
                 values = self.output_fn(out.logits, labels)  # [n_examples]
