@@ -1435,7 +1435,7 @@ def score_at_base(args) -> int:
 
     from gradselect.data import load_taskset
     from gradselect.estimate import EstimateConfig, FeatureArrays, SubsetEstimator
-    from gradselect.estimate.forward import ForwardPassEstimator, SourceGradients
+    from gradselect.estimate.forward import STEPS, ForwardPassEstimator, SourceGradients
     from gradselect.io import write_json_atomic
     from gradselect.model import apply_adapter, load_model
     from gradselect.validate.fidelity import loo_select, pairwise_accuracy
@@ -1478,37 +1478,45 @@ def score_at_base(args) -> int:
     model, tok = load_model(config.model, device=args.device)
     model = apply_adapter(model, config.adapter, init_adapter=adapter)
     steps = [x.strip() for x in args.steps.split(",") if x.strip()]
-    unknown = [x for x in steps if x not in ("sign", "normalized", "adam")]
+    unknown = [x for x in steps if x not in STEPS]
     if unknown or "sign" not in steps:
-        print(f"--steps {args.steps}: choose among sign, normalized, adam (sign always included)", file=sys.stderr)
+        print(f"--steps {args.steps}: choose among {', '.join(STEPS)} (sign always included)", file=sys.stderr)
         return 2
     squares = "adam" in steps  # the adam step needs per-example squared gradients (one backward pass per example)
-    grads_path = run_dir / "at_base" / ("source_gradients_sq.safetensors" if squares else "source_gradients.safetensors")
+    per_example = "unroll" in steps  # the replay needs every example's gradient (one backward pass per example)
+    kind = "_ex" if per_example else "_sq" if squares else ""
+    grads_path = run_dir / "at_base" / f"source_gradients{kind}.safetensors"
     if grads_path.exists():
         grads = SourceGradients.load(grads_path)
     else:
-        grads = SourceGradients.compute(model, tok, taskset, config.tokenize, squares=squares, progress=True)
+        grads = SourceGradients.compute(model, tok, taskset, config.tokenize, squares=squares or per_example,
+                                        per_example=per_example, progress=True)
         grads.save(grads_path)
-    ests = {step: ForwardPassEstimator(step, train_batch_size=config.train.batch_size).fit(
+    # The unroll step replays the bank's own fine-tunes: their optimizer, schedule, batches and step count.
+    truth_train = config.train.model_copy(update={"max_steps": TRUTH_STEPS})
+    ests = {step: ForwardPassEstimator(step, train_batch_size=config.train.batch_size, train_config=truth_train).fit(
         model, tok, grads, taskset.target_dev.examples, config.tokenize) for step in steps}
     est = ests["sign"]
     cache_file = run_dir / "at_base" / "forward.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
 
     def passes(fraction, which, step="sign"):
+        """Forward passes at ``fraction`` |theta| (None: the unroll replay's own length)."""
         out = []
+        tag = "natural" if fraction is None else f"{fraction:g}"
         for s in which:
             # Sign keys as before (caches from earlier runs stay valid); other steps prefixed by name.
-            key = ("" if step == "sign" else f"{step}|") + f"{fraction:g}|{';'.join(sorted(s))}"
+            key = ("" if step == "sign" else f"{step}|") + f"{tag}|{';'.join(sorted(s))}"
             if key not in cache:
                 e = ests[step]
-                cache[key] = float(e.estimate([s], length=fraction * e.param_norm_)[0])
+                cache[key] = float(e.estimate([s], length=None if fraction is None else fraction * e.param_norm_)[0])
                 write_json_atomic(cache_file, cache)
             out.append(cache[key])
         return np.array(out)
 
     fractions = [float(x) for x in args.lengths.split(",")]
-    by_step = {step: {f"{f:g}": passes(f, judged_subsets, step) for f in fractions} for step in steps}
+    by_step = {step: ({"natural": passes(None, judged_subsets, step)} if step == "unroll" else {})
+               | {f"{f:g}": passes(f, judged_subsets, step) for f in fractions} for step in steps}
     by_length = by_step["sign"]
     if args.additive_length:  # one pass per bank subset, for the additive model over sources
         f = args.additive_length
@@ -1714,8 +1722,9 @@ def main(argv=None) -> int:
     ab.add_argument("--additive-length", type=float, metavar="FRACTION",
                     help="also forward-score every bank subset at this length, for the additive model over sources")
     ab.add_argument("--steps", default="sign",
-                    help="step models passed forward at each length (comma list of sign, normalized, adam; "
-                         "adam needs per-example squared gradients: one backward pass per example)")
+                    help="step models passed forward at each length (comma list of sign, normalized, adam, unroll; "
+                         "adam needs per-example squared gradients, unroll every example's gradient: one backward "
+                         "pass per example; unroll is also passed at its own length, 'natural')")
     ab.add_argument("--threads", type=int, default=BANK_THREADS, help="torch threads")
     ab.add_argument("--configured-length", type=float, metavar="FRACTION",
                     help="also simulate trust checks of 8 and 12 bank subsets choosing the length among --lengths, "

@@ -278,6 +278,18 @@ def test_two_process_shards_equal_one_process(tmp_path, small_task):
     assert not list(tmp_path.glob("sharded.shard-*"))
 
 
+def test_a_rank_that_cannot_join_fails_before_computing_its_shard(tmp_path, jsonl_task, monkeypatch):
+    from gradselect.errors import GradselectError
+
+    taskset, adapter = jsonl_task
+    for var in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(GradselectError, match="could not join the process group.*MASTER_ADDR"):
+        featurize(taskset, tmp_path / "f", adapter_path=adapter, feature_config=FCFG, progress=False, device="cpu",
+                  rank=1, world_size=2)
+    assert not list(tmp_path.iterdir())  # no shard begun
+
+
 def test_non_finite_features_are_refused_naming_examples(tmp_path, small_task):
     from gradselect.errors import GradselectError
     from gradselect.estimate import FeatureArrays

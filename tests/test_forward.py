@@ -272,3 +272,69 @@ def test_trust_check_chooses_the_forward_step_length_by_the_order_of_its_subsets
     assert plain.gain_error_ == pytest.approx(gain_error(at[0.1], means, subsets, noise=seed_noise(subsets, losses)))
     with pytest.raises(Exception, match="positive"):
         plain.set_length(0.0)
+
+
+def test_unroll_replays_the_trainers_first_step_and_keeps_per_example_gradients(setup, tmp_path):
+    """The unroll step's first step is a real fine-tune's first step (the gradients are not yet stale):
+    one HF Trainer step on all of a subset's examples from the same adapter moves the parameters as the
+    replay does. Per-example gradients sum to the source sums and survive a save and load."""
+    from gradselect.train import TrainConfig, train
+
+    config, taskset, model, tok = setup
+    plain = SourceGradients.compute(model, tok, taskset, config.tokenize)
+    dev = taskset.target_dev.examples
+    with pytest.raises(Exception, match="per_example=True"):
+        ForwardPassEstimator("unroll", train_steps=1).fit(model, tok, plain, dev, config.tokenize)
+    grads = SourceGradients.compute(model, tok, taskset, config.tokenize, per_example=True)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    flat_sum = grads.examples["legs"].sum(0).split([p.numel() for p in trainable.values()])
+    for (n, p), s in zip(trainable.items(), flat_sum):
+        assert torch.allclose(s.view(p.shape), grads.sums["legs"][n], rtol=1e-5, atol=1e-7)
+    assert grads.examples["legs"].shape[0] == grads.counts["legs"] == len(grads.tokens["legs"])
+    grads.save(tmp_path / "ex.safetensors")
+    again = SourceGradients.load(tmp_path / "ex.safetensors")
+    assert torch.equal(again.examples["legs"], grads.examples["legs"]) and torch.equal(again.tokens[TARGET],
+                                                                                       grads.tokens[TARGET])
+
+    n_examples = grads.counts["legs"] + grads.counts[TARGET]
+    one_step = TrainConfig(max_steps=1, batch_size=n_examples, warmup=0, scheduler="constant", learning_rate=1e-3)
+    model.save_pretrained(tmp_path / "start")
+    real = train(taskset, ["legs"], tmp_path / "ft", model_config=config.model, adapter_config=config.adapter,
+                 train_config=one_step, tokenize_config=config.tokenize, init_adapter=tmp_path / "start",
+                 device="cpu", progress=False)
+    after, _ = load_model(config.model, device="cpu")
+    after = dict(apply_adapter(after, config.adapter, init_adapter=real.adapter_dir).named_parameters())
+    replay = ForwardPassEstimator("unroll", train_config=one_step).fit(model, tok, again, dev, config.tokenize)
+    moved = replay.direction(["legs"])
+    true = torch.cat([(after[n].detach() - p.detach()).reshape(-1) for n, p in trainable.items()])
+    est = torch.cat([moved[n].reshape(-1) for n in trainable])
+    assert true.abs().max() > 0.5e-3  # Adam's first step moves a live coordinate by about the learning rate
+    close = (true - est).abs() <= 1e-5
+    assert close.float().mean() > 0.99, float(close.float().mean())
+    assert (true - est).abs().max() < 0.5e-3
+    # Natural length by default, and theta* restored after scoring.
+    before = {n: p.detach().clone() for n, p in trainable.items()}
+    at_replay = replay.estimate([["legs"]])
+    assert np.isfinite(at_replay).all()
+    assert np.allclose(replay.estimate([["legs"]], length=float(est.norm())), at_replay)
+    assert all(torch.equal(before[n], p) for n, p in trainable.items())
+
+
+def test_unroll_revisits_a_small_subset_and_dilutes_it_in_a_large_one(setup):
+    """Thirty steps of 4 from the target alone pass over its examples several times; mixed with every
+    source they see each target example less often, so the replay moves less along the target's own
+    replay (the dilution a one-step model cannot see). Adam bounds every coordinate's move by about
+    steps x learning rate."""
+    from gradselect.train import TrainConfig
+
+    config, taskset, model, tok = setup
+    grads = SourceGradients.compute(model, tok, taskset, config.tokenize, per_example=True)
+    cfg = TrainConfig(max_steps=30, batch_size=4, learning_rate=1e-3)
+    est = ForwardPassEstimator("unroll", train_config=cfg).fit(model, tok, grads, taskset.target_dev.examples,
+                                                              config.tokenize)
+    flat = lambda d: torch.cat([t.reshape(-1) for t in d.values()])  # noqa: E731
+    alone, mixed = flat(est.direction([])), flat(est.direction(taskset.source_names))
+    assert float(alone.abs().max()) <= 30 * 1e-3 * 1.01
+    along = lambda x: float(x @ alone) / float(alone.norm())  # noqa: E731
+    assert along(mixed) < along(alone)
+    assert est.direction([]).keys() == est.params_.keys()

@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="output values and projected per-example gradients at the meta-initialization",
         description="Compute, for every target train/dev row and every source row, the output value and its "
         "gradient w.r.t. the trainable parameters, randomly projected to [features].proj_dim dimensions, into a "
-        "resumable feature store. Under torchrun each rank writes a shard and rank 0 merges them.",
+        "resumable feature store. Under torchrun each rank writes a shard and rank 0 merges them (ranks join "
+        "with NCCL when each has its own GPU, gloo otherwise, before any work).",
     )
     _add_run_inputs(p)
     p.add_argument("--adapter", type=Path, help="the meta-initialization: a trained adapter folder")

@@ -25,8 +25,22 @@ Step models (``step``)
     coordinate alike. Needs per-example squared gradients (``SourceGradients.compute(...,
     squares=True)``).
 
-Both have the total length ``length`` (parameter-space norm): set it to what real
-fine-tunes move (the trust check measures it), or it defaults to
+``unroll``
+    The whole fine-tune replayed with the gradients frozen at the start: ``train_steps``
+    minibatches drawn from the subset's examples as the trainer draws them (shuffled, one
+    epoch after another), each minibatch's gradient the token-weighted mean of its examples'
+    gradients, clipped and fed to the same ``torch.optim.AdamW`` and learning-rate schedule
+    as the fine-tune (``train_config``). Unlike the one-step models it sees how often each
+    example is revisited: a target alone of 40 examples is seen about six times in 30 steps
+    of 8 and about 0.6 times among 400 mixed examples, and Adam's moments average the
+    mixture's disagreeing minibatches down. Needs per-example gradients
+    (``SourceGradients.compute(..., per_example=True)``). Its length is the replay's own
+    displacement unless ``length`` is given. On the arith12 bank it ordered subsets no better
+    than ``sign`` (frozen gradients cannot show what refitting revisited examples gains;
+    docs/results.md), so it is a benchmark variant, not a ``[estimate] forward_step``.
+
+The one-step models have the total length ``length`` (parameter-space norm): set it to what
+real fine-tunes move (the trust check measures it), or it defaults to
 ``length_fraction * |theta*|`` over the trainable parameters.
 """
 
@@ -43,7 +57,8 @@ from tqdm.auto import tqdm
 
 from gradselect.errors import ArtifactError, GradselectError
 
-Step = Literal["sign", "normalized", "adam"]
+Step = Literal["sign", "normalized", "adam", "unroll"]
+STEPS = ("sign", "normalized", "adam", "unroll")
 TARGET = "__target_train__"
 
 
@@ -65,12 +80,19 @@ class SourceGradients:
     squares: dict[str, dict[str, torch.Tensor]] | None = None
     """Per source, per parameter: the sum over its examples of the squared per-example gradient
     (``compute(..., squares=True)``; the ``adam`` step needs them)."""
+    examples: dict[str, torch.Tensor] | None = None
+    """Per source: every example's gradient, flattened over the parameters in ``named_parameters``
+    order, shape (n_examples, n_params), float32 (``compute(..., per_example=True)``; the
+    ``unroll`` step needs them)."""
+    tokens: dict[str, torch.Tensor] | None = None
+    """Per source: each example's number of response tokens, shape (n_examples,) (with ``examples``)."""
 
     @classmethod
     def compute(cls, model, tokenizer, taskset, tokenize_config, *, batch_size: int = 8, squares: bool = False,
-                progress: bool = False) -> "SourceGradients":
+                per_example: bool = False, progress: bool = False) -> "SourceGradients":
         """One batched backward pass per batch of each source's examples (and the target's train split);
-        with ``squares``, one backward pass per example instead, to sum squared per-example gradients too."""
+        with ``squares`` or ``per_example``, one backward pass per example instead, to sum squared
+        per-example gradients or keep every example's gradient too."""
         from gradselect.data.tokenize import IGNORE_INDEX, pad_right, tokenize_examples
 
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -78,8 +100,8 @@ class SourceGradients:
             raise GradselectError("the model has no trainable parameters to take a step in")
         device = next(model.parameters()).device
         groups = {s.name: s.examples for s in taskset.sources} | {TARGET: taskset.target_train.examples}
-        counts, sums, sq = {}, {}, {}
-        if squares:
+        counts, sums, sq, rows, n_tokens_of = {}, {}, {}, {}, {}
+        if squares or per_example:
             batch_size = 1
         was_training = model.training
         model.eval()  # no dropout: the gradient at theta* itself
@@ -88,6 +110,7 @@ class SourceGradients:
                 tokens = tokenize_examples(examples, tokenizer, tokenize_config)
                 acc = {n: torch.zeros_like(p, dtype=torch.float32, device="cpu") for n, p in params.items()}
                 acc_sq = {n: torch.zeros_like(a) for n, a in acc.items()} if squares else None
+                kept, n_tokens = [], []
                 for s in range(0, len(tokens), batch_size):
                     ids, mask, labels = pad_right(tokens.input_ids[s:s + batch_size], tokens.labels[s:s + batch_size],
                                                   tokenizer.pad_token_id, device)
@@ -98,21 +121,29 @@ class SourceGradients:
                         logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX,
                         reduction="none").view(target.shape)  # [n_batch, seq-1]
                     valid = (target != IGNORE_INDEX).float()
-                    per_example = (nll * valid).sum(1) / valid.sum(1).clamp(min=1)
-                    per_example.sum().backward()
+                    example_loss = (nll * valid).sum(1) / valid.sum(1).clamp(min=1)
+                    example_loss.sum().backward()
                     for n, p in params.items():
                         if p.grad is not None:
                             g = p.grad.detach().float().cpu()
                             acc[n] += g
                             if squares:
                                 acc_sq[n] += g * g
+                    if per_example:
+                        kept.append(torch.cat([(p.grad.detach().float().cpu() if p.grad is not None
+                                                else torch.zeros(p.shape)).reshape(-1) for p in params.values()]))
+                        n_tokens.append(float(valid.sum()))
                     bar.update(len(ids))
                 counts[name], sums[name] = len(tokens), acc
                 if squares:
                     sq[name] = acc_sq
+                if per_example:
+                    rows[name] = torch.stack(kept) if kept else torch.zeros(0, sum(p.numel() for p in params.values()))
+                    n_tokens_of[name] = torch.tensor(n_tokens, dtype=torch.float32)
         model.zero_grad(set_to_none=True)
         model.train(was_training)
-        return cls(counts, sums, sq if squares else None)
+        return cls(counts, sums, sq if squares else None, rows if per_example else None,
+                   n_tokens_of if per_example else None)
 
     def save(self, path: Path) -> None:
         """One safetensors file (``<source>::<param>`` keys) and a JSON beside it with the counts."""
@@ -123,6 +154,8 @@ class SourceGradients:
         path = Path(path)
         flat = {f"{s}::{n}": t.contiguous() for s, d in self.sums.items() for n, t in d.items()}
         flat |= {f"{s}::squares::{n}": t.contiguous() for s, d in (self.squares or {}).items() for n, t in d.items()}
+        flat |= {f"{s}::examples::": t.contiguous() for s, t in (self.examples or {}).items()}
+        flat |= {f"{s}::tokens::": t.contiguous() for s, t in (self.tokens or {}).items()}
         tmp = path.with_name(path.name + ".tmp")
         save_file(flat, str(tmp))
         write_bytes_atomic(path, tmp.read_bytes())
@@ -141,13 +174,18 @@ class SourceGradients:
             raise ArtifactError(f"{path} is corrupt ({err}); delete it to recompute the source gradients") from None
         sums: dict[str, dict[str, torch.Tensor]] = {}
         squares: dict[str, dict[str, torch.Tensor]] = {}
+        examples, tokens = {}, {}
         for key, t in flat.items():
             source, param = key.split("::", 1)
             if param.startswith("squares::"):
                 squares.setdefault(source, {})[param[len("squares::"):]] = t
+            elif param == "examples::":
+                examples[source] = t
+            elif param == "tokens::":
+                tokens[source] = t
             else:
                 sums.setdefault(source, {})[param] = t
-        return cls(counts, sums, squares or None)
+        return cls(counts, sums, squares or None, examples or None, tokens or None)
 
 
 class ForwardPassEstimator:
@@ -155,14 +193,20 @@ class ForwardPassEstimator:
 
     Parameters
     ----------
-    step : {"sign", "normalized"}
+    step : {"sign", "normalized", "adam", "unroll"}
     length : float, optional
-        Norm of the step over the trainable parameters (default ``length_fraction * |theta*|``).
+        Norm of the step over the trainable parameters (default ``length_fraction * |theta*|``;
+        for ``unroll``, the replay's own displacement).
     length_fraction : float
     include_target_train : bool
         Count the target's train split in every subset's mean gradient.
     output : str
         The output function (the estimator's functional is the logistic loss of its mean).
+    train_config : TrainConfig, optional
+        The fine-tune the ``unroll`` step replays (optimizer, schedule, batch size, clipping,
+        seed); its ``max_steps`` or ``train_steps`` sets the number of steps.
+    train_steps : int, optional
+        Steps replayed by ``unroll`` (default ``train_config.max_steps``).
 
     Attributes
     ----------
@@ -174,20 +218,33 @@ class ForwardPassEstimator:
 
     def __init__(self, step: Step = "sign", *, length: float | None = None, length_fraction: float = 0.1,
                  include_target_train: bool = True, output: str = "log_odds", batch_size: int = 8,
-                 train_batch_size: int = 8):
+                 train_batch_size: int = 8, train_config=None, train_steps: int | None = None):
         self.step, self.length, self.length_fraction = step, length, length_fraction
         self.include_target_train, self.output, self.batch_size = include_target_train, output, batch_size
         self.train_batch_size = train_batch_size
+        self.train_config, self.train_steps = train_config, train_steps
 
     def fit(self, model, tokenizer, gradients: SourceGradients, dev_examples, tokenize_config) -> "ForwardPassEstimator":
         from gradselect.estimate.solvers import mean_logistic_loss
         from gradselect.features.extract import output_values
 
-        if self.step not in ("sign", "normalized", "adam"):
-            raise GradselectError(f"unknown step {self.step!r}; steps are sign, normalized, adam")
+        if self.step not in STEPS:
+            raise GradselectError(f"unknown step {self.step!r}; steps are {', '.join(STEPS)}")
         if self.step == "adam" and not gradients.squares:
             raise GradselectError("the adam step needs per-example squared gradients: compute the source gradients "
                                   "with squares=True")
+        if self.step == "unroll":
+            if not gradients.examples:
+                raise GradselectError("the unroll step needs per-example gradients: compute the source gradients "
+                                      "with per_example=True")
+            if self.train_config is None:
+                from gradselect.train import TrainConfig
+
+                self.train_config = TrainConfig(batch_size=self.train_batch_size)
+            self.train_steps_ = self.train_steps or self.train_config.max_steps
+            if not self.train_steps_:
+                raise GradselectError("the unroll step needs the number of steps: train_steps or "
+                                      "train_config.max_steps")
         self.model_, self.tokenizer_, self.gradients_ = model, tokenizer, gradients
         self.dev_, self.tokenize_config_ = list(dev_examples), tokenize_config
         self.params_ = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -209,6 +266,8 @@ class ForwardPassEstimator:
             raise GradselectError(f"unknown source(s) {unknown}; sources are {self.source_names_}")
         if not groups:
             raise GradselectError("an empty subset has no training rows when include_target_train is false")
+        if self.step == "unroll":
+            return self.replay(groups)
         n = sum(self.gradients_.counts[g] for g in groups)
         mean = {p: sum(self.gradients_.sums[g][p] for g in groups) / n for p in self.params_}
         if self.step == "adam":
@@ -223,9 +282,47 @@ class ForwardPassEstimator:
             return out
         return {p: -(torch.sign(m) if self.step == "sign" else m) for p, m in mean.items()}
 
+    def replay(self, groups: list[str]) -> dict[str, torch.Tensor]:
+        """The displacement of the fine-tune on ``groups``' examples replayed with frozen gradients, by parameter.
+
+        ``train_steps_`` AdamW steps (``torch.optim.AdamW`` and the ``transformers`` schedule the
+        trainer uses) on minibatches of ``train_config.batch_size`` drawn without replacement,
+        reshuffled each epoch (seeded by ``train_config.seed``); a minibatch's gradient is the
+        token-weighted mean of its examples' gradients (the trainer's loss is the mean over all of
+        the minibatch's response tokens), clipped to ``max_grad_norm``.
+        """
+        from transformers import get_scheduler
+
+        cfg = self.train_config
+        rows = torch.cat([self.gradients_.examples[g] for g in groups])
+        tokens = torch.cat([self.gradients_.tokens[g] for g in groups])
+        start = torch.cat([p.detach().float().cpu().reshape(-1) for p in self.params_.values()])
+        theta = torch.nn.Parameter(start.clone())
+        optimizer = torch.optim.AdamW([theta], lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        steps = self.train_steps_
+        warmup = int(np.ceil(cfg.warmup * steps)) if cfg.warmup < 1 else int(cfg.warmup)
+        schedule = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        order = torch.zeros(0, dtype=torch.long)
+        bs = cfg.batch_size * cfg.grad_accum
+        for _ in range(steps):
+            if len(order) < bs:  # the epoch's last partial minibatch is kept, then a new epoch is shuffled
+                order = order if len(order) else torch.randperm(len(rows), generator=generator)
+            batch, order = order[:bs], order[bs:]
+            w = tokens[batch] / tokens[batch].sum().clamp(min=1)
+            theta.grad = (w[:, None] * rows[batch]).sum(0)
+            torch.nn.utils.clip_grad_norm_([theta], cfg.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+        delta = (theta.detach() - start).split([p.numel() for p in self.params_.values()])
+        return {n: d.view(p.shape) for (n, p), d in zip(self.params_.items(), delta)}
+
     def outputs(self, names: list[str], *, length: float | None = None) -> np.ndarray:
         """The output value of each dev example at ``theta* + step`` of a subset, shape (n_dev,)."""
-        return self.outputs_along(self.direction(names), length=length)
+        d = self.direction(names)
+        if self.step == "unroll" and length is None and self.length is None:
+            length = float(torch.sqrt(sum((t.double() ** 2).sum() for t in d.values())))  # the replay's own
+        return self.outputs_along(d, length=length)
 
     @torch.no_grad()
     def outputs_along(self, d: dict[str, torch.Tensor], *, length: float | None = None) -> np.ndarray:

@@ -145,6 +145,8 @@ def featurize(
     examples, index = store_rows(taskset)
     if world_size > 1 and device == "auto" and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
+    if world_size > 1:  # before any work: a rank that cannot join fails now, not after its shard
+        _init_distributed(device, rank, world_size)
     model, tokenizer = load_model(model_config, device=device)
     base_digest = weights_digest(model)
     model = apply_adapter(model, adapter_config, init_adapter=adapter_path)
@@ -314,13 +316,31 @@ def _fill(store, examples, tokenizer, tokenize_config, computer, projector, conf
     log.info("featurized %d rows in %.1f s", store.n_rows, time.perf_counter() - start)
 
 
-def _barrier() -> None:
+def _init_distributed(device, rank: int, world_size: int) -> None:
+    """Join the process group of a sharded run: NCCL when each local rank has its own CUDA device,
+    gloo otherwise (CPU, or ranks sharing a GPU, which NCCL refuses)."""
     import torch.distributed as dist
 
     if not dist.is_available():
-        raise GradselectError("sharded featurization needs torch.distributed")
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
+        raise GradselectError("sharded featurization (WORLD_SIZE > 1) needs torch.distributed, which this "
+                              "torch build lacks")
+    if dist.is_initialized():
+        return
+    dev = torch.device(device) if device != "auto" else torch.device("cpu")
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    nccl = dev.type == "cuda" and dist.is_nccl_available() and local <= torch.cuda.device_count()
+    if nccl:
+        torch.cuda.set_device(dev)
+    try:
+        dist.init_process_group("nccl" if nccl else "gloo", rank=rank, world_size=world_size)
+    except (ValueError, RuntimeError) as err:
+        raise GradselectError(f"rank {rank} of {world_size} could not join the process group ({err}); run the "
+                              "shards under torchrun, or set MASTER_ADDR and MASTER_PORT") from None
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
     dist.barrier()
 
 
