@@ -123,15 +123,17 @@ class SourceGradients:
                     valid = (target != IGNORE_INDEX).float()
                     example_loss = (nll * valid).sum(1) / valid.sum(1).clamp(min=1)
                     example_loss.sum().backward()
+                    flat = []  # this example's gradient, every parameter in order (per_example)
                     for n, p in params.items():
-                        if p.grad is not None:
-                            g = p.grad.detach().float().cpu()
+                        g = None if p.grad is None else p.grad.detach().float().cpu()
+                        if g is not None:
                             acc[n] += g
                             if squares:
                                 acc_sq[n] += g * g
+                        if per_example:
+                            flat.append(torch.zeros(p.numel()) if g is None else g.reshape(-1))
                     if per_example:
-                        kept.append(torch.cat([(p.grad.detach().float().cpu() if p.grad is not None
-                                                else torch.zeros(p.shape)).reshape(-1) for p in params.values()]))
+                        kept.append(torch.cat(flat))
                         n_tokens.append(float(valid.sum()))
                     bar.update(len(ids))
                 counts[name], sums[name] = len(tokens), acc
@@ -214,6 +216,8 @@ class ForwardPassEstimator:
         The dev loss at theta* by the same forward pass.
     param_norm_ : float
         |theta*| over the trainable parameters.
+    length_ : float or None
+        The step's norm; None (``unroll`` without ``length``): each step as replayed.
     """
 
     def __init__(self, step: Step = "sign", *, length: float | None = None, length_fraction: float = 0.1,
@@ -253,7 +257,9 @@ class ForwardPassEstimator:
             raise GradselectError(f"the source gradients lack parameter(s) {missing[:3]}: computed for another model")
         self.source_names_ = [s for s in gradients.sums if s != TARGET]
         self.param_norm_ = float(torch.sqrt(sum((p.detach().double() ** 2).sum() for p in self.params_.values())))
-        self.length_ = self.length if self.length is not None else self.length_fraction * self.param_norm_
+        # None for unroll without a set length: its step is the replay's own displacement.
+        self.length_ = (self.length if self.length is not None or self.step == "unroll"
+                        else self.length_fraction * self.param_norm_)
         b = output_values(model, tokenizer, self.dev_, tokenize_config, output=self.output, batch_size=self.batch_size)
         self.base_loss_ = float(mean_logistic_loss(b))
         return self
@@ -319,25 +325,26 @@ class ForwardPassEstimator:
 
     def outputs(self, names: list[str], *, length: float | None = None) -> np.ndarray:
         """The output value of each dev example at ``theta* + step`` of a subset, shape (n_dev,)."""
-        d = self.direction(names)
-        if self.step == "unroll" and length is None and self.length is None:
-            length = float(torch.sqrt(sum((t.double() ** 2).sum() for t in d.values())))  # the replay's own
-        return self.outputs_along(d, length=length)
+        return self.outputs_along(self.direction(names), length=length)
 
     @torch.no_grad()
     def outputs_along(self, d: dict[str, torch.Tensor], *, length: float | None = None) -> np.ndarray:
         """The output value of each dev example at ``theta* + length * d / |d|``, shape (n_dev,).
 
         ``d``: a direction by trainable parameter (any step model's, e.g. a projected-space step
-        taken back by :meth:`gradselect.features.Projector.lift`)."""
+        taken back by :meth:`gradselect.features.Projector.lift`). With ``length`` and ``length_``
+        both None, ``theta* + d`` itself."""
         from gradselect.features.extract import output_values
 
         length = self.length_ if length is None else length
         missing = [p for p in self.params_ if p not in d]
         if missing:
             raise GradselectError(f"the direction lacks parameter(s) {missing[:3]}")
-        norm = float(torch.sqrt(sum((t.double() ** 2).sum() for t in d.values())))
-        scale = length / norm if norm > 0 else 0.0
+        if length is None:
+            scale = 1.0
+        else:
+            norm = float(torch.sqrt(sum((t.double() ** 2).sum() for t in d.values())))
+            scale = length / norm if norm > 0 else 0.0
         saved = {p: t.detach().clone() for p, t in self.params_.items()}
         try:
             for p, t in self.params_.items():
