@@ -24,6 +24,7 @@ calls after a warm-up call; the reference rate comes from a few subsets.
     python benchmarks/estimate.py --threads 1            # torch on one thread, like liblinear
     python benchmarks/estimate.py --small-systems-threaded   # as before small systems ran on one thread
     python benchmarks/estimate.py --flan                 # FLAN scale: n=1,729, d=400, N=100k, 1,000 subsets at 5%
+    python benchmarks/estimate.py --device cuda          # the fast and lowrank solvers on a GPU beside the CPU
 
 ``--flan`` times the whole path a user takes at FLAN scale with the low-rank solver
 (statistics without per-source d x d matrices, then a 1,000-subset ensemble with
@@ -161,6 +162,42 @@ def flan(rank: int = 32, seed: int = 0) -> dict:
     return out
 
 
+def on_device(device: str, settings, rank: int = 32, seed: int = 0) -> list[dict]:
+    """Subsets/s of the fast and lowrank solvers (trust region) on the CPU and on ``device``, side by side.
+
+    ``settings``: ``(n_sources, d, n_rows, subset share, solvers, n_subsets)`` each. Each rate is the
+    median of three timed calls of ``n_subsets`` after a warm-up call; the estimates
+    come back to the host (numpy), so the GPU's time includes the transfer. Also the largest relative
+    difference between the two devices' estimates."""
+    from gradselect.estimate import EstimateConfig, SubsetEstimator
+    from gradselect.select import EnsembleSelector
+
+    rows = []
+    for n, d, n_rows, alpha, solvers, n_subsets in settings:
+        arrays = synthetic(n, d, n_rows, seed)
+        arrays.g = arrays.g.astype(np.float32)  # as a feature store holds them
+        masks = EnsembleSelector(n_subsets=n_subsets, alpha=alpha, seed=seed).sample_subsets(n)
+        for solver in solvers:
+            row, losses = {"n": n, "d": d, "N": n_rows, "subset share": alpha, "subsets": n_subsets,
+                           "solver": solver}, {}
+            for where in ("cpu", device):
+                t0 = time.perf_counter()
+                cfg = EstimateConfig(solver=solver, device=where, **({"rank": rank} if solver == "lowrank" else {}))
+                est = SubsetEstimator(cfg).fit(arrays)
+                row[f"{where} fit s"] = time.perf_counter() - t0
+                est.estimate(masks)  # warm-up: allocations, kernels
+                times = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    losses[where] = est.estimate(masks)
+                    times.append(time.perf_counter() - t0)
+                row[f"{where} /s"] = n_subsets / float(np.median(times))
+            row[f"{device} / cpu"] = row[f"{device} /s"] / row["cpu /s"]
+            row["max rel diff"] = float(np.max(np.abs(losses[device] - losses["cpu"]) / losses["cpu"]))
+            rows.append(row)
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n-sources", type=int, default=100)
@@ -178,6 +215,9 @@ def main():
     p.add_argument("--small-systems-threaded", action="store_true",
                    help="solve small batched systems on every torch thread (the behaviour before "
                         "gradselect.estimate.solvers.small_system_threads; for side-by-side runs)")
+    p.add_argument("--device", help="also solve on this torch device (e.g. cuda) beside the CPU: subsets/s of the fast "
+                                    "and lowrank solvers on both, at the goal setting and FLAN's shape")
+    p.add_argument("--device-subsets", type=int, default=10_000, help="--device: subsets per timed call")
     args = p.parse_args()
     if args.small_systems_threaded:
         from gradselect.estimate import solvers
@@ -194,6 +234,17 @@ def main():
               f"{platform.machine()}), lowrank solver rank {args.rank}")
         for key, value in flan(args.rank).items():
             print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+        return
+    if args.device:
+        import torch
+
+        print(f"# estimator on {args.device} beside the CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch "
+              f"threads, {platform.machine()}), trust region, lowrank rank {args.rank}")
+        # The goal setting (both solvers), and FLAN's shape with the solver FLAN scale needs.
+        settings = [(args.n_sources, args.dim, args.rows, 0.5, ("fast", "lowrank"), args.device_subsets),
+                    (1729, 400, 100_000, 0.05, ("lowrank",), 1000)]
+        for r in on_device(args.device, settings, args.rank):
+            print(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()), flush=True)
         return
     if args.features:
         from gradselect.estimate import FeatureArrays

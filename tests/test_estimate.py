@@ -318,3 +318,37 @@ def test_small_batched_systems_run_on_one_thread_and_restore_the_setting(monkeyp
             assert torch.get_num_threads() == 2  # large systems keep the threads
     finally:
         torch.set_num_threads(before)
+
+
+def test_device_names_are_checked_and_a_missing_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="device must be cpu, cuda"):
+        EstimateConfig(device="tpu")
+    with pytest.warns(UserWarning, match="device is ignored by solver 'exact'"):
+        EstimateConfig(solver="exact", device="auto")
+    assert EstimateConfig(device="auto").solver_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(GradselectError, match="no CUDA GPU"):
+            SubsetEstimator(EstimateConfig(device="cuda")).fit(synthetic())
+
+
+def _on_device_and_cpu(device):
+    arrays = synthetic(4, d=12)
+    subsets = [["s0", "s1"], ["s2"], ["s1", "s3", "s4"], []]
+    for cfg in (EstimateConfig(), EstimateConfig(mode="l2", lam=1e-2), EstimateConfig(mode="reference"),
+                EstimateConfig(solver="lowrank", rank=6, radius=0.3)):
+        on_cpu = SubsetEstimator(cfg).fit(arrays)
+        there = SubsetEstimator(cfg.model_copy(update={"device": device})).fit(arrays)
+        assert there.stats_.grads.device.type == torch.device(device).type
+        assert np.allclose(there.estimate(subsets), on_cpu.estimate(subsets), rtol=1e-9, atol=1e-12), cfg
+
+
+def test_auto_device_without_a_gpu_solves_on_the_cpu_alike():
+    _on_device_and_cpu("cpu")
+    if not torch.cuda.is_available():
+        est = SubsetEstimator(EstimateConfig(device="auto")).fit(synthetic())
+        assert est.stats_.grads.device.type == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_subsets_solved_on_cuda_equal_the_cpu_solves():
+    _on_device_and_cpu("cuda")

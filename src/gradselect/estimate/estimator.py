@@ -160,6 +160,7 @@ class SubsetEstimator:
             stats = SufficientStatistics.plain(*source_statistics(arrays.g, b, all_groups))
         else:
             stats = lowrank_statistics(arrays.g, b, all_groups, cfg.rank)
+        stats = stats.to(cfg.solver_device())
         self.stats_ = stats[: self.n_sources_]
         self.base_stats_ = stats[self.n_sources_ :] if base is not None else None
         if cfg.solver == "exact":
@@ -177,8 +178,8 @@ class SubsetEstimator:
 
         self._check_fitted()
         old = self.config_
-        shared = ((config.solver, config.rank, config.include_target_train) == (old.solver, old.rank,
-                                                                               old.include_target_train)
+        shared = ((config.solver, config.rank, config.include_target_train, config.device)
+                  == (old.solver, old.rank, old.include_target_train, old.device)
                   and STEP_MODELS[config.mode].offsets == self.step_model_.offsets)
         if not shared:
             return SubsetEstimator(config).fit(self.arrays_)

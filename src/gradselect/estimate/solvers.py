@@ -298,6 +298,11 @@ class SufficientStatistics:
         tail = (rotated[:, :, k:] * basis[:, k:]).sum(1)
         return cls(counts, grads @ basis, dense, tail, basis)
 
+    def to(self, device) -> "SufficientStatistics":
+        """These statistics on ``device`` (a torch device or its name); every subset solve then runs there."""
+        move = lambda x: None if x is None else x.to(device)  # noqa: E731
+        return SufficientStatistics(*(move(x) for x in (self.counts, self.grads, self.dense, self.tail, self.basis)))
+
     def __getitem__(self, rows) -> "SufficientStatistics":
         pick = lambda x: None if x is None else x[rows]  # noqa: E731
         return SufficientStatistics(self.counts[rows], self.grads[rows], self.dense[rows], pick(self.tail), self.basis)
@@ -308,7 +313,7 @@ class SufficientStatistics:
         ``masks`` has shape (n_subsets, n_sources); every sum is one GEMM over the
         flattened per-source arrays.
         """
-        w = torch.as_tensor(np.asarray(masks), dtype=self.counts.dtype)
+        w = torch.as_tensor(np.asarray(masks), dtype=self.counts.dtype, device=self.counts.device)
         k = self.dense.shape[1]
         parts = [w @ self.counts, w @ self.grads, (w @ self.dense.reshape(len(self.counts), k * k)).reshape(len(w), k, k),
                  None if self.tail is None else w @ self.tail]
@@ -323,15 +328,15 @@ class SufficientStatistics:
         ``g = grads/n``. ``ridge`` is a float or a tensor of shape (n_subsets,).
         """
         n = self.counts
-        ridge = torch.as_tensor(ridge, dtype=n.dtype).expand(n.shape)
+        ridge = torch.as_tensor(ridge, dtype=n.dtype, device=n.device).expand(n.shape)
         a = self.dense.div_(n[:, None, None])
         a.diagonal(dim1=1, dim2=2).add_(2 * ridge[:, None])
         tail = None if self.tail is None else self.tail / n[:, None] + 2 * ridge[:, None]
         return a, tail, self.grads / n[:, None]
 
     def to_parameters(self, v: torch.Tensor) -> np.ndarray:
-        """Steps in basis coordinates -> projected-parameter coordinates, as ndarray."""
-        return (v if self.basis is None else v @ self.basis.T).numpy()
+        """Steps in basis coordinates -> projected-parameter coordinates, as ndarray (on the CPU)."""
+        return (v if self.basis is None else v @ self.basis.T).cpu().numpy()
 
 
 #: Batched systems no larger than this are solved on one torch thread (:func:`small_system_threads`).
@@ -399,7 +404,8 @@ def quadratic_trust_region(a, tail, g, radius, max_iter: int = 50, rtol: float =
     """
     m, d = g.shape
     k = a.shape[1]
-    radius = torch.as_tensor(np.broadcast_to(np.asarray(radius, dtype=np.float64), (m,)).copy(), dtype=g.dtype)
+    radius = torch.as_tensor(np.broadcast_to(np.asarray(radius, dtype=np.float64), (m,)).copy(), dtype=g.dtype,
+                             device=g.device)
     gnorm = torch.linalg.vector_norm(g, dim=1)
     diagonal = torch.cat([a.diagonal(dim1=1, dim2=2), tail if tail is not None else g[:, :0]], dim=1)
     mu = _diagonal_trust_region_multiplier(diagonal, g, radius)
@@ -411,7 +417,7 @@ def quadratic_trust_region(a, tail, g, radius, max_iter: int = 50, rtol: float =
         if not bool(active.any()):
             break
         vi = torch.empty_like(g)
-        qsq = torch.zeros(m, dtype=g.dtype)
+        qsq = torch.zeros(m, dtype=g.dtype, device=g.device)
         if k:
             chol = _shifted_cholesky(a, mu)
             # v = -L^-T L^-1 g and q = L^-1 v; two triangular solves each (cholesky_solve is slower).
