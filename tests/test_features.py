@@ -393,3 +393,37 @@ def test_features_on_cuda_match_the_cpu_store(tmp_path, jsonl_task):
                      device="cuda", model_config=ModelConfig(dtype="bfloat16"))
     cos = (bf16.g * cpu.g).sum(1) / (np.linalg.norm(bf16.g, axis=1) * np.linalg.norm(cpu.g, axis=1) + 1e-30)
     assert np.median(cos) > 0.95 and np.isfinite(bf16.g).all()
+
+
+def test_a_batch_that_runs_out_of_memory_is_halved_and_redone(tmp_path, small_task, monkeypatch, caplog):
+    """Batch size chosen by memory: out-of-memory batches are halved (the features equal a store made
+    at the size that fits); one example that does not fit is a clear error."""
+    from gradselect.errors import GradselectError
+    from gradselect.features.gradients import HookGradientComputer
+
+    taskset, adapter = small_task
+    cfg = FCFG.model_copy(update={"batch_size": 2})
+    fits = featurize(taskset, tmp_path / "fits", adapter_path=adapter, feature_config=cfg, progress=False, device="cpu")
+    original = HookGradientComputer.compute
+    seen = []
+
+    def limited(limit):
+        def compute(self, input_ids, attention_mask, labels):
+            seen.append(len(input_ids))
+            if len(input_ids) > limit:
+                raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+            return original(self, input_ids, attention_mask, labels)
+        return compute
+
+    monkeypatch.setattr(HookGradientComputer, "compute", limited(2))
+    with caplog.at_level("WARNING", logger="gradselect.features.extract"):
+        halved = featurize(taskset, tmp_path / "halved", adapter_path=adapter,
+                           feature_config=FCFG.model_copy(update={"batch_size": 8}), progress=False, device="cpu")
+    assert seen[:3] == [8, 4, 2] and max(seen[3:]) == 2  # halved twice, then kept
+    assert "featurizing 4 at a time" in caplog.text and "featurizing 2 at a time" in caplog.text
+    assert np.allclose(halved.g, fits.g, rtol=1e-5, atol=1e-6 * float(np.abs(fits.g).max()))
+    assert np.allclose(halved.b, fits.b, rtol=1e-6)
+    monkeypatch.setattr(HookGradientComputer, "compute", limited(0))
+    with pytest.raises(GradselectError, match="does not fit in the cpu memory"):
+        featurize(taskset, tmp_path / "none", adapter_path=adapter, feature_config=cfg, progress=False, device="cpu")
+    assert not (tmp_path / "none").exists()

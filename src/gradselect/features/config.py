@@ -45,8 +45,9 @@ class FeatureConfig(StrictConfig):
     dtype: Literal["float32", "float16"] = "float32"
     """Storage dtype of projected gradients."""
     batch_size: int | None = pydantic.Field(default=None, ge=1)
-    """Examples per forward+backward; default 1 for models over 50M weights on CPU
-    (there batching only adds memory traffic: measured in benchmarks/README.md), else 8."""
+    """Examples per forward+backward. Default on CPU: 1 for models over 50M weights (there batching
+    only adds memory traffic: measured in benchmarks/README.md), else 8; on a GPU, chosen by memory:
+    64 to start, halved whenever a batch runs out of memory (a set size is halved the same way)."""
     project_batch_size: int = pydantic.Field(default=32, ge=1)
     """Gradients projected together: projecting one example at a time would read the
     whole projection matrix per example."""

@@ -269,6 +269,11 @@ def _open_or_create(target: Path, manifest: dict, index: dict, config: FeatureCo
                                precondition=None if scales is None else {n: t.cpu() for n, t in scales.items()})
 
 
+#: First batch size on a GPU when ``[features] batch_size`` is unset: halved whenever a batch runs out
+#: of memory (on an H200, SmolLM2-135M LoRA gradients at batch 64 ran at 30k tokens/s against 11k at 16).
+GPU_START_BATCH = 64
+
+
 def _fill(store, examples, tokenizer, tokenize_config, computer, projector, config, progress, scales=None) -> None:
     tokens = tokenize_examples(examples, tokenizer, tokenize_config)
     if tokens.n_truncated:
@@ -278,7 +283,8 @@ def _fill(store, examples, tokenizer, tokenize_config, computer, projector, conf
     todo = [c for c in range(len(store.done)) if not store.done[c]]
     start = time.perf_counter()
     n_weights = sum(p.numel() for p in computer.model.parameters())
-    batch_size = config.batch_size or (1 if device.type == "cpu" and n_weights > 50_000_000 else 8)
+    batch_size = config.batch_size or (GPU_START_BATCH if device.type == "cuda"
+                                       else 1 if n_weights > 50_000_000 else 8)
     bar = tqdm(total=sum(store.chunk_rows(c).stop - store.chunk_rows(c).start for c in todo), desc="featurize", unit="ex", disable=not progress)
     for chunk in todo:
         rows = store.chunk_rows(chunk)
@@ -290,10 +296,26 @@ def _fill(store, examples, tokenizer, tokenize_config, computer, projector, conf
                 g_parts.append(projector.project(grads).cpu().numpy())
                 pending.clear()
 
-        for s in range(rows.start, rows.stop, batch_size):
+        s = rows.start
+        while s < rows.stop:
             e = min(rows.stop, s + batch_size)
             input_ids, mask, label_t = pad_right(tokens.input_ids[s:e], tokens.labels[s:e], pad, device)
-            out = computer.compute(input_ids, mask, label_t)
+            try:
+                out = computer.compute(input_ids, mask, label_t)
+            except torch.OutOfMemoryError:
+                # Batch size chosen by memory: halve it for the rest of the run and redo this batch
+                # (a batch's features do not depend on its batch mates).
+                del input_ids, mask, label_t
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if e - s == 1:
+                    raise GradselectError(f"one example ({examples[s].id}) does not fit in the {device} memory for "
+                                          "its forward and backward pass; shorten [tokenize] max_length or "
+                                          "differentiate fewer parameters") from None
+                batch_size = max(1, (e - s) // 2)
+                log.warning("a batch of %d examples ran out of %s memory; featurizing %d at a time from here",
+                            e - s, device, batch_size)
+                continue
             if out.factors:  # projected now: its factors are small, and its matrix is never read whole
                 g_parts.append(projector.project(out.grads, out.factors).cpu().numpy())
             else:
@@ -305,6 +327,7 @@ def _fill(store, examples, tokenizer, tokenize_config, computer, projector, conf
             if out.hidden is not None:
                 h_parts.append(out.hidden.float().cpu().numpy())
             bar.update(e - s)
+            s = e
         project_pending()
         store.write_chunk(
             chunk,
