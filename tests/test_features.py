@@ -172,6 +172,39 @@ def test_lift_is_the_transpose_of_the_projection(kind):
         proj.lift(torch.zeros(proj.proj_dim + 1))
 
 
+def _splitmix64_reference(key: int, n: int) -> np.ndarray:
+    """SplitMix64 (Steele, Lea and Flood 2014) in numpy's unsigned 64-bit arithmetic, one word at a time."""
+    state, out = np.uint64(key), []
+    with np.errstate(over="ignore"):
+        for _ in range(n):
+            state = state + np.uint64(0x9E3779B97F4A7C15)
+            z = (state ^ (state >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            out.append(z ^ (z >> np.uint64(31)))
+    return np.array(out, dtype=np.uint64)
+
+
+def test_rademacher_blocks_are_the_bits_of_splitmix64():
+    from gradselect.features.projector import block_seed, splitmix64
+
+    assert int(_splitmix64_reference(1234567, 1)[0]) == 6457827717110365317  # the generator's published vector
+    for key in (0, 1234567, (1 << 63) - 1):
+        assert np.array_equal(splitmix64(key, 40).numpy().view(np.uint64), _splitmix64_reference(key, 40))
+    proj = RademacherProjector({"w": (50,)}, 24, seed=3)
+    words = _splitmix64_reference(block_seed(3, "w", 0), -(-50 * 24 // 64))
+    bits = ((words[:, None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)).reshape(-1)[: 50 * 24]
+    block = proj.block("w", 0, 50).numpy()
+    assert np.array_equal(np.sign(block), np.where(bits.reshape(50, 24), 1.0, -1.0))
+    assert np.allclose(np.abs(block), 1 / np.sqrt(24), rtol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_rademacher_blocks_drawn_on_cuda_equal_the_cpu_blocks():
+    shapes = {"a": (3000,), "b": (7, 300)}
+    cpu, gpu = RademacherProjector(shapes, 64, seed=3), RademacherProjector(shapes, 64, seed=3, device="cuda")
+    assert torch.equal(gpu.matrix().cpu(), cpu.matrix())
+
+
 def test_jl_inner_products_preserved():
     torch.manual_seed(0)
     p, d = 20_000, 512
@@ -376,8 +409,8 @@ def jsonl_task(tmp_path_factory):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_features_on_cuda_match_the_cpu_store(tmp_path, jsonl_task):
-    """The same store on a GPU: the projection blocks are drawn by the same seeded CPU generator, so
-    only float summation order differs."""
+    """The same store on a GPU: the projection blocks are the same bits on every device, so only float
+    summation order differs."""
     from gradselect.model import ModelConfig
 
     taskset, adapter = jsonl_task

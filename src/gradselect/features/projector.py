@@ -17,9 +17,10 @@ so the budget bounds memory without changing the matrix.
 Implementations
 ---------------
 RademacherProjector
-    Entries ``+-1 / sqrt(proj_dim)`` (the default: cheap to generate).
+    Entries ``+-1 / sqrt(proj_dim)`` (the default: cheap to generate, and generated on the
+    gradients' device from a counter-based stream, the same bits on every device).
 GaussianProjector
-    Entries ``N(0, 1 / proj_dim)``.
+    Entries ``N(0, 1 / proj_dim)``, drawn by torch's CPU generator and copied to the device.
 KroneckerProjector
     Per layer, ``P = (A kron B) R``: the weight gradient ``G`` (out x in) of each
     example is reduced to ``A^T G B`` (k x k) and mixed to ``proj_dim`` by ``R``.
@@ -156,11 +157,15 @@ class BlockwiseProjector(Projector):
             return cached
         gen = torch.Generator(device="cpu").manual_seed(block_seed(self.seed, name, index))
         block = (self._draw(rows, gen) / math.sqrt(self.proj_dim)).to(self.device)
+        self._keep(key, block)
+        return block
+
+    def _keep(self, key, block: torch.Tensor) -> None:
+        """Cache a block while the budget allows."""
         size = block.numel() * block.element_size()
         if self._cached_bytes + size <= self.max_cache_bytes:
             self._cache[key] = block
             self._cached_bytes += size
-        return block
 
     def project(self, grads):
         missing = set(self.param_shapes) - set(grads)
@@ -198,14 +203,57 @@ class BlockwiseProjector(Projector):
         self._cached_bytes = 0
 
 
+_GOLDEN = 0x9E3779B97F4A7C15
+_MIX = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+
+
+def _int64(c: int) -> int:
+    """An unsigned 64-bit constant as the signed int64 with the same bits."""
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 bits (torch's ``>>`` is arithmetic: it copies the sign bit)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def splitmix64(key: int, n: int, device="cpu") -> torch.Tensor:
+    """Words ``1..n`` of the SplitMix64 sequence seeded by ``key``, as int64 (the same bits as uint64).
+
+    Counter-based: word ``w`` is a mix of ``key + w * golden``, so it is computed elementwise on any
+    device, in any order, with the same bits everywhere (integer ops wrap alike on CPU and CUDA).
+    """
+    z = torch.arange(1, n + 1, dtype=torch.int64, device=device) * _int64(_GOLDEN) + _int64(key & ((1 << 64) - 1))
+    z = (z ^ _shr(z, 30)) * _int64(_MIX[0])
+    z = (z ^ _shr(z, 27)) * _int64(_MIX[1])
+    return z ^ _shr(z, 31)
+
+
 class RademacherProjector(BlockwiseProjector):
-    """Entries ``+-1 / sqrt(proj_dim)`` with equal probability."""
+    """Entries ``+-1 / sqrt(proj_dim)`` with equal probability, generated on the projector's device.
+
+    A block's entries are the bits of a counter-based stream (:func:`splitmix64` keyed by
+    :func:`block_seed`), 64 entries per word: drawn where the gradients are (no host round trip),
+    with the same matrix on every device."""
 
     kind = "rademacher"
 
-    def _draw(self, rows, generator):
-        bits = torch.randint(0, 2, (rows, self.proj_dim), generator=generator, dtype=torch.int8)
-        return bits.float().mul_(2).sub_(1)
+    def block(self, name, index, rows):
+        key = (name, index)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        n = rows * self.proj_dim
+        words = splitmix64(block_seed(self.seed, name, index), -(-n // 64), self.device)
+        # Bit j of each word, low first: its 8 little-endian bytes (x86 and CUDA alike), 8 bits each.
+        bits = (words.view(torch.uint8)[:, None] >> torch.arange(8, dtype=torch.uint8, device=self.device)) & 1
+        block = bits.reshape(-1)[:n].reshape(rows, self.proj_dim).to(torch.float32)
+        block = block.mul_(2 / math.sqrt(self.proj_dim)).sub_(1 / math.sqrt(self.proj_dim))
+        self._keep(key, block)
+        return block
+
+    def _draw(self, rows, generator):  # not used: blocks come from block() above
+        raise NotImplementedError
 
 
 class GaussianProjector(BlockwiseProjector):

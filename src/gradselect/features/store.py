@@ -30,7 +30,8 @@ import numpy as np
 from gradselect.errors import ArtifactError, GradselectError
 from gradselect.io import read_json_artifact, write_bytes_atomic, write_json_atomic
 
-FORMAT_VERSION = 1
+#: 2: Rademacher blocks from a counter-based stream generated on the device (1: torch's CPU generator).
+FORMAT_VERSION = 2
 PRECONDITION_FILE = "precondition.safetensors"
 #: Manifest keys that describe the run, not what was computed; never compared.
 UNCOMPARED_KEYS = ("versions", "created", "shard", "row_start", "row_stop", "complete")
@@ -130,7 +131,8 @@ class FeatureStore:
             raise ArtifactError(f"{manifest_file} is corrupt (not a JSON object); {redo}")
         if manifest.get("format_version") != FORMAT_VERSION:
             raise GradselectError(
-                f"{path}: feature store format {manifest.get('format_version')} is not {FORMAT_VERSION}; recompute it"
+                f"{path}: feature store format {manifest.get('format_version')} is not {FORMAT_VERSION} (made by "
+                f"another gradselect version, whose projection differs); {redo}"
             )
         if expected is not None:
             compare_manifests(manifest, expected, path)
