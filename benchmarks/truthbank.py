@@ -1435,7 +1435,7 @@ def score_at_base(args) -> int:
 
     from gradselect.data import load_taskset
     from gradselect.estimate import EstimateConfig, FeatureArrays, SubsetEstimator
-    from gradselect.estimate.forward import STEPS, ForwardPassEstimator, SourceGradients
+    from gradselect.estimate.forward import REPLAYS, STEPS, ForwardPassEstimator, SourceGradients
     from gradselect.io import write_json_atomic
     from gradselect.model import apply_adapter, load_model
     from gradselect.validate.fidelity import loo_select, pairwise_accuracy
@@ -1483,12 +1483,12 @@ def score_at_base(args) -> int:
         print(f"--steps {args.steps}: choose among {', '.join(STEPS)} (sign always included)", file=sys.stderr)
         return 2
     squares = "adam" in steps  # the adam step needs per-example squared gradients (one backward pass per example)
-    per_example = "unroll" in steps  # the replay needs every example's gradient (one backward pass per example)
+    # The replays need every example's gradient (one backward pass per example), the saturating one their losses.
+    per_example = any(step in REPLAYS for step in steps)
     kind = "_ex" if per_example else "_sq" if squares else ""
     grads_path = run_dir / "at_base" / f"source_gradients{kind}.safetensors"
-    if grads_path.exists():
-        grads = SourceGradients.load(grads_path)
-    else:
+    grads = SourceGradients.load(grads_path) if grads_path.exists() else None
+    if grads is None or ("unroll_saturating" in steps and not grads.losses):  # older caches lack the losses
         grads = SourceGradients.compute(model, tok, taskset, config.tokenize, squares=squares or per_example,
                                         per_example=per_example, progress=True)
         grads.save(grads_path)
@@ -1515,7 +1515,7 @@ def score_at_base(args) -> int:
         return np.array(out)
 
     fractions = [float(x) for x in args.lengths.split(",")]
-    by_step = {step: ({"natural": passes(None, judged_subsets, step)} if step == "unroll" else {})
+    by_step = {step: ({"natural": passes(None, judged_subsets, step)} if step in REPLAYS else {})
                | {f"{f:g}": passes(f, judged_subsets, step) for f in fractions} for step in steps}
     by_length = by_step["sign"]
     if args.additive_length:  # one pass per bank subset, for the additive model over sources
@@ -1722,9 +1722,10 @@ def main(argv=None) -> int:
     ab.add_argument("--additive-length", type=float, metavar="FRACTION",
                     help="also forward-score every bank subset at this length, for the additive model over sources")
     ab.add_argument("--steps", default="sign",
-                    help="step models passed forward at each length (comma list of sign, normalized, adam, unroll; "
-                         "adam needs per-example squared gradients, unroll every example's gradient: one backward "
-                         "pass per example; unroll is also passed at its own length, 'natural')")
+                    help="step models passed forward at each length (comma list of sign, normalized, adam, unroll, "
+                         "unroll_saturating; "
+                         "adam needs per-example squared gradients, the unrolls every example's gradient: one backward "
+                         "pass per example; the unrolls are also passed at their own length, 'natural')")
     ab.add_argument("--threads", type=int, default=BANK_THREADS, help="torch threads")
     ab.add_argument("--configured-length", type=float, metavar="FRACTION",
                     help="also simulate trust checks of 8 and 12 bank subsets choosing the length among --lengths, "

@@ -338,3 +338,32 @@ def test_unroll_revisits_a_small_subset_and_dilutes_it_in_a_large_one(setup):
     along = lambda x: float(x @ alone) / float(alone.norm())  # noqa: E731
     assert along(mixed) < along(alone)
     assert est.direction([]).keys() == est.params_.keys()
+
+
+def test_saturating_unroll_pulls_less_as_examples_are_fitted(setup):
+    """``unroll_saturating``: each example's loss at theta* is recorded; the first step is the frozen
+    replay's (nothing fitted yet); over a long replay the fitted examples pull less, so the replay stops
+    shorter and does not drive the examples' first-order losses as far below zero."""
+    from gradselect.train import TrainConfig
+
+    config, taskset, model, tok = setup
+    grads = SourceGradients.compute(model, tok, taskset, config.tokenize, per_example=True)
+    tokens = tokenize_examples(taskset.source("legs").examples[:1], tok, config.tokenize)
+    i, m, lab = pad_right(tokens.input_ids, tokens.labels, tok.pad_token_id)
+    with torch.no_grad():
+        logits = model(input_ids=i, attention_mask=m).logits[:, :-1]
+    direct = torch.nn.functional.cross_entropy(logits[0], lab[0, 1:], ignore_index=IGNORE_INDEX)
+    assert np.isclose(float(grads.losses["legs"][0]), float(direct), rtol=1e-5)
+    dev = taskset.target_dev.examples
+    flat = lambda d: torch.cat([t.reshape(-1) for t in d.values()])  # noqa: E731
+
+    def both(cfg):
+        return [flat(ForwardPassEstimator(step, train_config=cfg).fit(model, tok, grads, dev, config.tokenize)
+                     .direction([])) for step in ("unroll", "unroll_saturating")]
+
+    frozen, saturating = both(TrainConfig(max_steps=1, batch_size=4, warmup=0, learning_rate=1e-3))
+    assert torch.allclose(frozen, saturating)
+    frozen, saturating = both(TrainConfig(max_steps=60, batch_size=4, warmup=0, learning_rate=5e-2))
+    assert saturating.norm() < frozen.norm()
+    rows, loss0 = grads.examples[TARGET], grads.losses[TARGET]
+    assert float((loss0 + rows @ saturating).min()) > float((loss0 + rows @ frozen).min())

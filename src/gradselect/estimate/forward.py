@@ -38,6 +38,14 @@ Step models (``step``)
     displacement unless ``length`` is given. On the arith12 bank it ordered subsets no better
     than ``sign`` (frozen gradients cannot show what refitting revisited examples gains;
     docs/results.md), so it is a benchmark variant, not a ``[estimate] forward_step``.
+``unroll_saturating``
+    ``unroll`` where an example's gradient shrinks as it is fitted: each example's frozen
+    gradient ``g_i`` is scaled by ``(1 - exp(-L_i)) / (1 - exp(-L_i0))``, ``L_i0`` its loss at
+    theta* and ``L_i = max(0, L_i0 + g_i . (theta - theta*))`` its loss at the replay's current
+    point to first order (the cross-entropy gradient of a token is about ``1 - p`` in size,
+    ``p = exp(-loss)``). Revisiting an example then pulls less each time, as in a real
+    fine-tune, and a small subset's steps stop short of where its frozen mean gradient would
+    overshoot. Needs the per-example losses too (``per_example=True`` records them).
 
 The one-step models have the total length ``length`` (parameter-space norm): set it to what
 real fine-tunes move (the trust check measures it), or it defaults to
@@ -57,8 +65,9 @@ from tqdm.auto import tqdm
 
 from gradselect.errors import ArtifactError, GradselectError
 
-Step = Literal["sign", "normalized", "adam", "unroll"]
-STEPS = ("sign", "normalized", "adam", "unroll")
+Step = Literal["sign", "normalized", "adam", "unroll", "unroll_saturating"]
+STEPS = ("sign", "normalized", "adam", "unroll", "unroll_saturating")
+REPLAYS = ("unroll", "unroll_saturating")
 TARGET = "__target_train__"
 
 
@@ -86,6 +95,9 @@ class SourceGradients:
     ``unroll`` step needs them)."""
     tokens: dict[str, torch.Tensor] | None = None
     """Per source: each example's number of response tokens, shape (n_examples,) (with ``examples``)."""
+    losses: dict[str, torch.Tensor] | None = None
+    """Per source: each example's mean response-token cross-entropy at theta*, shape (n_examples,)
+    (with ``examples``; the ``unroll_saturating`` step needs them)."""
 
     @classmethod
     def compute(cls, model, tokenizer, taskset, tokenize_config, *, batch_size: int = 8, squares: bool = False,
@@ -100,7 +112,7 @@ class SourceGradients:
             raise GradselectError("the model has no trainable parameters to take a step in")
         device = next(model.parameters()).device
         groups = {s.name: s.examples for s in taskset.sources} | {TARGET: taskset.target_train.examples}
-        counts, sums, sq, rows, n_tokens_of = {}, {}, {}, {}, {}
+        counts, sums, sq, rows, n_tokens_of, losses_of = {}, {}, {}, {}, {}, {}
         if squares or per_example:
             batch_size = 1
         was_training = model.training
@@ -110,7 +122,7 @@ class SourceGradients:
                 tokens = tokenize_examples(examples, tokenizer, tokenize_config)
                 acc = {n: torch.zeros_like(p, dtype=torch.float32, device="cpu") for n, p in params.items()}
                 acc_sq = {n: torch.zeros_like(a) for n, a in acc.items()} if squares else None
-                kept, n_tokens = [], []
+                kept, n_tokens, losses = [], [], []
                 for s in range(0, len(tokens), batch_size):
                     ids, mask, labels = pad_right(tokens.input_ids[s:s + batch_size], tokens.labels[s:s + batch_size],
                                                   tokenizer.pad_token_id, device)
@@ -135,6 +147,7 @@ class SourceGradients:
                     if per_example:
                         kept.append(torch.cat(flat))
                         n_tokens.append(float(valid.sum()))
+                        losses.append(float(example_loss.detach()))
                     bar.update(len(ids))
                 counts[name], sums[name] = len(tokens), acc
                 if squares:
@@ -142,10 +155,11 @@ class SourceGradients:
                 if per_example:
                     rows[name] = torch.stack(kept) if kept else torch.zeros(0, sum(p.numel() for p in params.values()))
                     n_tokens_of[name] = torch.tensor(n_tokens, dtype=torch.float32)
+                    losses_of[name] = torch.tensor(losses, dtype=torch.float32)
         model.zero_grad(set_to_none=True)
         model.train(was_training)
         return cls(counts, sums, sq if squares else None, rows if per_example else None,
-                   n_tokens_of if per_example else None)
+                   n_tokens_of if per_example else None, losses_of if per_example else None)
 
     def save(self, path: Path) -> None:
         """One safetensors file (``<source>::<param>`` keys) and a JSON beside it with the counts."""
@@ -158,6 +172,7 @@ class SourceGradients:
         flat |= {f"{s}::squares::{n}": t.contiguous() for s, d in (self.squares or {}).items() for n, t in d.items()}
         flat |= {f"{s}::examples::": t.contiguous() for s, t in (self.examples or {}).items()}
         flat |= {f"{s}::tokens::": t.contiguous() for s, t in (self.tokens or {}).items()}
+        flat |= {f"{s}::losses::": t.contiguous() for s, t in (self.losses or {}).items()}
         tmp = path.with_name(path.name + ".tmp")
         save_file(flat, str(tmp))
         write_bytes_atomic(path, tmp.read_bytes())
@@ -176,7 +191,7 @@ class SourceGradients:
             raise ArtifactError(f"{path} is corrupt ({err}); delete it to recompute the source gradients") from None
         sums: dict[str, dict[str, torch.Tensor]] = {}
         squares: dict[str, dict[str, torch.Tensor]] = {}
-        examples, tokens = {}, {}
+        examples, tokens, losses = {}, {}, {}
         for key, t in flat.items():
             source, param = key.split("::", 1)
             if param.startswith("squares::"):
@@ -185,9 +200,11 @@ class SourceGradients:
                 examples[source] = t
             elif param == "tokens::":
                 tokens[source] = t
+            elif param == "losses::":
+                losses[source] = t
             else:
                 sums.setdefault(source, {})[param] = t
-        return cls(counts, sums, squares or None, examples or None, tokens or None)
+        return cls(counts, sums, squares or None, examples or None, tokens or None, losses or None)
 
 
 class ForwardPassEstimator:
@@ -195,7 +212,7 @@ class ForwardPassEstimator:
 
     Parameters
     ----------
-    step : {"sign", "normalized", "adam", "unroll"}
+    step : {"sign", "normalized", "adam", "unroll", "unroll_saturating"}
     length : float, optional
         Norm of the step over the trainable parameters (default ``length_fraction * |theta*|``;
         for ``unroll``, the replay's own displacement).
@@ -237,10 +254,10 @@ class ForwardPassEstimator:
         if self.step == "adam" and not gradients.squares:
             raise GradselectError("the adam step needs per-example squared gradients: compute the source gradients "
                                   "with squares=True")
-        if self.step == "unroll":
-            if not gradients.examples:
-                raise GradselectError("the unroll step needs per-example gradients: compute the source gradients "
-                                      "with per_example=True")
+        if self.step in REPLAYS:
+            if not gradients.examples or (self.step == "unroll_saturating" and not gradients.losses):
+                raise GradselectError(f"the {self.step} step needs per-example gradients (and losses): compute the "
+                                      "source gradients with per_example=True")
             if self.train_config is None:
                 from gradselect.train import TrainConfig
 
@@ -258,7 +275,7 @@ class ForwardPassEstimator:
         self.source_names_ = [s for s in gradients.sums if s != TARGET]
         self.param_norm_ = float(torch.sqrt(sum((p.detach().double() ** 2).sum() for p in self.params_.values())))
         # None for unroll without a set length: its step is the replay's own displacement.
-        self.length_ = (self.length if self.length is not None or self.step == "unroll"
+        self.length_ = (self.length if self.length is not None or self.step in REPLAYS
                         else self.length_fraction * self.param_norm_)
         b = output_values(model, tokenizer, self.dev_, tokenize_config, output=self.output, batch_size=self.batch_size)
         self.base_loss_ = float(mean_logistic_loss(b))
@@ -272,8 +289,8 @@ class ForwardPassEstimator:
             raise GradselectError(f"unknown source(s) {unknown}; sources are {self.source_names_}")
         if not groups:
             raise GradselectError("an empty subset has no training rows when include_target_train is false")
-        if self.step == "unroll":
-            return self.replay(groups)
+        if self.step in REPLAYS:
+            return self.replay(groups, saturating=self.step == "unroll_saturating")
         n = sum(self.gradients_.counts[g] for g in groups)
         mean = {p: sum(self.gradients_.sums[g][p] for g in groups) / n for p in self.params_}
         if self.step == "adam":
@@ -288,20 +305,24 @@ class ForwardPassEstimator:
             return out
         return {p: -(torch.sign(m) if self.step == "sign" else m) for p, m in mean.items()}
 
-    def replay(self, groups: list[str]) -> dict[str, torch.Tensor]:
+    def replay(self, groups: list[str], *, saturating: bool = False) -> dict[str, torch.Tensor]:
         """The displacement of the fine-tune on ``groups``' examples replayed with frozen gradients, by parameter.
 
         ``train_steps_`` AdamW steps (``torch.optim.AdamW`` and the ``transformers`` schedule the
         trainer uses) on minibatches of ``train_config.batch_size`` drawn without replacement,
         reshuffled each epoch (seeded by ``train_config.seed``); a minibatch's gradient is the
         token-weighted mean of its examples' gradients (the trainer's loss is the mean over all of
-        the minibatch's response tokens), clipped to ``max_grad_norm``.
+        the minibatch's response tokens), clipped to ``max_grad_norm``. ``saturating``: each
+        example's gradient scaled as it is fitted (the ``unroll_saturating`` step).
         """
         from transformers import get_scheduler
 
         cfg = self.train_config
         rows = torch.cat([self.gradients_.examples[g] for g in groups])
         tokens = torch.cat([self.gradients_.tokens[g] for g in groups])
+        if saturating:
+            loss0 = torch.cat([self.gradients_.losses[g] for g in groups]).double()
+            scale0 = (-torch.expm1(-loss0)).clamp(min=1e-12)  # 1 - exp(-L0): the gradient's size at theta*
         start = torch.cat([p.detach().float().cpu().reshape(-1) for p in self.params_.values()])
         theta = torch.nn.Parameter(start.clone())
         optimizer = torch.optim.AdamW([theta], lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -316,6 +337,9 @@ class ForwardPassEstimator:
                 order = order if len(order) else torch.randperm(len(rows), generator=generator)
             batch, order = order[:bs], order[bs:]
             w = tokens[batch] / tokens[batch].sum().clamp(min=1)
+            if saturating:  # first-order loss of each example at the current point, and its gradient's shrinkage
+                loss = (loss0[batch] + (rows[batch] @ (theta.detach() - start)).double()).clamp(min=0)
+                w = w * (-torch.expm1(-loss) / scale0[batch]).float()
             theta.grad = (w[:, None] * rows[batch]).sum(0)
             torch.nn.utils.clip_grad_norm_([theta], cfg.max_grad_norm)
             optimizer.step()
