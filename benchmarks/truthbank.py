@@ -1438,7 +1438,7 @@ def score_at_base(args) -> int:
     from gradselect.estimate.forward import REPLAYS, STEPS, ForwardPassEstimator, SourceGradients
     from gradselect.io import write_json_atomic
     from gradselect.model import apply_adapter, load_model
-    from gradselect.validate.fidelity import loo_select, pairwise_accuracy
+    from gradselect.validate.fidelity import loo_select, noise_ceiling, pairwise_accuracy
 
     torch.set_num_threads(args.threads)
     bank_path = Path(args.bank)
@@ -1552,7 +1552,9 @@ def score_at_base(args) -> int:
         "param_norm": arrays.param_norm, "estimator_base_loss": linear.base_loss_, "forward_base_loss": est.base_loss_,
         "truth_base": {"spearman_vs_theta_star_truth": None if meta_true is None else float(rho(bt, meta_true)),
                        "seeds_per_truth": (max(len(r["losses"]) for r in bank["subsets"]) if base_bank else 1),
-                       "target_alone_rank": figures(bt)["target_alone_rank"], "sd": float(np.std(bt))},
+                       "target_alone_rank": figures(bt)["target_alone_rank"], "sd": float(np.std(bt)),
+                       # Seed A against seed B over the subsets with two (a base bank grown with --seeds 2).
+                       "ceiling": noise_ceiling([r["losses"] for r in bank["subsets"]]) if base_bank else None},
         "variants": scores,
         **({"length_by_trust_check": {"configured": args.configured_length, "by_k": by_trust_check}}
            if by_trust_check is not None else {}),
@@ -1569,6 +1571,13 @@ def score_at_base(args) -> int:
     write_json_atomic(out_path, out)
     print(f"{len(judged)} base-model truths (target alone rank {out['truth_base']['target_alone_rank']}); "
           f"written {out_path}")
+    ceiling = out["truth_base"]["ceiling"]
+    if ceiling and ceiling["n_subsets"] >= 3:
+        lo, hi = ceiling["spearman_seed_to_seed_ci95"]
+        print(f"  noise ceiling over {ceiling['n_subsets']} subsets with 2 seeds: seed to seed Spearman "
+              f"{ceiling['spearman_seed_to_seed']:+.2f} [{lo:+.2f}, {hi:+.2f}], ceiling of the "
+              f"{ceiling['seeds']}-seed mean {ceiling['ceiling_spearman']:.2f}, mean relative difference "
+              f"{ceiling['mean_relative_difference']:.1%}")
     for k, v in scores.items():
         lo, hi = v["spearman_ci95"] or (float("nan"), float("nan"))
         print(f"  {v['spearman']:+.2f} [{lo:+.2f}, {hi:+.2f}]  pairwise {v['pairwise_accuracy']:.2f}  "
