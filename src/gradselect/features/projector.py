@@ -146,8 +146,8 @@ class BlockwiseProjector(Projector):
         self._cached_bytes = 0
 
     @abc.abstractmethod
-    def _draw(self, rows: int, generator: torch.Generator) -> torch.Tensor:
-        """A (rows, proj_dim) float32 block, unscaled (variance 1)."""
+    def _generate(self, seed: int, rows: int) -> torch.Tensor:
+        """The block of seed ``seed``: shape (rows, proj_dim), float32, scaled, on ``self.device``."""
 
     def block(self, name: str, index: int, rows: int) -> torch.Tensor:
         """Block ``index`` of parameter ``name``: rows of P, shape (rows, proj_dim), scaled."""
@@ -155,17 +155,12 @@ class BlockwiseProjector(Projector):
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        gen = torch.Generator(device="cpu").manual_seed(block_seed(self.seed, name, index))
-        block = (self._draw(rows, gen) / math.sqrt(self.proj_dim)).to(self.device)
-        self._keep(key, block)
-        return block
-
-    def _keep(self, key, block: torch.Tensor) -> None:
-        """Cache a block while the budget allows."""
+        block = self._generate(block_seed(self.seed, name, index), rows)
         size = block.numel() * block.element_size()
         if self._cached_bytes + size <= self.max_cache_bytes:
             self._cache[key] = block
             self._cached_bytes += size
+        return block
 
     def project(self, grads):
         missing = set(self.param_shapes) - set(grads)
@@ -238,22 +233,13 @@ class RademacherProjector(BlockwiseProjector):
 
     kind = "rademacher"
 
-    def block(self, name, index, rows):
-        key = (name, index)
-        cached = self._cache.get(key)
-        if cached is not None:
-            return cached
+    def _generate(self, seed, rows):
         n = rows * self.proj_dim
-        words = splitmix64(block_seed(self.seed, name, index), -(-n // 64), self.device)
+        words = splitmix64(seed, -(-n // 64), self.device)
         # Bit j of each word, low first: its 8 little-endian bytes (x86 and CUDA alike), 8 bits each.
         bits = (words.view(torch.uint8)[:, None] >> torch.arange(8, dtype=torch.uint8, device=self.device)) & 1
         block = bits.reshape(-1)[:n].reshape(rows, self.proj_dim).to(torch.float32)
-        block = block.mul_(2 / math.sqrt(self.proj_dim)).sub_(1 / math.sqrt(self.proj_dim))
-        self._keep(key, block)
-        return block
-
-    def _draw(self, rows, generator):  # not used: blocks come from block() above
-        raise NotImplementedError
+        return block.mul_(2 / math.sqrt(self.proj_dim)).sub_(1 / math.sqrt(self.proj_dim))
 
 
 class GaussianProjector(BlockwiseProjector):
@@ -261,8 +247,9 @@ class GaussianProjector(BlockwiseProjector):
 
     kind = "gaussian"
 
-    def _draw(self, rows, generator):
-        return torch.randn(rows, self.proj_dim, generator=generator)
+    def _generate(self, seed, rows):
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        return (torch.randn(rows, self.proj_dim, generator=generator) / math.sqrt(self.proj_dim)).to(self.device)
 
 
 class KroneckerProjector(Projector):
