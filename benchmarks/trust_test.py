@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     by = {}
     for r in rows:
         by.setdefault(r["label"], []).append(r)
-    print(f"\n| from theta*, fine-tuned on | seeds | test loss | exact match |\n|---|---|---|---|")
+    print("\n| from theta*, fine-tuned on | seeds | test loss | exact match |\n|---|---|---|---|")
     for label, rs in sorted(by.items(), key=lambda kv: np.mean([r["loss"] for r in kv[1]])):
         em = f"{np.mean([r['exact_match'] for r in rs]):.3f}" if "exact_match" in rs[0] else "n/a"
         print(f"| {label} | {len(rs) if rs[0]['seed'] is not None else 0} | {np.mean([r['loss'] for r in rs]):.4f} | {em} |")

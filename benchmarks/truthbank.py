@@ -1330,7 +1330,8 @@ def build_base(args) -> int:
     from gradselect.data import load_taskset
     from gradselect.validate import measure_truth, truth_key
 
-    torch.set_num_threads(BANK_THREADS)
+    # No theta* to re-make bitwise here: a build beside another job may take one thread.
+    torch.set_num_threads(args.threads)
     config = SUITES[args.suite]()
     run_dir = Path(args.run_dir)
     bank_path = Path(args.bank or Path(__file__).parent / "truth" / f"{args.suite}.base.json")
@@ -1693,6 +1694,7 @@ def main(argv=None) -> int:
     bb.add_argument("--n-subsets", type=int, default=50, help="random keep-50%% subsets beyond all / target only")
     bb.add_argument("--seeds", type=int, default=1, help="fine-tunes per subset")
     bb.add_argument("--device", default="auto")
+    bb.add_argument("--threads", type=int, default=BANK_THREADS, help="torch threads")
     sc = sub.add_parser("score", help="score every estimator variant against a bank (no training if cached)")
     sc.add_argument("--bank", required=True)
     sc.add_argument("--run-dir", help="cache of theta* and features (default runs/bank-SUITE)")
