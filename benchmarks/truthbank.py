@@ -1622,6 +1622,15 @@ def _truths_of(bank: dict) -> dict:
     return out
 
 
+def _seed_losses_of(bank: dict, truth: str):
+    """``[(sources, losses by seed), ...]`` of the truth :func:`_truths_of` names ``truth``, or None where the
+    bank keeps only one loss per subset (a theta* bank's base-model truth)."""
+    own = "base model" if bank.get("start") == "base" else "theta*"
+    if truth != own:
+        return None
+    return [(r["sources"], [float(x) for x in r["losses"]]) for r in bank["subsets"] if r["losses"]]
+
+
 def score_baselines(args) -> int:
     """Data-only baselines every estimator must beat, from the bank file alone (no model, no features;
     seconds): the number of sources (fewer = lower loss; label-free) and a datamodel on subset
@@ -1631,7 +1640,7 @@ def score_baselines(args) -> int:
     from scipy.stats import spearmanr
 
     from gradselect.io import write_json_atomic
-    from gradselect.validate.fidelity import pairwise_accuracy
+    from gradselect.validate.fidelity import noise_ceiling, pairwise_accuracy
 
     bank_path = Path(args.bank)
     try:
@@ -1658,12 +1667,24 @@ def score_baselines(args) -> int:
         out_truths[truth] = {"n_subsets": len(subsets),
                              "target_alone_true_rank": figures(t, t, subsets)["target_alone_rank"],
                              "variants": {k: figures(v, t, subsets) for k, v in variants.items()}}
+        seeds = _seed_losses_of(bank, truth)
+        if seeds is not None:  # seed A against seed B where a subset has two: what any estimator can reach
+            out_truths[truth]["ceiling"] = noise_ceiling([x for _, x in seeds])
+            out_truths[truth]["ceiling_mixtures_only"] = noise_ceiling([x for sub, x in seeds if sub])
     out = {"bank": str(bank_path), "suite": bank.get("suite"), "truths": out_truths, **_provenance()}
     out_path = Path(args.out) if args.out else bank_path.with_name(bank_path.stem + ".baselines.json")
     write_json_atomic(out_path, out)
     for truth, r in out_truths.items():
         print(f"# {bank.get('suite')}, {truth} truth: {r['n_subsets']} subsets "
               f"(target alone truly ranked {r['target_alone_true_rank']})")
+        for tag, key in (("", "ceiling"), (", mixtures only", "ceiling_mixtures_only")):
+            c = r.get(key)
+            if c and c["n_subsets"] >= 3:
+                lo, hi = c["spearman_seed_to_seed_ci95"]
+                print(f"  noise ceiling{tag}: {c['n_subsets']} subsets with 2 seeds, seed to seed Spearman "
+                      f"{c['spearman_seed_to_seed']:+.2f} [{lo:+.2f}, {hi:+.2f}], ceiling of the "
+                      f"{c['seeds']}-seed truth {c['ceiling_spearman']:.2f}, mean relative difference "
+                      f"{c['mean_relative_difference']:.1%}")
         for k, m in r["variants"].items():
             lo, hi = m["spearman_ci95"] or (float("nan"), float("nan"))
             print(f"  Spearman {m['spearman']:+.2f} [{lo:+.2f}, {hi:+.2f}]  pairwise {m['pairwise_accuracy']:.2f}  "

@@ -39,6 +39,9 @@ def test_noise_ceiling_from_repeated_seeds():
     assert noisy["ceiling_spearman"] == pytest.approx(np.sqrt(2 * r / (1 + r))) and noisy["ceiling_spearman"] > r
     assert spearman_brown(0.5, 3) == pytest.approx(0.75)
     assert noise_ceiling([[1.0], [2.0]])["n_subsets"] == 0
+    # A one-seed truth: an exact estimator correlates with it at sqrt(r), above the seed-to-seed r.
+    one = noise_ceiling([[e + rng.normal(0, 0.2), e + rng.normal(0, 0.2)] for e in expected], k=1)
+    assert one["ceiling_spearman"] == pytest.approx(np.sqrt(one["spearman_seed_to_seed"]))
 
 
 def test_leave_one_out_never_sees_the_held_out_subset():

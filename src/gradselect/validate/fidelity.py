@@ -210,8 +210,9 @@ def noise_ceiling(losses_by_seed: list[list[float]], *, k: int | None = None) ->
         "pairwise_accuracy_seed_to_seed": pairwise_accuracy(a, b),
         "r2_seed_to_seed": float(1 - ((a - b) ** 2).sum() / ss) if ss > 0 else float("nan"),
         "mean_relative_difference": float(np.mean(np.abs(a - b) / ((a + b) / 2))),
-        # The truth is a k-seed mean: its reliability is the Spearman-Brown step-up of one seed's.
-        "ceiling_spearman": float(np.sqrt(max(spearman_brown(rho, k), 0.0))) if k > 1 else rho,
+        # The truth is a k-seed mean: its reliability is the Spearman-Brown step-up of one seed's, and
+        # an exact estimator correlates with it at the root of that (k = 1 too: sqrt(r), not r).
+        "ceiling_spearman": float(np.sqrt(max(spearman_brown(rho, k), 0.0))),
     }
 
 
