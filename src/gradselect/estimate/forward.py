@@ -45,7 +45,9 @@ Step models (``step``)
     point to first order (the cross-entropy gradient of a token is about ``1 - p`` in size,
     ``p = exp(-loss)``). Revisiting an example then pulls less each time, as in a real
     fine-tune, and a small subset's steps stop short of where its frozen mean gradient would
-    overshoot. Needs the per-example losses too (``per_example=True`` records them).
+    overshoot. Needs the per-example losses too (``per_example=True`` records them). On the
+    arith12 bank it ordered subsets worse than ``unroll`` (+0.11 against +0.29; the target alone,
+    whose examples are fitted first, ranked 15th of 26; docs/results.md): a benchmark variant.
 
 The one-step models have the total length ``length`` (parameter-space norm): set it to what
 real fine-tunes move (the trust check measures it), or it defaults to
