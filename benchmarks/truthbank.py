@@ -1573,13 +1573,7 @@ def score_at_base(args) -> int:
     write_json_atomic(out_path, out)
     print(f"{len(judged)} base-model truths (target alone rank {out['truth_base']['target_alone_rank']}); "
           f"written {out_path}")
-    ceiling = out["truth_base"]["ceiling"]
-    if ceiling and ceiling["n_subsets"] >= 3:
-        lo, hi = ceiling["spearman_seed_to_seed_ci95"]
-        print(f"  noise ceiling over {ceiling['n_subsets']} subsets with 2 seeds: seed to seed Spearman "
-              f"{ceiling['spearman_seed_to_seed']:+.2f} [{lo:+.2f}, {hi:+.2f}], ceiling of the "
-              f"{ceiling['seeds']}-seed mean {ceiling['ceiling_spearman']:.2f}, mean relative difference "
-              f"{ceiling['mean_relative_difference']:.1%}")
+    _print_ceiling(out["truth_base"]["ceiling"])
     for k, v in scores.items():
         lo, hi = v["spearman_ci95"] or (float("nan"), float("nan"))
         print(f"  {v['spearman']:+.2f} [{lo:+.2f}, {hi:+.2f}]  pairwise {v['pairwise_accuracy']:.2f}  "
@@ -1591,6 +1585,17 @@ def score_at_base(args) -> int:
                   f"alone ranked {v[key]['target_alone_rank_mean']}"
                   for key in ("chosen", "configured", "best in hindsight")) + f"; chosen {v['lengths_chosen']}")
     return 0
+
+
+def _print_ceiling(ceiling: dict | None, tag: str = "") -> None:
+    """One line for a :func:`gradselect.validate.fidelity.noise_ceiling` result (nothing under 3 subsets)."""
+    if not ceiling or ceiling["n_subsets"] < 3:
+        return
+    lo, hi = ceiling["spearman_seed_to_seed_ci95"]
+    print(f"  noise ceiling{tag}: {ceiling['n_subsets']} subsets with 2 seeds, seed to seed Spearman "
+          f"{ceiling['spearman_seed_to_seed']:+.2f} [{lo:+.2f}, {hi:+.2f}], ceiling of the "
+          f"{ceiling['seeds']}-seed truth {ceiling['ceiling_spearman']:.2f}, mean relative difference "
+          f"{ceiling['mean_relative_difference']:.1%}")
 
 
 def _order_figures(estimated, true, subsets) -> dict:
@@ -1612,21 +1617,24 @@ def _truths_of(bank: dict) -> dict:
     functional. A theta* bank holds its theta* truth and, where measured, the base-model truth; a
     build-base bank only the latter."""
     records = [r for r in bank["subsets"] if r["losses"]]
-    own = ([r["sources"] for r in records], [float(np.mean(r["losses"])) for r in records])
+    out = {_own_truth(bank): ([r["sources"] for r in records], [float(np.mean(r["losses"])) for r in records])}
     if bank.get("start") == "base":
-        return {"base model": own}
-    out = {"theta*": own}
+        return out
     base = bank.get("base_model_truth", [])
     if base:
         out["base model"] = ([r["sources"] for r in base], [float(r["loss"]) for r in base])
     return out
 
 
+def _own_truth(bank: dict) -> str:
+    """The name of the truth a bank's ``subsets`` records hold (the one with every seed's loss)."""
+    return "base model" if bank.get("start") == "base" else "theta*"
+
+
 def _seed_losses_of(bank: dict, truth: str):
     """``[(sources, losses by seed), ...]`` of the truth :func:`_truths_of` names ``truth``, or None where the
     bank keeps only one loss per subset (a theta* bank's base-model truth)."""
-    own = "base model" if bank.get("start") == "base" else "theta*"
-    if truth != own:
+    if truth != _own_truth(bank):
         return None
     return [(r["sources"], [float(x) for x in r["losses"]]) for r in bank["subsets"] if r["losses"]]
 
@@ -1677,14 +1685,8 @@ def score_baselines(args) -> int:
     for truth, r in out_truths.items():
         print(f"# {bank.get('suite')}, {truth} truth: {r['n_subsets']} subsets "
               f"(target alone truly ranked {r['target_alone_true_rank']})")
-        for tag, key in (("", "ceiling"), (", mixtures only", "ceiling_mixtures_only")):
-            c = r.get(key)
-            if c and c["n_subsets"] >= 3:
-                lo, hi = c["spearman_seed_to_seed_ci95"]
-                print(f"  noise ceiling{tag}: {c['n_subsets']} subsets with 2 seeds, seed to seed Spearman "
-                      f"{c['spearman_seed_to_seed']:+.2f} [{lo:+.2f}, {hi:+.2f}], ceiling of the "
-                      f"{c['seeds']}-seed truth {c['ceiling_spearman']:.2f}, mean relative difference "
-                      f"{c['mean_relative_difference']:.1%}")
+        _print_ceiling(r.get("ceiling"))
+        _print_ceiling(r.get("ceiling_mixtures_only"), ", mixtures only")
         for k, m in r["variants"].items():
             lo, hi = m["spearman_ci95"] or (float("nan"), float("nan"))
             print(f"  Spearman {m['spearman']:+.2f} [{lo:+.2f}, {hi:+.2f}]  pairwise {m['pairwise_accuracy']:.2f}  "
