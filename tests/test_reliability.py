@@ -230,3 +230,25 @@ def test_force_features_with_bad_weights_keeps_the_old_store(run_copy, capsys):
     err = capsys.readouterr().err
     assert "cannot read the weights" in err or "corrupt" in err
     assert snapshot(run_dir / "features") == before
+
+
+def test_atomic_writes_give_the_mode_a_plain_write_would(tmp_path):
+    """mkstemp makes 0600 files; an artifact a user shares (report.md, selection.json) must not be private."""
+    import os
+    import stat
+
+    from gradselect.io import write_json_atomic
+
+    umask = os.umask(0o022)
+    try:
+        fresh = tmp_path / "fresh.json"
+        write_json_atomic(fresh, {"a": 1})
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o644
+        kept = tmp_path / "kept.json"
+        kept.write_text("{}")
+        kept.chmod(0o640)
+        write_json_atomic(kept, {"b": 2})
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o640
+        assert json.loads(kept.read_text()) == {"b": 2}
+    finally:
+        os.umask(umask)
