@@ -1618,7 +1618,7 @@ def _truths_of(bank: dict) -> dict:
     build-base bank only the latter."""
     records = [r for r in bank["subsets"] if r["losses"]]
     out = {_own_truth(bank): ([r["sources"] for r in records], [float(np.mean(r["losses"])) for r in records])}
-    if bank.get("start") == "base":
+    if _own_truth(bank) == "base model":
         return out
     base = bank.get("base_model_truth", [])
     if base:
