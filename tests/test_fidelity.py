@@ -357,3 +357,25 @@ def test_size_baseline_orders_subsets_by_their_number_of_sources():
     assert helped["spearman"] == pytest.approx(-1.0) and helped["pairwise_accuracy"] == pytest.approx(0.0)
     same = size_baseline([["a"], ["b"], ["c"]], [1.0, 2.0, 3.0])  # one size: no order to offer
     assert np.isnan(same["spearman"]) and same["spearman_ci95"] is None
+
+
+def test_size_calibration_keeps_the_estimate_slope_nonnegative_and_sees_size():
+    """benchmarks/size_calibration.py: an estimate anti-correlated with the truth is dropped (never inverted),
+    and where the truth is the subset's size the joint map orders the unseen subsets as size does."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from size_calibration import fit_predict, simulate
+
+    X = np.array([[1.0], [2.0], [3.0]])
+    y = np.array([3.0, 2.0, 1.0])
+    assert np.allclose(fit_predict(X, y, np.array([[10.0]])), [2.0])  # slope < 0: the mean, not an inversion
+    rng = np.random.default_rng(0)
+    names = [f"s{i}" for i in range(10)]
+    subsets = [[]] + [sorted(rng.choice(names, int(rng.integers(1, 10)), replace=False).tolist()) for _ in range(30)]
+    truth = np.log1p([len(s) for s in subsets]) + rng.normal(0, 0.01, len(subsets))
+    noise = rng.normal(size=len(subsets))
+    res = simulate(subsets, truth, noise, ks=(8,), draws=20)
+    assert res["k=8"]["est+size"]["mean"] > 0.9
+    assert abs(res["k=8"]["est"]["mean"]) < 0.5
