@@ -1,8 +1,8 @@
 """Does a trust check do better fitting the estimate together with the subset's size?
 
 Data only (seconds): reads a truth bank and the forward-pass estimates already kept beside it,
-draws simulated trust checks of k subsets (the target alone always among them, as in the
-product), fits on the checked subsets' truths an affine map of
+draws simulated trust checks of k subsets (the target alone and all sources always among them,
+as the product draws them: ``truthbank._trust_check_draws``), fits on the checked subsets' truths an affine map of
 
 - ``est``: the forward estimate alone (slope kept >= 0: an inverted estimate is not an estimate),
 - ``size``: log(1 + number of sources) alone (the label-free dilution count),
@@ -20,25 +20,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
+from truthbank import _trust_check_draws
 
 
 def load(bank_path, scores_path=None, forward_path=None, key="sign|0.2"):
-    """(subsets, seed-mean truths, estimates) on the subsets that have an estimate."""
-    bank = json.load(open(bank_path))
+    """(subsets, seed-mean truths, estimates, number of sources) on the subsets that have an estimate."""
+    bank = json.loads(Path(bank_path).read_text())
     if scores_path:
-        scores = json.load(open(scores_path))
+        scores = json.loads(Path(scores_path).read_text())
         idx = scores["judged"]
         est = np.array(scores["forward_estimates"][key])
     else:
-        passes = json.load(open(forward_path))["passes"]
+        passes = json.loads(Path(forward_path).read_text())["passes"]
         idx = list(range(len(bank["subsets"])))
         est = np.array([passes[f"{key}|" + ";".join(sorted(bank["subsets"][i]["sources"]))] for i in idx])
     subsets = [bank["subsets"][i]["sources"] for i in idx]
     truth = np.array([np.mean(bank["subsets"][i]["losses"]) for i in idx])
-    return subsets, truth, est
+    return subsets, truth, est, len(bank["sources"])
 
 
 def fit_predict(X, y, X_new):
@@ -54,19 +56,14 @@ def fit_predict(X, y, X_new):
     return np.c_[np.ones(len(X_new)), X_new] @ coef
 
 
-def simulate(subsets, truth, est, ks=(8, 12), draws=200, seed=0) -> dict:
-    rng = np.random.default_rng(seed)
+def simulate(subsets, truth, est, n_sources, ks=(8, 12), draws=200, seed=0) -> dict:
     size = np.log1p([len(s) for s in subsets])
     feats = {"est": est[:, None], "size": size[:, None], "est+size": np.c_[est, size]}
-    alone = next(i for i, s in enumerate(subsets) if not s)
-    others = [i for i in range(len(truth)) if i != alone]
     out = {"all_subsets_spearman": {"est": float(spearmanr(est, truth)[0]),
                                     "size": float(spearmanr(size, truth)[0])}}
-    for k in ks:
+    for k, checks in _trust_check_draws(subsets, n_sources, ks, draws, seed):
         rhos = {m: [] for m in feats}
-        for _ in range(draws):
-            check = [alone, *rng.choice(others, k - 1, replace=False)]
-            unseen = [i for i in range(len(truth)) if i not in check]
+        for check, unseen in checks:
             for m, X in feats.items():
                 pred = fit_predict(X[check], truth[check], X[unseen])
                 # a constant prediction orders nothing: count it as 0, not as a missing draw
@@ -85,11 +82,11 @@ def main(argv=None) -> int:
     p.add_argument("--draws", type=int, default=200)
     args = p.parse_args(argv)
     try:
-        subsets, truth, est = load(args.bank, args.scores, args.forward, args.key)
+        subsets, truth, est, n_sources = load(args.bank, args.scores, args.forward, args.key)
     except (OSError, KeyError, ValueError) as e:
         print(f"{args.scores or args.forward}: cannot read estimate {args.key!r}: {e}", file=sys.stderr)
         return 2
-    res = simulate(subsets, truth, est, draws=args.draws)
+    res = simulate(subsets, truth, est, n_sources, draws=args.draws)
     print(f"{args.bank} ({len(truth)} subsets), estimate {args.key}: all subsets Spearman "
           f"est {res['all_subsets_spearman']['est']:+.2f}, size {res['all_subsets_spearman']['size']:+.2f}")
     for k, v in res.items():

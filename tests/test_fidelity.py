@@ -376,6 +376,6 @@ def test_size_calibration_keeps_the_estimate_slope_nonnegative_and_sees_size():
     subsets = [[]] + [sorted(rng.choice(names, int(rng.integers(1, 10)), replace=False).tolist()) for _ in range(30)]
     truth = np.log1p([len(s) for s in subsets]) + rng.normal(0, 0.01, len(subsets))
     noise = rng.normal(size=len(subsets))
-    res = simulate(subsets, truth, noise, ks=(8,), draws=20)
+    res = simulate(subsets, truth, noise, len(names), ks=(8,), draws=20)
     assert res["k=8"]["est+size"]["mean"] > 0.9
     assert abs(res["k=8"]["est"]["mean"]) < 0.5

@@ -250,7 +250,7 @@ def test_atomic_writes_give_the_mode_a_plain_write_would(tmp_path):
         write_json_atomic(kept, {"b": 2})
         assert stat.S_IMODE(kept.stat().st_mode) == 0o640
         assert json.loads(kept.read_text()) == {"b": 2}
-        # the umask is read, not reset: another value set by the user is honoured
+        # a non-default umask is honoured, and left as it was
         os.umask(0o027)
         private = tmp_path / "private.json"
         write_json_atomic(private, {"c": 3})
