@@ -1336,9 +1336,7 @@ def build_base(args) -> int:
     run_dir = Path(args.run_dir)
     bank_path = Path(args.bank or Path(__file__).parent / "truth" / f"{args.suite}.base.json")
     taskset = load_taskset(config.data)
-    adapter, store = features_at_base(config, taskset, run_dir, args.device)
-    identity = {"base_model_sha256": store.manifest["model"]["weights_sha256"],
-                "initial_adapter_sha256": _sha(adapter), "dataset_fingerprint": store.manifest["dataset_fingerprint"]}
+    identity = base_identity(config, taskset, run_dir, args.device)
     truth_train = config.train.model_copy(update={"max_steps": TRUTH_STEPS})
     bank = json.loads(bank_path.read_text()) if bank_path.exists() else None
     if bank is not None and bank.get("identity") != identity:
@@ -1373,6 +1371,21 @@ def fresh_adapter(config, folder: Path, device: str) -> Path:
         save_initial_adapter(folder, model_config=config.model, adapter_config=config.adapter,
                              seed=config.train.seed, device=device)
     return adapter
+
+
+def base_identity(config, taskset, run_dir: Path, device: str) -> dict:
+    """What a base-model bank is made from: the base model's weights, the data and the fresh adapter
+    (:func:`fresh_adapter`), the same digests the features at the base model carry in their manifest,
+    computed without featurizing (growing the bank needs no features; ``at-base`` makes them)."""
+    from gradselect.features.extract import weights_digest
+    from gradselect.model import load_model
+
+    adapter = fresh_adapter(config, run_dir / "at_base", device)
+    model, _ = load_model(config.model, device=device)
+    digest = weights_digest(model)
+    del model
+    return {"base_model_sha256": digest, "initial_adapter_sha256": _sha(adapter),
+            "dataset_fingerprint": taskset.fingerprint()}
 
 
 def features_at_base(config, taskset, run_dir: Path, device: str):
