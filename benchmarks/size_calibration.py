@@ -8,12 +8,26 @@ as the product draws them: ``truthbank._trust_check_draws``), fits on the checke
 - ``size``: log(1 + number of sources) alone (the label-free dilution count),
 - ``est+size``: both (the estimate's slope kept >= 0),
 
-and scores each map's order on the subsets the check did not see (Spearman, mean over draws).
+and, as the product corrects its estimates, the residual surrogate
+(:class:`gradselect.estimate.surrogate.ResidualSurrogate`, RBF kernel ridge on subset indicators) fitted on
+
+- ``raw``: the estimate itself, uncorrected (what selection orders with the surrogate off),
+- ``raw+krr``: the estimate plus the surrogate on its residuals (``[run] residual_surrogate = "on"``),
+- ``est+size+krr``: the ``est+size`` map plus the surrogate on its residuals,
+
+then the trust check's automatic choice (``auto``: the candidate whose leave-one-out predictions on the
+checked subsets order them best by pairwise accuracy, ties to the earlier one) among ``raw, raw+krr``
+(the product's ``residual_surrogate = "auto"``) and among ``raw, raw+krr, est+size+krr`` (the size map
+as a third candidate), and scores each on the subsets the check did not see (Spearman, mean over draws).
 
     python benchmarks/size_calibration.py --bank benchmarks/truth/arith12.base.json \
         --scores benchmarks/truth/arith12.base.at-base.steps.scores.json --key "sign|0.2"
     python benchmarks/size_calibration.py --bank benchmarks/truth/planted12.json \
         --forward benchmarks/truth/planted12.forward.json --key "sign|1.87930468"
+    python benchmarks/size_calibration.py --bank benchmarks/truth/bbh12.base.json \
+        --scores benchmarks/truth/bbh12.base.at-base.scores.json --key "sign|0.2"
+    python benchmarks/size_calibration.py --bank benchmarks/truth/bbh12.base.json \
+        --scores benchmarks/truth/bbh12.base.at-base.scores.json --key "linear, default radius"
 """
 from __future__ import annotations
 
@@ -32,8 +46,9 @@ def load(bank_path, scores_path=None, forward_path=None, key="sign|0.2"):
     bank = json.loads(Path(bank_path).read_text())
     if scores_path:
         scores = json.loads(Path(scores_path).read_text())
-        idx = scores["judged"]
-        est = np.array(scores["forward_estimates"][key])
+        kept = scores.get("forward_estimates", {}) | scores.get("estimates", {})
+        est = np.array(kept[key])
+        idx = scores.get("judged", list(range(len(est))))
     else:
         passes = json.loads(Path(forward_path).read_text())["passes"]
         idx = list(range(len(bank["subsets"])))
@@ -56,19 +71,61 @@ def fit_predict(X, y, X_new):
     return np.c_[np.ones(len(X_new)), X_new] @ coef
 
 
+def corrected(est, size, masks, truth, check, new) -> dict:
+    """Predictions for the subsets ``new`` of each surrogate candidate, fitted on the subsets ``check``."""
+    from gradselect.estimate.surrogate import ResidualSurrogate
+
+    X = np.c_[est, size]
+    level = fit_predict(X[check], truth[check], X[check])
+    raw_fit = ResidualSurrogate().fit(masks[check], truth[check] - est[check])
+    size_fit = ResidualSurrogate().fit(masks[check], truth[check] - level)
+    return {"raw": est[new], "raw+krr": est[new] + raw_fit.predict(masks[new]),
+            "est+size+krr": fit_predict(X[check], truth[check], X[new]) + size_fit.predict(masks[new])}
+
+
+def auto_choice(est, size, masks, truth, check, pool) -> str:
+    """The candidate of ``pool`` whose leave-one-out predictions order the checked subsets best."""
+    from gradselect.validate.fidelity import pairwise_accuracy
+
+    check = np.asarray(check)
+    loo = {m: np.empty(len(check)) for m in pool}
+    for i in range(len(check)):
+        pred = corrected(est, size, masks, truth, np.delete(check, i), check[i : i + 1])
+        for m in pool:
+            loo[m][i] = pred[m][0]
+    marks = {m: pairwise_accuracy(loo[m], truth[check]) for m in pool}
+    return max(pool, key=lambda m: (marks[m], -pool.index(m)))
+
+
+AUTO_POOLS = {"auto(raw, raw+krr)": ("raw", "raw+krr"),
+              "auto(raw, raw+krr, est+size+krr)": ("raw", "raw+krr", "est+size+krr")}
+
+
 def simulate(subsets, truth, est, n_sources, ks=(8, 12), draws=200, seed=0) -> dict:
     size = np.log1p([len(s) for s in subsets])
+    names = sorted({n for s in subsets for n in s})
+    masks = np.array([[n in s for n in names] for s in subsets], dtype=bool)
     feats = {"est": est[:, None], "size": size[:, None], "est+size": np.c_[est, size]}
     out = {"all_subsets_spearman": {"est": float(spearmanr(est, truth)[0]),
                                     "size": float(spearmanr(size, truth)[0])}}
+
+    def rho(pred, unseen):  # a constant prediction orders nothing: 0, not a missing draw
+        return 0.0 if np.ptp(pred) == 0 else float(spearmanr(pred, truth[unseen])[0])
+
     for k, checks in _trust_check_draws(subsets, n_sources, ks, draws, seed):
-        rhos = {m: [] for m in feats}
+        rhos = {m: [] for m in [*feats, "raw", "raw+krr", "est+size+krr", *AUTO_POOLS]}
+        picks = {a: [] for a in AUTO_POOLS}
         for check, unseen in checks:
             for m, X in feats.items():
-                pred = fit_predict(X[check], truth[check], X[unseen])
-                # a constant prediction orders nothing: count it as 0, not as a missing draw
-                rhos[m].append(0.0 if np.ptp(pred) == 0 else spearmanr(pred, truth[unseen])[0])
+                rhos[m].append(rho(fit_predict(X[check], truth[check], X[unseen]), unseen))
+            preds = corrected(est, size, masks, truth, np.asarray(check), np.asarray(unseen))
+            for m, pred in preds.items():
+                rhos[m].append(rho(pred, unseen))
+            for a, pool in AUTO_POOLS.items():
+                picks[a].append(auto_choice(est, size, masks, truth, check, pool))
+                rhos[a].append(rho(preds[picks[a][-1]], unseen))
         out[f"k={k}"] = {m: {"mean": float(np.mean(v)), "sd": float(np.std(v))} for m, v in rhos.items()}
+        out[f"k={k}"]["auto_picks"] = {a: {m: v.count(m) for m in AUTO_POOLS[a]} for a, v in picks.items()}
     return out
 
 
@@ -76,10 +133,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bank", required=True)
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--scores", help="an at-base scores file with forward_estimates and judged")
+    g.add_argument("--scores", help="an at-base scores file with forward_estimates (and judged) or estimates")
     g.add_argument("--forward", help="a bank's forward.json cache of theta* passes")
     p.add_argument("--key", default="sign|0.2", help="which kept forward estimate")
     p.add_argument("--draws", type=int, default=200)
+    p.add_argument("--out", help="also write the figures here as JSON")
     args = p.parse_args(argv)
     try:
         subsets, truth, est, n_sources = load(args.bank, args.scores, args.forward, args.key)
@@ -92,7 +150,12 @@ def main(argv=None) -> int:
     for k, v in res.items():
         if k.startswith("k="):
             print(f"  trust check {k}, unseen subsets, mean Spearman over {args.draws} draws: "
-                  + "  ".join(f"{m} {x['mean']:+.2f} (sd {x['sd']:.2f})" for m, x in v.items()))
+                  + "  ".join(f"{m} {x['mean']:+.2f} (sd {x['sd']:.2f})" for m, x in v.items() if "mean" in x))
+            print(f"    auto picks: {v['auto_picks']}")
+    if args.out:
+        from gradselect.io import write_json_atomic
+
+        write_json_atomic(Path(args.out), {"bank": args.bank, "estimate": args.key, "draws": args.draws, **res})
     return 0
 
 

@@ -379,3 +379,9 @@ def test_size_calibration_keeps_the_estimate_slope_nonnegative_and_sees_size():
     res = simulate(subsets, truth, noise, len(names), ks=(8,), draws=20)
     assert res["k=8"]["est+size"]["mean"] > 0.9
     assert abs(res["k=8"]["est"]["mean"]) < 0.5
+    assert res["k=8"]["est+size+krr"]["mean"] > 0.8  # the surrogate on top keeps what the size map found
+    # An estimate that is the truth: left uncorrected, and the automatic choice keeps that order.
+    exact = simulate(subsets, truth, 3.0 * truth, len(names), ks=(8,), draws=10)["k=8"]
+    assert exact["raw"]["mean"] > 0.99
+    assert exact["auto(raw, raw+krr)"]["mean"] > 0.95
+    assert sum(exact["auto_picks"]["auto(raw, raw+krr)"].values()) == 10
