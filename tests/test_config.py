@@ -74,6 +74,10 @@ def test_forward_scorer_defaults_and_ignored_options(tmp_path):
     # A config that sets n_subsets keeps it.
     assert RunConfig.model_validate({"estimate": {"scorer": "forward"},
                                      "select": {"n_subsets": 64}}).select_config().n_subsets == 64
+    # The residual surrogate: on for the linear scorer, auto for the forward scorer, unless set.
+    assert linear.run.residual_surrogate_mode() == "on" and linear.run.residual_surrogate_mode("forward") == "auto"
+    set_off = RunConfig.model_validate({"run": {"residual_surrogate": "off"}})
+    assert set_off.run.residual_surrogate_mode() == set_off.run.residual_surrogate_mode("forward") == "off"
     with pytest.warns(UserWarning, match="forward_step is ignored by scorer 'linear'"):
         RunConfig.model_validate({"estimate": {"forward_step": "adam"}})
     bad = tmp_path / "bad.toml"

@@ -150,7 +150,14 @@ def test_run_with_the_forward_scorer_selects_by_real_forward_passes(tmp_path, ca
         model, tok, grads, taskset.target_dev.examples, config.tokenize)
     length = choice["chosen_fraction"] * by_hand.param_norm_
     assert np.isclose(sel["params"]["forward_step_length"], length, rtol=1e-6)
-    assert np.isclose(by_hand.estimate([sel["chosen"]], length=length)[0], sel["estimated_loss"], rtol=1e-4)
+    # The forward scorer's default residual_surrogate is "auto": decided on the 3 validated subsets, recorded.
+    surrogate = sel["params"]["forward_surrogate_choice"]
+    assert surrogate["mode"] == "auto" and surrogate["subsets"] == 3
+    assert surrogate["apply"] == (surrogate["pairwise_accuracy"]["forward + surrogate (held out)"]
+                                  > surrogate["pairwise_accuracy"]["forward"])
+    assert "residual surrogate of the trust check's 3 subsets" in (run_dir / "report.md").read_text()
+    if not surrogate["apply"]:  # (when it applies, the estimate carries its correction)
+        assert np.isclose(by_hand.estimate([sel["chosen"]], length=length)[0], sel["estimated_loss"], rtol=1e-4)
     assert np.isclose(by_hand.base_loss_, sel["params"]["base_loss"], rtol=1e-5)
     gradients = run_dir / "source_gradients" / "gradients.safetensors"
     assert gradients.exists()
@@ -166,6 +173,7 @@ def test_run_with_the_forward_scorer_selects_by_real_forward_passes(tmp_path, ca
     assert main(["select", str(cfg), "--features", str(run_dir / "features"), "-o", str(out), "-q"]) == 0
     again = json.loads(out.read_text())
     assert again["params"]["forward_length_choice"] == choice
+    assert again["params"]["forward_surrogate_choice"] == surrogate
     assert again["chosen"] == sel["chosen"] and np.isclose(again["estimated_loss"], sel["estimated_loss"], rtol=1e-6)
     assert again["params"]["evidence"]["measured_error"] == pytest.approx(ev["measured_error"], rel=1e-6)
     assert gradients.stat().st_mtime_ns == stamp
@@ -272,6 +280,84 @@ def test_trust_check_chooses_the_forward_step_length_by_the_order_of_its_subsets
     assert plain.gain_error_ == pytest.approx(gain_error(at[0.1], means, subsets, noise=seed_noise(subsets, losses)))
     with pytest.raises(Exception, match="positive"):
         plain.set_length(0.0)
+
+
+def test_forward_scores_corrected_by_the_trust_checks_surrogate_only_where_it_orders_better(setup, tmp_path):
+    """correct_forward_scorer fits the residual surrogate to the trust check's truths minus the forward
+    scores: ``auto`` uses it when its held-out corrections order the validated subsets better (a source
+    the forward pass misjudges), not when the scores are already right; ``on`` always, ``off`` never.
+    The corrected scorer's estimates are score + surrogate, its gain error is measured on them, and the
+    selection records and prints the decision."""
+    import itertools
+    import json
+
+    from gradselect.estimate import FeatureArrays, SubsetEstimator
+    from gradselect.estimate.config import EstimateConfig
+    from gradselect.estimate.forward import ForwardScoredEstimator
+    from gradselect.estimate.surrogate import CorrectedEstimator, ResidualSurrogate
+    from gradselect.features import FeatureStore, featurize
+    from gradselect.report import format_selection
+    from gradselect.select import SelectConfig
+    from gradselect.select.stage import select_sources
+    from gradselect.validate import correct_forward_scorer
+    from gradselect.validate.fidelity import pairwise_accuracy
+    from gradselect.validate.trust import gain_error, seed_noise
+
+    config, taskset, model, tok = setup
+    featurize(taskset, tmp_path / "features", feature_config=config.features, adapter_path=None,
+              model_config=config.model, adapter_config=config.adapter, tokenize_config=config.tokenize,
+              device="cpu", progress=False)
+    linear = SubsetEstimator(EstimateConfig()).fit(FeatureArrays.from_store(FeatureStore.open(tmp_path / "features")))
+    grads = SourceGradients.compute(model, tok, taskset, config.tokenize)
+    names = taskset.source_names
+    subsets = [list(c) for r in range(len(names) + 1) for c in itertools.combinations(names, r)]
+
+    def scorer():
+        fwd = ForwardPassEstimator("sign", length_fraction=0.1).fit(model, tok, grads, taskset.target_dev.examples,
+                                                                    config.tokenize)
+        return ForwardScoredEstimator(linear, fwd)
+
+    est = scorer().estimate(subsets)
+    spread = float(np.ptp(est)) or 1.0
+
+    def validation(true, name):
+        losses = [[t, t + 0.001 * spread] if i < 2 else [t] for i, t in enumerate(true)]
+        path = tmp_path / name
+        path.write_text(json.dumps({"subsets": [{"sources": s, "true_losses": x} for s, x in zip(subsets, losses)]}))
+        return path, losses
+
+    # The forward pass misjudges one source: every subset holding it is truly much worse.
+    misjudged = est + 3 * spread * np.array([names[0] in s for s in subsets])
+    path, losses = validation(misjudged, "misjudged.json")
+    plain = scorer()
+    corrected = correct_forward_scorer(plain, path, "auto")
+    means = np.array([np.mean(x) for x in losses])
+    masks = linear.subset_masks(subsets)
+    held_out = est + ResidualSurrogate.held_out(masks, means - est)
+    assert pairwise_accuracy(held_out, means) > pairwise_accuracy(est, means)
+    assert isinstance(corrected, CorrectedEstimator) and corrected.estimator is plain
+    choice = plain.surrogate_choice_
+    assert choice["apply"] and choice["mode"] == "auto" and choice["subsets"] == len(subsets)
+    assert choice["pairwise_accuracy"]["forward"] == pytest.approx(pairwise_accuracy(est, means))
+    fitted = ResidualSurrogate().fit(masks, means - est)
+    assert np.allclose(corrected.estimate(subsets), est + fitted.predict(masks))
+    reference = est[0] + fitted.predict(masks[:1])[0]
+    assert corrected.gain_error_ == pytest.approx(gain_error(held_out, means, subsets, reference=reference,
+                                                             noise=seed_noise(subsets, losses)))
+    selection = select_sources(corrected, SelectConfig(method="forward", margin=0.0), tmp_path / "selection.json")
+    assert names[0] not in selection.chosen
+    assert selection.params["forward_surrogate_choice"] == choice
+    assert "corrected by the residual surrogate" in format_selection(selection)
+
+    # Scores already right: auto leaves them alone; on corrects anyway; off does nothing.
+    path, _ = validation(2.0 * est + 1.0, "exact.json")
+    plain = scorer()
+    assert correct_forward_scorer(plain, path, "auto") is plain and not plain.surrogate_choice_["apply"]
+    assert isinstance(correct_forward_scorer(scorer(), path, "on"), CorrectedEstimator)
+    off = scorer()
+    assert correct_forward_scorer(off, path, "off") is off and getattr(off, "surrogate_choice_", None) is None
+    with pytest.raises(Exception, match="auto, on or off"):
+        correct_forward_scorer(scorer(), path, "sometimes")
 
 
 def test_unroll_replays_the_trainers_first_step_and_keeps_per_example_gradients(setup, tmp_path):

@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--surrogate", choices=["auto", "on", "off"], default=None,
                    help="correct later estimates by kernel ridge on the validated subsets' residuals: on, auto (when "
                    "it orders the held-out validated subsets better than the calibrated step), off (default: [run] "
-                   "residual_surrogate, on)")
+                   "residual_surrogate, on for the linear estimator this fits it to)")
     p.add_argument("--start", choices=["meta", "base"], default=None,
                    help="where the fine-tunes start: meta (theta*, --adapter) or base (the base model, where final "
                    "fine-tunes start by default: the truth the user gets) (default: [run] validate_init; auto: "
@@ -471,12 +471,14 @@ def _forward_scored(config, estimator, args):
                             out / "source_gradients" / "gradients.safetensors", device=args.device,
                             progress=not args.quiet)
     from gradselect.features import FeatureStore
-    from gradselect.validate import trust_forward_scorer
+    from gradselect.validate import correct_forward_scorer, trust_forward_scorer
     from gradselect.validate.calibration import read_calibration
 
     calib = read_calibration(Path(args.features).parent / "calibration.json", FeatureStore.open(args.features).manifest)
     if calib and calib.get("validation") and Path(calib["validation"]).exists():
         trust_forward_scorer(scored, Path(calib["validation"]), config.estimate.forward_length_candidates)
+        scored = correct_forward_scorer(scored, Path(calib["validation"]),
+                                        config.run.residual_surrogate_mode(scorer="forward"))
     else:
         from gradselect.select.stage import FORWARD_WITHOUT_TRUST_CHECK
 
@@ -543,7 +545,7 @@ def cmd_validate(args) -> int:
     if store.manifest["dataset_fingerprint"] != taskset.fingerprint():
         raise GradselectError(f"{args.features}: features were computed from other data than this config's")
     report = validate(config, taskset, store, args.adapter, args.output, k=args.k, repeats=args.repeats,
-                      seed=args.seed, surrogate=args.surrogate or config.run.residual_surrogate,
+                      seed=args.seed, surrogate=args.surrogate or config.run.residual_surrogate_mode(),
                       start=args.start or config.run.trust_check_start(), device=args.device, progress=not args.quiet)
     print(format_validation(report))
     print(f"results: {args.output / 'validation.json'}, {args.output / 'validation.png'}")

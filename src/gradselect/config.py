@@ -96,15 +96,22 @@ class RunSection(StrictConfig):
     base model the grid is centred on the default step."""
     validate_repeats: int = pydantic.Field(default=2, ge=0)
     """Trust check: subsets fine-tuned again with another seed (noise floor)."""
-    residual_surrogate: Literal["auto", "on", "off"] = "on"
+    residual_surrogate: Literal["auto", "on", "off"] | None = None
     """Trust check: correct selection's estimates by kernel ridge on the validated subsets' residuals
-    (true minus estimated loss). ``on`` (default) always; ``auto`` when its held-out order of the
-    validated subsets (each corrected by a surrogate fitted on the others) beats the calibrated
-    step's; ``off`` never. On the planted12 truth bank (29 subsets) ``on`` ordered unseen subsets
-    better than ``auto`` and than the calibrated step alone at every trust-check size from 6 to
-    12; on the demo's data ``auto`` left it out (the estimates ordered the 8 validated subsets
-    better, Spearman 0.93 against 0.74), and the selection kept a planted-noisy source that the
-    surrogate drops."""
+    (true minus estimated loss). ``on`` always; ``auto`` when its held-out order of the validated
+    subsets (each corrected by a surrogate fitted on the others) beats the uncorrected estimates'
+    (for the linear scorer: the calibrated step's); ``off`` never. Default: ``on`` with the linear
+    scorer, ``auto`` with the forward scorer (:meth:`residual_surrogate_mode`).
+    Linear scorer: on the planted12 truth bank (29 subsets) ``on`` ordered unseen subsets better
+    than ``auto`` and than the calibrated step alone at every trust-check size from 6 to 12, and
+    on the bbh12 and arith12 base-model banks by 0.02-0.21 (simulated checks of 8 and 12,
+    docs/results.md); on the demo's data ``auto`` left it out (the estimates ordered the 8
+    validated subsets better, Spearman 0.93 against 0.74), and the selection kept a
+    planted-noisy source that the surrogate drops. Forward scorer
+    (:func:`gradselect.validate.trust.correct_forward_scorer`): ``on`` lowered the unseen
+    subsets' order by 0.04-0.27 where the forward scores already ordered them well (planted12,
+    bbh12) and raised it by 0.20-0.23 where they did not (arith12); ``auto`` kept within 0.03
+    of the better on the first two and gained 0.15 on arith12."""
     conventional_budget: int = pydantic.Field(default=0, ge=0)
     """Also run the conventional baseline, forward selection with one real fine-tune (from the
     base model, trained like the final fine-tunes) per candidate, with at most this many
@@ -114,6 +121,13 @@ class RunSection(StrictConfig):
     def trust_check_start(self) -> str:
         """``meta`` or ``base``: where the trust check's fine-tunes start (``validate_init`` resolved)."""
         return self.final_init if self.validate_init == "auto" else self.validate_init
+
+    def residual_surrogate_mode(self, scorer: str = "linear") -> str:
+        """``residual_surrogate`` as set, else its measured default for ``scorer`` (``[estimate] scorer``):
+        ``on`` for the linear scorer, ``auto`` for the forward scorer."""
+        if self.residual_surrogate is not None:
+            return self.residual_surrogate
+        return "auto" if scorer == "forward" else "on"
 
     @pydantic.field_validator("validate_k")
     @classmethod

@@ -289,13 +289,13 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
         # (a theta* start keeps the keys it had before the start was a choice)
         start = [] if config.run.trust_check_start() == "meta" else ["from the base model"]
         val_key = content_key("validate", feat_key, _dump(final_train), _dump(config.estimate),
-                              config.run.validate_k, config.run.validate_repeats, config.run.residual_surrogate,
+                              config.run.validate_k, config.run.validate_repeats, config.run.residual_surrogate_mode(),
                               *start)
         # Fine-tunes are cached under content keys in validation/runs/: never cleared.
         stage("validate", val_key, [run_dir / "validation" / "validation.json", calibration],
               lambda: validate(config, taskset, FeatureStore.open(feat_dir), meta_dir / "adapter",
                                run_dir / "validation", k=config.run.validate_k, repeats=config.run.validate_repeats,
-                               surrogate=config.run.residual_surrogate, start=config.run.trust_check_start(),
+                               surrogate=config.run.residual_surrogate_mode(), start=config.run.trust_check_start(),
                                device=device, progress=progress))
 
     # 4. estimate + select. Only this run's own trust check calibrates it.
@@ -312,7 +312,8 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     forward = estimate_config.scorer == "forward"
     validation_file = run_dir / "validation" / "validation.json"
     # The forward scorer's gain error is measured on the trust check's real fine-tunes.
-    truths = [file_digest(validation_file)] if forward and config.run.validate_k else []
+    forward_surrogate = config.run.residual_surrogate_mode(scorer="forward")
+    truths = [file_digest(validation_file), forward_surrogate] if forward and config.run.validate_k else []
     sel_key = content_key("select", feat_key, _dump(estimate_config), _dump(select_config), list(config.run.compare),
                           surrogate, *([gain_rmse] if gain_rmse is not None else []),
                           *([meta_key, config.train.batch_size, *truths] if forward else []))
@@ -332,9 +333,11 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
                                        run_dir / "source_gradients" / "gradients.safetensors", device=device,
                                        progress=progress)
             if config.run.validate_k:
-                from gradselect.validate import trust_forward_scorer
+                from gradselect.validate import correct_forward_scorer, trust_forward_scorer
 
                 trust_forward_scorer(estimator, validation_file, estimate_config.forward_length_candidates)
+                # Then what its real fine-tunes show beyond the forward scores, where that orders them better.
+                estimator = correct_forward_scorer(estimator, validation_file, forward_surrogate)
             else:
                 log.warning(FORWARD_WITHOUT_TRUST_CHECK.format(why="[run] validate_k = 0", fix="set [run] validate_k"))
         chosen = select_sources(estimator, select_config, sel_path, clusters=clusters,

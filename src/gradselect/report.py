@@ -29,6 +29,8 @@ def format_selection(selection: Selection, base_loss: float | None = None) -> st
                      f"{(selection.params.get('estimator') or {}).get('forward_step', 'sign')} step)")
     if selection.params.get("forward_length_choice"):
         lines.append(forward_length_line(selection.params["forward_length_choice"]))
+    if selection.params.get("forward_surrogate_choice"):
+        lines.append(forward_surrogate_line(selection.params["forward_surrogate_choice"]))
     width = max([len(n) for n in selection.scores] + [6])
     header = f"  {'source':<{width}}  {'score':>10}"
     if selection.intervals:
@@ -67,6 +69,16 @@ def forward_length_line(choice: dict) -> str:
              else f"; the number of sources alone orders them at {size:.2f}")
     return (f"step length {choice['chosen_fraction']:g} |theta| {kept} by the trust check's pairwise order of its "
             f"{choice['subsets']} subsets (one-SE rule): {marks}{rival}")
+
+
+def forward_surrogate_line(choice: dict) -> str:
+    """One line on whether the trust check's residual surrogate corrects the forward scores
+    (``params["forward_surrogate_choice"]``)."""
+    marks = choice["pairwise_accuracy"]
+    used = "corrected by" if choice["apply"] else "not corrected by"
+    return (f"forward scores {used} the residual surrogate of the trust check's {choice['subsets']} subsets "
+            f"(residual_surrogate = \"{choice['mode']}\"; held-out pairwise order: forward "
+            f"{marks['forward']:.2f}, corrected {marks['forward + surrogate (held out)']:.2f})")
 
 
 def forward_origin(params: dict) -> str:
@@ -402,6 +414,8 @@ def write_report(run_dir: str | Path) -> Path:
                   f"({params['forward_passes']} passes).", ""]
         if params.get("forward_length_choice"):
             lines += [forward_length_line(params["forward_length_choice"]), ""]
+        if params.get("forward_surrogate_choice"):
+            lines += [forward_surrogate_line(params["forward_surrogate_choice"]), ""]
     if params.get("base_loss") is not None and selection.get("estimated_loss") is not None:
         lines += [f"Estimated target dev loss of the choice: {selection['estimated_loss']:.5f} "
                   f"({start_of_estimates(params)}: {params['base_loss']:.5f}), on the estimator's own scale: for "

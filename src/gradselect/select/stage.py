@@ -125,6 +125,8 @@ def select_sources(estimator: SubsetEstimator, select_config, out: Path, *, clus
         selection.params["forward_step_length"] = estimator.forward_.length_
         if estimator.length_choice_ is not None:
             selection.params["forward_length_choice"] = estimator.length_choice_
+        if getattr(estimator, "surrogate_choice_", None):
+            selection.params["forward_surrogate_choice"] = estimator.surrogate_choice_
     if hasattr(estimator, "surrogate_"):
         selection.params["residual_surrogate"] = {"validated_subsets": len(estimator.surrogate_.masks_)}
     if clusters is not None:

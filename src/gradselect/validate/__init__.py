@@ -11,8 +11,8 @@ selection with one real fine-tune per candidate).
 from gradselect.validate.calibration import (apply_calibration, apply_surrogate, calibrate, features_identity,
                                             write_calibration)
 from gradselect.validate.conventional import conventional_forward
-from gradselect.validate.trust import (compare, fit_surrogate, trust_forward_scorer, validate,
-                                      validation_subsets)
+from gradselect.validate.trust import (compare, correct_forward_scorer, fit_surrogate, trust_forward_scorer,
+                                      validate, validation_subsets)
 from gradselect.validate.truth import measure_truth, truth_key
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "calibrate",
     "compare",
     "conventional_forward",
+    "correct_forward_scorer",
     "features_identity",
     "fit_surrogate",
     "measure_truth",
