@@ -1467,6 +1467,13 @@ def score_at_base(args) -> int:
         return 2
     taskset = load_taskset(config.data)
     adapter, store = features_at_base(config, taskset, run_dir, args.device)
+    made = {"base_model_sha256": store.manifest["model"]["weights_sha256"], "initial_adapter_sha256": _sha(adapter),
+            "dataset_fingerprint": store.manifest["dataset_fingerprint"]}
+    if base_bank and bank.get("identity") != made:
+        diff = [k for k in made if made[k] != (bank.get("identity") or {}).get(k)]
+        print(f"{bank_path}: its fine-tunes started from another base model / data / initial adapter than these "
+              f"features (they differ in {diff}); refusing to score them against each other", file=sys.stderr)
+        return 2
     arrays = FeatureArrays.from_store(store)
     # Every bank subset is scored (the additive model needs many), the base-model truths judge.
     subsets = [r["sources"] for r in bank["subsets"]]

@@ -303,6 +303,14 @@ def test_base_bank_grows_resumably_and_scores_estimates_made_at_the_base_model(t
     assert passes["sign|0.5"] != passes["adam|0.5"]
     assert truthbank.main(["at-base", "--bank", str(bank_path), "--run-dir", str(run_dir), "--steps", "sgd",
                            "--device", "cpu"]) == 2
+    # The bank's identity (made without features) is the features' own: a bank of other data is refused.
+    other = json.loads(bank_path.read_text())
+    other["identity"]["dataset_fingerprint"] = "0" * 16
+    bank_path.write_text(json.dumps(other))
+    capsys.readouterr()
+    assert truthbank.main(["at-base", "--bank", str(bank_path), "--run-dir", str(run_dir), "--lengths", "0.5",
+                           "--device", "cpu", "--out", str(scores)]) == 2
+    assert "dataset_fingerprint" in capsys.readouterr().err
 
 
 def test_bank_baselines_score_subset_size_and_a_loo_datamodel_from_the_bank_file_alone(tmp_path, capsys):
