@@ -129,6 +129,44 @@ def simulate(subsets, truth, est, n_sources, ks=(8, 12), draws=200, seed=0) -> d
     return out
 
 
+def simulate_forward_product(subsets, truth, by_length: dict, configured: str, n_sources, ks=(8, 12), draws=200,
+                             seed=0) -> dict:
+    """The product's forward-scorer trust check, simulated: on each check, choose the step length among
+    ``by_length`` (estimates per length key) by pairwise order, keeping ``configured`` unless another is ahead
+    by more than one standard error (``trust_forward_scorer``'s rule), then decide the residual surrogate
+    on the kept length's scores (``correct_forward_scorer``; ``auto`` and ``on``). Unseen-subset Spearman
+    (mean over draws) of: the configured length, the chosen length (the product before the surrogate),
+    chosen + ``auto`` (the product's default now), chosen + ``on``."""
+    from gradselect.validate.fidelity import one_se_choice
+    from gradselect.validate.trust import surrogate_decision
+
+    names = sorted({n for s in subsets for n in s})
+    masks = np.array([[n in s for n in names] for s in subsets], dtype=bool)
+    keys = list(by_length)
+    stack = np.array([by_length[k] for k in keys])
+    default = keys.index(configured)
+    out = {}
+    for k, checks in _trust_check_draws(subsets, n_sources, ks, draws, seed):
+        rows = {"configured length": [], "chosen length": [], "chosen length + surrogate auto": [],
+                "chosen length + surrogate on": []}
+        applied = 0
+        for check, unseen in checks:
+            check, unseen = np.asarray(check), np.asarray(unseen)
+            c = one_se_choice(stack[:, check], truth[check], default=default)
+            est = stack[c]
+            chk = [subsets[i] for i in check]
+            auto = surrogate_decision(masks[check], est[check], truth[check], chk, est[check], mode="auto")
+            correction = auto["surrogate"].predict(masks[unseen])
+            applied += auto["apply"]
+            for key, pred in (("configured length", stack[default, unseen]), ("chosen length", est[unseen]),
+                              ("chosen length + surrogate auto", est[unseen] + (correction if auto["apply"] else 0)),
+                              ("chosen length + surrogate on", est[unseen] + correction)):
+                rows[key].append(0.0 if np.ptp(pred) == 0 else float(spearmanr(pred, truth[unseen])[0]))
+        out[f"k={k}"] = {key: {"mean": float(np.mean(v)), "sd": float(np.std(v))} for key, v in rows.items()}
+        out[f"k={k}"]["surrogate_applied"] = applied
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bank", required=True)
@@ -138,6 +176,10 @@ def main(argv=None) -> int:
     p.add_argument("--key", default="sign|0.2", help="which kept forward estimate")
     p.add_argument("--draws", type=int, default=200)
     p.add_argument("--out", help="also write the figures here as JSON")
+    p.add_argument("--product-lengths", default=None,
+                   help="comma-separated kept forward keys (e.g. 'sign|0.1,sign|0.2,sign|0.5'; the first is the "
+                   "configured length): also simulate the product's forward trust check (length choice, then the "
+                   "residual surrogate)")
     args = p.parse_args(argv)
     try:
         subsets, truth, est, n_sources = load(args.bank, args.scores, args.forward, args.key)
@@ -152,6 +194,15 @@ def main(argv=None) -> int:
             print(f"  trust check {k}, unseen subsets, mean Spearman over {args.draws} draws: "
                   + "  ".join(f"{m} {x['mean']:+.2f} (sd {x['sd']:.2f})" for m, x in v.items() if "mean" in x))
             print(f"    auto picks: {v['auto_picks']}")
+    if args.product_lengths:
+        keys = args.product_lengths.split(",")
+        by_length = {k: load(args.bank, args.scores, args.forward, k)[2] for k in keys}
+        res["forward_product"] = simulate_forward_product(subsets, truth, by_length, keys[0], n_sources,
+                                                          draws=args.draws)
+        for k, v in res["forward_product"].items():
+            print(f"  product forward trust check {k} (lengths {keys}, configured {keys[0]}), unseen subsets: "
+                  + "  ".join(f"{m} {x['mean']:+.2f} (sd {x['sd']:.2f})" for m, x in v.items() if isinstance(x, dict))
+                  + f"; surrogate applied in {v['surrogate_applied']} of {args.draws}")
     if args.out:
         from gradselect.io import write_json_atomic
 

@@ -393,3 +393,13 @@ def test_size_calibration_keeps_the_estimate_slope_nonnegative_and_sees_size():
     assert exact["raw"]["mean"] > 0.99
     assert exact["auto(raw, raw+krr)"]["mean"] > 0.95
     assert sum(exact["auto_picks"]["auto(raw, raw+krr)"].values()) == 10
+    # The product's forward trust check: a length that is the truth replaces a configured one that is noise,
+    # and where the scores are right the surrogate is left out.
+    from size_calibration import simulate_forward_product
+
+    product = simulate_forward_product(subsets, truth, {"noise": noise, "exact": 2.0 * truth}, "noise", len(names),
+                                       ks=(8,), draws=10)["k=8"]
+    assert product["chosen length"]["mean"] > 0.95 and abs(product["configured length"]["mean"]) < 0.5
+    kept = simulate_forward_product(subsets, truth, {"exact": 2.0 * truth, "noise": noise}, "exact", len(names),
+                                    ks=(8,), draws=10)["k=8"]
+    assert kept["surrogate_applied"] == 0 and kept["chosen length + surrogate auto"]["mean"] > 0.99
