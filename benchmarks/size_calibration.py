@@ -97,20 +97,31 @@ def auto_choice(est, size, masks, truth, check, pool) -> str:
     return max(pool, key=lambda m: (marks[m], -pool.index(m)))
 
 
+def subset_masks(subsets) -> np.ndarray:
+    """Subsets as a bool matrix (n_subsets, n_sources), sources in sorted order."""
+    names = sorted({n for s in subsets for n in s})
+    return np.array([[n in s for n in names] for s in subsets], dtype=bool)
+
+
+def unseen_spearman(pred, truth) -> float:
+    """Spearman of predictions on a check's unseen subsets; a constant prediction orders nothing: 0, not a
+    missing draw."""
+    return 0.0 if np.ptp(pred) == 0 else float(spearmanr(pred, truth)[0])
+
+
 AUTO_POOLS = {"auto(raw, raw+krr)": ("raw", "raw+krr"),
               "auto(raw, raw+krr, est+size+krr)": ("raw", "raw+krr", "est+size+krr")}
 
 
 def simulate(subsets, truth, est, n_sources, ks=(8, 12), draws=200, seed=0) -> dict:
     size = np.log1p([len(s) for s in subsets])
-    names = sorted({n for s in subsets for n in s})
-    masks = np.array([[n in s for n in names] for s in subsets], dtype=bool)
+    masks = subset_masks(subsets)
     feats = {"est": est[:, None], "size": size[:, None], "est+size": np.c_[est, size]}
     out = {"all_subsets_spearman": {"est": float(spearmanr(est, truth)[0]),
                                     "size": float(spearmanr(size, truth)[0])}}
 
-    def rho(pred, unseen):  # a constant prediction orders nothing: 0, not a missing draw
-        return 0.0 if np.ptp(pred) == 0 else float(spearmanr(pred, truth[unseen])[0])
+    def rho(pred, unseen):
+        return unseen_spearman(pred, truth[unseen])
 
     for k, checks in _trust_check_draws(subsets, n_sources, ks, draws, seed):
         rhos = {m: [] for m in [*feats, "raw", "raw+krr", "est+size+krr", *AUTO_POOLS]}
@@ -140,8 +151,7 @@ def simulate_forward_product(subsets, truth, by_length: dict, configured: str, n
     from gradselect.validate.fidelity import one_se_choice
     from gradselect.validate.trust import surrogate_decision
 
-    names = sorted({n for s in subsets for n in s})
-    masks = np.array([[n in s for n in names] for s in subsets], dtype=bool)
+    masks = subset_masks(subsets)
     keys = list(by_length)
     stack = np.array([by_length[k] for k in keys])
     default = keys.index(configured)
@@ -161,7 +171,7 @@ def simulate_forward_product(subsets, truth, by_length: dict, configured: str, n
             for key, pred in (("configured length", stack[default, unseen]), ("chosen length", est[unseen]),
                               ("chosen length + surrogate auto", est[unseen] + (correction if auto["apply"] else 0)),
                               ("chosen length + surrogate on", est[unseen] + correction)):
-                rows[key].append(0.0 if np.ptp(pred) == 0 else float(spearmanr(pred, truth[unseen])[0]))
+                rows[key].append(unseen_spearman(pred, truth[unseen]))
         out[f"k={k}"] = {key: {"mean": float(np.mean(v)), "sd": float(np.std(v))} for key, v in rows.items()}
         out[f"k={k}"]["surrogate_applied"] = applied
     return out

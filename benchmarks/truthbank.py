@@ -1384,8 +1384,14 @@ def base_identity(config, taskset, run_dir: Path, device: str) -> dict:
     model, _ = load_model(config.model, device=device)
     digest = weights_digest(model)
     del model
-    return {"base_model_sha256": digest, "initial_adapter_sha256": _sha(adapter),
-            "dataset_fingerprint": taskset.fingerprint()}
+    return _base_bank_identity(digest, adapter, taskset.fingerprint())
+
+
+def _base_bank_identity(weights_sha256: str, adapter: Path, dataset_fingerprint: str) -> dict:
+    """A base-model bank's ``identity``: the base model's weights, the fresh adapter its fine-tunes start
+    from, the data."""
+    return {"base_model_sha256": weights_sha256, "initial_adapter_sha256": _sha(adapter),
+            "dataset_fingerprint": dataset_fingerprint}
 
 
 def features_at_base(config, taskset, run_dir: Path, device: str):
@@ -1467,8 +1473,7 @@ def score_at_base(args) -> int:
         return 2
     taskset = load_taskset(config.data)
     adapter, store = features_at_base(config, taskset, run_dir, args.device)
-    made = {"base_model_sha256": store.manifest["model"]["weights_sha256"], "initial_adapter_sha256": _sha(adapter),
-            "dataset_fingerprint": store.manifest["dataset_fingerprint"]}
+    made = _base_bank_identity(store.manifest["model"]["weights_sha256"], adapter, store.manifest["dataset_fingerprint"])
     if base_bank and bank.get("identity") != made:
         diff = [k for k in made if made[k] != (bank.get("identity") or {}).get(k)]
         print(f"{bank_path}: its fine-tunes started from another base model / data / initial adapter than these "

@@ -202,19 +202,27 @@ def test_run_with_the_forward_scorer_selects_by_real_forward_passes(tmp_path, ca
     assert not (tmp_path / "x.json").exists()
 
 
-def test_forward_scored_estimator_passes_each_subset_forward_once(setup, tmp_path):
+def _linear_and_gradients(setup, folder):
+    """The linear estimator on features of the tiny model (made in ``folder``) and its per-source gradient sums:
+    what a :class:`ForwardScoredEstimator` wraps and steps with."""
     from gradselect.estimate import FeatureArrays, SubsetEstimator
     from gradselect.estimate.config import EstimateConfig
-    from gradselect.estimate.forward import ForwardScoredEstimator
     from gradselect.features import FeatureStore, featurize
+
+    config, taskset, model, tok = setup
+    featurize(taskset, folder / "features", feature_config=config.features, adapter_path=None,
+              model_config=config.model, adapter_config=config.adapter, tokenize_config=config.tokenize,
+              device="cpu", progress=False)
+    linear = SubsetEstimator(EstimateConfig()).fit(FeatureArrays.from_store(FeatureStore.open(folder / "features")))
+    return linear, SourceGradients.compute(model, tok, taskset, config.tokenize)
+
+
+def test_forward_scored_estimator_passes_each_subset_forward_once(setup, tmp_path):
+    from gradselect.estimate.forward import ForwardScoredEstimator
     from gradselect.select.selectors import evidence
 
     config, taskset, model, tok = setup
-    featurize(taskset, tmp_path / "features", feature_config=config.features, adapter_path=None,
-              model_config=config.model, adapter_config=config.adapter, tokenize_config=config.tokenize,
-              device="cpu", progress=False)
-    linear = SubsetEstimator(EstimateConfig()).fit(FeatureArrays.from_store(FeatureStore.open(tmp_path / "features")))
-    grads = SourceGradients.compute(model, tok, taskset, config.tokenize)
+    linear, grads = _linear_and_gradients(setup, tmp_path)
     fwd = ForwardPassEstimator("sign").fit(model, tok, grads, taskset.target_dev.examples, config.tokenize)
     scored = ForwardScoredEstimator(linear, fwd)
     losses = scored.estimate([["more"], ["more"], [], ["legs", "noisy"]])
@@ -235,20 +243,13 @@ def test_trust_check_chooses_the_forward_step_length_by_the_order_of_its_subsets
     import itertools
     import json
 
-    from gradselect.estimate import FeatureArrays, SubsetEstimator
-    from gradselect.estimate.config import EstimateConfig
     from gradselect.estimate.forward import ForwardScoredEstimator
-    from gradselect.features import FeatureStore, featurize
     from gradselect.validate import trust_forward_scorer
     from gradselect.validate.fidelity import one_se_choice
     from gradselect.validate.trust import gain_error, seed_noise
 
     config, taskset, model, tok = setup
-    featurize(taskset, tmp_path / "features", feature_config=config.features, adapter_path=None,
-              model_config=config.model, adapter_config=config.adapter, tokenize_config=config.tokenize,
-              device="cpu", progress=False)
-    linear = SubsetEstimator(EstimateConfig()).fit(FeatureArrays.from_store(FeatureStore.open(tmp_path / "features")))
-    grads = SourceGradients.compute(model, tok, taskset, config.tokenize)
+    linear, grads = _linear_and_gradients(setup, tmp_path)
     fwd = ForwardPassEstimator("sign", length_fraction=0.1).fit(model, tok, grads, taskset.target_dev.examples,
                                                                 config.tokenize)
     names = taskset.source_names
@@ -291,11 +292,8 @@ def test_forward_scores_corrected_by_the_trust_checks_surrogate_only_where_it_or
     import itertools
     import json
 
-    from gradselect.estimate import FeatureArrays, SubsetEstimator
-    from gradselect.estimate.config import EstimateConfig
     from gradselect.estimate.forward import ForwardScoredEstimator
     from gradselect.estimate.surrogate import CorrectedEstimator, ResidualSurrogate
-    from gradselect.features import FeatureStore, featurize
     from gradselect.report import format_selection
     from gradselect.select import SelectConfig
     from gradselect.select.stage import select_sources
@@ -304,11 +302,7 @@ def test_forward_scores_corrected_by_the_trust_checks_surrogate_only_where_it_or
     from gradselect.validate.trust import gain_error, seed_noise
 
     config, taskset, model, tok = setup
-    featurize(taskset, tmp_path / "features", feature_config=config.features, adapter_path=None,
-              model_config=config.model, adapter_config=config.adapter, tokenize_config=config.tokenize,
-              device="cpu", progress=False)
-    linear = SubsetEstimator(EstimateConfig()).fit(FeatureArrays.from_store(FeatureStore.open(tmp_path / "features")))
-    grads = SourceGradients.compute(model, tok, taskset, config.tokenize)
+    linear, grads = _linear_and_gradients(setup, tmp_path)
     names = taskset.source_names
     subsets = [list(c) for r in range(len(names) + 1) for c in itertools.combinations(names, r)]
 
