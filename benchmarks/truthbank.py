@@ -676,11 +676,40 @@ FEATURE_VARIANTS = {
     "d1024": {"proj_dim": 1024},
 }
 
+#: Feature stores at earlier checkpoints of meta-training (issue 13 B4): name -> the share of theta*'s
+#: meta-training steps at which the checkpoint was saved (the nearest one HF Trainer kept).
+CHECKPOINT_VARIANTS = {"ckpt50": 0.5, "ckpt75": 0.75}
+
+
+def _meta_checkpoints(config, taskset, run_dir: Path, meta_adapter: Path, device: str) -> tuple[dict, bool]:
+    """theta*'s meta-training re-run with its step count fixed, so that HF Trainer saves a checkpoint every
+    quarter of it (``train`` saves every ``max_steps // 4`` steps when steps are set). The same data,
+    seed and schedule: on one machine its last adapter is bitwise theta* (checked, and returned).
+
+    Returns ``({step: checkpoint folder}, final adapter equals theta*)``.
+    """
+    import torch
+
+    from gradselect.train import train
+
+    torch.set_num_threads(BANK_THREADS)
+    steps = json.loads((meta_adapter.parent / "train_result.json").read_text())["n_steps"]
+    out = run_dir / "meta_init_checkpoints"
+    if not (out / "train_result.json").exists():
+        train(taskset, taskset.source_names, out, model_config=config.model, adapter_config=config.adapter,
+              tokenize_config=config.tokenize, device=device, progress=False,
+              train_config=config.train.model_copy(update={"max_steps": steps, "save_total_limit": 8}))
+    saved = {int(p.name.split("-")[-1]): p for p in (out / "checkpoints").glob("checkpoint-*")
+             if p.name.split("-")[-1].isdigit()}
+    return saved, _sha(out / "adapter") == _sha(meta_adapter)
+
 
 def _feature_variants(config, taskset, meta_adapter, run_dir, device, base_arrays, subsets, true, true_ce,
                       base_true, base_true_ce, chosen=tuple(FEATURE_VARIANTS)):
-    """Estimators on other features of the same theta*: Adam-preconditioned gradients, an ensemble over
-    projection seeds, and the soft-minimum functional. Each store is featurized once into ``run_dir``.
+    """Estimators on other features of the same theta*: Adam-preconditioned gradients, ensembles over
+    projection seeds and over meta-training checkpoints (:data:`CHECKPOINT_VARIANTS`, featurized at the
+    checkpoints of :func:`_meta_checkpoints`), other projection dimensions and the soft-minimum functional.
+    Each store is featurized once into ``run_dir``.
 
     Returns two dicts of held-out estimates: against the bank's functional truth, and against its
     token cross-entropy truth (every figure there in cross-entropy: the level maps are fitted to it).
@@ -691,14 +720,24 @@ def _feature_variants(config, taskset, meta_adapter, run_dir, device, base_array
     from gradselect.validate.fidelity import loo_affine
 
     arrays, seconds = {"default": base_arrays}, {}
-    for name, change in FEATURE_VARIANTS.items():
-        if name not in chosen:
-            continue
+    stores = {name: (config.features.model_copy(update=change), meta_adapter)
+              for name, change in FEATURE_VARIANTS.items() if name in chosen}
+    checkpoint_steps = {}
+    if any(name in CHECKPOINT_VARIANTS for name in chosen):
+        saved, same = _meta_checkpoints(config, taskset, run_dir, meta_adapter, device)
+        print(f"meta-training re-run with checkpoints {sorted(saved)}: its last adapter "
+              f"{'is' if same else 'is NOT'} bitwise theta*", flush=True)
+        total = max(saved)
+        for name, share in CHECKPOINT_VARIANTS.items():
+            if name in chosen:
+                step = min(saved, key=lambda s: abs(s - share * total))
+                checkpoint_steps[name] = step
+                stores[name] = (config.features, saved[step])
+    for name, (feature_config, adapter) in stores.items():
         start = time.perf_counter()
         store = featurize(taskset, run_dir / f"features-{name}", model_config=config.model,
                           adapter_config=config.adapter, tokenize_config=config.tokenize,
-                          feature_config=config.features.model_copy(update=change), adapter_path=meta_adapter,
-                          device=device, progress=True)
+                          feature_config=feature_config, adapter_path=adapter, device=device, progress=True)
         arrays[name] = FeatureArrays.from_store(store)
         seconds[name] = time.perf_counter() - start  # near 0 when the store was cached
 
@@ -715,14 +754,28 @@ def _feature_variants(config, taskset, meta_adapter, run_dir, device, base_array
         out["adam-preconditioned, default radius"] = adam
         out["adam-preconditioned, default radius + LOO level"] = loo_affine(adam, true, base_est, base_true)
         out["adam-preconditioned, trust check's choice (LOO)"] = order_first(arrays["adam"], true)
+    # Ensembles (issue 13 B4): the default estimate averaged over projection seeds, over checkpoints of
+    # meta-training, and over both; each member also alone, for the spread the average removes.
+    fitted = {}
     seeded = [k for k in ("default", "seed1", "seed2") if k in arrays]
-    if len(seeded) > 1:
-        seeds = [default(arrays[k]) for k in seeded]
-        mean = np.mean([e for e, _ in seeds], axis=0)
-        base_mean = float(np.mean([b for _, b in seeds]))
-        out[f"trust_region, default radius, mean over {len(seeded)} projection seeds"] = mean
-        out[f"trust_region, default radius, mean over {len(seeded)} projection seeds + LOO level"] = loo_affine(
-            mean, true, base_mean, base_true)
+    checkpointed = ["default", *(k for k in CHECKPOINT_VARIANTS if k in arrays)]
+    for k in dict.fromkeys(seeded + checkpointed) if len(seeded) > 1 or len(checkpointed) > 1 else ():
+        fitted[k] = default(arrays[k])
+        if k != "default":
+            label = f"projection seed {k[4:]}" if k in seeded else f"checkpoint at step {checkpoint_steps[k]}"
+            out[f"trust_region, default radius, {label} alone"] = fitted[k][0]
+    groups = {f"{len(seeded)} projection seeds": seeded, f"{len(checkpointed)} checkpoints": checkpointed}
+    if len(seeded) > 1 and len(checkpointed) > 1:
+        groups[f"{len(fitted)} stores (projection seeds and checkpoints)"] = list(fitted)
+    for label, members in groups.items():
+        if len(members) > 1:
+            mean = np.mean([fitted[k][0] for k in members], axis=0)
+            base_mean = float(np.mean([fitted[k][1] for k in members]))
+            out[f"trust_region, default radius, mean over {label}"] = mean
+            out[f"trust_region, default radius, mean over {label} + LOO level"] = loo_affine(
+                mean, true, base_mean, base_true)
+            out[f"trust_region, default radius, mean over {label} + kernel ridge on its residuals (LOO)"] = (
+                mean + _loo_kernel_ridge(arrays["default"].source_names, subsets, true - mean))
     # The projection dimension: the fixed default step, the trust check's choice and the residual surrogate
     # (each held out), at every d featurized, beside the bank's own d.
     dims = sorted((a.g.shape[1], k) for k, a in arrays.items() if k == "default" or k.startswith("d"))
@@ -1010,10 +1063,12 @@ def score_bank(args) -> int:
                                           fractions=[float(x) for x in (args.forward_lengths or "").split(",") if x]))
     ce_variants = {}
     if args.features:
-        chosen = [c.strip() for c in args.features.split(",")] if args.features != "all" else list(FEATURE_VARIANTS)
-        unknown = [c for c in chosen if c not in FEATURE_VARIANTS]
+        chosen = ([c.strip() for c in args.features.split(",")] if args.features != "all"
+                  else [*FEATURE_VARIANTS, *CHECKPOINT_VARIANTS])
+        known = {**FEATURE_VARIANTS, **CHECKPOINT_VARIANTS}
+        unknown = [c for c in chosen if c not in known]
         if unknown:
-            print(f"--features: unknown {unknown}; choose from {list(FEATURE_VARIANTS)} or all", file=sys.stderr)
+            print(f"--features: unknown {unknown}; choose from {list(known)} or all", file=sys.stderr)
             return 2
         more, ce_variants = _feature_variants(config, taskset, meta_adapter, run_dir, args.device, arrays, subsets,
                                               true, true_ce, base_true, bank["theta_star"]["token_ce"], chosen)
@@ -1048,8 +1103,10 @@ def score_bank(args) -> int:
         at_k = _trust_check_at_k(arrays, subsets, true, candidates)
         decisions = _decisions_at_k(arrays, subsets, true, candidates, seed_losses=[r["losses"] for r in records])
     forward_at_k = {}
-    if args.forward and len(records) >= 10:
-        fixed = {"linear, default radius": variants["trust_region, default radius"]}
+    ensembles = {k: v for k, v in variants.items() if k.startswith("trust_region, default radius, mean over")
+                 and "LOO" not in k}
+    if (args.forward or ensembles) and len(records) >= 10:
+        fixed = {"linear, default radius": variants["trust_region, default radius"], **ensembles}
         fixed.update({k: v for k, v in variants.items()
                       if k.startswith("forward pass") and (k.endswith("default length") or k.endswith("|theta*|"))})
         forward_at_k = _surrogate_at_k(fixed, arrays.source_names, subsets, true)
@@ -1762,7 +1819,9 @@ def main(argv=None) -> int:
     sc.add_argument("--features", nargs="?", const="all", metavar="NAMES",
                     help="also score estimators on other features of the same theta*: comma-separated among "
                          f"{', '.join(FEATURE_VARIANTS)} (Adam-preconditioned, projection seeds 1-2, soft-minimum "
-                         "functional, projection dimensions 64-1024), or all (the default); one featurization each, cached in the "
+                         "functional, projection dimensions 64-1024) and "
+                         f"{', '.join(CHECKPOINT_VARIANTS)} (theta*'s meta-training checkpoints at half and three "
+                         "quarters of its steps), or all (the default); one featurization each, cached in the "
                          "run folder")
     ch = sub.add_parser("choose", help="run the product's selection on a bank's theta* and measure its choice")
     ch.add_argument("--bank", required=True)

@@ -244,6 +244,71 @@ def test_fresh_adapter_is_the_seeded_start_of_a_base_model_fine_tune(tmp_path):
     assert any(not torch.equal(first[k], moved[k]) for k in first if "lora_A" in k)
 
 
+def _tiny_bank_suite():
+    """A truth-bank suite on the generated tiny model: 3 sources of 4 examples, one meta-training epoch."""
+    from gradselect.config import RunConfig
+
+    def rg(name, task, seed, noise=0.0, size=4):
+        return {"name": name, "reasoning_gym": task, "size": size, "seed": seed, "label_noise": noise}
+
+    return RunConfig.model_validate({
+        "data": {"target": rg("chain_sum", "chain_sum", 10), "target_dev": rg("dev", "chain_sum", 20),
+                 "target_test": rg("test", "chain_sum", 21),
+                 "sources": [rg("more", "chain_sum", 11), rg("legs", "leg_counting", 13),
+                             rg("noisy", "chain_sum", 15, 1.0)]},
+        "model": {"name_or_path": "tiny-llama"},
+        "features": {"proj_dim": 16},
+        "tokenize": {"max_length": 48},
+        "train": {"epochs": 1, "learning_rate": 5e-3, "batch_size": 4, "logging_steps": 1},
+    })
+
+
+def test_meta_training_rerun_keeps_checkpoints_and_ends_bitwise_at_theta_star(tmp_path):
+    """benchmarks/truthbank.py's checkpoint ensemble (issue 13 B4) featurizes theta*'s meta-training at
+    earlier checkpoints: the re-run with its steps fixed must be the same trajectory (its last adapter is
+    theta*, bitwise) and keep a checkpoint every quarter of it, each a different point on the way; the
+    ensemble variants are the means of their members' estimates."""
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import truthbank
+
+    config = _tiny_bank_suite()
+    taskset, meta_adapter, _ = truthbank.prepare(config, tmp_path, "cpu")
+    saved, same = truthbank._meta_checkpoints(config, taskset, tmp_path, meta_adapter, "cpu")
+    assert same
+    assert sorted(saved) == [1, 2, 3, 4]  # 16 rows, batch 4: a checkpoint every step of 4
+    weights = {s: load_file(p / "adapter_model.safetensors") for s, p in saved.items()}
+    theta_star = load_file(meta_adapter / "adapter_model.safetensors")
+    assert all(weights[4][k].equal(theta_star[k]) for k in theta_star)
+    assert any(not weights[2][k].equal(theta_star[k]) for k in theta_star)
+    # Cached: a second call trains nothing and finds the same checkpoints.
+    assert truthbank._meta_checkpoints(config, taskset, tmp_path, meta_adapter, "cpu") == (saved, True)
+
+    # The ensembles: each member's estimate alone, and their mean, over seeds, checkpoints and both.
+    from gradselect.estimate import EstimateConfig, FeatureArrays, SubsetEstimator
+    from gradselect.features import FeatureStore
+
+    arrays = FeatureArrays.from_store(FeatureStore.open(tmp_path / "features"))
+    subsets = [["more"], ["legs"], ["more", "noisy"], [], ["more", "legs", "noisy"]]
+    true = np.linspace(1.0, 2.0, len(subsets))
+    out, _ = truthbank._feature_variants(config, taskset, meta_adapter, tmp_path, "cpu", arrays, subsets, true,
+                                         true, 1.5, 1.5, chosen=("seed1", "ckpt50"))
+    alone = {k: out[f"trust_region, default radius, {k} alone"] for k in ("projection seed 1", "checkpoint at step 2")}
+    default = SubsetEstimator(EstimateConfig()).fit(arrays).estimate(subsets)
+    assert not np.allclose(alone["projection seed 1"], default)
+    np.testing.assert_allclose(out["trust_region, default radius, mean over 2 projection seeds"],
+                               (default + alone["projection seed 1"]) / 2)
+    np.testing.assert_allclose(out["trust_region, default radius, mean over 2 checkpoints"],
+                               (default + alone["checkpoint at step 2"]) / 2)
+    np.testing.assert_allclose(
+        out["trust_region, default radius, mean over 3 stores (projection seeds and checkpoints)"],
+        (default + alone["projection seed 1"] + alone["checkpoint at step 2"]) / 3)
+
+
 def test_base_bank_grows_resumably_and_scores_estimates_made_at_the_base_model(tmp_path, monkeypatch, capsys):
     """benchmarks/truthbank.py build-base: real fine-tunes from the base model (no theta*) on the keep-50%
     plan, one record per subset, resumable without retraining; at-base scores against its seed means."""
@@ -253,23 +318,8 @@ def test_base_bank_grows_resumably_and_scores_estimates_made_at_the_base_model(t
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import truthbank
-    from gradselect.config import RunConfig
 
-    def rg(name, task, seed, noise=0.0, size=4):
-        return {"name": name, "reasoning_gym": task, "size": size, "seed": seed, "label_noise": noise}
-
-    def tiny_suite():
-        return RunConfig.model_validate({
-            "data": {"target": rg("chain_sum", "chain_sum", 10), "target_dev": rg("dev", "chain_sum", 20),
-                     "target_test": rg("test", "chain_sum", 21),
-                     "sources": [rg("more", "chain_sum", 11), rg("legs", "leg_counting", 13),
-                                 rg("noisy", "chain_sum", 15, 1.0)]},
-            "model": {"name_or_path": "tiny-llama"},
-            "features": {"proj_dim": 16},
-            "tokenize": {"max_length": 48},
-            "train": {"epochs": 1, "learning_rate": 5e-3, "batch_size": 4, "logging_steps": 1},
-        })
-
+    tiny_suite = _tiny_bank_suite
     monkeypatch.setitem(truthbank.SUITES, "tiny", tiny_suite)
     monkeypatch.setattr(truthbank, "TRUTH_STEPS", 2)
     bank_path, run_dir = tmp_path / "tiny.base.json", tmp_path / "run"
