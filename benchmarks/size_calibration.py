@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
-from truthbank import _trust_check_draws
+from truthbank import _loo_additive, _trust_check_draws
 
 
 def load(bank_path, scores_path=None, forward_path=None, key="sign|0.2"):
@@ -117,8 +117,12 @@ def simulate(subsets, truth, est, n_sources, ks=(8, 12), draws=200, seed=0) -> d
     size = np.log1p([len(s) for s in subsets])
     masks = subset_masks(subsets)
     feats = {"est": est[:, None], "size": size[:, None], "est+size": np.c_[est, size]}
+    # "additive": each subset's estimate predicted from the other subsets' estimates by an additive model over
+    # sources (label-free; what averaging a scorer's per-source effects over subsets gives, truthbank's LOO).
+    additive = _loo_additive(sorted({n for s in subsets for n in s}), subsets, est)
     out = {"all_subsets_spearman": {"est": float(spearmanr(est, truth)[0]),
-                                    "size": float(spearmanr(size, truth)[0])}}
+                                    "size": float(spearmanr(size, truth)[0]),
+                                    "additive": float(spearmanr(additive, truth)[0])}}
 
     def rho(pred, unseen):
         return unseen_spearman(pred, truth[unseen])
@@ -198,7 +202,8 @@ def main(argv=None) -> int:
         return 2
     res = simulate(subsets, truth, est, n_sources, draws=args.draws)
     print(f"{args.bank} ({len(truth)} subsets), estimate {args.key}: all subsets Spearman "
-          f"est {res['all_subsets_spearman']['est']:+.2f}, size {res['all_subsets_spearman']['size']:+.2f}")
+          f"est {res['all_subsets_spearman']['est']:+.2f}, size {res['all_subsets_spearman']['size']:+.2f}, "
+          f"est made additive over sources (LOO, label-free) {res['all_subsets_spearman']['additive']:+.2f}")
     for k, v in res.items():
         if k.startswith("k="):
             print(f"  trust check {k}, unseen subsets, mean Spearman over {args.draws} draws: "
