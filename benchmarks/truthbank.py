@@ -759,7 +759,8 @@ def _feature_variants(config, taskset, meta_adapter, run_dir, device, base_array
     fitted = {}
     seeded = [k for k in ("default", "seed1", "seed2") if k in arrays]
     checkpointed = ["default", *(k for k in CHECKPOINT_VARIANTS if k in arrays)]
-    for k in dict.fromkeys(seeded + checkpointed) if len(seeded) > 1 or len(checkpointed) > 1 else ():
+    members = list(dict.fromkeys(seeded + checkpointed))  # "default" in both: more than it means an ensemble
+    for k in members if len(members) > 1 else ():
         fitted[k] = default(arrays[k])
         if k != "default":
             label = f"projection seed {k[4:]}" if k in seeded else f"checkpoint at step {checkpoint_steps[k]}"
