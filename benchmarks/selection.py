@@ -148,10 +148,11 @@ def cot_config(model: str | None, data: Path, out: Path, n_train: int, n_noisy: 
 
 
 def bbh_selection_config(bbh: Path, target: str, n_sources: int, per_source: int, test_size: int,
-                         model: str | None):
+                         model: str | None, target_train: int | None = None):
     """One BIG-Bench-Hard task as a scarce target (``test_size`` test questions, 30 dev, the rest to
-    train) and ``n_sources`` other BBH tasks as sources, the last two of them with every answer swapped
-    for another example's (planted harm, known to the benchmark)."""
+    train, or ``target_train`` of them: a scarcer target, drawn with the data seed) and ``n_sources``
+    other BBH tasks as sources, the last two of them with every answer swapped for another example's
+    (planted harm, known to the benchmark)."""
     from gradselect.demo import FINAL_STEPS
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -162,10 +163,15 @@ def bbh_selection_config(bbh: Path, target: str, n_sources: int, per_source: int
     if rows - test_size - dev < 10:
         raise SystemExit(f"{bbh / (target + '.json')}: {rows} examples leave fewer than 10 to train after "
                          f"{test_size} test and {dev} dev questions; lower --test-size")
+    if target_train is not None and not 1 <= target_train <= rows - test_size - dev:
+        raise SystemExit(f"--target-train {target_train}: {bbh / (target + '.json')} has {rows - test_size - dev} "
+                         f"examples to train after {test_size} test and {dev} dev questions")
     config, _, _ = bbh_config(bbh, target, n_sources, per_source, model)
     data = config.data.model_dump()
-    data["target"]["max_examples"] = None
-    data["dev_fraction"], data["test_fraction"] = dev / rows, test_size / rows
+    # The split is by fractions of the kept examples: keep only what test, dev and training need.
+    kept = rows if target_train is None else test_size + dev + target_train
+    data["target"]["max_examples"] = None if target_train is None else kept
+    data["dev_fraction"], data["test_fraction"] = dev / kept, test_size / kept
     for spec in data["sources"][-2:]:
         spec["name"], spec["label_noise"] = spec["name"] + "_noisy", 1.0
     config = config.model_copy(update={"data": type(config.data).model_validate(data)})
@@ -210,7 +216,8 @@ def main(argv=None) -> int:
                    help="fine-tunes at most for the conventional search (0: skip it)")
     p.add_argument("--test-size", type=int, default=200, help="planted: target test questions")
     p.add_argument("--target-train", type=int,
-                   help="planted / arith: target training questions (default: the demo's 60 / 16)")
+                   help="planted / arith / bbh: target training questions (default: the demo's 60 / 16 / "
+                        "every BBH question left after test and dev)")
     p.add_argument("--final-seeds", type=int, default=2, help="training seeds of every final fine-tune")
     p.add_argument("--final-init", choices=["base", "meta"], default="base",
                    help="where every final fine-tune starts: the base model or theta* ([run] final_init)")
@@ -232,6 +239,9 @@ def main(argv=None) -> int:
                         "the base model's untrained adapter (no meta-training)")
     p.add_argument("--forward-length", type=float, metavar="FRACTION",
                    help="forward scorer: sign-step length as a fraction of |theta| ([estimate] forward_length_fraction)")
+    p.add_argument("--target-share", type=float, metavar="SHARE",
+                   help="keep the target's train split at this share of every mixture ([train] and [estimate] "
+                        "target_share)")
     p.add_argument("--device", default="auto")
     p.add_argument("--suite", choices=["planted", "bbh", "arith", "cot"], default="planted")
     p.add_argument("--arithmetic", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -282,7 +292,7 @@ def main(argv=None) -> int:
             print(f"skipped: no BIG-Bench-Hard task {args.target} at {args.bbh}")
             return 0
         config, steps, planted = bbh_selection_config(args.bbh, args.target, args.n_sources, args.per_source,
-                                                      args.test_size, args.model)
+                                                      args.test_size, args.model, args.target_train)
     elif args.suite == "arith":
         if not (args.arithmetic / "2_digit_addition" / "task.json").exists():
             print(f"skipped: no BIG-bench arithmetic at {args.arithmetic}")
@@ -297,7 +307,8 @@ def main(argv=None) -> int:
         "validate_k": args.validate_k, "validate_init": args.validate_init, "estimate_at": args.estimate_at}),
         "select": config.select.model_copy(update={"margin": args.margin if args.margin == "auto"
                                                    else float(args.margin)}),
-        "estimate": config.estimate.model_copy(update={"scorer": args.scorer, **(
+        "train": config.train.model_copy(update={"target_share": args.target_share}),
+        "estimate": config.estimate.model_copy(update={"scorer": args.scorer, "target_share": args.target_share, **(
             {"forward_length_fraction": args.forward_length} if args.forward_length else {})})})
     run_pipeline(config, device=args.device, progress=False)
     rows = selection_rows(args.out)
@@ -309,7 +320,8 @@ def main(argv=None) -> int:
           f"subsets from {'theta*' if config.run.trust_check_start() == 'meta' else 'the base model'}; "
           f"evidence margin "
           f"{args.margin}; {args.scorer} scorer; estimates at "
-          f"{'theta*' if args.estimate_at == 'meta' else 'the base model (no meta-training)'}")
+          f"{'theta*' if args.estimate_at == 'meta' else 'the base model (no meta-training)'}"
+          + (f"; target share {args.target_share}" if args.target_share else ""))
     print_selection_rows(rows)
     sel = json.loads((args.out / "selection.json").read_text())
     print(f"planted harmful sources {planted}; chosen among them: {sorted(set(planted) & set(sel['chosen']))}")

@@ -168,6 +168,36 @@ def test_arith_selection_suite_is_a_scarce_multiple_choice_target_with_planted_n
     assert [s.name for s in small.data.sources][-2:] == planted and len(small.data.sources) == 6
 
 
+def test_bbh_selection_suite_takes_a_scarcer_target_without_touching_dev_and_test_sizes():
+    """benchmarks/selection.py --suite bbh --target-train N (skipped without ../shared/data): N training
+    questions, the documented 30 dev and test_size test questions, disjoint; an N the task cannot give is
+    refused with the file named."""
+    import sys
+    from pathlib import Path
+
+    bbh = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbh"
+    if not (bbh / "boolean_expressions.json").exists():
+        pytest.skip("no ../shared/data on this machine")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import selection
+
+    from gradselect.data import load_taskset
+
+    sizes = {}
+    for target_train in (None, 8):
+        config, _, planted = selection.bbh_selection_config(bbh, "boolean_expressions", 12, 40, 200, None,
+                                                            target_train)
+        taskset = load_taskset(config.data)
+        splits = (taskset.target_train, taskset.target_dev, taskset.target_test)
+        sizes[target_train] = tuple(len(s.examples) for s in splits)
+        ids = [{e.id for e in s.examples} for s in splits]
+        assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+        assert len(taskset.sources) == 12 and len(planted) == 2
+    assert sizes == {None: (20, 30, 200), 8: (8, 30, 200)}
+    with pytest.raises(SystemExit, match="boolean_expressions.json"):
+        selection.bbh_selection_config(bbh, "boolean_expressions", 12, 40, 200, None, 21)
+
+
 def test_selection_suite_header_counts_the_examples_each_source_really_has(tmp_path):
     """benchmarks/selection.py prints the featurized sizes (a capped source may hold fewer than asked)."""
     import sys
