@@ -178,3 +178,26 @@ def test_drop_overlap_keeps_held_out_splits_unseen(tmp_path, qa_rows):
     write_jsonl(tmp_path / "s.jsonl", qa_rows[:3])
     with pytest.raises(DataError, match="holds only examples of the target"):
         load_taskset(cfg, base_dir=tmp_path)
+
+
+def test_target_share_repeats_the_target_split_to_its_share_of_the_mixture():
+    from gradselect.data.examples import Source, TaskSet, target_repeats
+    from gradselect.train import TrainConfig
+
+    def source(name, n):
+        return Source(name, [Example(f"{name}:{i}", f"q{i}", f" a{i}") for i in range(n)])
+
+    ts = TaskSet(source("t", 4), source("dev", 2), source("test", 2), [source("a", 30), source("b", 10)])
+    # natural proportions: one copy of the 4 target examples beside 40 source examples
+    assert len(ts.training_examples(["a", "b"])) == 44
+    # half the mixture: 40 source examples need 40 target rows, 10 copies of 4
+    mixed = ts.training_examples(["a", "b"], target_share=0.5)
+    assert len(mixed) == 80 and sum(e.id.startswith("t:") for e in mixed) == 40
+    assert [e.id for e in mixed[:5]] == ["t:0", "t:1", "t:2", "t:3", "t:0"]  # whole copies, in order
+    # the target alone is the target once, whatever the share; a small share never drops it
+    assert [e.id for e in ts.training_examples([], target_share=0.5)] == ["t:0", "t:1", "t:2", "t:3"]
+    assert target_repeats(4, 10, 0.1) == 1 and target_repeats(4, 30, 0.25) == 2 and target_repeats(0, 30, 0.5) == 1
+    with pytest.raises(ValueError, match="include_target_train"):
+        TrainConfig(target_share=0.5, include_target_train=False)
+    with pytest.raises(ValueError):
+        TrainConfig(target_share=1.0)

@@ -352,3 +352,29 @@ def test_auto_device_without_a_gpu_solves_on_the_cpu_alike():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_subsets_solved_on_cuda_equal_the_cpu_solves():
     _on_device_and_cpu("cuda")
+
+
+@pytest.mark.parametrize("solver", ["fast", "lowrank", "exact"])
+@pytest.mark.parametrize("mode", ["trust_region", "l2"])
+def test_target_share_equals_training_on_the_repeated_target_rows(solver, mode):
+    """``target_share`` counts the target's train rows as often as the fine-tune repeats them: the same
+    estimate as features whose target rows are copied that many times, per subset."""
+    from gradselect.data.examples import target_repeats
+
+    arr = synthetic(3, per_source=40)
+    n_target = len(arr.train_rows)  # 60 target rows, 40 per source
+    subsets = [[], ["s0"], ["s1", "s2"], ["s0", "s2", "s3", "s4"]]
+    share = 0.8
+    est = SubsetEstimator(EstimateConfig(mode=mode, solver=solver, target_share=share)).fit(arr)
+    copies = [target_repeats(n_target, 40 * len(s), share) for s in subsets]
+    assert copies == [1, 3, 5, 11]
+    assert list(est.target_copies(est.subset_masks(subsets))) == copies
+    got = est.estimate(subsets)
+    for s, c, value in zip(subsets, copies, got):
+        repeated = FeatureArrays(arr.g, arr.b, arr.source_rows, np.tile(arr.train_rows, c), arr.dev_rows,
+                                 param_norm=arr.param_norm)
+        plain = SubsetEstimator(EstimateConfig(mode=mode, solver=solver)).fit(repeated)
+        assert np.isclose(value, plain.estimate([s])[0], rtol=1e-7, atol=1e-9)
+    # the share changes the estimate of a mixture, never that of the target alone
+    natural = SubsetEstimator(EstimateConfig(mode=mode, solver=solver)).fit(arr).estimate(subsets)
+    assert np.isclose(got[0], natural[0]) and not np.isclose(got[3], natural[3])

@@ -447,3 +447,41 @@ def test_saturating_unroll_pulls_less_as_examples_are_fitted(setup):
     assert saturating.norm() < frozen.norm()
     rows, loss0 = grads.examples[TARGET], grads.losses[TARGET]
     assert float((loss0 + rows @ saturating).min()) > float((loss0 + rows @ frozen).min())
+
+
+@pytest.mark.parametrize("step", ["normalized", "adam", "unroll"])
+def test_target_share_steps_as_if_the_target_split_were_repeated(setup, step):
+    """``target_share``: a subset's step is the step on gradients whose target split is copied as often as
+    the fine-tune repeats it (sums, squares, counts, and the replay's rows); the target alone is unchanged."""
+    import dataclasses
+
+    from gradselect.data.examples import target_repeats
+    from gradselect.train import TrainConfig
+
+    config, taskset, model, tok = setup
+    grads = SourceGradients.compute(model, tok, taskset, config.tokenize, squares=step == "adam",
+                                     per_example=step == "unroll")
+    dev = taskset.target_dev.examples
+    names = ["legs", "more"]
+    copies = target_repeats(grads.counts[TARGET], sum(grads.counts[n] for n in names), 0.6)
+    assert copies > 1
+    cfg = TrainConfig(max_steps=6, batch_size=4)
+    shared = ForwardPassEstimator(step, target_share=0.6, train_config=cfg).fit(model, tok, grads, dev, config.tokenize)
+
+    def repeated(field):
+        value = getattr(grads, field)
+        if value is None:
+            return None
+        t = value[TARGET]
+        if field in ("examples", "tokens", "losses"):
+            return value | {TARGET: torch.cat([t] * copies)}
+        return value | {TARGET: {p: copies * x for p, x in t.items()}}
+
+    copied = dataclasses.replace(grads, counts=grads.counts | {TARGET: copies * grads.counts[TARGET]},
+                                 **{f: repeated(f) for f in ("sums", "squares", "examples", "tokens", "losses")})
+    plain = ForwardPassEstimator(step, train_config=cfg).fit(model, tok, copied, dev, config.tokenize)
+    for p, t in shared.direction(names).items():
+        assert torch.allclose(t, plain.direction(names)[p], rtol=1e-5, atol=1e-7)
+    natural = ForwardPassEstimator(step, train_config=cfg).fit(model, tok, grads, dev, config.tokenize)
+    for p, t in shared.direction([]).items():
+        assert torch.equal(t, natural.direction([])[p])

@@ -304,3 +304,23 @@ def test_estimates_at_the_base_model_skip_meta_training(tmp_path, monkeypatch, c
                    .replace("proj_dim = 32", 'proj_dim = 32\nprecondition = "adam"'))
     assert main(["run", str(cfg), "-q"]) == 2
     assert "estimate_at" in capsys.readouterr().err
+
+
+def test_a_run_with_a_target_share_trains_and_exports_the_repeated_target(tmp_path, monkeypatch, capsys):
+    """``[train] target_share``: the final fine-tune repeats the target's train split to its share of the
+    mixture, the estimate models the same rows, and the export writes exactly what was trained on."""
+    from gradselect.data.examples import target_repeats
+
+    cfg = _setup(tmp_path, monkeypatch)
+    cfg.write_text(RUN.replace("[train]\n", "[train]\ntarget_share = 0.75\n") + "\n[estimate]\ntarget_share = 0.75\n")
+    run_dir = tmp_path / "runs" / "r"
+    assert main(["run", str(cfg), "-q"]) == 0
+    assert main(["export", str(run_dir), "-o", str(tmp_path / "export"), "-q"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "export" / "train.jsonl").read_text().splitlines()]
+    trained = json.loads((run_dir / "final" / "selection" / "train_result.json").read_text())
+    assert trained["train"]["target_share"] == 0.75 and len(rows) == trained["n_examples"]
+    chosen = json.loads((run_dir / "selection.json").read_text())["chosen"]
+    n_sources = sum(r["source"] != "target/train" for r in rows)
+    n_target = len({r["id"] for r in rows if r["source"] == "target/train"})
+    copies = target_repeats(n_target, n_sources, 0.75)
+    assert chosen and copies > 1 and sum(r["source"] == "target/train" for r in rows) == copies * n_target

@@ -172,6 +172,11 @@ class RunConfig(StrictConfig):
                 f"[train] include_target_train = {str(self.train.include_target_train).lower()} but [estimate] "
                 f"include_target_train = {str(self.estimate.include_target_train).lower()}: the estimate must model "
                 "the rows the fine-tunes train on; set both the same")
+        if self.train.target_share != self.estimate.target_share:
+            raise ValueError(
+                f"[train] target_share = {self.train.target_share} but [estimate] target_share = "
+                f"{self.estimate.target_share}: the estimate must model the rows the fine-tunes train on; set both "
+                "the same")
         if not self.train.include_target_train and "target-only" in self.run.compare:
             raise ValueError("[run] compare has 'target-only' but [train] include_target_train = false leaves it "
                              "nothing to train on; remove it from compare")

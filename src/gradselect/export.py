@@ -52,8 +52,12 @@ def export_selection(run_dir: Path, out: Path, *, fmt: Literal["jsonl", "hf"] = 
     unknown = [n for n in selection.chosen if n not in sizes]
     if unknown:
         raise GradselectError(f"{run_dir / 'selection.json'} chooses {unknown}, which the run's data does not hold")
+    from gradselect.data.examples import target_repeats
+
     rows = []
-    groups = ([("target/train", taskset.target_train.examples)] if include_target_train else []) + \
+    # What the final fine-tune trains on: the target's train split repeated as [train] target_share repeats it.
+    copies = target_repeats(len(taskset.target_train), sum(sizes[n] for n in selection.chosen), config.train.target_share)
+    groups = ([("target/train", list(taskset.target_train.examples) * copies)] if include_target_train else []) + \
         [(name, taskset.source(name).examples) for name in selection.chosen]
     for source, examples in groups:
         for e in examples:

@@ -78,6 +78,20 @@ class Source:
             h.update(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode())
 
 
+def target_repeats(n_target: int, n_sources: int, share: float | None) -> int:
+    """Copies of the target's train split that make it about ``share`` of a mixture with
+    ``n_sources`` source examples: ``round(share n_sources / ((1 - share) n_target))``, at least one.
+
+    A fixed step budget over a large mixture visits a small target's examples a few times at most;
+    a mixing ratio (how practitioners keep the target in view) trains on the sources *beside* the
+    target rather than instead of it. Whole copies keep every example's weight equal within a copy,
+    so the estimator models the same rows by counting the target's statistics this many times.
+    """
+    if share is None or not n_target or not n_sources:
+        return 1
+    return max(1, round(share * n_sources / ((1.0 - share) * n_target)))
+
+
 @dataclass
 class TaskSet:
     """A target task with train/dev/test splits and the auxiliary sources.
@@ -109,13 +123,19 @@ class TaskSet:
         raise DataError(f"unknown source {name!r}; sources are {self.source_names}")
 
     def training_examples(
-        self, source_names: Sequence[str], *, include_target_train: bool = True
+        self, source_names: Sequence[str], *, include_target_train: bool = True, target_share: float | None = None
     ) -> list[Example]:
-        """Examples of the named sources (+ target train), in source order."""
+        """Examples of the named sources (+ target train), in source order.
+
+        ``target_share``: with sources chosen, the target's train split is repeated
+        :func:`target_repeats` times (whole copies), so that it makes up about this share of the
+        examples; None keeps natural proportions.
+        """
         chosen = [self.source(n) for n in source_names]
         examples = [e for s in chosen for e in s.examples]
         if include_target_train:
-            examples = list(self.target_train.examples) + examples
+            copies = target_repeats(len(self.target_train), len(examples), target_share)
+            examples = list(self.target_train.examples) * copies + examples
         return examples
 
     def fingerprint(self) -> str:

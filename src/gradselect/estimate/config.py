@@ -58,6 +58,10 @@ class EstimateConfig(StrictConfig):
     (LoRA fine-tunes of SmolLM2-135M moved 7-19% of it while we planned)."""
     include_target_train: bool = True
     """Add the target's train rows to every subset's training rows."""
+    target_share: float | None = pydantic.Field(default=None, gt=0, lt=1)
+    """Model ``[train] target_share``: count the target's train rows as many times as the fine-tunes
+    repeat them (:func:`gradselect.data.examples.target_repeats`, per subset). Set it to the same
+    value as ``[train] target_share``."""
     tol: float = pydantic.Field(default=1e-10, gt=0)
     """Exact solver: stop when the gradient's max-norm is below this."""
     max_iter: int = pydantic.Field(default=100, ge=1)

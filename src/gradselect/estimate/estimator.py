@@ -247,7 +247,7 @@ class SubsetEstimator:
             return self._solve_fast_batch(masks)
 
     def _solve_fast_batch(self, masks: np.ndarray) -> np.ndarray:
-        stats = self.stats_.summed(masks, self.base_stats_)
+        stats = self.stats_.summed(masks, self.base_stats_, self.target_copies(masks))
         system = stats.system(self.step_model_.ridge(stats.counts))
         if self.radius_ is not None:
             return self.step_model_.finish(stats.to_parameters(quadratic_trust_region(*system, self.radius_)))
@@ -255,9 +255,10 @@ class SubsetEstimator:
 
     def _solve_exact(self, masks: np.ndarray) -> np.ndarray:
         cfg = self.config_
-        stats = self.stats_.summed(masks, self.base_stats_)
+        copies = self.target_copies(masks)
+        stats = self.stats_.summed(masks, self.base_stats_, copies)
         v, converged = refine_on_rows(self.rows_, masks, stats, ridge=self.step_model_.ridge(stats.counts),
-                                      radius=self.radius_, tol=cfg.tol, max_iter=cfg.max_iter)
+                                      radius=self.radius_, tol=cfg.tol, max_iter=cfg.max_iter, base_copies=copies)
         for i in np.flatnonzero(~converged):  # stalled, or the radius does not bind: plain Newton
             v[i] = self._solve_one(masks[i])
         return self.step_model_.finish(v)
@@ -265,8 +266,21 @@ class SubsetEstimator:
     def _rows(self, mask: np.ndarray) -> np.ndarray:
         parts = [self.arrays_.source_rows[self.source_names_[i]] for i in np.flatnonzero(mask)]
         if self.config_.include_target_train:
-            parts.append(self.arrays_.train_rows)
+            copies = self.target_copies(mask[None])
+            parts += [self.arrays_.train_rows] * (1 if copies is None else int(copies[0]))
         return np.concatenate(parts)
+
+    def target_copies(self, masks: np.ndarray) -> np.ndarray | None:
+        """How many times each subset's fine-tune repeats the target's train rows, shape (n_subsets,)
+        (``target_share``, :func:`~gradselect.data.examples.target_repeats`); None: once each."""
+        from gradselect.data.examples import target_repeats
+
+        share = self.config_.target_share
+        if share is None or not self.config_.include_target_train:
+            return None
+        sizes = np.asarray(masks, dtype=np.int64) @ np.array([len(self.arrays_.source_rows[n]) for n in self.source_names_])
+        n_target = len(self.arrays_.train_rows)
+        return np.array([target_repeats(n_target, int(n), share) for n in sizes], dtype=np.float64)
 
     def _solve_one(self, mask: np.ndarray) -> np.ndarray:
         """One subset by plain Newton on its rows (before any rescaling)."""

@@ -221,6 +221,8 @@ class ForwardPassEstimator:
     length_fraction : float
     include_target_train : bool
         Count the target's train split in every subset's mean gradient.
+    target_share : float, optional
+        Count it as many times as a fine-tune with ``[train] target_share`` repeats it.
     output : str
         The output function (the estimator's functional is the logistic loss of its mean).
     train_config : TrainConfig, optional
@@ -240,10 +242,11 @@ class ForwardPassEstimator:
     """
 
     def __init__(self, step: Step = "sign", *, length: float | None = None, length_fraction: float = 0.1,
-                 include_target_train: bool = True, output: str = "log_odds", batch_size: int = 8,
-                 train_batch_size: int = 8, train_config=None, train_steps: int | None = None):
+                 include_target_train: bool = True, target_share: float | None = None, output: str = "log_odds",
+                 batch_size: int = 8, train_batch_size: int = 8, train_config=None, train_steps: int | None = None):
         self.step, self.length, self.length_fraction = step, length, length_fraction
         self.include_target_train, self.output, self.batch_size = include_target_train, output, batch_size
+        self.target_share = target_share
         self.train_batch_size = train_batch_size
         self.train_config, self.train_steps = train_config, train_steps
 
@@ -291,15 +294,16 @@ class ForwardPassEstimator:
             raise GradselectError(f"unknown source(s) {unknown}; sources are {self.source_names_}")
         if not groups:
             raise GradselectError("an empty subset has no training rows when include_target_train is false")
+        copies = self._copies(names)
         if self.step in REPLAYS:
-            return self.replay(groups, saturating=self.step == "unroll_saturating")
-        n = sum(self.gradients_.counts[g] for g in groups)
-        mean = {p: sum(self.gradients_.sums[g][p] for g in groups) / n for p in self.params_}
+            return self.replay(groups, saturating=self.step == "unroll_saturating", copies=copies)
+        n = sum(copies.get(g, 1) * self.gradients_.counts[g] for g in groups)
+        mean = {p: sum(copies.get(g, 1) * self.gradients_.sums[g][p] for g in groups) / n for p in self.params_}
         if self.step == "adam":
             out = {}
             for p, m in mean.items():
                 m = m.double()  # squares of tiny gradients underflow in float32
-                second = sum(self.gradients_.squares[g][p].double() for g in groups) / n
+                second = sum(copies.get(g, 1) * self.gradients_.squares[g][p].double() for g in groups) / n
                 # E[g_batch^2] = m^2 + var / B, the per-example variance var = E[g^2] - m^2.
                 v = m * m + (second - m * m).clamp(min=0) / self.train_batch_size
                 root = v.sqrt()
@@ -307,7 +311,17 @@ class ForwardPassEstimator:
             return out
         return {p: -(torch.sign(m) if self.step == "sign" else m) for p, m in mean.items()}
 
-    def replay(self, groups: list[str], *, saturating: bool = False) -> dict[str, torch.Tensor]:
+    def _copies(self, names: list[str]) -> dict[str, int]:
+        """``{TARGET: copies}`` of the target's train split in this subset's fine-tune (``target_share``)."""
+        from gradselect.data.examples import target_repeats
+
+        if self.target_share is None or not self.include_target_train:
+            return {}
+        n_sources = sum(self.gradients_.counts[g] for g in names)
+        return {TARGET: target_repeats(self.gradients_.counts[TARGET], n_sources, self.target_share)}
+
+    def replay(self, groups: list[str], *, saturating: bool = False,
+               copies: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
         """The displacement of the fine-tune on ``groups``' examples replayed with frozen gradients, by parameter.
 
         ``train_steps_`` AdamW steps (``torch.optim.AdamW`` and the ``transformers`` schedule the
@@ -320,6 +334,8 @@ class ForwardPassEstimator:
         from transformers import get_scheduler
 
         cfg = self.train_config
+        # The fine-tune's rows: the target's train split repeated as [train] target_share repeats it.
+        groups = [g for g in groups for _ in range((copies or {}).get(g, 1))]
         rows = torch.cat([self.gradients_.examples[g] for g in groups])
         tokens = torch.cat([self.gradients_.tokens[g] for g in groups])
         if saturating:
@@ -426,6 +442,8 @@ class ForwardScoredEstimator:
                                   f"{estimator.source_names_}: computed for other data")
         if forward.include_target_train != estimator.config_.include_target_train:
             raise GradselectError("the forward scorer and the estimator disagree on include_target_train")
+        if forward.target_share != estimator.config_.target_share:
+            raise GradselectError("the forward scorer and the estimator disagree on target_share")
         self.estimator, self.forward_ = estimator, forward
         self.base_loss_ = forward.base_loss_
         self.gain_error_: float | None = None

@@ -307,18 +307,22 @@ class SufficientStatistics:
         pick = lambda x: None if x is None else x[rows]  # noqa: E731
         return SufficientStatistics(self.counts[rows], self.grads[rows], self.dense[rows], pick(self.tail), self.basis)
 
-    def summed(self, masks: np.ndarray, base: "SufficientStatistics | None" = None) -> "SufficientStatistics":
+    def summed(self, masks: np.ndarray, base: "SufficientStatistics | None" = None,
+               base_copies: np.ndarray | None = None) -> "SufficientStatistics":
         """Statistics of each subset: sums over its sources (+ ``base``, one group added to all).
 
         ``masks`` has shape (n_subsets, n_sources); every sum is one GEMM over the
-        flattened per-source arrays.
+        flattened per-source arrays. ``base_copies`` (shape (n_subsets,)): how many times each
+        subset counts the base group's rows (``[train] target_share``); once by default.
         """
         w = torch.as_tensor(np.asarray(masks), dtype=self.counts.dtype, device=self.counts.device)
         k = self.dense.shape[1]
         parts = [w @ self.counts, w @ self.grads, (w @ self.dense.reshape(len(self.counts), k * k)).reshape(len(w), k, k),
                  None if self.tail is None else w @ self.tail]
         if base is not None:
-            parts = [None if p is None else p + q[0] for p, q in zip(parts, (base.counts, base.grads, base.dense, base.tail))]
+            c = None if base_copies is None else torch.as_tensor(np.asarray(base_copies), dtype=w.dtype, device=w.device)
+            parts = [None if p is None else p + (q[0] if c is None else c.view(-1, *[1] * (p.dim() - 1)) * q[0])
+                     for p, q in zip(parts, (base.counts, base.grads, base.dense, base.tail))]
         return SufficientStatistics(*parts, basis=self.basis)
 
     def system(self, ridge) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -486,7 +490,7 @@ class RowBlocks:
         self.blocks = [(as_t(g[rows]), as_t(b[rows])) for rows in groups]
         self.base = None if base is None or not len(base) else (as_t(g[base]), as_t(b[base]))
 
-    def gradient_sums(self, masks: np.ndarray, v: torch.Tensor) -> torch.Tensor:
+    def gradient_sums(self, masks: np.ndarray, v: torch.Tensor, base_copies: np.ndarray | None = None) -> torch.Tensor:
         """``sum_{j in T_S} -sigmoid(-(b_j + g_j . v_S)) g_j`` per subset, shape (n_subsets, proj_dim).
 
         One pair of GEMMs per source over the subsets that contain it, so no row is
@@ -500,13 +504,14 @@ class RowBlocks:
                 out.index_add_(0, idx, torch.sigmoid(-(b[:, None] + g @ v[idx].T)).T @ g)
         if self.base is not None:
             g, b = self.base
-            out += torch.sigmoid(-(b[:, None] + g @ v.T)).T @ g
+            base = torch.sigmoid(-(b[:, None] + g @ v.T)).T @ g
+            out += base if base_copies is None else torch.as_tensor(np.asarray(base_copies), dtype=v.dtype)[:, None] * base
         return -out
 
 
 def refine_on_rows(
     rows: RowBlocks, masks: np.ndarray, stats: SufficientStatistics, *, ridge, radius: float | None = None,
-    tol: float = 1e-10, max_iter: int = 100, history: int = 5,
+    tol: float = 1e-10, max_iter: int = 100, history: int = 5, base_copies: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Solve each subset's problem exactly on its rows, many subsets at once.
 
@@ -536,6 +541,8 @@ def refine_on_rows(
         iterations is given up earlier.
     history : int
         Anderson memory (3-12 made no difference in our benchmarks).
+    base_copies : ndarray of shape (n_subsets,), optional
+        How many times each subset counts the base rows (as ``stats`` was summed).
 
     Returns
     -------
@@ -572,7 +579,7 @@ def refine_on_rows(
     past_x, past_step = [], []
     checkpoint = None
     for it in range(max_iter):
-        f1 = rows.gradient_sums(masks, v) / counts[:, None] + (2 * ridge + mu)[:, None] * v
+        f1 = rows.gradient_sums(masks, v, base_copies) / counts[:, None] + (2 * ridge + mu)[:, None] * v
         residual = f1.abs().amax(1)
         done = residual < tol
         if radius is not None:

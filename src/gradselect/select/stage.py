@@ -92,12 +92,14 @@ def forward_scored(estimator: SubsetEstimator, config, taskset, meta_adapter: Pa
         write_json_atomic(stamp, identity)
     forward = ForwardPassEstimator(est_cfg.forward_step, length_fraction=est_cfg.forward_length_fraction,
                                    include_target_train=est_cfg.include_target_train,
+                                   target_share=est_cfg.target_share,
                                    output=manifest.get("output_function", "log_odds"),
                                    train_batch_size=config.train.batch_size)
     forward.fit(model, tokenizer, gradients, taskset.target_dev.examples, config.tokenize)
     # Passes are cached by step length too (the trust check scores its subsets at several).
     outputs_identity = identity | {"step": est_cfg.forward_step, "output": forward.output,
                                    "include_target_train": forward.include_target_train,
+                                   **({"target_share": forward.target_share} if forward.target_share else {}),
                                    "train_batch_size": forward.train_batch_size}
     scored = ForwardScoredEstimator(estimator, forward, cache_file=gradients_file.with_name("forward_outputs.json"),
                                     cache_identity=outputs_identity)

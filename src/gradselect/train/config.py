@@ -34,6 +34,11 @@ class TrainConfig(StrictConfig):
     """Seed of adapter initialisation, shuffling and dropout."""
     include_target_train: bool = True
     """Train on the target's train split along with the chosen sources."""
+    target_share: float | None = pydantic.Field(default=None, gt=0, lt=1)
+    """Share of the training examples the target's train split makes up when sources are chosen:
+    its examples are repeated (whole copies) to about this share (e.g. 0.5: half of every epoch
+    is the target). None keeps natural proportions, where a large mixture dilutes a small target
+    at a fixed step budget. Needs ``include_target_train``."""
     select_best_on_dev: bool = False
     """Evaluate target dev loss each epoch and keep the best checkpoint (stops an
     overfit meta-initialization; never uses the test split)."""
@@ -41,6 +46,12 @@ class TrainConfig(StrictConfig):
     """Checkpoints kept for resuming."""
     logging_steps: int = pydantic.Field(default=10, ge=1)
     """Log training loss every this many steps."""
+
+    @pydantic.model_validator(mode="after")
+    def _share_needs_target(self) -> "TrainConfig":
+        if self.target_share is not None and not self.include_target_train:
+            raise ValueError("target_share is set but include_target_train = false: there is no target to weight")
+        return self
 
     @pydantic.field_validator("warmup")
     @classmethod

@@ -184,7 +184,8 @@ def train(
         shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
         (output_dir / RESULT_FILE).unlink()
 
-    examples = taskset.training_examples(source_names, include_target_train=train_config.include_target_train)
+    examples = taskset.training_examples(source_names, include_target_train=train_config.include_target_train,
+                                         target_share=train_config.target_share)
     if not examples:
         raise GradselectError("nothing to train on: no sources chosen and include_target_train is false")
     start = time.perf_counter()
