@@ -324,3 +324,4 @@ def test_a_run_with_a_target_share_trains_and_exports_the_repeated_target(tmp_pa
     n_target = len({r["id"] for r in rows if r["source"] == "target/train"})
     copies = target_repeats(n_target, n_sources, 0.75)
     assert chosen and copies > 1 and sum(r["source"] == "target/train" for r in rows) == copies * n_target
+    assert "repeated to about 75% of every mixture" in (run_dir / "report.md").read_text()

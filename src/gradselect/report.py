@@ -416,6 +416,10 @@ def write_report(run_dir: str | Path) -> Path:
             lines += [forward_length_line(params["forward_length_choice"]), ""]
         if params.get("forward_surrogate_choice"):
             lines += [forward_surrogate_line(params["forward_surrogate_choice"]), ""]
+    share = (params.get("estimator") or {}).get("target_share")
+    if share:
+        lines += [f"Mixing ratio: the target's train split is repeated to about {share:.0%} of every mixture "
+                  "(`[train]`/`[estimate] target_share`), in the estimates and the fine-tunes alike.", ""]
     if params.get("base_loss") is not None and selection.get("estimated_loss") is not None:
         lines += [f"Estimated target dev loss of the choice: {selection['estimated_loss']:.5f} "
                   f"({start_of_estimates(params)}: {params['base_loss']:.5f}), on the estimator's own scale: for "
