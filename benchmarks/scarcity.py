@@ -37,12 +37,13 @@ def suite(args, target_train: int):
     return config, steps
 
 
-def paired_interval(a, b, *, n_boot: int = 2000, seed: int = 0) -> tuple[float, list[float]]:
-    """Mean of ``a - b`` (per dev example) and its bootstrap 95% interval over examples."""
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    rng = np.random.default_rng(seed)
-    boots = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(n_boot)]
-    return float(d.mean()), [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
+def paired_interval(a, b) -> tuple[float, list[float]]:
+    """Mean of ``a - b`` over dev examples and its paired bootstrap 95% interval (the final metrics' own)."""
+    from gradselect.evaluate.metrics import PerExample, paired_difference
+
+    mean = lambda x: PerExample(np.asarray(x, dtype=float), np.ones(len(x)))  # noqa: E731
+    d = paired_difference(mean(a), mean(b))
+    return d["difference"], d["ci95"]
 
 
 def main(argv=None) -> int:
