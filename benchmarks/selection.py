@@ -10,11 +10,12 @@ step budgets for every final fine-tune. Suites:
   forward selection with one real fine-tune (from the base model) per candidate, capped
   at ``--budget`` fine-tunes (with its cost ratio against gradselect's stages);
 - ``bbh``: one BIG-Bench-Hard task (``--target``, default boolean_expressions) as a
-  scarce target (``--test-size`` test questions, 30 dev, the rest, 20 of 250, to train)
+  scarce target (``--test-size`` test questions, ``--dev-size`` dev, default 30, the rest, 20 of 250,
+  to train)
   and ``--n-sources`` other BBH tasks of ``--per-source`` examples as sources, the last
   two with swapped answers (planted harm); the planted suite's methods;
 - ``arith``: BIG-bench arithmetic (``--arithmetic``, ``../shared/data/bigbench/arithmetic``):
-  2-digit addition as a scarce target (``--target-train`` questions, default 16; 60 dev;
+  2-digit addition as a scarce target (``--target-train`` questions, default 16; ``--dev-size`` dev, default 60;
   ``--test-size`` test; multiple-choice accuracy over the task's answer options) and the 12 other
   subtasks of the arith12 truth bank as sources, two with swapped answers (planted harm);
 - ``cot``: chain-of-thought data selection (issue 16): StrategyQA from ``--data``
@@ -148,9 +149,9 @@ def cot_config(model: str | None, data: Path, out: Path, n_train: int, n_noisy: 
 
 
 def bbh_selection_config(bbh: Path, target: str, n_sources: int, per_source: int, test_size: int,
-                         model: str | None, target_train: int | None = None):
-    """One BIG-Bench-Hard task as a scarce target (``test_size`` test questions, 30 dev, the rest to
-    train, or ``target_train`` of them: a scarcer target, drawn with the data seed) and ``n_sources``
+                         model: str | None, target_train: int | None = None, dev_size: int = 30):
+    """One BIG-Bench-Hard task as a scarce target (``test_size`` test questions, ``dev_size`` dev, the rest
+    to train, or ``target_train`` of them: a scarcer target, drawn with the data seed) and ``n_sources``
     other BBH tasks as sources, the last two of them with every answer swapped for another example's
     (planted harm, known to the benchmark)."""
     from gradselect.demo import FINAL_STEPS
@@ -159,10 +160,12 @@ def bbh_selection_config(bbh: Path, target: str, n_sources: int, per_source: int
     from fidelity import bbh_config
 
     rows = len(json.loads((bbh / f"{target}.json").read_text())["examples"])
-    dev = 30
-    if rows - test_size - dev < 10:
+    dev = dev_size
+    if dev < 2:
+        raise SystemExit(f"--dev-size {dev}: at least 2 dev questions")
+    if target_train is None and rows - test_size - dev < 10:
         raise SystemExit(f"{bbh / (target + '.json')}: {rows} examples leave fewer than 10 to train after "
-                         f"{test_size} test and {dev} dev questions; lower --test-size")
+                         f"{test_size} test and {dev} dev questions; lower --test-size or --dev-size")
     if target_train is not None and not 1 <= target_train <= rows - test_size - dev:
         raise SystemExit(f"--target-train {target_train}: {bbh / (target + '.json')} has {rows - test_size - dev} "
                          f"examples to train after {test_size} test and {dev} dev questions")
@@ -179,8 +182,9 @@ def bbh_selection_config(bbh: Path, target: str, n_sources: int, per_source: int
     return config, FINAL_STEPS["tiny" if tiny else "smollm2"], [s["name"] for s in data["sources"][-2:]]
 
 
-def arith_selection_config(root: Path, target_train: int, test_size: int, model: str | None, n_sources: int = 12):
-    """BIG-bench arithmetic: 2-digit addition as the target (``target_train`` training questions, 60 dev,
+def arith_selection_config(root: Path, target_train: int, test_size: int, model: str | None, n_sources: int = 12,
+                           dev_size: int = 60):
+    """BIG-bench arithmetic: 2-digit addition as the target (``target_train`` training questions, ``dev_size`` dev,
     ``test_size`` test; multiple choice kept), the truth bank arith12's 12 other subtasks as sources
     (30 examples each; two with swapped answers, planted harm); fewer with ``n_sources`` (the first
     clean ones and both noisy ones)."""
@@ -190,7 +194,9 @@ def arith_selection_config(root: Path, target_train: int, test_size: int, model:
     from truthbank import ARITH_SOURCES, arith12_config
 
     config = arith12_config(root)
-    dev = 60
+    dev = dev_size
+    if dev < 2:
+        raise SystemExit(f"--dev-size {dev}: at least 2 dev questions")
     total = target_train + dev + test_size
     data = config.data.model_dump()
     data["target"]["max_examples"] = total
@@ -218,6 +224,9 @@ def main(argv=None) -> int:
     p.add_argument("--target-train", type=int,
                    help="planted / arith / bbh: target training questions (default: the demo's 60 / 16 / "
                         "every BBH question left after test and dev)")
+    p.add_argument("--dev-size", type=int,
+                   help="bbh / arith: target dev questions, what the trust check and the evidence margin "
+                        "measure on (default 30 / 60)")
     p.add_argument("--final-seeds", type=int, default=2, help="training seeds of every final fine-tune")
     p.add_argument("--final-init", choices=["base", "meta"], default="base",
                    help="where every final fine-tune starts: the base model or theta* ([run] final_init)")
@@ -292,13 +301,14 @@ def main(argv=None) -> int:
             print(f"skipped: no BIG-Bench-Hard task {args.target} at {args.bbh}")
             return 0
         config, steps, planted = bbh_selection_config(args.bbh, args.target, args.n_sources, args.per_source,
-                                                      args.test_size, args.model, args.target_train)
+                                                      args.test_size, args.model, args.target_train,
+                                                      args.dev_size or 30)
     elif args.suite == "arith":
         if not (args.arithmetic / "2_digit_addition" / "task.json").exists():
             print(f"skipped: no BIG-bench arithmetic at {args.arithmetic}")
             return 0
         config, steps, planted = arith_selection_config(args.arithmetic, args.target_train or 16, args.test_size,
-                                                        args.model, args.n_sources)
+                                                        args.model, args.n_sources, args.dev_size or 60)
     else:
         config, steps = suite_config(args.model, args.n_sources, args.size, args.test_size, args.target_train)
     config = config.model_copy(update={"run": config.run.model_copy(update={

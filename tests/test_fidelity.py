@@ -196,6 +196,13 @@ def test_bbh_selection_suite_takes_a_scarcer_target_without_touching_dev_and_tes
     assert sizes == {None: (20, 30, 200), 8: (8, 30, 200)}
     with pytest.raises(SystemExit, match="boolean_expressions.json"):
         selection.bbh_selection_config(bbh, "boolean_expressions", 12, 40, 200, None, 21)
+    # --dev-size: the questions a scarcer target leaves unused can go to dev (250 = 8 + 42 + 200).
+    config, _, _ = selection.bbh_selection_config(bbh, "boolean_expressions", 12, 40, 200, None, 8, dev_size=42)
+    taskset = load_taskset(config.data)
+    assert tuple(len(s.examples) for s in (taskset.target_train, taskset.target_dev, taskset.target_test)) \
+        == (8, 42, 200)
+    with pytest.raises(SystemExit, match="boolean_expressions.json"):
+        selection.bbh_selection_config(bbh, "boolean_expressions", 12, 40, 200, None, 8, dev_size=43)
 
 
 def test_selection_suite_header_counts_the_examples_each_source_really_has(tmp_path):
