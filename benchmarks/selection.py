@@ -148,8 +148,18 @@ def cot_config(model: str | None, data: Path, out: Path, n_train: int, n_noisy: 
     return config, FINAL_STEPS["tiny" if tiny else "smollm2"]
 
 
+BBH_DEV, ARITH_DEV = 30, 60
+"""Target dev questions of the bbh and arith suites unless ``--dev-size`` says otherwise."""
+
+
+def _checked_dev(dev_size: int) -> int:
+    if dev_size < 2:
+        raise SystemExit(f"--dev-size {dev_size}: at least 2 dev questions")
+    return dev_size
+
+
 def bbh_selection_config(bbh: Path, target: str, n_sources: int, per_source: int, test_size: int,
-                         model: str | None, target_train: int | None = None, dev_size: int = 30):
+                         model: str | None, target_train: int | None = None, dev_size: int = BBH_DEV):
     """One BIG-Bench-Hard task as a scarce target (``test_size`` test questions, ``dev_size`` dev, the rest
     to train, or ``target_train`` of them: a scarcer target, drawn with the data seed) and ``n_sources``
     other BBH tasks as sources, the last two of them with every answer swapped for another example's
@@ -160,9 +170,7 @@ def bbh_selection_config(bbh: Path, target: str, n_sources: int, per_source: int
     from fidelity import bbh_config
 
     rows = len(json.loads((bbh / f"{target}.json").read_text())["examples"])
-    dev = dev_size
-    if dev < 2:
-        raise SystemExit(f"--dev-size {dev}: at least 2 dev questions")
+    dev = _checked_dev(dev_size)
     if target_train is None and rows - test_size - dev < 10:
         raise SystemExit(f"{bbh / (target + '.json')}: {rows} examples leave fewer than 10 to train after "
                          f"{test_size} test and {dev} dev questions; lower --test-size or --dev-size")
@@ -183,7 +191,7 @@ def bbh_selection_config(bbh: Path, target: str, n_sources: int, per_source: int
 
 
 def arith_selection_config(root: Path, target_train: int, test_size: int, model: str | None, n_sources: int = 12,
-                           dev_size: int = 60):
+                           dev_size: int = ARITH_DEV):
     """BIG-bench arithmetic: 2-digit addition as the target (``target_train`` training questions, ``dev_size`` dev,
     ``test_size`` test; multiple choice kept), the truth bank arith12's 12 other subtasks as sources
     (30 examples each; two with swapped answers, planted harm); fewer with ``n_sources`` (the first
@@ -194,9 +202,7 @@ def arith_selection_config(root: Path, target_train: int, test_size: int, model:
     from truthbank import ARITH_SOURCES, arith12_config
 
     config = arith12_config(root)
-    dev = dev_size
-    if dev < 2:
-        raise SystemExit(f"--dev-size {dev}: at least 2 dev questions")
+    dev = _checked_dev(dev_size)
     total = target_train + dev + test_size
     data = config.data.model_dump()
     data["target"]["max_examples"] = total
@@ -302,13 +308,14 @@ def main(argv=None) -> int:
             return 0
         config, steps, planted = bbh_selection_config(args.bbh, args.target, args.n_sources, args.per_source,
                                                       args.test_size, args.model, args.target_train,
-                                                      args.dev_size or 30)
+                                                      BBH_DEV if args.dev_size is None else args.dev_size)
     elif args.suite == "arith":
         if not (args.arithmetic / "2_digit_addition" / "task.json").exists():
             print(f"skipped: no BIG-bench arithmetic at {args.arithmetic}")
             return 0
         config, steps, planted = arith_selection_config(args.arithmetic, args.target_train or 16, args.test_size,
-                                                        args.model, args.n_sources, args.dev_size or 60)
+                                                        args.model, args.n_sources,
+                                                        ARITH_DEV if args.dev_size is None else args.dev_size)
     else:
         config, steps = suite_config(args.model, args.n_sources, args.size, args.test_size, args.target_train)
     config = config.model_copy(update={"run": config.run.model_copy(update={
