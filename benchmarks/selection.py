@@ -254,6 +254,9 @@ def main(argv=None) -> int:
                         "the base model's untrained adapter (no meta-training)")
     p.add_argument("--forward-length", type=float, metavar="FRACTION",
                    help="forward scorer: sign-step length as a fraction of |theta| ([estimate] forward_length_fraction)")
+    p.add_argument("--forward-metric", choices=["functional", "token_ce"], default="functional",
+                   help="forward scorer: what a subset's dev loss is measured in, and so what the trust check and the "
+                        "evidence margin compare ([estimate] forward_metric)")
     p.add_argument("--target-share", type=float, metavar="SHARE",
                    help="keep the target's train split at this share of every mixture ([train] and [estimate] "
                         "target_share)")
@@ -326,7 +329,8 @@ def main(argv=None) -> int:
                                                    else float(args.margin)}),
         "train": config.train.model_copy(update={"target_share": args.target_share}),
         "estimate": config.estimate.model_copy(update={"scorer": args.scorer, "target_share": args.target_share, **(
-            {"forward_length_fraction": args.forward_length} if args.forward_length else {})})})
+            {"forward_length_fraction": args.forward_length} if args.forward_length else {}), **(
+            {"forward_metric": args.forward_metric} if args.forward_metric != "functional" else {})})})
     run_pipeline(config, device=args.device, progress=False)
     rows = selection_rows(args.out)
     ours = cost_of_selection(args.out)
@@ -336,7 +340,8 @@ def main(argv=None) -> int:
           f"from {'theta*' if args.final_init == 'meta' else 'the base model'}; trust check of {args.validate_k} "
           f"subsets from {'theta*' if config.run.trust_check_start() == 'meta' else 'the base model'}; "
           f"evidence margin "
-          f"{args.margin}; {args.scorer} scorer; estimates at "
+          f"{args.margin}; {args.scorer} scorer"
+          + (f" in {args.forward_metric}" if args.scorer == "forward" else "") + "; estimates at "
           f"{'theta*' if args.estimate_at == 'meta' else 'the base model (no meta-training)'}"
           + (f"; target share {args.target_share}" if args.target_share else ""))
     print_selection_rows(rows)

@@ -1524,8 +1524,12 @@ def score_at_base(args) -> int:
     config = SUITES[bank["suite"]]()
     run_dir = Path(args.run_dir or f"runs/bank-{bank['suite']}")
     base_bank = bank.get("start") == "base"  # a build-base bank: every subset's truth is from the base model
-    base_records = ([{"sources": r["sources"], "loss": float(np.mean(r["losses"]))} for r in bank["subsets"]]
-                    if base_bank else bank.get("base_model_truth", []))
+    # The truth in the metric scored: the estimator's functional, or token cross-entropy (every seed's).
+    seeds_key = "losses" if args.metric == "functional" else "token_ce"
+    one_key = "loss" if args.metric == "functional" else "token_ce"
+    base_records = ([{"sources": r["sources"], "loss": float(np.mean(r[seeds_key]))} for r in bank["subsets"]]
+                    if base_bank else [{"sources": r["sources"], "loss": r[one_key]}
+                                       for r in bank.get("base_model_truth", [])])
     if len(base_records) < 4:
         print(f"{bank_path}: {len(base_records)} base-model truths; scoring needs at least 4", file=sys.stderr)
         return 2
@@ -1544,7 +1548,7 @@ def score_at_base(args) -> int:
     judged = [i for i, s in enumerate(subsets) if tuple(s) in truth]
     judged_subsets = [subsets[i] for i in judged]
     bt = np.array([truth[tuple(s)] for s in judged_subsets])
-    meta_true = None if base_bank else np.array([np.mean(bank["subsets"][i]["losses"]) for i in judged])
+    meta_true = None if base_bank else np.array([np.mean(bank["subsets"][i][seeds_key]) for i in judged])
     names = arrays.source_names
 
     variants = {}
@@ -1578,7 +1582,8 @@ def score_at_base(args) -> int:
         grads.save(grads_path)
     # The unroll step replays the bank's own fine-tunes: their optimizer, schedule, batches and step count.
     truth_train = config.train.model_copy(update={"max_steps": TRUTH_STEPS})
-    ests = {step: ForwardPassEstimator(step, train_batch_size=config.train.batch_size, train_config=truth_train).fit(
+    ests = {step: ForwardPassEstimator(step, train_batch_size=config.train.batch_size, train_config=truth_train,
+                                       metric=args.metric).fit(
         model, tok, grads, taskset.target_dev.examples, config.tokenize) for step in steps}
     est = ests["sign"]
     cache_file = run_dir / "at_base" / "forward.json"
@@ -1590,7 +1595,8 @@ def score_at_base(args) -> int:
         tag = "natural" if fraction is None else f"{fraction:g}"
         for s in which:
             # Sign keys as before (caches from earlier runs stay valid); other steps prefixed by name.
-            key = ("" if step == "sign" else f"{step}|") + f"{tag}|{';'.join(sorted(s))}"
+            key = ("" if args.metric == "functional" else f"{args.metric}|") + (
+                "" if step == "sign" else f"{step}|") + f"{tag}|{';'.join(sorted(s))}"
             if key not in cache:
                 e = ests[step]
                 cache[key] = float(e.estimate([s], length=None if fraction is None else fraction * e.param_norm_)[0])
@@ -1630,16 +1636,18 @@ def score_at_base(args) -> int:
             return 2
         by_trust_check = _length_by_trust_check(by_length, bt, judged_subsets, len(names), configured)
     out = {
-        "bank": str(bank_path), "suite": bank["suite"], "n_base_truths": len(judged),
+        "bank": str(bank_path), "suite": bank["suite"], "n_base_truths": len(judged), "metric": args.metric,
         "what": "estimates made at the base model (the fresh adapter of a seed-0 fine-tune; no theta*) against the "
                 + ("base bank's truths (fine-tunes from the base model, seed mean)" if base_bank
-                   else "bank's base-model truths (1 seed each)"),
+                   else "bank's base-model truths (1 seed each)")
+                + (" in token cross-entropy (forward passes measure it too; the linear estimates stay in the "
+                   "functional, so only their order counts)" if args.metric == "token_ce" else ""),
         "param_norm": arrays.param_norm, "estimator_base_loss": linear.base_loss_, "forward_base_loss": est.base_loss_,
         "truth_base": {"spearman_vs_theta_star_truth": None if meta_true is None else float(rho(bt, meta_true)),
                        "seeds_per_truth": (max(len(r["losses"]) for r in bank["subsets"]) if base_bank else 1),
                        "target_alone_rank": figures(bt)["target_alone_rank"], "sd": float(np.std(bt)),
                        # Seed A against seed B over the subsets with two (a base bank grown with --seeds 2).
-                       "ceiling": noise_ceiling([r["losses"] for r in bank["subsets"]]) if base_bank else None},
+                       "ceiling": noise_ceiling([r[seeds_key] for r in bank["subsets"]]) if base_bank else None},
         "variants": scores,
         **({"length_by_trust_check": {"configured": args.configured_length, "by_k": by_trust_check}}
            if by_trust_check is not None else {}),
@@ -1652,7 +1660,8 @@ def score_at_base(args) -> int:
                               for k, v in lengths.items()},
         **_provenance(),
     }
-    out_path = Path(args.out) if args.out else bank_path.with_name(bank_path.stem + ".at-base.scores.json")
+    tag = "" if args.metric == "functional" else f".{args.metric}"
+    out_path = Path(args.out) if args.out else bank_path.with_name(bank_path.stem + f".at-base{tag}.scores.json")
     write_json_atomic(out_path, out)
     print(f"{len(judged)} base-model truths (target alone rank {out['truth_base']['target_alone_rank']}); "
           f"written {out_path}")
@@ -1847,6 +1856,9 @@ def main(argv=None) -> int:
                          "adam needs per-example squared gradients, the unrolls every example's gradient: one backward "
                          "pass per example; the unrolls at their own length only, 'natural')")
     ab.add_argument("--threads", type=int, default=BANK_THREADS, help="torch threads")
+    ab.add_argument("--metric", choices=["functional", "token_ce"], default="functional",
+                    help="the truth and the forward passes in the estimator's functional or in token cross-entropy "
+                         "([estimate] forward_metric); token_ce writes SUITE.at-base.token_ce.scores.json")
     ab.add_argument("--configured-length", type=float, metavar="FRACTION",
                     help="also simulate trust checks of 8 and 12 bank subsets choosing the length among --lengths, "
                          "keeping this one unless another orders their subsets better by more than one SE")

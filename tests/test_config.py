@@ -80,6 +80,9 @@ def test_forward_scorer_defaults_and_ignored_options(tmp_path):
     assert set_off.run.residual_surrogate_mode() == set_off.run.residual_surrogate_mode("forward") == "off"
     with pytest.warns(UserWarning, match="forward_step is ignored by scorer 'linear'"):
         RunConfig.model_validate({"estimate": {"forward_step": "adam"}})
+    with pytest.warns(UserWarning, match="forward_metric is ignored by scorer 'linear'"):
+        RunConfig.model_validate({"estimate": {"forward_metric": "token_ce"}})
+    assert RunConfig.model_validate({"estimate": {"scorer": "forward", "forward_metric": "token_ce"}})
     bad = tmp_path / "bad.toml"
     bad.write_text('[estimate]\nscorer = "exact"\n')
     with pytest.raises(ConfigError, match="scorer"):

@@ -388,6 +388,14 @@ def test_base_bank_grows_resumably_and_scores_estimates_made_at_the_base_model(t
     passes = out["forward_estimates"]
     assert set(passes) == {"sign|0.5", "adam|0.5"} and all(len(v) == 4 for v in passes.values())
     assert passes["sign|0.5"] != passes["adam|0.5"]
+    # In token cross-entropy: the forward passes measure it, the truth is every seed's token CE.
+    ce_scores = tmp_path / "ce.json"
+    assert truthbank.main(["at-base", "--bank", str(bank_path), "--run-dir", str(run_dir), "--lengths", "0.5",
+                           "--device", "cpu", "--out", str(ce_scores), "--metric", "token_ce"]) == 0
+    ce = json.loads(ce_scores.read_text())
+    assert ce["metric"] == "token_ce" and out["metric"] == "functional"
+    assert ce["forward_estimates"]["sign|0.5"] != passes["sign|0.5"]
+    assert ce["truth_base"]["sd"] == pytest.approx(np.std([np.mean(r["token_ce"]) for r in bank["subsets"]]))
     assert truthbank.main(["at-base", "--bank", str(bank_path), "--run-dir", str(run_dir), "--steps", "sgd",
                            "--device", "cpu"]) == 2
     # The bank's identity (made without features) is the features' own: a bank of other data is refused.

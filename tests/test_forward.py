@@ -485,3 +485,69 @@ def test_target_share_steps_as_if_the_target_split_were_repeated(setup, step):
     natural = ForwardPassEstimator(step, train_config=cfg).fit(model, tok, grads, dev, config.tokenize)
     for p, t in shared.direction([]).items():
         assert torch.equal(t, natural.direction([])[p])
+
+
+def test_token_ce_metric_measures_the_dev_cross_entropy_the_evaluation_reports(setup, tmp_path):
+    """``metric = "token_ce"``: a subset's estimate is the token-weighted response cross-entropy of the dev
+    split at theta* + step (what ``target_loss`` reports for the stepped model); per-example losses average
+    to it and pair in the evidence check; the trust check compares it with the validated subsets' token CE."""
+    import json
+
+    from gradselect.estimate.forward import ForwardScoredEstimator
+    from gradselect.evaluate.metrics import target_loss
+    from gradselect.select.selectors import evidence
+    from gradselect.validate import trust_forward_scorer
+    from gradselect.validate.trust import gain_error, seed_noise
+
+    config, taskset, model, tok = setup
+    dev = taskset.target_dev.examples
+    linear, grads = _linear_and_gradients(setup, tmp_path)
+    with pytest.raises(Exception, match="unknown metric"):
+        ForwardPassEstimator("sign", metric="accuracy").fit(model, tok, grads, dev, config.tokenize)
+    ce = ForwardPassEstimator("sign", metric="token_ce").fit(model, tok, grads, dev, config.tokenize)
+    assert ce.base_loss_ == pytest.approx(target_loss(model, tok, dev, config.tokenize).loss, rel=1e-5)
+    # The subset's step applied by hand: the evaluation's own token cross-entropy there.
+    d = ce.direction(["more"])
+    scale = ce.length_ / float(torch.sqrt(sum((t.double() ** 2).sum() for t in d.values())))
+    params = dict(model.named_parameters())
+    saved = {p: params[p].detach().clone() for p in d}
+    with torch.no_grad():
+        for p, t in d.items():
+            params[p].add_(t * scale)
+    stepped = target_loss(model, tok, dev, config.tokenize).loss
+    with torch.no_grad():
+        for p in d:
+            params[p].copy_(saved[p])
+    assert ce.estimate([["more"]])[0] == pytest.approx(stepped, rel=1e-5)
+    assert ce.estimate([["more"]], length=0.0)[0] == pytest.approx(ce.base_loss_, rel=1e-6)
+    # Another metric than the functional's: the same steps, other numbers.
+    functional = ForwardPassEstimator("sign").fit(model, tok, grads, dev, config.tokenize)
+    assert not np.isclose(functional.estimate([["more"]])[0], ce.estimate([["more"]])[0])
+
+    scored = ForwardScoredEstimator(linear, ce)
+    assert scored.metric_ == "token_ce"
+    subsets = [["more"], [], ["legs", "noisy"], ["legs"]]
+    losses = scored.estimate(subsets)
+    assert np.allclose(scored.predict_example_losses(subsets).mean(axis=1), losses)
+    with pytest.raises(Exception, match="predict_example_losses"):
+        scored.predict_logodds(subsets)
+    ev = evidence(scored, ["more"], margin="auto")
+    per = scored.predict_example_losses([[], ["more"]])
+    diff = per[0] - per[1]
+    assert ev["gain"] == pytest.approx(losses[1] - losses[0])
+    assert ev["dev_standard_error"] == pytest.approx(np.std(diff, ddof=1) / np.sqrt(len(diff)))
+
+    # The trust check's truths in token CE (every seed), not its functional, set the gain error.
+    token_ces = [[1.0 + 0.1 * i, 1.02 + 0.1 * i] if i < 2 else [1.0 + 0.1 * i] for i in range(len(subsets))]
+    validation = tmp_path / "validation.json"
+    validation.write_text(json.dumps({"subsets": [
+        {"sources": s, "true_losses": [5.0 - i], "true_token_ces": x} for i, (s, x) in enumerate(zip(subsets, token_ces))]}))
+    trust_forward_scorer(scored, validation)
+    means = np.array([np.mean(x) for x in token_ces])
+    assert scored.gain_error_ == pytest.approx(gain_error(losses, means, subsets, noise=seed_noise(subsets, token_ces)))
+    # A trust check written before every seed's token CE was kept: the first seed's.
+    validation.write_text(json.dumps({"subsets": [
+        {"sources": s, "true_loss": 5.0 - i, "true_token_ce": x[0]} for i, (s, x) in enumerate(zip(subsets, token_ces))]}))
+    trust_forward_scorer(scored, validation)
+    first = np.array([x[0] for x in token_ces])
+    assert scored.gain_error_ == pytest.approx(gain_error(losses, first, subsets))

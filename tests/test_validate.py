@@ -78,6 +78,25 @@ def test_validate_end_to_end(tmp_path, capsys):
     for t in truths:
         assert len(t["example_losses"]) == len(taskset.target_dev.examples)
         assert np.mean(t["example_losses"]) == pytest.approx(t["loss"])
+        # The same per example in token cross-entropy: their mean is the token-weighted dev CE.
+        assert len(t["example_token_ce"]) == len(taskset.target_dev.examples)
+        assert np.mean(t["example_token_ce"]) == pytest.approx(t["token_ce"])
+    # Every seed's token CE beside every seed's functional (a forward scorer in token CE is checked on them).
+    for s in report["subsets"]:
+        assert len(s["true_token_ces"]) == len(s["true_losses"]) and s["true_token_ces"][0] == s["true_token_ce"]
+    in_ce = report["measured_choice_token_ce"]
+    assert in_ce["gain"] == pytest.approx(in_ce["target_only_loss"] - in_ce["loss"])
+    assert in_ce["dev_standard_error"] > 0
+    # A truth cached before the per-example losses were kept gets them from its saved adapter, unchanged.
+    from gradselect.validate.truth import measure_truth
+
+    folder = next(p.parent for p in (tmp_path / "val" / "runs").glob("*/truth.json"))
+    full = json.loads((folder / "truth.json").read_text())
+    (folder / "truth.json").write_text(json.dumps({k: v for k, v in full.items()
+                                                   if k not in ("example_losses", "example_token_ce")}))
+    again = measure_truth(config, taskset, full["sources"], folder, train_config=None, device="cpu", progress=False)
+    assert np.allclose(again["example_losses"], full["example_losses"], rtol=1e-5)
+    assert np.allclose(again["example_token_ce"], full["example_token_ce"], rtol=1e-5)
     measured = report["measured_choice"]
     others = {tuple(x["sources"]): x["true_loss"] for x in report["subsets"] if x["sources"]}
     assert tuple(measured["sources"]) in others
@@ -85,6 +104,7 @@ def test_validate_end_to_end(tmp_path, capsys):
     assert measured["dev_standard_error"] > 0 and measured["seed_sd"] is not None
     assert measured["margin"] == pytest.approx(measured["z"] * measured["standard_error"])
     assert f"best measured subset {', '.join(measured['sources'])}" in out
+    assert "in token cross-entropy: best measured subset" in out
 
     # A larger k adds subsets and reuses the finished runs.
     before = {p.name: p.stat().st_mtime for p in (tmp_path / "val" / "runs").iterdir()}

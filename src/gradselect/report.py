@@ -26,7 +26,8 @@ def format_selection(selection: Selection, base_loss: float | None = None) -> st
     if selection.params.get("forward_passes") is not None:
         lines[0] += (f" (scored by {selection.params['forward_passes']} dev forward passes at "
                      f"{forward_origin(selection.params)} + a "
-                     f"{(selection.params.get('estimator') or {}).get('forward_step', 'sign')} step)")
+                     f"{(selection.params.get('estimator') or {}).get('forward_step', 'sign')} step, in "
+                     f"{forward_metric_name(selection.params)})")
     if selection.params.get("forward_length_choice"):
         lines.append(forward_length_line(selection.params["forward_length_choice"]))
     if selection.params.get("forward_surrogate_choice"):
@@ -79,6 +80,13 @@ def forward_surrogate_line(choice: dict) -> str:
     return (f"forward scores {used} the residual surrogate of the trust check's {choice['subsets']} subsets "
             f"(residual_surrogate = \"{choice['mode']}\"; held-out pairwise order: forward "
             f"{marks['forward']:.2f}, corrected {marks['forward + surrogate (held out)']:.2f})")
+
+
+def forward_metric_name(params: dict) -> str:
+    """What the forward scorer measured (a selection's ``params``): its scores, gain and margin are in it."""
+    if (params.get("estimator") or {}).get("forward_metric") == "token_ce":
+        return "token cross-entropy"
+    return "the estimator's functional"
 
 
 def forward_origin(params: dict) -> str:
@@ -289,6 +297,8 @@ def format_validation(report: dict) -> str:
         lines.append(f"  noise floor (same subset, other seed): {report['noise_floor_mean_relative_difference']:.2%}")
     if measured_line(report.get("measured_choice")):
         lines.append("  " + measured_line(report["measured_choice"]))
+    if measured_line(report.get("measured_choice_token_ce")):
+        lines.append("  in token cross-entropy: " + measured_line(report["measured_choice_token_ce"]))
     from gradselect.estimate.estimator import SATURATED_LOSS
 
     if report["base_loss"] < SATURATED_LOSS:
@@ -410,8 +420,8 @@ def write_report(run_dir: str | Path) -> Path:
         step = (params.get("estimator") or {}).get("forward_step", "sign")
         lines += [f"Scorer: **forward** — each subset scored by a real forward pass of the target dev split at "
                   f"{forward_origin(params)} + a {step} step of "
-                  f"norm {params.get('forward_step_length', float('nan')):.4g} "
-                  f"({params['forward_passes']} passes).", ""]
+                  f"norm {params.get('forward_step_length', float('nan')):.4g}, measured in "
+                  f"{forward_metric_name(params)} ({params['forward_passes']} passes).", ""]
         if params.get("forward_length_choice"):
             lines += [forward_length_line(params["forward_length_choice"]), ""]
         if params.get("forward_surrogate_choice"):
@@ -518,6 +528,8 @@ def write_report(run_dir: str | Path) -> Path:
         if measured_line(val.get("measured_choice")):
             text = measured_line(val["measured_choice"])
             lines += ["", text[:1].upper() + text[1:] + "."]
+        if measured_line(val.get("measured_choice_token_ce")):
+            lines += ["", "In token cross-entropy, the " + measured_line(val["measured_choice_token_ce"]) + "."]
         c = val.get("calibration", {})
         if "loo" in c:
             loo = c["loo"]

@@ -300,6 +300,11 @@ class SubsetEstimator:
         v = self.solve(subsets, progress=progress)
         return self._b_dev[None, :] + v @ self._g_dev.T
 
+    def predict_example_losses(self, subsets, *, progress: bool = False) -> np.ndarray:
+        """Per dev example, the predicted logistic loss of its log-odds, shape (n_subsets, n_dev); the mean over
+        examples is :meth:`estimate`."""
+        return np.logaddexp(0.0, -self.predict_logodds(subsets, progress=progress))
+
     def estimate(self, subsets, *, progress: bool = False) -> np.ndarray:
         """Estimated target dev loss of each subset, shape (n_subsets,)."""
         z = self.predict_logodds(subsets, progress=progress)

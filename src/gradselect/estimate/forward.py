@@ -52,6 +52,17 @@ Step models (``step``)
 The one-step models have the total length ``length`` (parameter-space norm): set it to what
 real fine-tunes move (the trust check measures it), or it defaults to
 ``length_fraction * |theta*|`` over the trainable parameters.
+
+Metrics (``metric``)
+--------------------
+``functional``
+    The estimator's: the mean over dev examples of the logistic loss of each example's output
+    value (mean gold-token log-odds by default). It saturates when the model is confident on
+    most response tokens.
+``token_ce``
+    The dev split's response-token cross-entropy, token-weighted (what ``measure_truth`` records as
+    ``token_ce`` and the final evaluation reports as test loss). The forward pass measures it
+    directly; no linear model can.
 """
 
 from __future__ import annotations
@@ -69,6 +80,8 @@ from gradselect.errors import ArtifactError, GradselectError
 
 Step = Literal["sign", "normalized", "adam", "unroll", "unroll_saturating"]
 STEPS = ("sign", "normalized", "adam", "unroll", "unroll_saturating")
+Metric = Literal["functional", "token_ce"]
+METRICS = ("functional", "token_ce")
 REPLAYS = ("unroll", "unroll_saturating")
 TARGET = "__target_train__"
 
@@ -225,6 +238,8 @@ class ForwardPassEstimator:
         Count it as many times as a fine-tune with ``[train] target_share`` repeats it.
     output : str
         The output function (the estimator's functional is the logistic loss of its mean).
+    metric : {"functional", "token_ce"}
+        What a subset's dev loss is measured in (see the module's docstring).
     train_config : TrainConfig, optional
         The fine-tune the ``unroll`` step replays (optimizer, schedule, batch size, clipping,
         seed); its ``max_steps`` or ``train_steps`` sets the number of steps.
@@ -234,7 +249,7 @@ class ForwardPassEstimator:
     Attributes
     ----------
     base_loss_ : float
-        The dev loss at theta* by the same forward pass.
+        The dev loss at theta* by the same forward pass, in ``metric``.
     param_norm_ : float
         |theta*| over the trainable parameters.
     length_ : float or None
@@ -243,17 +258,18 @@ class ForwardPassEstimator:
 
     def __init__(self, step: Step = "sign", *, length: float | None = None, length_fraction: float = 0.1,
                  include_target_train: bool = True, target_share: float | None = None, output: str = "log_odds",
-                 batch_size: int = 8, train_batch_size: int = 8, train_config=None, train_steps: int | None = None):
+                 metric: Metric = "functional", batch_size: int = 8, train_batch_size: int = 8, train_config=None,
+                 train_steps: int | None = None):
         self.step, self.length, self.length_fraction = step, length, length_fraction
+        self.metric = metric
         self.include_target_train, self.output, self.batch_size = include_target_train, output, batch_size
         self.target_share = target_share
         self.train_batch_size = train_batch_size
         self.train_config, self.train_steps = train_config, train_steps
 
     def fit(self, model, tokenizer, gradients: SourceGradients, dev_examples, tokenize_config) -> "ForwardPassEstimator":
-        from gradselect.estimate.solvers import mean_logistic_loss
-        from gradselect.features.extract import output_values
-
+        if self.metric not in METRICS:
+            raise GradselectError(f"unknown metric {self.metric!r}; metrics are {', '.join(METRICS)}")
         if self.step not in STEPS:
             raise GradselectError(f"unknown step {self.step!r}; steps are {', '.join(STEPS)}")
         if self.step == "adam" and not gradients.squares:
@@ -273,6 +289,7 @@ class ForwardPassEstimator:
                                       "train_config.max_steps")
         self.model_, self.tokenizer_, self.gradients_ = model, tokenizer, gradients
         self.dev_, self.tokenize_config_ = list(dev_examples), tokenize_config
+        self.dev_tokens_ = None
         self.params_ = {n: p for n, p in model.named_parameters() if p.requires_grad}
         missing = [n for n in self.params_ if any(n not in d for d in gradients.sums.values())]
         if missing:
@@ -282,8 +299,7 @@ class ForwardPassEstimator:
         # None for unroll without a set length: its step is the replay's own displacement.
         self.length_ = (self.length if self.length is not None or self.step in REPLAYS
                         else self.length_fraction * self.param_norm_)
-        b = output_values(model, tokenizer, self.dev_, tokenize_config, output=self.output, batch_size=self.batch_size)
-        self.base_loss_ = float(mean_logistic_loss(b))
+        self.base_loss_ = float(np.mean(self.example_losses(self._measure())))
         return self
 
     def direction(self, names: list[str]) -> dict[str, torch.Tensor]:
@@ -369,15 +385,54 @@ class ForwardPassEstimator:
         """The output value of each dev example at ``theta* + step`` of a subset, shape (n_dev,)."""
         return self.outputs_along(self.direction(names), length=length)
 
-    @torch.no_grad()
     def outputs_along(self, d: dict[str, torch.Tensor], *, length: float | None = None) -> np.ndarray:
         """The output value of each dev example at ``theta* + length * d / |d|``, shape (n_dev,).
 
         ``d``: a direction by trainable parameter (any step model's, e.g. a projected-space step
         taken back by :meth:`gradselect.features.Projector.lift`). With ``length`` and ``length_``
         both None, ``theta* + d`` itself."""
+        return self._along(d, length, "functional")
+
+    def values(self, names: list[str], *, length: float | None = None) -> np.ndarray:
+        """What one forward pass at a subset's step measures per dev example, shape (n_dev,): the output
+        values (metric ``functional``) or each example's share of the token-weighted cross-entropy
+        (``token_ce``); :meth:`example_losses` turns them into per-example losses."""
+        return self.values_along(self.direction(names), length=length)
+
+    def values_along(self, d: dict[str, torch.Tensor], *, length: float | None = None) -> np.ndarray:
+        """:meth:`values` at ``theta* + length * d / |d|`` (as :meth:`outputs_along`)."""
+        return self._along(d, length, self.metric)
+
+    def example_losses(self, values) -> np.ndarray:
+        """Per dev example, the loss whose mean over examples is the dev loss in ``metric``, shape (..., n_dev).
+
+        ``functional``: the logistic loss of the output value. ``token_ce``: the example's mean response-token
+        cross-entropy times its tokens over the mean tokens per example, so that the plain mean is the
+        token-weighted cross-entropy and paired differences between subsets keep the token weights."""
+        v = np.asarray(values, dtype=float)
+        return np.logaddexp(0.0, -v) if self.metric == "functional" else v
+
+    def _measure(self, metric: str | None = None) -> np.ndarray:
+        """One dev forward pass at the current parameters: output values or weighted token CE (see :meth:`values`)."""
+        from gradselect.data.tokenize import IGNORE_INDEX, tokenize_examples
         from gradselect.features.extract import output_values
 
+        if (metric or self.metric) == "functional":
+            return np.asarray(output_values(self.model_, self.tokenizer_, self.dev_, self.tokenize_config_,
+                                            output=self.output, batch_size=self.batch_size), dtype=float)
+        if getattr(self, "dev_tokens_", None) is None:
+            # Response tokens per example: the positions whose logits predict a response token.
+            labels = tokenize_examples(self.dev_, self.tokenizer_, self.tokenize_config_).labels
+            self.dev_tokens_ = np.array([sum(int(x != IGNORE_INDEX) for x in list(lab)[1:]) for lab in labels],
+                                        dtype=float)
+        # The mean gold-token log-probability over an example's response is minus its token cross-entropy;
+        # weighted by its tokens over the mean, the plain mean over examples is the token-weighted CE.
+        loglik = np.asarray(output_values(self.model_, self.tokenizer_, self.dev_, self.tokenize_config_,
+                                          output="log_likelihood", batch_size=self.batch_size), dtype=float)
+        return -loglik * self.dev_tokens_ / max(float(self.dev_tokens_.mean()), 1.0)
+
+    @torch.no_grad()
+    def _along(self, d: dict[str, torch.Tensor], length: float | None, metric: str) -> np.ndarray:
         length = self.length_ if length is None else length
         missing = [p for p in self.params_ if p not in d]
         if missing:
@@ -391,17 +446,14 @@ class ForwardPassEstimator:
         try:
             for p, t in self.params_.items():
                 t.add_((d[p] * scale).to(t.device, t.dtype))
-            return np.asarray(output_values(self.model_, self.tokenizer_, self.dev_, self.tokenize_config_,
-                                            output=self.output, batch_size=self.batch_size), dtype=float)
+            return self._measure(metric)
         finally:
             for p, t in self.params_.items():
                 t.copy_(saved[p])
 
     def estimate(self, subsets, *, length: float | None = None, progress: bool = False) -> np.ndarray:
-        """Dev loss at ``theta* + step`` for each subset (lists of names), shape (n_subsets,)."""
-        from gradselect.estimate.solvers import mean_logistic_loss
-
-        return np.array([float(mean_logistic_loss(self.outputs(names, length=length)))
+        """Dev loss in ``metric`` at ``theta* + step`` for each subset (lists of names), shape (n_subsets,)."""
+        return np.array([float(np.mean(self.example_losses(self.values(names, length=length))))
                          for names in tqdm(subsets, desc="forward passes", disable=not progress)])
 
 
@@ -491,16 +543,20 @@ class ForwardScoredEstimator:
         names = self.estimator.source_names_
         return [tuple(n for n, m in zip(names, row) if m) for row in masks]
 
-    def predict_logodds(self, subsets, *, length: float | None = None, progress: bool = False) -> np.ndarray:
-        """Output values of the dev examples at each subset's step, shape (n_subsets, n_dev); ``length``: the
-        step's norm (default ``length_``)."""
+    @property
+    def metric_(self) -> str:
+        """What the estimates are measured in: ``functional`` or ``token_ce`` (the forward scorer's ``metric``)."""
+        return self.forward_.metric
+
+    def _values(self, subsets, length: float | None, progress: bool) -> np.ndarray:
+        """The forward scorer's per-dev-example values at each subset's step, shape (n_subsets, n_dev), cached."""
         length = self.length_ if length is None else float(length)
         tag = f"{length:.9g}"
         keys = [(tag, k) for k in self._names(subsets)]
         self._used.update(keys)
         todo = [k for k in dict.fromkeys(keys) if k not in self._outputs]
         for key in tqdm(todo, desc="forward passes", disable=not (self.progress or progress)):
-            self._outputs[key] = self.forward_.outputs(list(key[1]), length=length)
+            self._outputs[key] = self.forward_.values(list(key[1]), length=length)
             if self.cache_file is not None:
                 from gradselect.io import write_json_atomic
 
@@ -508,10 +564,20 @@ class ForwardScoredEstimator:
                     f"{t}|{';'.join(n)}": v.tolist() for (t, n), v in self._outputs.items()}})
         return np.stack([self._outputs[k] for k in keys]) if keys else np.zeros((0, len(self.forward_.dev_)))
 
-    def estimate(self, subsets, *, length: float | None = None, progress: bool = False) -> np.ndarray:
-        """Forward-pass target dev loss of each subset, shape (n_subsets,); ``length`` as in
-        :meth:`predict_logodds`."""
-        from gradselect.estimate.solvers import mean_logistic_loss
+    def predict_logodds(self, subsets, *, length: float | None = None, progress: bool = False) -> np.ndarray:
+        """Output values of the dev examples at each subset's step, shape (n_subsets, n_dev); ``length``: the
+        step's norm (default ``length_``). Only with the ``functional`` metric (a ``token_ce`` pass keeps
+        no output values)."""
+        if self.metric_ != "functional":
+            raise GradselectError(f"the forward scorer measures {self.metric_}, not output values: use "
+                                  "predict_example_losses")
+        return self._values(subsets, length, progress)
 
-        return np.array([float(mean_logistic_loss(v))
-                         for v in self.predict_logodds(subsets, length=length, progress=progress)])
+    def predict_example_losses(self, subsets, *, length: float | None = None, progress: bool = False) -> np.ndarray:
+        """Per dev example, the loss whose mean is the subset's estimate, shape (n_subsets, n_dev)."""
+        return self.forward_.example_losses(self._values(subsets, length, progress))
+
+    def estimate(self, subsets, *, length: float | None = None, progress: bool = False) -> np.ndarray:
+        """Forward-pass target dev loss of each subset in ``metric_``, shape (n_subsets,); ``length`` as in
+        :meth:`predict_logodds`."""
+        return self.predict_example_losses(subsets, length=length, progress=progress).mean(axis=1)

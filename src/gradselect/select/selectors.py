@@ -71,8 +71,9 @@ def evidence(estimator: SubsetEstimator, chosen, *, margin: float | str = "auto"
     masks = np.stack([np.zeros(len(names), dtype=bool), mask])
     alone, loss = (float(x) for x in estimator.estimate(masks))
     gain = alone - loss
-    # Paired over dev examples: the same questions, with and without the sources.
-    per_example = np.logaddexp(0.0, -estimator.predict_logodds(masks))
+    # Paired over dev examples: the same questions, with and without the sources (in the estimate's own
+    # metric: the functional, or token cross-entropy for a forward scorer measuring it).
+    per_example = estimator.predict_example_losses(masks)
     diff = per_example[0] - per_example[1]
     se = float(np.std(diff, ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
     measured = getattr(estimator, "gain_error_", None)

@@ -139,15 +139,20 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
     seed_runs = [[primary[i]] + ([runs[len(subsets) + i]] if i < len(repeat_pairs) else [])
                  for i in range(len(primary))]
     seed_losses = [[x["loss"] for x in rs] for rs in seed_runs]
-    for entry, losses in zip(report["subsets"], seed_losses):
+    for entry, losses, rs in zip(report["subsets"], seed_losses, seed_runs):
         entry["true_losses"] = losses  # every seed (true_loss is the first one's)
-    report["measured_choice"] = measured_choice(
-        [r["sources"] for r in primary], seed_losses,
-        [np.mean([x["example_losses"] for x in rs], axis=0) if all(x.get("example_losses") for x in rs) else None
-         for rs in seed_runs])
+        entry["true_token_ces"] = [x["token_ce"] for x in rs]  # a forward scorer in token CE is checked on these
+
+    def per_example(key):
+        return [np.mean([x[key] for x in rs], axis=0) if all(x.get(key) for x in rs) else None for rs in seed_runs]
+
+    validated = [r["sources"] for r in primary]
+    report["measured_choice"] = measured_choice(validated, seed_losses, per_example("example_losses"))
+    # The same evidence in token cross-entropy, where the functional may saturate.
+    report["measured_choice_token_ce"] = measured_choice(
+        validated, [e["true_token_ces"] for e in report["subsets"]], per_example("example_token_ce"))
     # The step for selection: chosen by how well it orders the subsets, its level fitted apart;
     # the figures reported for it are leave-one-out (choice included).
-    validated = [r["sources"] for r in primary]
     report["calibration"] = calibrate_for_ranking(arrays, config.estimate, validated, true)
     # For reference: each mode's step fitted to the level alone (mean relative error), as before.
     norms = [r["displacement"]["projected_norm"] for r in primary] if init is not None else None
@@ -209,12 +214,14 @@ def gain_error(estimated, true, subsets: list[list[str]], *, reference: float | 
     return float(np.sqrt(mse))
 
 
-def _validated(validation_file: Path) -> tuple[list[list[str]], list[list[float]]]:
-    """The trust check's subsets and their true losses (one per seed) from ``validation.json``."""
+def _validated(validation_file: Path, metric: str = "functional") -> tuple[list[list[str]], list[list[float]]]:
+    """The trust check's subsets and their true losses (one per seed) from ``validation.json``, in ``metric``
+    (``functional`` or ``token_ce``; a check written before every seed's token CE was kept gives the first's)."""
     report = read_json_artifact(Path(validation_file), redo="rerun the trust check (--force validate)")
+    many, one = ("true_losses", "true_loss") if metric == "functional" else ("true_token_ces", "true_token_ce")
     try:
         subsets = [list(s["sources"]) for s in report["subsets"]]
-        losses = [[float(x) for x in s.get("true_losses") or [s["true_loss"]]] for s in report["subsets"]]
+        losses = [[float(x) for x in s.get(many) or [s[one]]] for s in report["subsets"]]
     except (KeyError, TypeError, ValueError) as err:
         raise GradselectError(f"{validation_file}: malformed subsets ({err}); rerun the trust check "
                               "(--force validate)") from None
@@ -233,14 +240,15 @@ def trust_forward_scorer(scorer, validation_file: Path, fractions=()) -> dict:
     The gain error is then measured at the length kept: the RMS error of the forward-scored gain over
     the target alone on the validated subsets, against their seed-mean truth, net of the truth's seed
     noise (:func:`gain_error`; None without a target-alone subset). The scorer has nothing fitted on
-    these subsets, so it is held out, except for the choice of length when another was chosen here.
+    these subsets, so it is held out, except for the choice of length when another was chosen here. The
+    truths are in the scorer's metric (``scorer.metric_``: the functional, or token cross-entropy).
 
     Sets ``scorer.gain_error_`` and, when a length is chosen, ``scorer.length_choice_`` (also returned):
     ``configured_fraction``, ``chosen_fraction``, ``pairwise_accuracy`` per fraction, ``subsets``.
     """
     from gradselect.validate.fidelity import one_se_choice, pairwise_accuracy, size_baseline
 
-    subsets, losses = _validated(validation_file)
+    subsets, losses = _validated(validation_file, scorer.metric_)
     true = np.array([np.mean(x) for x in losses])
     norm = scorer.forward_.param_norm_
     configured = scorer.length_ / norm
@@ -459,7 +467,7 @@ def correct_forward_scorer(scorer, validation_file: Path, mode: str = "auto"):
 
     if mode not in ("auto", "on", "off"):
         raise GradselectError(f"surrogate must be auto, on or off, got {mode!r}")
-    subsets, losses = _validated(validation_file)
+    subsets, losses = _validated(validation_file, scorer.metric_)
     if mode == "off" or len(subsets) < 3:
         return scorer
     true = np.array([np.mean(x) for x in losses])

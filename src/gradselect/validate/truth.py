@@ -42,7 +42,8 @@ def measure_truth(config, taskset, names: list[str], folder: Path, *, train_conf
 
     Starts from ``init_adapter`` (theta*, for the trust check) or from the base model
     (``None``: what a conventional selection does). Records the loss in the
-    estimator's functional (``loss``), token cross-entropy (``token_ce``), the
+    estimator's functional (``loss``), token cross-entropy (``token_ce``), both per dev
+    example (``example_losses``, ``example_token_ce``: their means are the two), the
     wall time of training + measuring (``seconds``) and, with a feature ``store`` and
     an ``init_adapter``, how far training moved (``displacement``). Name ``folder``
     with :func:`truth_key` so that a cached result is one of the same inputs.
@@ -60,12 +61,17 @@ def measure_truth(config, taskset, names: list[str], folder: Path, *, train_conf
         except (OSError, json.JSONDecodeError):
             truth = None  # a corrupt cache entry is measured again
         if truth is not None:
-            if "example_losses" not in truth and (Path(folder) / "adapter").exists():
-                # Cached before per-example losses were kept: one dev forward pass of the saved adapter.
+            missing = [k for k in ("example_losses", "example_token_ce") if k not in truth]
+            if missing and (Path(folder) / "adapter").exists():
+                # Cached before per-example losses were kept: dev forward passes of the saved adapter.
                 model, tok = load_trained(config.model, config.adapter, Path(folder) / "adapter", device=device)
-                b = output_values(model, tok, taskset.target_dev.examples, config.tokenize,
-                                  output=config.features.output)
-                truth["example_losses"] = _example_losses(b)
+                dev = taskset.target_dev.examples
+                if "example_losses" in missing:
+                    truth["example_losses"] = _example_losses(
+                        output_values(model, tok, dev, config.tokenize, output=config.features.output))
+                if "example_token_ce" in missing:
+                    truth["example_token_ce"] = [
+                        float(x) for x in target_loss(model, tok, dev, config.tokenize).weighted_example_loss()]
                 write_json_atomic(result_file, truth)
             if store is not None and init_adapter is not None and truth.get("displacement_in") != _coordinates(store):
                 # The fine-tune is the same; only the features' coordinates (projector, preconditioner) changed.
@@ -81,13 +87,16 @@ def measure_truth(config, taskset, names: list[str], folder: Path, *, train_conf
     model, tok = load_trained(config.model, config.adapter, Path(folder) / "adapter", device=device)
     dev = taskset.target_dev.examples
     b_new = output_values(model, tok, dev, config.tokenize, output=config.features.output)
+    ce = target_loss(model, tok, dev, config.tokenize)
     truth = {
         "sources": list(names),
         "seed": train_config.seed,
         "loss": float(mean_logistic_loss(b_new)),
         # Per dev example (same functional): paired comparisons between fine-tunes need them.
         "example_losses": _example_losses(b_new),
-        "token_ce": target_loss(model, tok, dev, config.tokenize).loss,
+        "token_ce": ce.loss,
+        # Per dev example, its share of the token-weighted cross-entropy (their mean is token_ce).
+        "example_token_ce": [float(x) for x in ce.weighted_example_loss()],
         "init": None if init_adapter is None else str(init_adapter),
     }
     if store is not None and init_adapter is not None:
