@@ -53,7 +53,7 @@ def forward_scored(estimator: SubsetEstimator, config, taskset, meta_adapter: Pa
     at, ``features_dir``), computes the per-source training-loss gradient sums there (one batched backward pass per
     batch of each source; cached in ``gradients_file``, stamped with the adapter's digest) and returns a
     :class:`~gradselect.estimate.forward.ForwardScoredEstimator` whose forward passes are cached beside it
-    (``forward_outputs.json``, for the same theta*, gradients, step and dev split).
+    (``forward_outputs.json``, for the same theta*, gradients, step, metric and dev split).
     """
     import json
 
