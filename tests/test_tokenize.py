@@ -20,6 +20,8 @@ def test_labels_mask_prompt_and_keep_response_and_eos(tok):
     assert tok.decode(ids[n_prompt:-1]) == " 4" and ids[-1] == tok.eos_token_id
     row = batch.rows()[0]
     assert row["attention_mask"] == [1] * len(ids)
+    # The response tokens the cross-entropy averages over: " 4" and the end of sequence.
+    assert batch.response_tokens() == [len(" 4") + 1]
 
 
 def test_truncation_cuts_prompt_start_and_is_counted(tok):

@@ -55,6 +55,11 @@ class TokenizedBatch:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def response_tokens(self) -> list[int]:
+        """Per example, the positions whose logits predict a response token (labels after the first that are
+        not -100): the tokens its response-token cross-entropy averages over."""
+        return [sum(1 for x in labels[1:] if x != IGNORE_INDEX) for labels in self.labels]
+
     def rows(self) -> list[dict[str, list[int]]]:
         """One ``{"input_ids", "attention_mask", "labels"}`` dict per example (for collators)."""
         return [

@@ -268,6 +268,8 @@ class ForwardPassEstimator:
         self.train_config, self.train_steps = train_config, train_steps
 
     def fit(self, model, tokenizer, gradients: SourceGradients, dev_examples, tokenize_config) -> "ForwardPassEstimator":
+        from gradselect.data.tokenize import tokenize_examples
+
         if self.metric not in METRICS:
             raise GradselectError(f"unknown metric {self.metric!r}; metrics are {', '.join(METRICS)}")
         if self.step not in STEPS:
@@ -289,7 +291,9 @@ class ForwardPassEstimator:
                                       "train_config.max_steps")
         self.model_, self.tokenizer_, self.gradients_ = model, tokenizer, gradients
         self.dev_, self.tokenize_config_ = list(dev_examples), tokenize_config
-        self.dev_tokens_ = None
+        # token_ce weights each example's mean by its response tokens
+        self.dev_tokens_ = (tokenize_examples(self.dev_, tokenizer, tokenize_config).response_tokens()
+                            if self.metric == "token_ce" else None)
         self.params_ = {n: p for n, p in model.named_parameters() if p.requires_grad}
         missing = [n for n in self.params_ if any(n not in d for d in gradients.sums.values())]
         if missing:
@@ -414,22 +418,16 @@ class ForwardPassEstimator:
 
     def _measure(self, metric: str | None = None) -> np.ndarray:
         """One dev forward pass at the current parameters: output values or weighted token CE (see :meth:`values`)."""
-        from gradselect.data.tokenize import IGNORE_INDEX, tokenize_examples
         from gradselect.features.extract import output_values
+        from gradselect.features.output import token_weighted
 
         if (metric or self.metric) == "functional":
             return np.asarray(output_values(self.model_, self.tokenizer_, self.dev_, self.tokenize_config_,
                                             output=self.output, batch_size=self.batch_size), dtype=float)
-        if getattr(self, "dev_tokens_", None) is None:
-            # Response tokens per example: the positions whose logits predict a response token.
-            labels = tokenize_examples(self.dev_, self.tokenizer_, self.tokenize_config_).labels
-            self.dev_tokens_ = np.array([sum(int(x != IGNORE_INDEX) for x in list(lab)[1:]) for lab in labels],
-                                        dtype=float)
-        # The mean gold-token log-probability over an example's response is minus its token cross-entropy;
-        # weighted by its tokens over the mean, the plain mean over examples is the token-weighted CE.
-        loglik = np.asarray(output_values(self.model_, self.tokenizer_, self.dev_, self.tokenize_config_,
-                                          output="log_likelihood", batch_size=self.batch_size), dtype=float)
-        return -loglik * self.dev_tokens_ / max(float(self.dev_tokens_.mean()), 1.0)
+        # The mean gold-token log-probability over an example's response is minus its token cross-entropy.
+        loglik = output_values(self.model_, self.tokenizer_, self.dev_, self.tokenize_config_,
+                               output="log_likelihood", batch_size=self.batch_size)
+        return token_weighted(-np.asarray(loglik, dtype=float), self.dev_tokens_)
 
     @torch.no_grad()
     def _along(self, d: dict[str, torch.Tensor], length: float | None, metric: str) -> np.ndarray:

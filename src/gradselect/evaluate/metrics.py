@@ -39,11 +39,11 @@ class LossResult:
     example_tokens: list[int] = dataclasses.field(default_factory=list)
 
     def weighted_example_loss(self) -> np.ndarray:
-        """Per example, its mean token cross-entropy times its tokens over the mean tokens per example,
-        shape (n_examples,): their plain mean is ``loss`` (token-weighted), and paired differences
-        between two models keep the token weights."""
-        tokens = np.asarray(self.example_tokens, dtype=float)
-        return np.asarray(self.example_loss, dtype=float) * tokens / max(float(tokens.mean()), 1.0)
+        """Per example, its share of ``loss`` (:func:`gradselect.features.output.token_weighted`), shape
+        (n_examples,): their plain mean is ``loss``."""
+        from gradselect.features.output import token_weighted
+
+        return token_weighted(self.example_loss, self.example_tokens)
 
 
 @dataclasses.dataclass

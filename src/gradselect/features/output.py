@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import abc
 
+import numpy as np
 import torch
 
 from gradselect.data.tokenize import IGNORE_INDEX
@@ -140,3 +141,11 @@ OUTPUT_FUNCTIONS: dict[str, type[OutputFunction]] = {
 
 def get_output_function(name: str) -> OutputFunction:
     return OUTPUT_FUNCTIONS[name]()
+
+
+def token_weighted(example_means, tokens) -> np.ndarray:
+    """Per example, its mean over response tokens times its tokens over the mean tokens per example, shape
+    (n_examples,): their plain mean is the token-weighted mean over every response token, and paired
+    differences between two models keep the token weights."""
+    tokens = np.asarray(tokens, dtype=float)
+    return np.asarray(example_means, dtype=float) * tokens / max(float(tokens.mean()), 1.0)
