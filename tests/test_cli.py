@@ -155,12 +155,15 @@ def test_estimate_and_select(tmp_path, feature_store, capsys):
         assert main(args) == 0, method
         printed = capsys.readouterr().out
         assert f"method {method}" in printed
+        if method in ("grad-sim", "random", "all", "target-only"):
+            assert "target_share" not in printed, method  # a baseline's choice gets no hint
         saved = json.loads(sel_out.read_text())
         assert saved["method"] == method and set(saved["scores"]) == {"extra", "legs"}
     # The evidence margin from the command line: a huge fixed margin means no source, and says so.
     assert main(["select", "--features", str(feature_store), "--n-subsets", "20", "--margin", "1e9",
                  "-o", str(tmp_path / "m.json"), "-q"]) == 0
-    assert "no source helps beyond the estimate's error" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "no source helps beyond the estimate's error" in printed and "target_share = 0.5" in printed
     saved = json.loads((tmp_path / "m.json").read_text())
     assert saved["chosen"] == [] and saved["params"]["margin"] == 1e9
     with pytest.raises(SystemExit):

@@ -1,5 +1,6 @@
 """Selection methods on synthetic features with known answers."""
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -154,6 +155,26 @@ def test_choosing_no_source_is_possible_and_said():
     assert sel.chosen == [] and sel.params["no_source_helps"]
     assert sel.params["target_only_loss"] <= min(sel.params["prefix_losses"])
     assert "no source helps" in format_selection(sel)
+    # At natural proportions the output points to the mixing ratio; with one set, or a source chosen, it does not.
+    assert "target_share = 0.5" in format_selection(sel)
+    shared = dataclasses.replace(sel, params={**sel.params, "estimator": {"target_share": 0.5}})
+    assert "target_share = 0.5" not in format_selection(shared)
+    some = EnsembleSelector(n_subsets=100, seed=1, n_bootstrap=200).select(
+        SubsetEstimator(EstimateConfig(mode="l2", lam=1e-2)).fit(planted()))
+    assert some.chosen and "target_share = 0.5" not in format_selection(some)
+
+
+def test_report_md_points_to_the_mixing_ratio_when_no_source_is_chosen(tmp_path):
+    from gradselect.report import write_report
+
+    est = SubsetEstimator(EstimateConfig(mode="l2", lam=1e-2)).fit(planted(clean_target=True))
+    sel = EnsembleSelector(n_subsets=100, seed=1, n_bootstrap=200).select(est)
+    sel.save(tmp_path / "selection.json")
+    assert "target_share = 0.5 keep" in write_report(tmp_path).read_text()
+    shared = dataclasses.replace(sel, params={**sel.params, "estimator": {"target_share": 0.5}})
+    shared.save(tmp_path / "selection.json")
+    text = write_report(tmp_path).read_text()
+    assert "Mixing ratio" in text and "target_share = 0.5 keep" not in text
 
 
 def test_kmm_accounts_for_redundancy_where_gradient_similarity_does_not():

@@ -48,6 +48,9 @@ def format_selection(selection: Selection, base_loss: float | None = None) -> st
         lines.append(_evidence_line(ev, chosen=bool(selection.chosen)))
     elif selection.params.get("no_source_helps"):
         lines.append("no source helps: the target alone is estimated lower than every prefix of the ranking")
+    hint = dilution_hint(selection.chosen, selection.params)
+    if hint:
+        lines.append(hint)
     if selection.intervals:
         lines.append("MC interval: the Monte-Carlo error of the mean over the sampled subsets (it shrinks with "
                      "n_subsets), not the uncertainty of the source's effect")
@@ -58,6 +61,18 @@ def format_selection(selection: Selection, base_loss: float | None = None) -> st
                      "estimator's own scale, for ranking; gradselect validate measures how far it is from real "
                      "fine-tunes)")
     return "\n".join(lines)
+
+
+def dilution_hint(chosen: list[str], params: dict) -> str | None:
+    """A hint when no source was chosen at natural proportions (None otherwise): at a fixed step budget every
+    source dilutes a small target, which a mixing ratio undoes. Measured (docs/results.md): at natural
+    proportions the target alone beat every mixture on both base-model truth banks; on a BIG-Bench-Hard
+    target with 8 training questions at ``target_share = 0.5`` every mixture beat it."""
+    if chosen or not params.get("no_source_helps") or (params.get("estimator") or {}).get("target_share"):
+        return None  # a source chosen, a baseline (target-only chooses none by definition), or a ratio set
+    return ("at natural proportions each source dilutes the target's own examples at a fixed step budget; "
+            "[train] and [estimate] target_share = 0.5 keep the target at half of every mixture (on a scarce "
+            "target, sources then helped where they had not)")
 
 
 def forward_length_line(choice: dict) -> str:
@@ -430,6 +445,8 @@ def write_report(run_dir: str | Path) -> Path:
     if share:
         lines += [f"Mixing ratio: the target's train split is repeated to about {share:.0%} of every mixture "
                   "(`[train]`/`[estimate] target_share`), in the estimates and the fine-tunes alike.", ""]
+    elif hint := dilution_hint(selection.get("chosen", []), params):
+        lines += [hint[0].upper() + hint[1:] + ".", ""]
     if params.get("base_loss") is not None and selection.get("estimated_loss") is not None:
         lines += [f"Estimated target dev loss of the choice: {selection['estimated_loss']:.5f} "
                   f"({start_of_estimates(params)}: {params['base_loss']:.5f}), on the estimator's own scale: for "
