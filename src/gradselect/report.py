@@ -67,12 +67,13 @@ def dilution_hint(chosen: list[str], params: dict) -> str | None:
     """A hint when no source was chosen at natural proportions (None otherwise): at a fixed step budget every
     source dilutes a small target, which a mixing ratio undoes. Measured (docs/results.md): at natural
     proportions the target alone beat every mixture on both base-model truth banks; on a BIG-Bench-Hard
-    target with 8 training questions at ``target_share = 0.5`` every mixture beat it."""
+    target with 8 training questions (boolean_expressions) at ``target_share = 0.5`` every mixture beat it,
+    on a second (navigate) the 5 sources KMM chose did."""
     if chosen or not params.get("no_source_helps") or (params.get("estimator") or {}).get("target_share"):
         return None  # a source chosen, a baseline (target-only chooses none by definition), or a ratio set
     return ("at natural proportions each source dilutes the target's own examples at a fixed step budget; "
-            "[train] and [estimate] target_share = 0.5 keep the target at half of every mixture (on a scarce "
-            "target, sources then helped where they had not)")
+            "[train] and [estimate] target_share = 0.5 keep the target at half of every mixture (on one scarce "
+            "BIG-Bench-Hard target, sources then helped where they had not)")
 
 
 def forward_length_line(choice: dict) -> str:
