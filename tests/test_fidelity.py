@@ -506,3 +506,52 @@ def test_size_calibration_keeps_the_estimate_slope_nonnegative_and_sees_size():
     noisy = additive_truth + rng.normal(0, 2.0, len(many))
     spear = simulate(many, additive_truth, noisy, len(names), ks=(8,), draws=2)["all_subsets_spearman"]
     assert spear["additive"] > spear["est"] + 0.1
+
+
+def test_scoreboard_pairs_runs_only_on_the_same_target_alone(tmp_path):
+    """benchmarks/scoreboard.py: baseline minus selection per test example, verdicts from the paired
+    interval, an earlier run's rows paired only when it holds the same target-alone fine-tune, and the
+    issue-15 goal not met while a named baseline was not run or is ahead."""
+    import sys
+    from pathlib import Path
+
+    from gradselect.evaluate.metrics import PerExample
+    from gradselect.evaluate.results import MetricRow, MetricsTable
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import scoreboard
+
+    rng = np.random.default_rng(0)
+    n = 200
+    ones = np.ones(n)
+
+    def row(label, sources, loss):
+        per = {"loss": PerExample(loss, ones), "exact_match": PerExample((loss < 0.5).astype(float), ones)}
+        return MetricRow(label, sources, {k: v.value for k, v in per.items()}, per)
+
+    alone = rng.uniform(0.3, 1.5, n)
+    sel = alone - 0.3 + rng.normal(0, 0.05, n)
+    centred = rng.normal(0, 0.05, n)
+    centred -= centred.mean()  # a baseline 0.002 behind on average: within the interval
+    first = MetricsTable("test", n, {"selection": row("selection", ["a", "b"], sel),
+                                     "target-only": row("target-only", [], alone),
+                                     "all": row("all", ["a", "b", "c"], sel + 0.1 + rng.normal(0, 0.05, n)),
+                                     "kmm": row("kmm", ["a"], sel + 0.002 + centred)})
+    earlier = MetricsTable("test", n, {"target-only": row("target-only", [], alone),
+                                       "random": row("random", ["c"], sel - 0.2),
+                                       "kmm": row("kmm", ["c"], sel - 1.0)})
+    other = MetricsTable("test", n, {"target-only": row("target-only", [], alone + 0.01),
+                                     "less": row("less", ["c"], sel + 1.0)})
+    for name, t in (("first", first), ("earlier", earlier), ("other", other)):
+        t.save(tmp_path / f"{name}.metrics.json")
+    s = scoreboard.score_suite([tmp_path / "first.metrics.json", tmp_path / "earlier.metrics.json",
+                                tmp_path / "other.metrics.json"])
+    assert s["rows"]["all"]["loss"]["verdict"] == "selection better"
+    assert s["rows"]["target-only"]["loss"]["difference"] == pytest.approx(alone.mean() - sel.mean())
+    assert s["rows"]["kmm"]["file"] == "first.metrics.json"  # the first file's row wins
+    assert s["rows"]["kmm"]["loss"]["verdict"] == "tie"
+    assert s["rows"]["random"]["loss"]["verdict"] == "selection worse"
+    assert "less" not in s["rows"] and "other.metrics.json" in s["skipped"][0]
+    g = scoreboard.goal({"one": s}, "loss")
+    assert not g["met"] and g["baselines_ahead"]["one"] == ["random"]
+    assert set(g["missing"]["one"]) == {"grad-sim", "repr-sim", "less"}
