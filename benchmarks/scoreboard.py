@@ -10,6 +10,11 @@ interval (the ``metrics.json`` rows' own), and whether the goal holds:
     python benchmarks/scoreboard.py --suite bbh=benchmarks/results/selection-bbh-share-ce01-smollm2.metrics.json \\
         --suite navigate=benchmarks/results/selection-navigate-share-ce-smollm2.metrics.json
 
+``--dev-check`` instead reads every ``metrics.json`` in benchmarks/results that records the closing
+dev check (each final model's token cross-entropy on the target's dev split, never the test split) and
+prints, per run, the model the dev split preferred against the model best on test: how far the
+recommendation a run ends with can be trusted.
+
 ``--suite LABEL=FILE[+FILE...]``: the first file's selection row is the reference; rows of the
 further files (baselines trained in an earlier run of the same suite) are paired with it only when
 both files hold the same target-alone fine-tune, per test example to the last digit (the same test
@@ -117,6 +122,26 @@ def goal(suites: dict[str, dict], metric: str = "loss") -> dict:
     return {"metric": metric, "baselines_ahead": ahead, "suites_clear": clear, "missing": missing, "met": met}
 
 
+def dev_check(path: Path) -> dict | None:
+    """The closing dev check of one run against its test split: the model the dev split preferred, the
+    model best in test loss, and the preferred minus the best, paired over test examples (0 when they
+    are the same model or trained on the same data). None for a run without the dev check."""
+    from gradselect.evaluate.metrics import paired_difference
+
+    table = _table(path)
+    preferred = table.dev_preferred()
+    if preferred is None:
+        return None
+    test = {k: r.get("loss") for k, r in table.rows.items() if r.get("loss") is not None}
+    best = min(test, key=lambda k: (test[k], k != "selection"))
+    a, b = table.rows[preferred], table.rows[best]
+    d = paired_difference(a.per_example["loss"], b.per_example["loss"]) if a.per_example and b.per_example \
+        else {"difference": test[preferred] - test[best], "ci95": None}
+    return {"file": path.name, "dev_preferred": preferred, "test_best": best, "selection_loss": test["selection"],
+            "preferred_loss": test[preferred], "best_loss": test[best], "preferred_minus_best": d["difference"],
+            "ci95": d["ci95"], "models": len(test)}
+
+
 def _fmt(entry: dict, m: str) -> str:
     if m not in entry:
         return "-"
@@ -130,7 +155,27 @@ def main(argv=None) -> int:
     p.add_argument("--suite", action="append", default=[], metavar="LABEL=FILE[+FILE...]",
                    help="a suite's metrics.json files (default: the share-0.5 token-CE suites in benchmarks/results)")
     p.add_argument("--json", type=Path, help="also write the scoreboard here")
+    p.add_argument("--dev-check", action="store_true",
+                   help="the closing dev check of every run in benchmarks/results against its test split")
     args = p.parse_args(argv)
+    if args.dev_check:
+        records = [r for r in (dev_check(f) for f in sorted(RESULTS.glob("*.metrics.json"))) if r]
+        w = max(len(r["file"]) for r in records)
+        print(f"{'run':<{w}}  models  {'dev prefers':<12} {'test best':<12} selection  preferred  preferred minus best [95%]")
+        for r in records:
+            ci = "" if r["ci95"] is None else f" [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]"
+            print(f"{r['file']:<{w}}  {r['models']:>6}  {r['dev_preferred']:<12} {r['test_best']:<12} "
+                  f"{r['selection_loss']:9.4f}  {r['preferred_loss']:9.4f}  {r['preferred_minus_best']:+.4f}{ci}")
+        hits = sum(r["preferred_minus_best"] <= 0.0 or r["ci95"] is not None and r["ci95"][0] <= 0 <= r["ci95"][1]
+                   for r in records)
+        away = sum(r["dev_preferred"] != "selection" for r in records)
+        print(f"\n{len(records)} runs: the dev split's choice was the test-best model or tied with it (paired interval "
+              f"includes 0) in {hits}; it preferred a model other than the selection in {away}")
+        if args.json:
+            from gradselect.io import write_json_atomic
+
+            write_json_atomic(args.json, {"dev_check": records, "command": "python benchmarks/scoreboard.py --dev-check"})
+        return 0
     if args.suite:
         specs = {}
         for s in args.suite:

@@ -555,3 +555,13 @@ def test_scoreboard_pairs_runs_only_on_the_same_target_alone(tmp_path):
     g = scoreboard.goal({"one": s}, "loss")
     assert not g["met"] and g["baselines_ahead"]["one"] == ["random"]
     assert set(g["missing"]["one"]) == {"grad-sim", "repr-sim", "less"}
+
+    # The closing dev check against the test split: the dev split prefers "all", the test split "kmm".
+    dev = {"selection": 0.5, "all": 0.4, "target-only": 0.9, "kmm": 0.45}
+    checked = MetricsTable("test", n, first.rows, dev_loss=dev)
+    checked.save(tmp_path / "checked.metrics.json")
+    r = scoreboard.dev_check(tmp_path / "checked.metrics.json")
+    assert r["dev_preferred"] == "all" and r["test_best"] == "selection"
+    assert r["preferred_minus_best"] == pytest.approx(first.rows["all"].get("loss") - sel.mean())
+    assert r["ci95"][0] > 0  # "all" is behind on test beyond the interval
+    assert scoreboard.dev_check(tmp_path / "first.metrics.json") is None  # no dev check recorded
