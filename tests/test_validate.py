@@ -330,3 +330,31 @@ def test_measured_choice_needs_a_gain_beyond_seed_and_dev_noise():
     # Without repeats and without per-example losses there is no noise estimate: never sufficient.
     assert not measured_choice(subsets, [[x[0]] for x in losses])["sufficient"]
     assert measured_choice([["a"], ["b"]], [[1.0], [0.5]]) is None  # no target-alone subset
+
+
+def test_dev_needed_is_the_smallest_dev_split_that_confirms_the_gain():
+    from gradselect.report import measured_line
+    from gradselect.validate.trust import dev_needed, measured_choice
+
+    gain, z, seed_term, dev_se, n_dev = 0.1, 2.0, 0.0009, 0.05, 30
+    n = dev_needed(gain, z, seed_term, dev_se, n_dev)
+    s2 = dev_se ** 2 * n_dev  # per-example variance of the paired differences
+    assert z * np.sqrt(seed_term + s2 / n) < gain <= z * np.sqrt(seed_term + s2 / (n - 1))
+    assert dev_needed(gain, z, 0.003, dev_se, n_dev) is None  # seed noise alone: z * 0.055 > gain
+    assert dev_needed(-0.1, z, seed_term, dev_se, n_dev) is None
+    assert dev_needed(gain, z, seed_term, None, None) is None
+
+    # In the report: a dev size where the dev noise is what keeps the gain inside the margin ...
+    subsets = [["a"], [], ["b"]]
+    rng = np.random.default_rng(1)
+    alone = rng.normal(1.0, 0.5, 20)
+    ex = [alone - 0.1 + rng.normal(0, 0.5, 20), alone, alone + 0.05]
+    losses = [[e.mean(), e.mean() + 0.001] if i < 2 else [e.mean()] for i, e in enumerate(ex)]
+    m = measured_choice(subsets, losses, ex)
+    assert not m["sufficient"] and m["n_dev"] == 20 and m["dev_needed"] > 20
+    assert f"a dev split of about {m['dev_needed']} examples (now 20)" in measured_line(m)
+    # ... and more seeds where the seed noise alone exceeds it.
+    noisy = [losses[0], [losses[1][0], losses[1][0] + 0.5], losses[2]]
+    m = measured_choice(subsets, noisy, ex)
+    assert m["sources"] == ["a"] and not m["sufficient"]
+    assert m["dev_needed"] is None and "more seeds" in measured_line(m)

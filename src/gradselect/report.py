@@ -266,11 +266,23 @@ def measured_line(measured: dict | None) -> str:
              f"dev SE {measured['dev_standard_error']:.4f}" if measured.get("dev_standard_error") is not None
              else "no per-example losses"]
     verdict = ("beyond its noise: real fine-tunes show this subset helps" if measured["sufficient"]
-               else "not beyond its noise")
+               else "not beyond its noise" + narrowing(measured))
     return (f"best measured subset {', '.join(measured['sources'])}: {measured['loss']:.5f} vs the target alone "
             f"{measured['target_only_loss']:.5f}, gain {measured['gain']:+.5f}, margin {measured['margin']:.5f} = "
             f"{measured['z']:.2f} x SE {measured['standard_error']:.5f} ({'; '.join(parts)}; z for the best of the "
             f"validated subsets): {verdict}")
+
+
+def narrowing(measured: dict) -> str:
+    """What would narrow an insufficient margin enough for the measured gain, as a clause ("" where the
+    gain is not positive or nothing was measured to say it)."""
+    if measured["gain"] <= 0 or measured.get("dev_standard_error") is None or "dev_needed" not in measured:
+        return ""
+    if measured["dev_needed"] is None:
+        return ("; the training-seed noise alone exceeds what this gain allows, so more seeds "
+                "([run] validate_repeats), not a larger dev split, would narrow the margin")
+    return (f"; a dev split of about {measured['dev_needed']} examples (now {measured['n_dev']}), seed noise "
+            "unchanged, would put a gain this size beyond it")
 
 
 def trust_start(report: dict) -> str:

@@ -311,8 +311,8 @@ def measured_choice(subsets: list[list[str]], losses: list[list[float]], example
     dict or None
         None without a target-alone subset or another subset. Else ``sources`` (the best measured),
         ``gain``, ``seed_sd`` (per fine-tune; None without repeats), ``dev_standard_error`` (None
-        without per-example losses), ``standard_error``, ``z``, ``margin``, ``sufficient`` and
-        ``target_only_loss`` / ``loss`` (seed means).
+        without per-example losses), ``n_dev``, ``standard_error``, ``z``, ``margin``, ``sufficient``,
+        ``target_only_loss`` / ``loss`` (seed means) and ``dev_needed`` (:func:`dev_needed`).
     """
     from scipy.stats import norm
 
@@ -335,11 +335,34 @@ def measured_choice(subsets: list[list[str]], losses: list[list[float]], example
             var += dev_se ** 2
     z = float(norm.ppf(1 - 0.025 / len(others))) if z is None else float(z)
     se = float(np.sqrt(var))
+    n_dev = None if dev_se is None else len(diff)
     return {"sources": list(subsets[best]), "gain": gain, "loss": float(mean[best]),
             "target_only_loss": float(mean[a]), "seed_sd": None if seed_var is None else float(np.sqrt(seed_var)),
-            "dev_standard_error": dev_se, "standard_error": se, "z": z, "margin": z * se,
+            "dev_standard_error": dev_se, "n_dev": n_dev, "standard_error": se, "z": z, "margin": z * se,
             # Without any noise estimate there is no evidence either way: not sufficient.
-            "sufficient": bool(se > 0 and gain > z * se)}
+            "sufficient": bool(se > 0 and gain > z * se),
+            "dev_needed": dev_needed(gain, z, None if noise is None else float(noise[best]), dev_se, n_dev)}
+
+
+def dev_needed(gain: float, z: float, seed_term: float | None, dev_se: float | None,
+               n_dev: int | None) -> int | None:
+    """The dev examples that would put ``gain`` beyond its margin, the training-seed noise unchanged:
+    the smallest ``n`` with ``z^2 (seed_term + s_d^2 / n) < gain^2``, ``s_d = dev_se sqrt(n_dev)`` the
+    per-example SD of the paired differences. Assumes the per-example spread stays as measured and
+    that the seed noise does not shrink with the dev split (it may: the estimate errs on the safe side).
+
+    Returns
+    -------
+    int or None
+        None where no dev size can do it: no positive gain, no dev noise measured, or the seed noise
+        alone already exceeds ``(gain / z)^2`` (more seeds, not more dev examples, narrow that margin).
+    """
+    if gain <= 0 or dev_se is None or not n_dev:
+        return None
+    room = (gain / z) ** 2 - (seed_term or 0.0)
+    if room <= 0:
+        return None
+    return int(np.floor(dev_se ** 2 * n_dev / room)) + 1
 
 
 def fit_surrogate(arrays, estimate_config, subsets: list[list[str]], true, calibrated_held_out, *,
