@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     for m, g in verdicts.items():
         ahead = "; ".join(f"{k}: {', '.join(v)}" for k, v in g["baselines_ahead"].items() if v) or "none"
         miss = "; ".join(f"{k}: {', '.join(v)}" for k, v in g["missing"].items() if v) or "none"
-        print(f"goal in {m}: {'met' if g['met'] else 'NOT met'} (baselines ahead of the selection: {ahead}; "
+        print(f"goal in {m}: {'met' if g['met'] else 'NOT met'} (baselines ahead of the selection by their point estimate: {ahead}; "
               f"suites where every baseline is behind beyond its interval: {', '.join(g['suites_clear']) or 'none'}; "
               f"baselines not run: {miss})")
     if args.json:
