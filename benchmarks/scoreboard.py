@@ -4,7 +4,8 @@ Issue 15's goal is a statement over suites: the selection beats all sources, the
 random, grad-sim, repr-sim, LESS-style and KMM on every suite, with the paired interval excluding
 zero on at least two. This re-reads the final models' per-example test metrics (no fine-tune, no
 model) and prints, per suite, each baseline minus the selection with its paired bootstrap 95%
-interval (the ``metrics.json`` rows' own), and whether the goal holds:
+interval (the ``metrics.json`` rows' own; over test examples, so whether every training seed, seed i
+against seed i, falls the same way is shown beside it), and whether the goal holds:
 
     python benchmarks/scoreboard.py                      # the share-0.5, token-CE protocol suites
     python benchmarks/scoreboard.py --suite bbh=benchmarks/results/selection-bbh-share-ce01-smollm2.metrics.json \\
@@ -60,6 +61,26 @@ def _same_target_alone(a, b) -> bool:
     return len(x.num) == len(y.num) and np.array_equal(x.num, y.num) and np.array_equal(x.den, y.den)
 
 
+def seeds_agree(row, sel, metric: str) -> str | None:
+    """Which side the training seeds favour, seed by seed: ``selection`` where the selection's value is
+    better than the baseline's for every seed index (seed i of one against seed i of the other: the same
+    adapter initialisation and data-order seed, so a seed that is bad for every model cancels, as pairing
+    by test example cancels hard questions), ``baseline`` the reverse, ``mixed`` otherwise; None without
+    the same number (2+) of seeds on both. The paired interval covers the test examples only (seed
+    means), so this is the check on the training seed that it leaves out."""
+    a = (row.seed_values or {}).get(metric)
+    b = (sel.seed_values or {}).get(metric)
+    if not a or not b or len(a) < 2 or len(a) != len(b):
+        return None
+    sign = 1 if metric == "loss" else -1  # > 0: the selection's value better
+    d = [sign * (x - y) for x, y in zip(a, b)]
+    if min(d) > 0:
+        return "selection"
+    if max(d) < 0:
+        return "baseline"
+    return "mixed"
+
+
 def score_suite(paths: list[Path], metrics=("loss", "exact_match")) -> dict:
     """Every baseline row minus the selection, per metric, paired over test examples.
 
@@ -101,7 +122,8 @@ def score_suite(paths: list[Path], metrics=("loss", "exact_match")) -> dict:
                     verdict = "selection better" if sel_better else "selection worse"
                 else:
                     verdict = "tie"
-                entry[m] = {"difference": d["difference"], "ci95": d["ci95"], "verdict": verdict}
+                entry[m] = {"difference": d["difference"], "ci95": d["ci95"], "verdict": verdict,
+                            "seeds": seeds_agree(row, sel, m)}
             out["rows"][name] = entry
     return out
 
@@ -147,7 +169,8 @@ def _fmt(entry: dict, m: str) -> str:
         return "-"
     e = entry[m]
     mark = {"selection better": "+", "selection worse": "-", "tie": "="}[e["verdict"]]
-    return f"{e['difference']:+.3f} [{e['ci95'][0]:+.3f}, {e['ci95'][1]:+.3f}] {mark}"
+    seeds = {"selection": "S", "baseline": "B", "mixed": "~", None: " "}[e.get("seeds")]
+    return f"{e['difference']:+.3f} [{e['ci95'][0]:+.3f}, {e['ci95'][1]:+.3f}] {mark}{seeds}"
 
 
 def main(argv=None) -> int:
@@ -203,7 +226,9 @@ def main(argv=None) -> int:
             print(f"  {k:<{w}} {_fmt(e, 'loss'):<30} {_fmt(e, 'exact_match'):<30} {e['file']}")
         for msg in s["skipped"]:
             print(f"  skipped {msg}")
-    print("\n(+ the selection better beyond the interval, - worse, = tie)")
+    print("\n(+ the selection better beyond the interval, - worse, = tie; the interval is over test examples, "
+          "so the training seed is checked apart, seed i against seed i: S the selection better in every seed, "
+          "B the baseline, ~ mixed or equal, blank without the same 2+ seeds on both)")
     verdicts = {m: goal(suites, m) for m in ("loss", "exact_match")}
     for m, g in verdicts.items():
         ahead = "; ".join(f"{k}: {', '.join(v)}" for k, v in g["baselines_ahead"].items() if v) or "none"

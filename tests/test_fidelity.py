@@ -554,6 +554,16 @@ def test_scoreboard_pairs_runs_only_on_the_same_target_alone(tmp_path):
     assert "less" not in s["rows"] and "other.metrics.json" in s["skipped"][0]
     g = scoreboard.goal({"one": s}, "loss")
     assert not g["met"] and g["baselines_ahead"]["one"] == ["random"]
+
+    # The training seed, seed i against seed i: a seed bad for every model cancels.
+    two = MetricRow("selection", [], {"loss": 0.55}, seed_values={"loss": [0.50, 0.60], "exact_match": [0.5, 0.4]})
+    assert scoreboard.seeds_agree(MetricRow("all", [], {}, seed_values={"loss": [0.55, 0.65]}), two, "loss") \
+        == "selection"  # 0.55 > 0.50 and 0.65 > 0.60, though 0.55 < 0.60 across seeds
+    assert scoreboard.seeds_agree(MetricRow("kmm", [], {}, seed_values={"loss": [0.45, 0.70]}), two, "loss") == "mixed"
+    assert scoreboard.seeds_agree(MetricRow("kmm", [], {}, seed_values={"exact_match": [0.6, 0.5]}), two,
+                                  "exact_match") == "baseline"  # higher is better
+    assert scoreboard.seeds_agree(MetricRow("one", [], {}, seed_values={"loss": [0.4]}), two, "loss") is None
+    assert s["rows"]["all"]["loss"]["seeds"] is None  # no seeds recorded
     assert set(g["missing"]["one"]) == {"grad-sim", "repr-sim", "less"}
 
     # The closing dev check against the test split: the dev split prefers "all", the test split "kmm".
