@@ -62,21 +62,20 @@ def _same_target_alone(a, b) -> bool:
 
 
 def seeds_agree(row, sel, metric: str) -> str | None:
-    """Which side the training seeds favour, seed by seed: ``selection`` where the selection's value is
-    better than the baseline's for every seed index (seed i of one against seed i of the other: the same
-    adapter initialisation and data-order seed, so a seed that is bad for every model cancels, as pairing
-    by test example cancels hard questions), ``baseline`` the reverse, ``mixed`` otherwise; None without
-    the same number (2+) of seeds on both. The paired interval covers the test examples only (seed
-    means), so this is the check on the training seed that it leaves out."""
-    a = (row.seed_values or {}).get(metric)
-    b = (sel.seed_values or {}).get(metric)
-    if not a or not b or len(a) < 2 or len(a) != len(b):
+    """Which side the training seeds favour, seed i against seed i
+    (:func:`gradselect.evaluate.results.seed_differences`): ``selection`` where the selection's value is
+    better for every seed, ``baseline`` the reverse, ``mixed`` otherwise; None without the same number
+    (2+) of seeds on both. The paired interval covers the test examples only (seed means), so this is the
+    check on the training seed that it leaves out."""
+    from gradselect.evaluate.results import seed_differences
+
+    d = seed_differences(row, sel, metric)
+    if d is None:
         return None
     sign = 1 if metric == "loss" else -1  # > 0: the selection's value better
-    d = [sign * (x - y) for x, y in zip(a, b)]
-    if min(d) > 0:
+    if min(sign * x for x in d) > 0:
         return "selection"
-    if max(d) < 0:
+    if max(sign * x for x in d) < 0:
         return "baseline"
     return "mixed"
 

@@ -221,6 +221,31 @@ def test_dev_check_names_a_comparison_the_dev_split_prefers(tmp_path):
     assert dev_check(MetricsTable("test", 2, rows)) == ""  # older metrics.json without dev losses
 
 
+def test_comparisons_show_each_training_seed_beside_the_test_example_interval(tmp_path):
+    import numpy as np
+
+    from gradselect.evaluate.metrics import PerExample
+    from gradselect.evaluate.results import MetricRow, MetricsTable, seed_differences
+    from gradselect.report import format_metrics
+
+    per = {"loss": PerExample(np.array([1.0, 2.0, 1.5]), np.ones(3))}
+    seeded = {"selection": [0.50, 0.60], "all": [0.55, 0.65], "kmm": [0.45, 0.70]}
+    rows = {k: MetricRow(k, [], {"loss": float(np.mean(v))}, per, {"loss": v}) for k, v in seeded.items()}
+    rows["one"] = MetricRow("one", [], {"loss": 1.0}, per, None)  # a single seed: nothing to show
+    table = MetricsTable("test", 3, rows)
+    table.save(tmp_path / "m.json")
+    back = MetricsTable.load(tmp_path / "m.json")
+    assert back.seed_versus("all", "loss") == pytest.approx([0.05, 0.05])
+    assert back.seed_versus("kmm", "loss") == pytest.approx([-0.05, 0.10])
+    assert back.seed_versus("one", "loss") is None
+    assert seed_differences(rows["all"], MetricRow("x", [], {}, None, {"loss": [1.0, 2.0, 3.0]}), "loss") is None
+    text = format_metrics(back)
+    assert "seed i against seed i" in text
+    assert "by seed +0.0500 / +0.0500" in text and "by seed -0.0500 / +0.1000" in text
+    unseeded = MetricsTable("test", 3, {k: MetricRow(k, [], {"loss": 1.5}, per, None) for k in ("selection", "all")})
+    assert "by seed" not in format_metrics(unseeded) and "seed i" not in format_metrics(unseeded)
+
+
 def test_dev_check_gives_the_paired_dev_interval_and_holds_back_within_noise(tmp_path):
     import numpy as np
 

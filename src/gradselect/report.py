@@ -154,7 +154,16 @@ def _difference_cell(table: MetricsTable, label: str, metric) -> str:
     if d is None:
         return ""
     fmt = "+" + metric.fmt
-    return f"{format(d['difference'], fmt)} [{format(d['ci95'][0], fmt)}, {format(d['ci95'][1], fmt)}]"
+    cell = f"{format(d['difference'], fmt)} [{format(d['ci95'][0], fmt)}, {format(d['ci95'][1], fmt)}]"
+    seeds = table.seed_versus(label, metric.key)
+    if seeds:  # the interval is over test examples; the training seed, seed by seed
+        cell += " by seed " + " / ".join(format(x, fmt) for x in seeds)
+    return cell
+
+
+def _seeded(table: MetricsTable) -> bool:
+    """Whether the table's models were trained with several seeds (each row's seed differences shown)."""
+    return any(r.seed_values for r in table.rows.values())
 
 
 def _grid(rows: list[list[str]]) -> str:
@@ -180,7 +189,9 @@ def format_metrics(table: MetricsTable, labels: dict | None = None) -> str:
     diffs = [[labels.get(k, k)] + [_difference_cell(table, k, m) for m in columns] for k in others]
     if diffs and any(any(c for c in row[1:]) for row in diffs):
         text += (f"\n\nminus the selection, on the same {table.n_examples} test examples (95% paired bootstrap "
-                 "interval; an interval that excludes 0 is a difference beyond test-set noise):\n")
+                 "interval; an interval that excludes 0 is a difference beyond test-set noise"
+                 + ("; then the difference for each training seed, seed i against seed i" if _seeded(table) else "")
+                 + "):\n")
         text += _grid([["fine-tuned on"] + [m.title for m in columns]] + diffs)
     return text + dev_check(table, labels)
 
@@ -514,7 +525,8 @@ def write_report(run_dir: str | Path) -> Path:
         others = [k for k in order if k != "selection" and "selection" in table.rows]
         if others and table.versus(others[0], columns[0].key) is not None:
             lines += ["", "Each comparison minus the selection on the same test examples (95% paired bootstrap "
-                          "interval):", "",
+                          "interval" + ("; then the difference for each training seed, seed i against seed i"
+                                        if _seeded(table) else "") + "):", "",
                       "| fine-tuned on | " + " | ".join(m.title for m in columns) + " |", "|---|" + "---|" * len(columns)]
             lines += [f"| {k} | " + " | ".join(_difference_cell(table, k, m) for m in columns) + " |" for k in others]
         summary = _dev_summary(table)

@@ -74,6 +74,18 @@ class MetricRow:
         return bootstrap_interval(self.per_example[key])
 
 
+def seed_differences(row: MetricRow, reference: MetricRow, key: str) -> list[float] | None:
+    """``row``'s metric minus ``reference``'s for each training seed, seed i against seed i (the same adapter
+    initialisation and data-order seed, so a seed that is bad for every model cancels); None without the
+    same number (2+) of seeds on both. The paired bootstrap interval covers the test examples of the seed
+    means; this shows what it leaves out, the training seed."""
+    a = (row.seed_values or {}).get(key)
+    b = (reference.seed_values or {}).get(key)
+    if not a or not b or len(a) < 2 or len(a) != len(b):
+        return None
+    return [float(x - y) for x, y in zip(a, b)]
+
+
 @dataclasses.dataclass
 class MetricsTable:
     """Metrics of every final model on one split (``metrics.json``)."""
@@ -115,6 +127,11 @@ class MetricsTable:
                 or key not in b.per_example:
             return None
         return paired_difference(a.per_example[key], b.per_example[key])
+
+    def seed_versus(self, label: str, key: str, reference: str = "selection") -> list[float] | None:
+        """``label``'s metric minus the reference row's, seed by seed (:func:`seed_differences`)."""
+        a, b = self.rows.get(label), self.rows.get(reference)
+        return None if a is None or b is None else seed_differences(a, b, key)
 
     def to_json(self) -> dict:
         rows = {}
