@@ -326,22 +326,23 @@ def measured_choice(subsets: list[list[str]], losses: list[list[float]], example
     best = max(others, key=lambda i: mean[a] - mean[i])
     gain = float(mean[a] - mean[best])
     noise = seed_noise(subsets, losses)
-    var = 0.0 if noise is None else float(noise[best])
-    dev_se = None
+    seed_term = None if noise is None else float(noise[best])
+    var = seed_term or 0.0
+    dev_se, n_dev = None, None
     if example_losses is not None and example_losses[a] is not None and example_losses[best] is not None:
         diff = np.asarray(example_losses[a], dtype=float) - np.asarray(example_losses[best], dtype=float)
         if len(diff) > 1:
-            dev_se = float(np.std(diff, ddof=1) / np.sqrt(len(diff)))
+            n_dev = len(diff)
+            dev_se = float(np.std(diff, ddof=1) / np.sqrt(n_dev))
             var += dev_se ** 2
     z = float(norm.ppf(1 - 0.025 / len(others))) if z is None else float(z)
     se = float(np.sqrt(var))
-    n_dev = None if dev_se is None else len(diff)
     return {"sources": list(subsets[best]), "gain": gain, "loss": float(mean[best]),
             "target_only_loss": float(mean[a]), "seed_sd": None if seed_var is None else float(np.sqrt(seed_var)),
             "dev_standard_error": dev_se, "n_dev": n_dev, "standard_error": se, "z": z, "margin": z * se,
             # Without any noise estimate there is no evidence either way: not sufficient.
             "sufficient": bool(se > 0 and gain > z * se),
-            "dev_needed": dev_needed(gain, z, None if noise is None else float(noise[best]), dev_se, n_dev)}
+            "dev_needed": dev_needed(gain, z, seed_term, dev_se, n_dev)}
 
 
 def dev_needed(gain: float, z: float, seed_term: float | None, dev_se: float | None,
