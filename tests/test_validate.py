@@ -358,3 +358,32 @@ def test_dev_needed_is_the_smallest_dev_split_that_confirms_the_gain():
     m = measured_choice(subsets, noisy, ex)
     assert m["sources"] == ["a"] and not m["sufficient"]
     assert m["dev_needed"] is None and "more seeds" in measured_line(m)
+
+
+def test_a_warning_where_the_two_metrics_disagree_on_the_target_alone():
+    from gradselect.report import format_validation, metric_disagreement
+    from gradselect.validate.trust import measured_choice
+
+    subsets = [["a"], [], ["b"]]
+    rng = np.random.default_rng(2)
+    alone = rng.normal(1.0, 0.3, 40)
+    # functional: the target alone best; token CE: mixture "a" best
+    functional = [alone + 0.2, alone, alone + 0.3]
+    token_ce = [alone - 0.3, alone, alone + 0.1]
+    seeds = lambda ex: [[e.mean(), e.mean() + 0.01] for e in ex]  # noqa: E731
+    f = measured_choice(subsets, seeds(functional), functional)
+    ce = measured_choice(subsets, seeds(token_ce), token_ce)
+    assert f["gain"] < 0 < ce["gain"]
+    text = metric_disagreement({"measured_choice": f, "measured_choice_token_ce": ce})
+    assert "in the functional the target alone is better" in text and "in token cross-entropy a mixture" in text
+    # agreeing metrics (or one missing) say nothing
+    assert metric_disagreement({"measured_choice": ce, "measured_choice_token_ce": ce}) is None
+    assert metric_disagreement({"measured_choice": f, "measured_choice_token_ce": None}) is None
+
+    # ... and the validate output carries it (the committed first-draw trust check, where they disagreed)
+    import json
+    from pathlib import Path
+
+    report = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" /
+                         "selection-bbh-natural-ce01-smollm2.validation.json").read_text())
+    assert "warning: the two metrics disagree" in format_validation(report)

@@ -284,6 +284,21 @@ def measured_line(measured: dict | None) -> str:
             f"validated subsets): {verdict}")
 
 
+def metric_disagreement(report: dict) -> str | None:
+    """A warning where the trust check's two metrics disagree on whether any validated mixture beats the
+    target alone (the best mixture's gain positive in one, negative in the other); None where they agree
+    or either was not measured. The final models are compared in test token cross-entropy, and the
+    functional can saturate, so which metric a selection decides in matters most exactly here."""
+    f, ce = report.get("measured_choice"), report.get("measured_choice_token_ce")
+    if not f or not ce or f["gain"] * ce["gain"] >= 0:
+        return None
+    better = lambda m: ("a mixture" if m["gain"] > 0 else "the target alone")  # noqa: E731
+    return (f"the two metrics disagree: in the functional {better(f)} is better (gain {f['gain']:+.4f}, margin "
+            f"{f['margin']:.4f}), in token cross-entropy {better(ce)} (gain {ce['gain']:+.4f}, margin "
+            f"{ce['margin']:.4f}); the linear scorer decides in the functional, the forward scorer in [estimate] "
+            "forward_metric, and the final models are compared in test token cross-entropy")
+
+
 def narrowing(measured: dict) -> str:
     """What would narrow an insufficient margin enough for the measured gain, as a clause ("" where the
     gain is not positive or nothing was measured to say it)."""
@@ -338,6 +353,8 @@ def format_validation(report: dict) -> str:
         lines.append("  " + measured_line(report["measured_choice"]))
     if measured_line(report.get("measured_choice_token_ce")):
         lines.append("  in token cross-entropy: " + measured_line(report["measured_choice_token_ce"]))
+    if warning := metric_disagreement(report):
+        lines.append("  warning: " + warning)
     from gradselect.estimate.estimator import SATURATED_LOSS
 
     if report["base_loss"] < SATURATED_LOSS:
@@ -572,6 +589,8 @@ def write_report(run_dir: str | Path) -> Path:
             lines += ["", text[:1].upper() + text[1:] + "."]
         if measured_line(val.get("measured_choice_token_ce")):
             lines += ["", "In token cross-entropy, the " + measured_line(val["measured_choice_token_ce"]) + "."]
+        if warning := metric_disagreement(val):
+            lines += ["", "**Warning:** " + warning + "."]
         c = val.get("calibration", {})
         if "loo" in c:
             loo = c["loo"]
