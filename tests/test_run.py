@@ -57,6 +57,7 @@ def test_run_caches_stages_and_reruns_downstream_only(tmp_path, capsys):
     assert main(["run", str(cfg), "-q"]) == 0
     out = capsys.readouterr().out
     assert "stages run: validate, select" in out and "meta_init, features" in out.split("skipped")[1]
+    assert "trust check: 3 subsets fine-tuned from the base model" in out  # its evidence, printed by run too
     assert (run_dir / "calibration.json").exists()
     assert "## Trust check" in (run_dir / "report.md").read_text()
     assert "Best measured subset" in (run_dir / "report.md").read_text()  # the trust check's own evidence

@@ -554,14 +554,18 @@ def cmd_validate(args) -> int:
 
 def cmd_run(args) -> int:
     from gradselect.pipeline import run_pipeline
-    from gradselect.report import format_metrics, format_selection
+    from gradselect.report import format_metrics, format_selection, format_validation
 
     config = resolve_config(args)
     result = run_pipeline(config, base_dir=args.config.parent, run_dir=args.run_dir, force=args.force,
                           device=args.device, progress=not args.quiet)
+    run_dir = Path(result["run_dir"])
+    validation = run_dir / "validation" / "validation.json"
+    if config.run.validate_k and validation.exists():
+        # The trust check's own evidence (and its warnings) before the choice it informed.
+        print("trust check: " + format_validation(json.loads(validation.read_text())) + "\n")
     print(format_selection(result["selection"], result["selection"].params.get("base_loss")))
     print("\n" + format_metrics(result["metrics"]))
-    run_dir = Path(result["run_dir"])
     print(f"\nstages run: {', '.join(result['ran']) or 'none'}; skipped (inputs unchanged): "
           f"{', '.join(result['skipped']) or 'none'}")
     print(f"artifacts in {run_dir}: report.md, selection.json, metrics.json, meta_init/, features/, final/")
