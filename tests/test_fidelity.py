@@ -575,3 +575,35 @@ def test_scoreboard_pairs_runs_only_on_the_same_target_alone(tmp_path):
     assert r["preferred_minus_best"] == pytest.approx(first.rows["all"].get("loss") - sel.mean())
     assert r["ci95"][0] > 0  # "all" is behind on test beyond the interval
     assert scoreboard.dev_check(tmp_path / "first.metrics.json") is None  # no dev check recorded
+
+
+def test_pertoken_log_odds_give_the_functional_and_the_token_cross_entropy():
+    """benchmarks/pertoken.py's per-position gold log-odds: their mean's logistic loss is the functional
+    (gradselect's output value), and the per-token logistic loss, token-weighted, is the token cross-entropy."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from gradselect.data.examples import Example
+    from gradselect.data.tokenize import TokenizeConfig
+    from gradselect.evaluate.metrics import target_loss
+    from gradselect.features.extract import output_values
+    from gradselect.model import ModelConfig, load_model
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from pertoken import gold_log_odds
+
+    torch.manual_seed(0)
+    model, tok = load_model(ModelConfig(name_or_path="tiny-llama"), device="cpu")
+    model.eval()
+    examples = [Example(f"e{i}", f"What is {i} + {i}?", f" {2 * i} exactly" if i % 2 else f" {2 * i}")
+                for i in range(6)]
+    cfg = TokenizeConfig(max_length=32)
+    z = gold_log_odds(model, tok, examples, cfg, batch_size=4)
+    assert len(z) == 6 and len({len(x) for x in z}) > 1  # responses of several lengths
+    functional = np.array([np.logaddexp(0, -x.mean()) for x in z])
+    b = output_values(model, tok, examples, cfg)
+    np.testing.assert_allclose(functional, np.logaddexp(0, -b), rtol=1e-4)
+    per_token = np.concatenate([np.logaddexp(0, -x) for x in z])
+    assert per_token.mean() == pytest.approx(target_loss(model, tok, examples, cfg).loss, rel=1e-4)
