@@ -4,9 +4,10 @@ position on the target's dev split, for trust-check fine-tunes of a run folder.
 The estimator's functional is the logistic loss of the *mean* gold-token log-odds over an example's
 response tokens. On short answers the response is the answer plus the chat template's end-of-turn token,
 so a model sure of where the turn ends can have a low functional while its answer is wrong. This prints,
-per fine-tune, the mean and minimum log-odds at each response position, on how many examples the first (answer) token is below even odds, and the example-mean of
-three losses: the functional, the per-token logistic loss (``log(1 + e^-z) = -log p`` per token, so its
-token-weighted mean is the token cross-entropy), and the first token's alone:
+per fine-tune, the mean and minimum log-odds at each response position, on how many examples the first
+(answer) token is below even odds, and the example-mean of three losses: the functional, the per-token
+logistic loss (``log(1 + e^-z) = -log p`` per token, so its token-weighted mean is the token
+cross-entropy), and the first token's alone:
 
     python benchmarks/pertoken.py runs/selection-bbh-natural-ce60 --sizes 0,12
 
@@ -25,10 +26,13 @@ import torch
 
 
 def gold_log_odds(model, tok, examples, tokenize_config, batch_size: int = 8) -> list[np.ndarray]:
-    """Per example, the gold token's log-odds ``logit_gold - logsumexp(other logits)`` at each response
-    position, shape (n_response_tokens,) each."""
-    from gradselect.data.tokenize import pad_right, tokenize_examples
+    """Per example, the gold token's log-odds ``logit_gold - logsumexp(other logits)`` (the functional's own
+    per-token value, :class:`gradselect.features.output.MeanLogOdds`) at each response position, shape
+    (n_response_tokens,) each."""
+    from gradselect.data.tokenize import IGNORE_INDEX, pad_right, tokenize_examples
+    from gradselect.features.output import MeanLogOdds
 
+    log_odds = MeanLogOdds().token_values
     t = tokenize_examples(examples, tok, tokenize_config)
     out = []
     with torch.no_grad():
@@ -36,10 +40,8 @@ def gold_log_odds(model, tok, examples, tokenize_config, batch_size: int = 8) ->
             ids, mask, lab = pad_right(t.input_ids[s:s + batch_size], t.labels[s:s + batch_size], tok.pad_token_id)
             logits, lab = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), lab[:, 1:]
             for i in range(ids.shape[0]):
-                pos = (lab[i] != -100).nonzero().flatten()
-                lg, g = logits[i, pos], lab[i, pos]
-                other = lg.scatter(1, g[:, None], float("-inf"))
-                out.append((lg.gather(1, g[:, None])[:, 0] - torch.logsumexp(other, 1)).numpy())
+                keep = lab[i] != IGNORE_INDEX
+                out.append(log_odds(logits[i, keep], lab[i, keep]).numpy())
     return out
 
 
