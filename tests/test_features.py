@@ -377,6 +377,63 @@ def test_softmin_gradients_equal_naive_loop(computer):
         assert (fast.grads[name] - g).norm() / g.norm() < 1e-5, name
 
 
+@pytest.mark.parametrize("fn", [MeanLogOdds, "softmin"])
+def test_skipped_token_ids_are_left_out_like_masked_positions(fn):
+    from gradselect.features import SoftminLogOdds
+
+    fn = SoftminLogOdds if fn == "softmin" else fn
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 6, 10, generator=g, dtype=torch.float64, requires_grad=True)
+    gold = torch.tensor([[1, 2, 9, 3, 9, IGNORE_INDEX], [4, 9, 5, 6, 7, 8], [9, 9, IGNORE_INDEX] + [IGNORE_INDEX] * 3])
+    masked = torch.where(gold == 9, torch.full_like(gold, IGNORE_INDEX), gold)
+    skipping = fn(skip_ids=[9]).mean_over(logits, gold)
+    assert torch.allclose(skipping, fn().mean_over(logits, masked), rtol=1e-12)
+    assert not torch.allclose(skipping[:2], fn().mean_over(logits, gold)[:2])
+    # A response of skipped tokens only: the value 0 and no gradient.
+    skipping.sum().backward()
+    assert skipping[2].item() == 0.0 and logits.grad[2].abs().sum() == 0 and torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("computer", [FuncGradientComputer, HookGradientComputer])
+def test_gradients_with_skipped_tokens_equal_naive_loop(computer):
+    model, tok = lora_model("llama")
+    ids, mask, labels = padded_batch(tok)
+    skip = [int(labels[0, 5]), int(labels[2, 4])]  # two tokens that are gold somewhere
+    fast = computer(model, MeanLogOdds(skip)).compute(ids, mask, labels)
+    slow = LoopGradientComputer(model, MeanLogOdds(skip)).compute(ids, mask, labels)
+    plain = LoopGradientComputer(model, MeanLogOdds()).compute(ids, mask, labels)
+    assert torch.allclose(fast.values, slow.values, rtol=1e-10) and not torch.allclose(fast.values, plain.values)
+    for name, g in slow.grads.items():
+        assert (fast.grads[name] - g).norm() / g.norm() < 1e-5, name
+
+
+def test_skip_special_tokens_featurizes_without_the_end_of_sequence_token(tmp_path, small_task):
+    """``[features] skip_special_tokens``: the store's values are the output function without EOS (the
+    same values the truths and forward passes compute), recorded in the manifest, and a store made
+    without the option is refused for it."""
+    from gradselect.features import output_values
+    from gradselect.model import load_trained
+    from gradselect.model.config import ModelConfig
+
+    taskset, adapter = small_task
+    cfg = FCFG.model_copy(update={"skip_special_tokens": True})
+    plain = featurize(taskset, tmp_path / "plain", adapter_path=adapter, feature_config=FCFG, progress=False,
+                      device="cpu")
+    store = featurize(taskset, tmp_path / "skip", adapter_path=adapter, feature_config=cfg, progress=False, device="cpu")
+    assert store.manifest["skip_special_tokens"] is True and "skip_special_tokens" not in plain.manifest
+    model, tok = load_trained(ModelConfig(), AdapterConfig(), adapter, device="cpu")
+    dev = taskset.target_dev.examples
+    rows = store.rows_of(split="dev")
+    with_eos = output_values(model, tok, dev)
+    without = output_values(model, tok, dev, skip_special_tokens=True)
+    assert np.allclose(store.b[rows], without, rtol=1e-4, atol=1e-5)
+    assert np.allclose(plain.b[rows], with_eos, rtol=1e-4, atol=1e-5)
+    assert np.abs(without - with_eos).max() > 1e-3  # the EOS token counted in one, not the other
+    assert not np.allclose(store.g, plain.g)
+    with pytest.raises(ManifestMismatch, match="skip_special_tokens"):
+        featurize(taskset, tmp_path / "skip", adapter_path=adapter, feature_config=FCFG, progress=False, device="cpu")
+
+
 def test_rows_by_source_equals_rows_of_each_source(tmp_path, small_task):
     taskset, adapter = small_task
     store = featurize(taskset, tmp_path / "f", adapter_path=adapter, feature_config=FCFG, progress=False, device="cpu")

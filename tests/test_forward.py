@@ -116,7 +116,9 @@ def test_run_with_the_forward_scorer_selects_by_real_forward_passes(tmp_path, ca
     run_dir = tmp_path / "run"
     cfg = tmp_path / "run.toml"
     text = tiny_run(run_dir, k=1).replace("n_subsets = 20\n", "")
-    text = text.replace("[features]", '[estimate]\nscorer = "forward"\n\n[features]')
+    # Special tokens left out of the functional: the features, the trust check's truths and the forward
+    # passes all compute it so (the hand-built scorer below agrees only if the run passed the option on).
+    text = text.replace("[features]", '[estimate]\nscorer = "forward"\n\n[features]\nskip_special_tokens = true')
     cfg.write_text(text + "validate_k = 3\nvalidate_repeats = 1\n")
     assert main(["run", str(cfg), "-q"]) == 0
     capsys.readouterr()
@@ -146,8 +148,17 @@ def test_run_with_the_forward_scorer_selects_by_real_forward_passes(tmp_path, ca
     model, tok = load_model(config.model, device="cpu")
     model = apply_adapter(model, config.adapter, init_adapter=run_dir / "meta_init" / "adapter")
     grads = SourceGradients.compute(model, tok, taskset, config.tokenize)
-    by_hand = ForwardPassEstimator("sign", train_batch_size=config.train.batch_size).fit(
+    by_hand = ForwardPassEstimator("sign", train_batch_size=config.train.batch_size, skip_special_tokens=True).fit(
         model, tok, grads, taskset.target_dev.examples, config.tokenize)
+    assert json.loads((run_dir / "features" / "manifest.json").read_text())["skip_special_tokens"] is True
+    truth_file = next(run_dir.rglob("truth.json"))  # a trust-check fine-tune: its truth without special tokens
+    from gradselect.features import output_values
+    from gradselect.model import load_trained
+
+    tuned, _ = load_trained(config.model, config.adapter, truth_file.parent / "adapter", device="cpu")
+    b_tuned = output_values(tuned, tok, taskset.target_dev.examples, config.tokenize, skip_special_tokens=True)
+    assert json.loads(truth_file.read_text())["loss"] == pytest.approx(float(np.mean(np.logaddexp(0, -b_tuned))),
+                                                                      rel=1e-6)
     length = choice["chosen_fraction"] * by_hand.param_norm_
     assert np.isclose(sel["params"]["forward_step_length"], length, rtol=1e-6)
     # The forward scorer's default residual_surrogate is "auto": decided on the 3 validated subsets, recorded.
@@ -523,6 +534,16 @@ def test_token_ce_metric_measures_the_dev_cross_entropy_the_evaluation_reports(s
     # Another metric than the functional's: the same steps, other numbers.
     functional = ForwardPassEstimator("sign").fit(model, tok, grads, dev, config.tokenize)
     assert not np.isclose(functional.estimate([["more"]])[0], ce.estimate([["more"]])[0])
+    # Special tokens left out: the functional of the answer tokens; token CE still counts every token.
+    from gradselect.features import output_values
+
+    answers = ForwardPassEstimator("sign", skip_special_tokens=True).fit(model, tok, grads, dev, config.tokenize)
+    b_answers = output_values(model, tok, dev, config.tokenize, skip_special_tokens=True)
+    assert answers.base_loss_ == pytest.approx(float(np.mean(np.logaddexp(0, -b_answers))), rel=1e-6)
+    assert not np.isclose(answers.base_loss_, functional.base_loss_)
+    ce_answers = ForwardPassEstimator("sign", metric="token_ce", skip_special_tokens=True).fit(
+        model, tok, grads, dev, config.tokenize)
+    assert ce_answers.base_loss_ == pytest.approx(ce.base_loss_, rel=1e-9)
 
     scored = ForwardScoredEstimator(linear, ce)
     assert scored.metric_ == "token_ce"

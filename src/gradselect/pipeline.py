@@ -275,7 +275,9 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
                   **common)
         replace_dir(build, feat_dir)
 
-    feat_key = content_key("features", meta_key, _dump(config.features))
+    # Options added later count only when set: stores featurized before them stay valid.
+    feat_key = content_key("features", meta_key, config.features.model_dump(
+        mode="json", exclude={"skip_special_tokens"} if not config.features.skip_special_tokens else None))
     stage("features", feat_key, [feat_dir], do_features,
           staging=[build_dir(feat_dir), build_dir(feat_dir).with_name(build_dir(feat_dir).name + ".part")])
 

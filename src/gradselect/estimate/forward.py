@@ -238,6 +238,9 @@ class ForwardPassEstimator:
         Count it as many times as a fine-tune with ``[train] target_share`` repeats it.
     output : str
         The output function (the estimator's functional is the logistic loss of its mean).
+    skip_special_tokens : bool
+        Leave the tokenizer's special tokens out of the output function (``[features]
+        skip_special_tokens``; the ``token_ce`` metric counts every response token).
     metric : {"functional", "token_ce"}
         What a subset's dev loss is measured in (see the module's docstring).
     train_config : TrainConfig, optional
@@ -258,11 +261,12 @@ class ForwardPassEstimator:
 
     def __init__(self, step: Step = "sign", *, length: float | None = None, length_fraction: float = 0.1,
                  include_target_train: bool = True, target_share: float | None = None, output: str = "log_odds",
-                 metric: Metric = "functional", batch_size: int = 8, train_batch_size: int = 8, train_config=None,
+                 skip_special_tokens: bool = False, metric: Metric = "functional", batch_size: int = 8, train_batch_size: int = 8, train_config=None,
                  train_steps: int | None = None):
         self.step, self.length, self.length_fraction = step, length, length_fraction
         self.metric = metric
         self.include_target_train, self.output, self.batch_size = include_target_train, output, batch_size
+        self.skip_special_tokens = skip_special_tokens
         self.target_share = target_share
         self.train_batch_size = train_batch_size
         self.train_config, self.train_steps = train_config, train_steps
@@ -423,7 +427,8 @@ class ForwardPassEstimator:
 
         if (metric or self.metric) == "functional":
             return np.asarray(output_values(self.model_, self.tokenizer_, self.dev_, self.tokenize_config_,
-                                            output=self.output, batch_size=self.batch_size), dtype=float)
+                                            output=self.output, skip_special_tokens=self.skip_special_tokens,
+                                            batch_size=self.batch_size), dtype=float)
         # The mean gold-token log-probability over an example's response is minus its token cross-entropy.
         loglik = output_values(self.model_, self.tokenizer_, self.dev_, self.tokenize_config_,
                                output="log_likelihood", batch_size=self.batch_size)

@@ -26,6 +26,11 @@ class FeatureConfig(StrictConfig):
     """Per-example output: mean gold-token log-odds (the method's), their soft minimum
     ``-log mean_t exp(-z_t)`` (does not saturate when theta* is confident on most tokens but
     not on the few that decide the answer), or mean log-likelihood."""
+    skip_special_tokens: bool = False
+    """Leave the tokenizer's special tokens (end of turn, EOS) out of the output function, where
+    the features, the trust check's truths and the forward passes compute it (training still
+    learns them): with short answers the end-of-turn token's confidence can otherwise decide
+    the value (benchmarks/README.md, "per-token log-odds")."""
     precondition: Literal["none", "adam"] = "none"
     """Scale each gradient coordinate before projection: ``adam`` by the meta-training
     optimizer's per-coordinate step scale, ``sqrt(s)`` with ``s = 1 / (sqrt(v_hat) + eps)``

@@ -25,7 +25,7 @@ from gradselect.data.tokenize import TokenizeConfig, pad_right, tokenize_example
 from gradselect.errors import GradselectError
 from gradselect.features.config import FeatureConfig
 from gradselect.features.gradients import HookGradientComputer, make_gradient_computer
-from gradselect.features.output import get_output_function
+from gradselect.features.output import get_output_function, skipped_token_ids
 from gradselect.features.projector import BLOCK_ROWS, KroneckerProjector, make_projector
 from gradselect.features.store import FORMAT_VERSION, FeatureStore, ManifestMismatch, compare_manifests, finalize
 from gradselect.model.adapters import apply_adapter
@@ -152,7 +152,8 @@ def featurize(
     model = apply_adapter(model, adapter_config, init_adapter=adapter_path)
     model.eval()
     computer = make_gradient_computer(
-        config.gradients, model, get_output_function(config.output), config.params, with_hidden=config.hidden_states
+        config.gradients, model, get_output_function(config.output, skipped_token_ids(tokenizer, config.skip_special_tokens)),
+        config.params, with_hidden=config.hidden_states
     )
     param_shapes = computer.param_shapes
     scales = _preconditioner(config, model, adapter_path, param_shapes)
@@ -174,6 +175,8 @@ def featurize(
         "projector": {"kind": config.projector, "seed": config.seed, "dim": projector.proj_dim, "block_rows": BLOCK_ROWS,
                       **({"factor_dim": config.factor_dim} if config.projector == "kronecker" else {})},
         "output_function": config.output,
+        # only when set: manifests (and the identities made from them) of earlier stores stay as they were
+        **({"skip_special_tokens": True} if config.skip_special_tokens else {}),
         **({} if scales is None else {"precondition": {"kind": config.precondition, "sha256": _tensors_digest(scales)}}),
         "dataset_fingerprint": taskset.fingerprint(),
         "tokenize": json.loads(tokenize_config.model_dump_json()),
@@ -419,8 +422,9 @@ def merge_shards(out_dir: str | Path, world_size: int, *, force: bool = False) -
 
 @torch.no_grad()
 def output_values(model, tokenizer, examples, tokenize_config: TokenizeConfig | None = None, *, output: str = "log_odds",
-                  batch_size: int = 8) -> np.ndarray:
-    """The output function's value for each example under ``model`` (forward passes only).
+                  skip_special_tokens: bool = False, batch_size: int = 8) -> np.ndarray:
+    """The output function's value for each example under ``model`` (forward passes only), leaving the
+    tokenizer's special tokens out with ``skip_special_tokens`` (as ``[features] skip_special_tokens``).
 
     Returns
     -------
@@ -428,7 +432,7 @@ def output_values(model, tokenizer, examples, tokenize_config: TokenizeConfig | 
     """
     from gradselect.features.gradients import accepts_logits_to_keep, forward_at_positions, response_positions
 
-    fn = get_output_function(output)
+    fn = get_output_function(output, skipped_token_ids(tokenizer, skip_special_tokens))
     tokens = tokenize_examples(examples, tokenizer, tokenize_config)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id

@@ -94,10 +94,12 @@ def forward_scored(estimator: SubsetEstimator, config, taskset, meta_adapter: Pa
                                    include_target_train=est_cfg.include_target_train,
                                    target_share=est_cfg.target_share,
                                    output=manifest.get("output_function", "log_odds"),
+                                   skip_special_tokens=bool(manifest.get("skip_special_tokens", False)),
                                    metric=est_cfg.forward_metric, train_batch_size=config.train.batch_size)
     forward.fit(model, tokenizer, gradients, taskset.target_dev.examples, config.tokenize)
     # Passes are cached by step length too (the trust check scores its subsets at several).
     outputs_identity = identity | {"step": est_cfg.forward_step, "output": forward.output,
+                                   **({"skip_special_tokens": True} if forward.skip_special_tokens else {}),
                                    # only when not the default: caches written before the option stay valid
                                    **({"metric": forward.metric} if forward.metric != "functional" else {}),
                                    "include_target_train": forward.include_target_train,

@@ -76,7 +76,8 @@ def calibrate(arrays, config: EstimateConfig, subsets: list[list[str]], true_los
 def features_identity(manifest: dict) -> str:
     """What a calibration was fitted on: base model, theta*, data, projector and output function."""
     return content_key(manifest.get("model", {}).get("weights_sha256"), manifest.get("adapter", {}).get("sha256"),
-                       manifest.get("dataset_fingerprint"), manifest.get("projector"), manifest.get("output_function"))
+                       manifest.get("dataset_fingerprint"), manifest.get("projector"), manifest.get("output_function"),
+                       *(["skip_special_tokens"] if manifest.get("skip_special_tokens") else []))
 
 
 def write_calibration(path: Path, chosen: dict, candidates: dict, *, manifest: dict, validation: Path,

@@ -33,6 +33,8 @@ def truth_key(config, taskset, names, train_config, init_adapter: Path | None) -
     return content_key(
         "truth", sorted(names), dump(train_config), dump(config.model), dump(config.adapter), dump(config.tokenize),
         config.features.output, taskset.fingerprint(), _folder_digest(init_adapter),
+        # only when set: the keys of truths cached before the option stay valid
+        *(["skip_special_tokens"] if config.features.skip_special_tokens else []),
     )
 
 
@@ -68,7 +70,8 @@ def measure_truth(config, taskset, names: list[str], folder: Path, *, train_conf
                 dev = taskset.target_dev.examples
                 if "example_losses" in missing:
                     truth["example_losses"] = _example_losses(
-                        output_values(model, tok, dev, config.tokenize, output=config.features.output))
+                        output_values(model, tok, dev, config.tokenize, output=config.features.output,
+                                      skip_special_tokens=config.features.skip_special_tokens))
                 if "example_token_ce" in missing:
                     truth["example_token_ce"] = [
                         float(x) for x in target_loss(model, tok, dev, config.tokenize).weighted_example_loss()]
@@ -86,7 +89,8 @@ def measure_truth(config, taskset, names: list[str], folder: Path, *, train_conf
           device=device, progress=progress, overwrite=True)
     model, tok = load_trained(config.model, config.adapter, Path(folder) / "adapter", device=device)
     dev = taskset.target_dev.examples
-    b_new = output_values(model, tok, dev, config.tokenize, output=config.features.output)
+    b_new = output_values(model, tok, dev, config.tokenize, output=config.features.output,
+                          skip_special_tokens=config.features.skip_special_tokens)
     ce = target_loss(model, tok, dev, config.tokenize)
     truth = {
         "sources": list(names),
