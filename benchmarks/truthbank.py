@@ -1453,11 +1453,13 @@ def _base_bank_identity(weights_sha256: str, adapter: Path, dataset_fingerprint:
 
 
 def features_at_base(config, taskset, run_dir: Path, device: str):
-    """``(adapter, store)``: the fresh adapter (:func:`fresh_adapter`) and its features, cached in ``run_dir``."""
+    """``(adapter, store)``: the fresh adapter (:func:`fresh_adapter`) and its features, cached in ``run_dir``
+    (special tokens left out of the functional in a folder of their own)."""
     from gradselect.features import featurize
 
     adapter = fresh_adapter(config, run_dir / "at_base", device)
-    store = featurize(taskset, run_dir / "features-at-base", model_config=config.model,
+    folder = "features-at-base" + ("-skip-special" if config.features.skip_special_tokens else "")
+    store = featurize(taskset, run_dir / folder, model_config=config.model,
                       adapter_config=config.adapter, tokenize_config=config.tokenize,
                       feature_config=config.features, adapter_path=adapter, device=device, progress=True)
     return adapter, store
@@ -1522,6 +1524,12 @@ def score_at_base(args) -> int:
     bank_path = Path(args.bank)
     bank = json.loads(bank_path.read_text())
     config = SUITES[bank["suite"]]()
+    if args.skip_special_tokens:
+        if args.metric == "functional":  # the bank's functional truths count the special tokens
+            print("--skip-special-tokens needs --metric token_ce: the bank's functional truths count the special "
+                  "tokens", file=sys.stderr)
+            return 2
+        config.features.skip_special_tokens = True
     run_dir = Path(args.run_dir or f"runs/bank-{bank['suite']}")
     base_bank = bank.get("start") == "base"  # a build-base bank: every subset's truth is from the base model
     # The truth in the metric scored: the estimator's functional, or token cross-entropy (every seed's).
@@ -1588,6 +1596,13 @@ def score_at_base(args) -> int:
     est = ests["sign"]
     cache_file = run_dir / "at_base" / "forward.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    tag = ("" if args.metric == "functional" else f".{args.metric}") + (".skip-special" if args.skip_special_tokens else "")
+    out_path = Path(args.out) if args.out else bank_path.with_name(bank_path.stem + f".at-base{tag}.scores.json")
+    # Forward passes do not depend on the features: the scoring without --skip-special-tokens has the same ones.
+    for earlier in dict.fromkeys([out_path, bank_path.with_name(bank_path.stem + f".at-base{tag.replace('.skip-special', '')}.scores.json")]):
+        reused = _reuse_forward_passes(cache, earlier, bank, args.metric)
+        if reused:
+            print(f"{reused} forward passes reused from {earlier} (a fresh run folder passes only the new subsets)")
 
     def passes(fraction, which, step="sign"):
         """Forward passes at ``fraction`` |theta| (None: the unroll replay's own length)."""
@@ -1660,8 +1675,6 @@ def score_at_base(args) -> int:
                               for k, v in lengths.items()},
         **_provenance(),
     }
-    tag = "" if args.metric == "functional" else f".{args.metric}"
-    out_path = Path(args.out) if args.out else bank_path.with_name(bank_path.stem + f".at-base{tag}.scores.json")
     write_json_atomic(out_path, out)
     print(f"{len(judged)} base-model truths (target alone rank {out['truth_base']['target_alone_rank']}); "
           f"written {out_path}")
@@ -1677,6 +1690,28 @@ def score_at_base(args) -> int:
                   f"alone ranked {v[key]['target_alone_rank_mean']}"
                   for key in ("chosen", "configured", "best in hindsight")) + f"; chosen {v['lengths_chosen']}")
     return 0
+
+
+def _reuse_forward_passes(cache: dict, scores_file: Path, bank: dict, metric: str) -> int:
+    """Fill ``cache`` (:func:`score_at_base`'s forward-pass cache) from the passes an earlier scoring recorded
+    in ``scores_file`` (its ``forward_estimates`` on its ``judged`` bank subsets), so a fresh run folder
+    re-scores a grown bank by passing only the new subsets forward. Returns how many it added."""
+    if not scores_file.exists():
+        return 0
+    earlier = json.loads(scores_file.read_text())
+    if earlier.get("metric", "functional") != metric:
+        return 0
+    subsets = [bank["subsets"][i]["sources"] for i in earlier.get("judged", [])]
+    added = 0
+    for name, values in earlier.get("forward_estimates", {}).items():
+        step, length = name.split("|", 1)
+        for s, v in zip(subsets, values):
+            key = ("" if metric == "functional" else f"{metric}|") + ("" if step == "sign" else f"{step}|") + \
+                f"{length}|{';'.join(sorted(s))}"
+            if key not in cache:
+                cache[key] = float(v)
+                added += 1
+    return added
 
 
 def _print_ceiling(ceiling: dict | None, tag: str = "") -> None:
@@ -1862,6 +1897,9 @@ def main(argv=None) -> int:
     ab.add_argument("--configured-length", type=float, metavar="FRACTION",
                     help="also simulate trust checks of 8 and 12 bank subsets choosing the length among --lengths, "
                          "keeping this one unless another orders their subsets better by more than one SE")
+    ab.add_argument("--skip-special-tokens", action="store_true",
+                    help="features with the special tokens left out of the functional ([features] "
+                         "skip_special_tokens; with --metric token_ce); writes SUITE.at-base.token_ce.skip-special.scores.json")
     ab.add_argument("--out", help="scores file (default SUITE.at-base.scores.json beside the bank)")
     bl = sub.add_parser("baselines", help="data-only baselines (number of sources; indicator datamodel, LOO) "
                                           "from the bank file alone, on every truth it holds")

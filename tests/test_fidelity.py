@@ -607,3 +607,25 @@ def test_pertoken_log_odds_give_the_functional_and_the_token_cross_entropy():
     np.testing.assert_allclose(functional, np.logaddexp(0, -b), rtol=1e-4)
     per_token = np.concatenate([np.logaddexp(0, -x) for x in z])
     assert per_token.mean() == pytest.approx(target_loss(model, tok, examples, cfg).loss, rel=1e-4)
+
+
+def test_at_base_reuses_the_forward_passes_an_earlier_scoring_recorded(tmp_path):
+    """benchmarks/truthbank.py at-base on a fresh run folder: the passes a committed scores file records are
+    put back under the keys the scorer looks up, so only a grown bank's new subsets are passed forward."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from truthbank import _reuse_forward_passes
+
+    bank = {"subsets": [{"sources": ["b", "a"]}, {"sources": []}, {"sources": ["c"]}]}
+    scores = tmp_path / "s.json"
+    scores.write_text(json.dumps({"metric": "token_ce", "judged": [0, 2],
+                                  "forward_estimates": {"sign|0.2": [0.5, 0.7], "unroll|natural": [0.1, 0.3]}}))
+    cache = {"token_ce|0.2|a;b": 9.0}
+    assert _reuse_forward_passes(cache, scores, bank, "token_ce") == 3
+    assert cache == {"token_ce|0.2|a;b": 9.0, "token_ce|0.2|c": 0.7, "token_ce|unroll|natural|a;b": 0.1,
+                     "token_ce|unroll|natural|c": 0.3}
+    assert _reuse_forward_passes({}, scores, bank, "functional") == 0  # passes in another metric
+    assert _reuse_forward_passes({}, tmp_path / "none.json", bank, "token_ce") == 0
