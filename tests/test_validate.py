@@ -376,6 +376,9 @@ def test_a_warning_where_the_two_metrics_disagree_on_the_target_alone():
     assert f["gain"] < 0 < ce["gain"]
     text = metric_disagreement({"measured_choice": f, "measured_choice_token_ce": ce})
     assert "in the functional the target alone is better" in text and "in token cross-entropy a mixture" in text
+    assert "skip_special_tokens = true" in text  # the option that leaves the end-of-turn token out ...
+    assert "skip_special_tokens" not in metric_disagreement(  # ... named only where it is not already set
+        {"measured_choice": f, "measured_choice_token_ce": ce, "skip_special_tokens": True})
     # agreeing metrics (or one missing) say nothing
     assert metric_disagreement({"measured_choice": ce, "measured_choice_token_ce": ce}) is None
     assert metric_disagreement({"measured_choice": f, "measured_choice_token_ce": None}) is None

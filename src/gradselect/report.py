@@ -296,7 +296,10 @@ def metric_disagreement(report: dict) -> str | None:
     return (f"the two metrics disagree: in the functional {better(f)} is better (gain {f['gain']:+.4f}, margin "
             f"{f['margin']:.4f}), in token cross-entropy {better(ce)} (gain {ce['gain']:+.4f}, margin "
             f"{ce['margin']:.4f}); the linear scorer decides in the functional, the forward scorer in [estimate] "
-            "forward_metric, and the final models are compared in test token cross-entropy")
+            "forward_metric, and the final models are compared in test token cross-entropy"
+            + ("" if report.get("skip_special_tokens") else
+               "; with short answers the end-of-turn token's confidence can decide the functional: [features] "
+               "skip_special_tokens = true leaves the special tokens out of it"))
 
 
 def narrowing(measured: dict) -> str:

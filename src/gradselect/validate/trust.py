@@ -124,6 +124,8 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
         "start": start,
         # where the features (and so base_loss) were taken: [run] estimate_at
         "estimated_at": config.run.estimate_at,
+        # the functional the truths (and features) are in: special tokens left out or not
+        "skip_special_tokens": config.features.skip_special_tokens,
         "subsets": [{"sources": r["sources"], "true_loss": r["loss"], "true_token_ce": r["token_ce"],
                      "estimated_loss": float(e), "displacement": r.get("displacement")}
                     for r, e in zip(primary, estimated)],
