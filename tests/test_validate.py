@@ -308,6 +308,14 @@ def test_trust_check_fine_tunes_start_from_theta_star(small_task, tmp_path):
     from_base = measure_truth(config, taskset, ["sums"], tmp_path / "base", train_config=still, init_adapter=None,
                               device="cpu", progress=False)
     assert abs(from_base["loss"] - theta_star_loss) > 1e-3
+    # Truths in another functional than the features' are refused before any fine-tune.
+    from gradselect.errors import GradselectError
+    from gradselect.validate import validate
+
+    other = config.model_copy(update={"features": config.features.model_copy(update={"skip_special_tokens": True})})
+    with pytest.raises(GradselectError, match="skip_special_tokens = False, but the config's"):
+        validate(other, taskset, store, adapter, tmp_path / "v", k=3, device="cpu", progress=False)
+    assert not (tmp_path / "v").exists()
 
 
 def test_measured_choice_needs_a_gain_beyond_seed_and_dev_noise():

@@ -261,8 +261,8 @@ class ForwardPassEstimator:
 
     def __init__(self, step: Step = "sign", *, length: float | None = None, length_fraction: float = 0.1,
                  include_target_train: bool = True, target_share: float | None = None, output: str = "log_odds",
-                 skip_special_tokens: bool = False, metric: Metric = "functional", batch_size: int = 8, train_batch_size: int = 8, train_config=None,
-                 train_steps: int | None = None):
+                 skip_special_tokens: bool = False, metric: Metric = "functional", batch_size: int = 8,
+                 train_batch_size: int = 8, train_config=None, train_steps: int | None = None):
         self.step, self.length, self.length_fraction = step, length, length_fraction
         self.metric = metric
         self.include_target_train, self.output, self.batch_size = include_target_train, output, batch_size

@@ -153,7 +153,7 @@ def featurize(
     model.eval()
     computer = make_gradient_computer(
         config.gradients, model, get_output_function(config.output, skipped_token_ids(tokenizer, config.skip_special_tokens)),
-        config.params, with_hidden=config.hidden_states
+        config.params, with_hidden=config.hidden_states,
     )
     param_shapes = computer.param_shapes
     scales = _preconditioner(config, model, adapter_path, param_shapes)

@@ -97,6 +97,13 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
         raise GradselectError(f"validate needs k >= 3 subsets to compare ranks, got {k}")
     if start not in ("meta", "base"):
         raise GradselectError(f"validate: start must be 'meta' (theta*) or 'base', got {start!r}")
+    made = (store.manifest.get("output_function", "log_odds"), bool(store.manifest.get("skip_special_tokens")))
+    wanted = (config.features.output, config.features.skip_special_tokens)
+    if made != wanted:  # the truths would be measured in another functional than the estimates
+        raise GradselectError(
+            f"{store.path}: features computed with output = {made[0]!r}, skip_special_tokens = {made[1]}, but the "
+            f"config's [features] says output = {wanted[0]!r}, skip_special_tokens = {wanted[1]}; the trust check "
+            "measures its truths in the config's functional: make them agree (or featurize again)")
     init = Path(meta_adapter) if start == "meta" else None
     out_dir = Path(out_dir)
     arrays = FeatureArrays.from_store(store)
