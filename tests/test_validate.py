@@ -285,7 +285,7 @@ def test_ranking_calibration_orders_first_and_holds_out():
         calibrate_for_ranking(arrays, EstimateConfig(), subsets[:-1], true[:-1], precomputed=every)
 
 
-def test_trust_check_fine_tunes_start_from_theta_star(small_task, tmp_path):
+def test_trust_check_fine_tunes_start_from_theta_star(small_task, tmp_path, monkeypatch):
     """With a zero learning rate a fine-tune from theta* must measure theta*'s own dev loss and move
     nothing; one started from the base model (what a broken init would do) measures another loss."""
     from gradselect.config import RunConfig
@@ -308,6 +308,26 @@ def test_trust_check_fine_tunes_start_from_theta_star(small_task, tmp_path):
     from_base = measure_truth(config, taskset, ["sums"], tmp_path / "base", train_config=still, init_adapter=None,
                               device="cpu", progress=False)
     assert abs(from_base["loss"] - theta_star_loss) > 1e-3
+    # The same fine-tune asked for in another functional is measured again from its adapter, not retrained.
+    import gradselect.train
+    from gradselect.features import output_values
+    from gradselect.model import load_trained
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("retrained a cached fine-tune")
+
+    skip = config.model_copy(update={"features": config.features.model_copy(update={"skip_special_tokens": True})})
+    monkeypatch.setattr(gradselect.train, "train", no_training)
+    again = measure_truth(skip, taskset, ["sums"], tmp_path / "meta", train_config=still, init_adapter=adapter,
+                          store=store, device="cpu", progress=False)
+    model, tok = load_trained(config.model, config.adapter, tmp_path / "meta" / "adapter", device="cpu")
+    b = output_values(model, tok, taskset.target_dev.examples, config.tokenize, skip_special_tokens=True)
+    assert again["loss"] == pytest.approx(mean_logistic_loss(b), rel=1e-6) and again["loss"] != from_meta["loss"]
+    assert again["functional"] == {"output": "log_odds", "skip_special_tokens": True}
+    assert again["token_ce"] == from_meta["token_ce"] and len(again["example_losses"]) == len(b)
+    back = measure_truth(config, taskset, ["sums"], tmp_path / "meta", train_config=still, init_adapter=adapter,
+                         store=store, device="cpu", progress=False)
+    assert back["loss"] == pytest.approx(from_meta["loss"], rel=1e-9)
     # Truths in another functional than the features' are refused before any fine-tune.
     from gradselect.errors import GradselectError
     from gradselect.validate import validate

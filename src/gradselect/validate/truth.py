@@ -3,9 +3,11 @@
 :func:`measure_truth` is the one place a subset is fine-tuned to be measured: the
 trust check (from theta*), the conventional baseline (from the base model) and the
 benchmarks' truth banks all call it. Each fine-tune is cached in a folder named by
-:func:`truth_key`, a hash of everything the result depends on (model, adapter,
-tokenization, output function, training config and seed, the data, the start
-weights and the subset), so a changed input never returns an old model's loss.
+:func:`truth_key`, a hash of everything the fine-tune depends on (model, adapter,
+tokenization, training config and seed, the data, the start weights and the subset),
+so a changed input never returns an old model's loss. The functional is measured, not
+trained: a cached fine-tune asked for in another one (``[features] output``,
+``skip_special_tokens``) is measured again from its saved adapter, not retrained.
 """
 
 from __future__ import annotations
@@ -28,14 +30,23 @@ def _folder_digest(folder: Path | None) -> str | None:
 
 
 def truth_key(config, taskset, names, train_config, init_adapter: Path | None) -> str:
-    """Cache key of one fine-tune + measurement: every input that changes its result."""
+    """Cache key of one fine-tune: every input that changes the fine-tuned model."""
     dump = lambda m: m.model_dump(mode="json")  # noqa: E731
     return content_key(
         "truth", sorted(names), dump(train_config), dump(config.model), dump(config.adapter), dump(config.tokenize),
-        config.features.output, taskset.fingerprint(), _folder_digest(init_adapter),
-        # only when set: the keys of truths cached before the option stay valid
-        *(["skip_special_tokens"] if config.features.skip_special_tokens else []),
+        # The functional is measured, not trained (measure_truth re-measures a cached fine-tune in another
+        # one); the constant stays where the output function's name was, so earlier caches keep their keys.
+        "log_odds", taskset.fingerprint(), _folder_digest(init_adapter),
     )
+
+
+def functional_of(config) -> dict:
+    """The functional a truth's ``loss`` and ``example_losses`` are in (recorded as ``truth["functional"]``)."""
+    return {"output": config.features.output, "skip_special_tokens": config.features.skip_special_tokens}
+
+
+#: What truths cached before ``truth["functional"]`` was recorded were measured in (their key named it).
+_EARLIER_FUNCTIONAL = {"output": "log_odds", "skip_special_tokens": False}
 
 
 def measure_truth(config, taskset, names: list[str], folder: Path, *, train_config, init_adapter: Path | None = None,
@@ -62,6 +73,11 @@ def measure_truth(config, taskset, names: list[str], folder: Path, *, train_conf
             truth = json.loads(result_file.read_text())
         except (OSError, json.JSONDecodeError):
             truth = None  # a corrupt cache entry is measured again
+        if truth is not None and truth.get("functional", _EARLIER_FUNCTIONAL) != functional_of(config):
+            truth.pop("example_losses", None)  # measured in another functional: measured again below
+            truth.pop("loss", None)
+        if truth is not None and "loss" not in truth and not (Path(folder) / "adapter").exists():
+            truth = None  # nothing to measure again: fine-tuned again
         if truth is not None:
             missing = [k for k in ("example_losses", "example_token_ce") if k not in truth]
             if missing and (Path(folder) / "adapter").exists():
@@ -69,9 +85,11 @@ def measure_truth(config, taskset, names: list[str], folder: Path, *, train_conf
                 model, tok = load_trained(config.model, config.adapter, Path(folder) / "adapter", device=device)
                 dev = taskset.target_dev.examples
                 if "example_losses" in missing:
-                    truth["example_losses"] = _example_losses(
-                        output_values(model, tok, dev, config.tokenize, output=config.features.output,
-                                      skip_special_tokens=config.features.skip_special_tokens))
+                    b = output_values(model, tok, dev, config.tokenize, output=config.features.output,
+                                      skip_special_tokens=config.features.skip_special_tokens)
+                    truth["example_losses"] = _example_losses(b)
+                    truth["loss"] = float(mean_logistic_loss(b))
+                    truth["functional"] = functional_of(config)
                 if "example_token_ce" in missing:
                     truth["example_token_ce"] = [
                         float(x) for x in target_loss(model, tok, dev, config.tokenize).weighted_example_loss()]
@@ -96,6 +114,7 @@ def measure_truth(config, taskset, names: list[str], folder: Path, *, train_conf
         "sources": list(names),
         "seed": train_config.seed,
         "loss": float(mean_logistic_loss(b_new)),
+        "functional": functional_of(config),
         # Per dev example (same functional): paired comparisons between fine-tunes need them.
         "example_losses": _example_losses(b_new),
         "token_ce": ce.loss,
