@@ -30,7 +30,8 @@ class FeatureConfig(StrictConfig):
     """Leave the tokenizer's special tokens (end of turn, EOS) out of the output function, where
     the features, the trust check's truths and the forward passes compute it (training still
     learns them): with short answers the end-of-turn token's confidence can otherwise decide
-    the value (benchmarks/README.md, "per-token log-odds")."""
+    the value (benchmarks/README.md, "Token by token"; docs/results.md). Off by default: on the
+    52-subset BIG-Bench-Hard bank it ordered subsets no better."""
     precondition: Literal["none", "adam"] = "none"
     """Scale each gradient coordinate before projection: ``adam`` by the meta-training
     optimizer's per-coordinate step scale, ``sqrt(s)`` with ``s = 1 / (sqrt(v_hat) + eps)``
