@@ -1596,10 +1596,11 @@ def score_at_base(args) -> int:
     est = ests["sign"]
     cache_file = run_dir / "at_base" / "forward.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-    tag = ("" if args.metric == "functional" else f".{args.metric}") + (".skip-special" if args.skip_special_tokens else "")
-    out_path = Path(args.out) if args.out else bank_path.with_name(bank_path.stem + f".at-base{tag}.scores.json")
+    scores_file = lambda tag: bank_path.with_name(bank_path.stem + f".at-base{tag}.scores.json")  # noqa: E731
+    metric_tag = "" if args.metric == "functional" else f".{args.metric}"
+    out_path = Path(args.out) if args.out else scores_file(metric_tag + (".skip-special" if args.skip_special_tokens else ""))
     # Forward passes do not depend on the features: the scoring without --skip-special-tokens has the same ones.
-    for earlier in dict.fromkeys([out_path, bank_path.with_name(bank_path.stem + f".at-base{tag.replace('.skip-special', '')}.scores.json")]):
+    for earlier in dict.fromkeys([out_path, scores_file(metric_tag)]):
         reused = _reuse_forward_passes(cache, earlier, bank, args.metric)
         if reused:
             print(f"{reused} forward passes reused from {earlier} (a fresh run folder passes only the new subsets)")

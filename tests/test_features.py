@@ -421,6 +421,8 @@ def test_skip_special_tokens_featurizes_without_the_end_of_sequence_token(tmp_pa
                       device="cpu")
     store = featurize(taskset, tmp_path / "skip", adapter_path=adapter, feature_config=cfg, progress=False, device="cpu")
     assert store.manifest["skip_special_tokens"] is True and "skip_special_tokens" not in plain.manifest
+    assert store.functional == {"output": "log_odds", "skip_special_tokens": True}
+    assert plain.functional == {"output": "log_odds", "skip_special_tokens": False}
     model, tok = load_trained(ModelConfig(), AdapterConfig(), adapter, device="cpu")
     dev = taskset.target_dev.examples
     rows = store.rows_of(split="dev")

@@ -167,6 +167,14 @@ class FeatureStore:
     def n_rows(self) -> int:
         return len(self.ids)
 
+    @property
+    def functional(self) -> dict:
+        """The output function the values ``b`` are in: ``{"output", "skip_special_tokens"}`` (the keyword
+        arguments of :func:`~gradselect.features.extract.output_values`; absent from older manifests: the
+        defaults)."""
+        return {"output": self.manifest.get("output_function", "log_odds"),
+                "skip_special_tokens": bool(self.manifest.get("skip_special_tokens", False))}
+
     def chunk_rows(self, chunk: int) -> slice:
         return slice(chunk * self.chunk_size, min(self.n_rows, (chunk + 1) * self.chunk_size))
 

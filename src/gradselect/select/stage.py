@@ -65,8 +65,8 @@ def forward_scored(estimator: SubsetEstimator, config, taskset, meta_adapter: Pa
 
     est_cfg = config.estimate
     digest = folder_digest(meta_adapter)
-    manifest = FeatureStore.open(features_dir).manifest
-    if (manifest.get("adapter") or {}).get("sha256") != digest:
+    store = FeatureStore.open(features_dir)
+    if (store.manifest.get("adapter") or {}).get("sha256") != digest:
         raise GradselectError(f"{meta_adapter} is not the adapter the features were computed at (theta*): the "
                               "forward scorer steps from theta*; pass the meta-initialization's adapter")
     model, tokenizer = load_model(config.model, device=device)
@@ -93,8 +93,7 @@ def forward_scored(estimator: SubsetEstimator, config, taskset, meta_adapter: Pa
     forward = ForwardPassEstimator(est_cfg.forward_step, length_fraction=est_cfg.forward_length_fraction,
                                    include_target_train=est_cfg.include_target_train,
                                    target_share=est_cfg.target_share,
-                                   output=manifest.get("output_function", "log_odds"),
-                                   skip_special_tokens=bool(manifest.get("skip_special_tokens", False)),
+                                   **store.functional,
                                    metric=est_cfg.forward_metric, train_batch_size=config.train.batch_size)
     forward.fit(model, tokenizer, gradients, taskset.target_dev.examples, config.tokenize)
     # Passes are cached by step length too (the trust check scores its subsets at several).

@@ -24,7 +24,7 @@ import numpy as np
 
 from gradselect.errors import GradselectError
 from gradselect.io import read_json_artifact, write_json_atomic
-from gradselect.validate.truth import measure_truth, truth_key
+from gradselect.validate.truth import functional_of, measure_truth, truth_key
 
 VALIDATION_VERSION = 1
 
@@ -97,13 +97,13 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
         raise GradselectError(f"validate needs k >= 3 subsets to compare ranks, got {k}")
     if start not in ("meta", "base"):
         raise GradselectError(f"validate: start must be 'meta' (theta*) or 'base', got {start!r}")
-    made = (store.manifest.get("output_function", "log_odds"), bool(store.manifest.get("skip_special_tokens")))
-    wanted = (config.features.output, config.features.skip_special_tokens)
+    made, wanted = store.functional, functional_of(config)
     if made != wanted:  # the truths would be measured in another functional than the estimates
         raise GradselectError(
-            f"{store.path}: features computed with output = {made[0]!r}, skip_special_tokens = {made[1]}, but the "
-            f"config's [features] says output = {wanted[0]!r}, skip_special_tokens = {wanted[1]}; the trust check "
-            "measures its truths in the config's functional: make them agree (or featurize again)")
+            f"{store.path}: features computed with output = {made['output']!r}, skip_special_tokens = "
+            f"{made['skip_special_tokens']}, but the config's [features] says output = {wanted['output']!r}, "
+            f"skip_special_tokens = {wanted['skip_special_tokens']}; the trust check measures its truths in the "
+            "config's functional: make them agree (or featurize again)")
     init = Path(meta_adapter) if start == "meta" else None
     out_dir = Path(out_dir)
     arrays = FeatureArrays.from_store(store)
