@@ -257,6 +257,9 @@ def main(argv=None) -> int:
     p.add_argument("--forward-metric", choices=["functional", "token_ce"], default="functional",
                    help="forward scorer: what a subset's dev loss is measured in, and so what the trust check and the "
                         "evidence margin compare ([estimate] forward_metric)")
+    p.add_argument("--skip-special-tokens", action="store_true",
+                   help="leave the tokenizer's special tokens (end of turn, EOS) out of the functional: features, "
+                        "forward scores and trust-check truths ([features] skip_special_tokens)")
     p.add_argument("--target-share", type=float, metavar="SHARE",
                    help="keep the target's train split at this share of every mixture ([train] and [estimate] "
                         "target_share)")
@@ -328,6 +331,8 @@ def main(argv=None) -> int:
         "select": config.select.model_copy(update={"margin": args.margin if args.margin == "auto"
                                                    else float(args.margin)}),
         "train": config.train.model_copy(update={"target_share": args.target_share}),
+        **({"features": config.features.model_copy(update={"skip_special_tokens": True})}
+           if args.skip_special_tokens else {}),
         "estimate": config.estimate.model_copy(update={"scorer": args.scorer, "target_share": args.target_share, **(
             {"forward_length_fraction": args.forward_length} if args.forward_length else {}), **(
             {"forward_metric": args.forward_metric} if args.forward_metric != "functional" else {})})})
@@ -341,7 +346,8 @@ def main(argv=None) -> int:
           f"subsets from {'theta*' if config.run.trust_check_start() == 'meta' else 'the base model'}; "
           f"evidence margin "
           f"{args.margin}; {args.scorer} scorer"
-          + (f" in {args.forward_metric}" if args.scorer == "forward" else "") + "; estimates at "
+          + (f" in {args.forward_metric}" if args.scorer == "forward" else "")
+          + (" without special tokens" if args.skip_special_tokens else "") + "; estimates at "
           f"{'theta*' if args.estimate_at == 'meta' else 'the base model (no meta-training)'}"
           + (f"; target share {args.target_share}" if args.target_share else ""))
     print_selection_rows(rows)
