@@ -1610,9 +1610,7 @@ def score_at_base(args) -> int:
         out = []
         tag = "natural" if fraction is None else f"{fraction:g}"
         for s in which:
-            # Sign keys as before (caches from earlier runs stay valid); other steps prefixed by name.
-            key = ("" if args.metric == "functional" else f"{args.metric}|") + (
-                "" if step == "sign" else f"{step}|") + f"{tag}|{';'.join(sorted(s))}"
+            key = forward_pass_key(args.metric, step, tag, s)
             if key not in cache:
                 e = ests[step]
                 cache[key] = float(e.estimate([s], length=None if fraction is None else fraction * e.param_norm_)[0])
@@ -1681,9 +1679,7 @@ def score_at_base(args) -> int:
           f"written {out_path}")
     _print_ceiling(out["truth_base"]["ceiling"])
     for k, v in scores.items():
-        lo, hi = v["spearman_ci95"] or (float("nan"), float("nan"))
-        print(f"  {v['spearman']:+.2f} [{lo:+.2f}, {hi:+.2f}]  pairwise {v['pairwise_accuracy']:.2f}  "
-              f"alone {v['target_alone_rank']}  {k}")
+        print_order_figures(v, k)
     for k, v in (by_trust_check or {}).items():
         print(f"  trust check of {k} choosing the length (one-SE rule, configured {args.configured_length:g}), "
               f"on its unseen subsets over {v['draws']} draws: " + "; ".join(
@@ -1691,6 +1687,15 @@ def score_at_base(args) -> int:
                   f"alone ranked {v[key]['target_alone_rank_mean']}"
                   for key in ("chosen", "configured", "best in hindsight")) + f"; chosen {v['lengths_chosen']}")
     return 0
+
+
+def forward_pass_key(metric: str, step: str, length: str, sources) -> str:
+    """The key of one forward pass in :func:`score_at_base`'s cache (``RUN_DIR/at_base/forward.json``):
+    ``[METRIC|][STEP|]LENGTH|SOURCES``, ``length`` a fraction of |theta| as ``f"{fraction:g}"`` (or ``natural``),
+    the sources sorted and ``;``-joined. The functional and the sign step carry no prefix, so caches from
+    before either option stay valid."""
+    return (("" if metric == "functional" else f"{metric}|") + ("" if step == "sign" else f"{step}|")
+            + f"{length}|{';'.join(sorted(sources))}")
 
 
 def _reuse_forward_passes(cache: dict, scores_file: Path, bank: dict, metric: str) -> int:
@@ -1707,8 +1712,7 @@ def _reuse_forward_passes(cache: dict, scores_file: Path, bank: dict, metric: st
     for name, values in earlier.get("forward_estimates", {}).items():
         step, length = name.split("|", 1)
         for s, v in zip(subsets, values):
-            key = ("" if metric == "functional" else f"{metric}|") + ("" if step == "sign" else f"{step}|") + \
-                f"{length}|{';'.join(sorted(s))}"
+            key = forward_pass_key(metric, step, length, s)
             if key not in cache:
                 cache[key] = float(v)
                 added += 1
@@ -1738,6 +1742,13 @@ def _order_figures(estimated, true, subsets) -> dict:
     alone = next((i for i, s in enumerate(subsets) if not s), None)
     return {"spearman": rho(e, t), "spearman_ci95": bootstrap_ci(rho, e, t), "pairwise_accuracy": pairwise_accuracy(e, t),
             "target_alone_rank": None if alone is None else int(np.argsort(np.argsort(e))[alone]) + 1}
+
+
+def print_order_figures(figures: dict, label: str) -> None:
+    """One line for an :func:`_order_figures` result: Spearman [95%], pairwise order, target alone's rank."""
+    lo, hi = figures["spearman_ci95"] or (float("nan"), float("nan"))
+    print(f"  {figures['spearman']:+.2f} [{lo:+.2f}, {hi:+.2f}]  pairwise {figures['pairwise_accuracy']:.2f}  "
+          f"alone {figures['target_alone_rank']}  {label}")
 
 
 def _truths_of(bank: dict) -> dict:

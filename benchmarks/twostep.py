@@ -39,10 +39,10 @@ def main(argv=None) -> int:
     from scipy.stats import spearmanr
 
     from gradselect.data import load_taskset
-    from gradselect.estimate.forward import TARGET, ForwardPassEstimator, SourceGradients
+    from gradselect.estimate.forward import ForwardPassEstimator, SourceGradients
+    from gradselect.io import write_json_atomic
     from gradselect.model import apply_adapter, load_model
-    from gradselect.validate.fidelity import bootstrap_ci, pairwise_accuracy
-    from truthbank import SUITES, features_at_base
+    from truthbank import SUITES, _order_figures, features_at_base, forward_pass_key, print_order_figures
 
     torch.set_num_threads(args.threads)
     bank = json.loads(args.bank.read_text())
@@ -67,52 +67,46 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     order = [0, 1] + [int(i) for i in rng.permutation(np.arange(2, len(subsets)))[:max(args.n - 2, 0)]]
 
-    def step(d):
-        norm = float(torch.sqrt(sum((t.double() ** 2).sum() for t in d.values())))
-        with torch.no_grad():
-            for name, t in est.params_.items():
-                t.add_(d[name] * (half / norm))
-
     rows = []
     for i in order:
         names = subsets[i]["sources"]
-        key = f"{args.fraction:g}|" + ";".join(sorted(names))
+        key = forward_pass_key("functional", "sign", f"{args.fraction:g}", names)
         if key not in one_step:
             print(f"no one-step pass for {names} at {args.fraction:g} in {cache_file}", file=sys.stderr)
             return 2
         start = time.time()
-        saved = {n: t.detach().clone() for n, t in est.params_.items()}
+        saved, at_base = {n: t.detach().clone() for n, t in est.params_.items()}, est.gradients_
         try:
-            step(est.direction(names))
-            here = SourceGradients.compute(model, tok, SimpleNamespace(
+            first = est.direction(names)
+            norm = float(torch.sqrt(sum((t.double() ** 2).sum() for t in first.values())))
+            with torch.no_grad():  # the first half-step, kept while the gradient is recomputed there
+                for n, t in est.params_.items():
+                    t.add_(first[n] * (half / norm))
+            # The subset's gradient sums at the new point; the estimator's own direction and measurement
+            # (``_along`` takes the second half-step, passes the dev split forward and steps back) use them.
+            est.gradients_ = SourceGradients.compute(model, tok, SimpleNamespace(
                 sources=[s for s in taskset.sources if s.name in names], target_train=taskset.target_train),
                 config.tokenize)
-            groups = list(names) + [TARGET]
-            count = sum(here.counts[g] for g in groups)
-            step({n: -torch.sign(sum(here.sums[g][n] for g in groups) / count) for n in est.params_})
-            two = float(np.mean(est.example_losses(est._measure())))
+            two = float(np.mean(est.example_losses(est._along(est.direction(names), half, est.metric))))
         finally:
+            est.gradients_ = at_base
             with torch.no_grad():
                 for n, t in est.params_.items():
                     t.copy_(saved[n])
         rows.append({"sources": names, "two_step": two, "one_step": float(one_step[key]),
                      "truth": float(np.mean(subsets[i]["losses"]))})
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"bank": str(args.bank), "fraction": args.fraction, "subsets": rows}, indent=1))
-        tmp.replace(args.out)
+        write_json_atomic(args.out, {"bank": str(args.bank), "fraction": args.fraction, "subsets": rows})
         print(f"[{len(rows)}/{len(order)}] {len(names)} sources: two-step {two:.4f}, one-step {one_step[key]:.4f}, "
               f"truth {rows[-1]['truth']:.4f} ({time.time() - start:.0f} s)", flush=True)
 
-    a = np.array([[r["two_step"], r["one_step"], len(r["sources"])] for r in rows], dtype=float)
-    truth = np.array([r["truth"] for r in rows])
-    rho = lambda x, y: spearmanr(x, y)[0]  # noqa: E731
-    for j, label in [(0, "two-step sign"), (1, "one-step sign"), (2, "number of sources (no model)")]:
-        lo, hi = bootstrap_ci(rho, a[:, j], truth)
-        print(f"  {rho(a[:, j], truth):+.2f} [{lo:+.2f}, {hi:+.2f}]  pairwise {pairwise_accuracy(a[:, j], truth):.2f}  "
-              f"{label}")
-    print(f"  Spearman with the number of sources: two-step {rho(a[:, 0], a[:, 2]):+.2f}, "
-          f"one-step {rho(a[:, 1], a[:, 2]):+.2f}")
+    done = [r["sources"] for r in rows]
+    truth = [r["truth"] for r in rows]
+    size = [len(r["sources"]) for r in rows]
+    for label, est_of in [("two-step sign", [r["two_step"] for r in rows]),
+                          ("one-step sign", [r["one_step"] for r in rows]), ("number of sources (no model)", size)]:
+        print_order_figures(_order_figures(est_of, truth, done), label)
+    print(f"  Spearman with the number of sources: two-step {spearmanr([r['two_step'] for r in rows], size)[0]:+.2f}, "
+          f"one-step {spearmanr([r['one_step'] for r in rows], size)[0]:+.2f}")
     return 0
 
 
