@@ -114,7 +114,8 @@ def test_run_caches_stages_and_reruns_downstream_only(tmp_path, capsys):
     # The trust check's residual surrogate, on by default: selection says it corrected its estimates with
     # it; said explicitly, nothing reruns ...
     assert "Residual surrogate (kernel ridge" in (run_dir / "report.md").read_text()
-    assert json.loads((run_dir / "calibration.json").read_text())["residual_surrogate"]["apply"]
+    entry = json.loads((run_dir / "calibration.json").read_text())["residual_surrogate"]
+    assert entry["apply"] and entry["kernel"] == "additive"  # [run] surrogate_kernel's default
     cfg.write_text(adam + 'validate_k = 3\nvalidate_repeats = 0\nresidual_surrogate = "on"\n')
     assert main(["run", str(cfg), "-q"]) == 0
     out = capsys.readouterr().out
@@ -128,6 +129,12 @@ def test_run_caches_stages_and_reruns_downstream_only(tmp_path, capsys):
     assert "stages run: validate, select" in capsys.readouterr().out
     assert not json.loads((run_dir / "calibration.json").read_text())["residual_surrogate"]["apply"]
     assert "residual_surrogate" not in json.loads((run_dir / "selection.json").read_text())["params"]
+    # The RBF kernel refits the surrogate (the fine-tunes are cached), and the report names it.
+    cfg.write_text(adam + 'validate_k = 3\nvalidate_repeats = 0\nsurrogate_kernel = "rbf"\n')
+    assert main(["run", str(cfg), "-q"]) == 0
+    assert "stages run: validate, select" in capsys.readouterr().out
+    assert json.loads((run_dir / "calibration.json").read_text())["residual_surrogate"]["kernel"] == "rbf"
+    assert "kernel rbf" in (run_dir / "report.md").read_text()
 
 
 def test_report_needs_a_run(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The residual surrogate: kernel ridge on the trust check's residuals, applied to every estimate."""
+"""The residual surrogate: kernel ridge (additive or RBF) on the trust check's residuals, applied to every estimate."""
 
 import json
 import warnings
@@ -36,38 +36,62 @@ def test_surrogate_fits_the_residuals_and_matches_sklearn():
     rng = np.random.default_rng(1)
     masks = np.unique(rng.random((30, 6)) < 0.5, axis=0)[:12]  # distinct subsets
     residuals = rng.normal(size=12)
-    sur = ResidualSurrogate(alpha=1e-2).fit(masks, residuals)
+    sur = ResidualSurrogate("rbf", alpha=1e-2).fit(masks, residuals)
     ref = KernelRidge(alpha=1e-2, kernel="rbf", gamma=1 / 6).fit(masks.astype(float), residuals - residuals.mean())
     new = rng.random((5, 6)) < 0.5
     assert np.allclose(sur.predict(new), residuals.mean() + ref.predict(new.astype(float)))
     # Near-interpolation at the fitted subsets (small ridge), the mean residual far from all of them.
     assert np.abs(sur.predict(masks) - residuals).max() < 0.1 * np.abs(residuals).max()
-    far = ResidualSurrogate(alpha=1e-2, gamma=50.0).fit(masks, residuals)
+    far = ResidualSurrogate("rbf", alpha=1e-2, gamma=50.0).fit(masks, residuals)
     unseen = ~masks[:1]
     if not (masks == unseen).all(1).any():
         assert far.predict(unseen)[0] == pytest.approx(residuals.mean(), abs=1e-6)
 
 
-def test_held_out_corrections_never_see_the_subset_they_predict():
+def test_additive_kernel_is_ridge_on_centred_indicators_and_recovers_source_effects():
+    rng = np.random.default_rng(4)
+    masks = rng.random((12, 6)) < 0.5
+    residuals = rng.normal(size=12)
+    sur = ResidualSurrogate("additive", alpha=3.0).fit(masks, residuals)
+    # The primal solution: one shrunk effect per source on the validated subsets' centred indicators.
+    x = masks - masks.mean(0)
+    coef = np.linalg.solve(x.T @ x + 3.0 * np.eye(6), x.T @ (residuals - residuals.mean()))
+    new = rng.random((5, 6)) < 0.5
+    assert np.allclose(sur.predict(new), residuals.mean() + (new - masks.mean(0)) @ coef)
+    # Residuals that are per-source effects: a light ridge recovers them, on subsets it never saw too.
+    masks = np.unique(rng.random((40, 6)) < 0.5, axis=0)
+    effects = np.array([0.3, -0.2, 0.0, 0.1, 0.0, -0.1])
+    light = ResidualSurrogate("additive", alpha=1e-6).fit(masks[:20], masks[:20] @ effects + 1.0)
+    assert np.allclose(light.predict(masks[20:]), masks[20:] @ effects + 1.0, atol=1e-4)
+    with pytest.raises(ValueError, match="kernel"):
+        ResidualSurrogate("linear")
+    assert ResidualSurrogate().kernel == "additive" and ResidualSurrogate("rbf").alpha == 1e-2
+
+
+@pytest.mark.parametrize("kernel", ["additive", "rbf"])
+def test_held_out_corrections_never_see_the_subset_they_predict(kernel):
     rng = np.random.default_rng(2)
     masks = rng.random((10, 6)) < 0.5
     residuals = rng.normal(size=10)
-    held = ResidualSurrogate.held_out(masks, residuals)
+    held = ResidualSurrogate.held_out(masks, residuals, kernel=kernel)
     wild = residuals.copy()
     wild[4] = 100.0
-    again = ResidualSurrogate.held_out(masks, wild)
+    again = ResidualSurrogate.held_out(masks, wild, kernel=kernel)
     assert again[4] == held[4] and not np.allclose(np.delete(again, 4), np.delete(held, 4))
 
 
-def test_json_round_trip_and_malformed_files():
+@pytest.mark.parametrize("kernel", ["additive", "rbf"])
+def test_json_round_trip_and_malformed_files(kernel):
     rng = np.random.default_rng(3)
     masks = rng.random((8, 4)) < 0.5
     names = ["a", "b", "c", "d"]
-    sur = ResidualSurrogate().fit(masks, rng.normal(size=8))
+    sur = ResidualSurrogate(kernel).fit(masks, rng.normal(size=8))
     data = json.loads(json.dumps(sur.to_dict(names)))
     back = ResidualSurrogate.from_dict(data, names)
     probe = rng.random((6, 4)) < 0.5
-    assert np.array_equal(back.predict(probe), sur.predict(probe))
+    assert back.kernel == kernel and np.array_equal(back.predict(probe), sur.predict(probe))
+    with pytest.raises(ArtifactError, match="kernel"):
+        ResidualSurrogate.from_dict(data | {"kernel": "poly"}, names)
     with pytest.raises(ArtifactError, match="fitted on sources"):
         ResidualSurrogate.from_dict(data, ["a", "b", "c", "e"])
     with pytest.raises(ArtifactError, match="dual_coef"):
@@ -83,7 +107,7 @@ def test_corrected_estimator_learns_an_interaction_and_selectors_use_it():
     est = SubsetEstimator(EstimateConfig()).fit(feats)
     masks = est.subset_masks(SUBSETS)
     true = est.estimate(masks) + interaction(masks)
-    corrected = CorrectedEstimator(est, ResidualSurrogate().fit(masks, true - est.estimate(masks)))
+    corrected = CorrectedEstimator(est, ResidualSurrogate("rbf").fit(masks, true - est.estimate(masks)))
     assert corrected.source_names_ == est.source_names_ and corrected.base_loss_ == est.base_loss_
     assert np.abs(corrected.estimate(SUBSETS) - true).max() < 0.02
     # Unvalidated subsets holding a and b are estimated worse than without the correction.
@@ -109,7 +133,9 @@ def test_fit_surrogate_applies_it_only_when_it_orders_held_out_subsets_better():
     true = est.estimate(masks) + 0.02 * masks[:, 5] - 0.015 * masks[:, 0] + 0.01 * masks[:, 2]
     calib = calibrate_for_ranking(feats, cfg, SUBSETS, true)
     out = fit_surrogate(feats, cfg, SUBSETS, true, calib["held_out_predictions"], mode="auto")
-    assert out["apply"] and out["fitted"]["apply"]
+    assert out["apply"] and out["fitted"]["apply"] and out["kernel"] == out["fitted"]["kernel"] == "additive"
+    rbf = fit_surrogate(feats, cfg, SUBSETS, true, calib["held_out_predictions"], mode="on", kernel="rbf")
+    assert rbf["kernel"] == rbf["fitted"]["kernel"] == "rbf"
     assert out["loo"]["pairwise_accuracy"] > out["loo_calibrated"]["pairwise_accuracy"]
     assert out["fitted"]["estimator"] == cfg.model_dump(mode="json")
     # A truth the estimate already orders perfectly: nothing to gain, not applied (auto) unless asked.

@@ -124,7 +124,7 @@ def test_validate_end_to_end(tmp_path, capsys):
     # (seed-mean) truth, and selection says it used it.
     assert main(args[:-5] + ["--k", "4", "--repeats", "1", "--surrogate", "on", "-q"]) == 0
     out = capsys.readouterr().out
-    assert "residual surrogate (on: used by selection)" in out
+    assert "residual surrogate (on, kernel additive: used by selection)" in out
     report = json.loads((tmp_path / "val" / "validation.json").read_text())
     entry = json.loads((tmp_path / "calibration.json").read_text())["residual_surrogate"]
     assert entry["apply"] and len(entry["subsets"]) == 4 and report["surrogate"]["loo"]["n_subsets"] == 4

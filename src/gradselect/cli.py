@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=2, help="subsets fine-tuned again with another seed (default 2)")
     p.add_argument("--seed", type=int, default=0, help="subset sampling seed")
     p.add_argument("--surrogate", choices=["auto", "on", "off"], default=None,
-                   help="correct later estimates by kernel ridge on the validated subsets' residuals: on, auto (when "
+                   help="correct later estimates by kernel ridge on the validated subsets' residuals ([run] "
+                   "surrogate_kernel): on, auto (when "
                    "it orders the held-out validated subsets better than the calibrated step), off (default: [run] "
                    "residual_surrogate, on for the linear estimator this fits it to)")
     p.add_argument("--start", choices=["meta", "base"], default=None,
@@ -477,8 +478,8 @@ def _forward_scored(config, estimator, args):
     calib = read_calibration(Path(args.features).parent / "calibration.json", FeatureStore.open(args.features).manifest)
     if calib and calib.get("validation") and Path(calib["validation"]).exists():
         trust_forward_scorer(scored, Path(calib["validation"]), config.estimate.forward_length_candidates)
-        scored = correct_forward_scorer(scored, Path(calib["validation"]),
-                                        config.run.residual_surrogate_mode(scorer="forward"))
+        scored = correct_forward_scorer(scored, Path(calib["validation"]), config.run.residual_surrogate_mode(
+            scorer="forward"), config.run.surrogate_kernel)
     else:
         from gradselect.select.stage import FORWARD_WITHOUT_TRUST_CHECK
 

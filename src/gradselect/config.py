@@ -98,8 +98,9 @@ class RunSection(StrictConfig):
     """Trust check: subsets fine-tuned again with another seed (noise floor)."""
     residual_surrogate: Literal["auto", "on", "off"] | None = None
     """Trust check: correct selection's estimates by kernel ridge on the validated subsets' residuals
-    (true minus estimated loss). ``on`` always; ``auto`` when its held-out order of the validated
-    subsets (each corrected by a surrogate fitted on the others) beats the uncorrected estimates'
+    (true minus estimated loss; kernel: ``surrogate_kernel``). ``on`` always; ``auto`` when its
+    held-out order of the validated subsets (each corrected by a surrogate fitted on the others)
+    beats the uncorrected estimates'
     (for the linear scorer: the calibrated step's); ``off`` never. Default: ``on`` with the linear
     scorer, ``auto`` with the forward scorer (:meth:`residual_surrogate_mode`).
     Linear scorer: on the planted12 truth bank (29 subsets) ``on`` ordered unseen subsets better
@@ -111,7 +112,19 @@ class RunSection(StrictConfig):
     (:func:`gradselect.validate.trust.correct_forward_scorer`): ``on`` lowered the unseen
     subsets' order by 0.04-0.27 where the forward scores already ordered them well (planted12,
     bbh12) and raised it by 0.20-0.23 where they did not (arith12); ``auto`` kept within 0.03
-    of the better on the first two and gained 0.15 on arith12."""
+    of the better on the first two and gained 0.15 on arith12 (figures of the RBF kernel; the
+    additive kernel's are under ``surrogate_kernel``)."""
+    surrogate_kernel: Literal["additive", "rbf"] = "additive"
+    """The residual surrogate's kernel over subset indicators
+    (:class:`gradselect.estimate.surrogate.ResidualSurrogate`): ``additive``, one shrunk correction
+    per source (ridge on the centred indicators, alpha 3), or ``rbf`` (RBF kernel ridge, the default
+    before 2026-12-07). Real fine-tuning is close to additive over sources on our three truth banks
+    (an additive model on the other subsets' truths: Spearman 0.82 / 0.96 / 0.81 held out); in
+    simulated trust checks of 8 and 12 subsets on them, the additive kernel ordered the unseen
+    subsets as well as ``rbf`` or better with the forward scorer's ``auto`` (arith12 0.53-0.56 ->
+    0.58-0.61; bbh12 and planted12 unchanged) and within 0.03 of it with the linear scorer's ``on``,
+    and with ``on`` it lowered already good forward scores far less (bbh12: by 0.11-0.14 instead of
+    0.36-0.38; docs/results.md)."""
     conventional_budget: int = pydantic.Field(default=0, ge=0)
     """Also run the conventional baseline, forward selection with one real fine-tune (from the
     base model, trained like the final fine-tunes) per candidate, with at most this many

@@ -292,7 +292,7 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
         start = [] if config.run.trust_check_start() == "meta" else ["from the base model"]
         val_key = content_key("validate", feat_key, _dump(final_train), _dump(config.estimate),
                               config.run.validate_k, config.run.validate_repeats, config.run.residual_surrogate_mode(),
-                              *start)
+                              *start, *([] if config.run.surrogate_kernel == "rbf" else [config.run.surrogate_kernel]))
         # Fine-tunes are cached under content keys in validation/runs/: never cleared.
         stage("validate", val_key, [run_dir / "validation" / "validation.json", calibration],
               lambda: validate(config, taskset, FeatureStore.open(feat_dir), meta_dir / "adapter",
@@ -315,7 +315,8 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
     validation_file = run_dir / "validation" / "validation.json"
     # The forward scorer's gain error is measured on the trust check's real fine-tunes.
     forward_surrogate = config.run.residual_surrogate_mode(scorer="forward")
-    truths = [file_digest(validation_file), forward_surrogate] if forward and config.run.validate_k else []
+    truths = [file_digest(validation_file), forward_surrogate, config.run.surrogate_kernel] \
+        if forward and config.run.validate_k else []
     sel_key = content_key("select", feat_key, _dump(estimate_config), _dump(select_config), list(config.run.compare),
                           surrogate, *([gain_rmse] if gain_rmse is not None else []),
                           *([meta_key, config.train.batch_size, *truths] if forward else []))
@@ -339,7 +340,8 @@ def run_pipeline(config, *, base_dir: Path | None = None, run_dir: Path | None =
 
                 trust_forward_scorer(estimator, validation_file, estimate_config.forward_length_candidates)
                 # Then what its real fine-tunes show beyond the forward scores, where that orders them better.
-                estimator = correct_forward_scorer(estimator, validation_file, forward_surrogate)
+                estimator = correct_forward_scorer(estimator, validation_file, forward_surrogate,
+                                                   config.run.surrogate_kernel)
             else:
                 log.warning(FORWARD_WITHOUT_TRUST_CHECK.format(why="[run] validate_k = 0", fix="set [run] validate_k"))
         chosen = select_sources(estimator, select_config, sel_path, clusters=clusters,

@@ -94,7 +94,8 @@ def forward_surrogate_line(choice: dict) -> str:
     marks = choice["pairwise_accuracy"]
     used = "corrected by" if choice["apply"] else "not corrected by"
     return (f"forward scores {used} the residual surrogate of the trust check's {choice['subsets']} subsets "
-            f"(residual_surrogate = \"{choice['mode']}\"; held-out pairwise order: forward "
+            f"(residual_surrogate = \"{choice['mode']}\", kernel {choice.get('kernel', 'rbf')}; held-out pairwise "
+            f"order: forward "
             f"{marks['forward']:.2f}, corrected {marks['forward + surrogate (held out)']:.2f})")
 
 
@@ -374,7 +375,9 @@ def format_validation(report: dict) -> str:
     if "surrogate" in report:
         sur, before = report["surrogate"]["loo"], report["surrogate"]["loo_calibrated"]
         state = "used by selection" if report["surrogate"]["apply"] else "not used by selection"
-        lines.append(f"  residual surrogate ({report['surrogate']['mode']}: {state}), held out against the seed-mean "
+        kernel = report["surrogate"].get("kernel", "rbf")
+        lines.append(f"  residual surrogate ({report['surrogate']['mode']}, kernel {kernel}: {state}), held out "
+                     "against the seed-mean "
                      f"truth: Spearman {sur['spearman']:.3f} {format_interval(sur['spearman_ci95'])}, pairwise order "
                      f"{sur['pairwise_accuracy']:.3f}, mean relative error {sur['mean_relative_error']:.2%} (calibrated "
                      f"step alone: {before['spearman']:.3f}, {before['pairwise_accuracy']:.3f}, "
@@ -609,7 +612,8 @@ def write_report(run_dir: str | Path) -> Path:
             sur, before = val["surrogate"]["loo"], val["surrogate"]["loo_calibrated"]
             state = "**used by selection**" if val["surrogate"]["apply"] else "not used by selection"
             lines += ["", f"Residual surrogate (kernel ridge over subset indicators fitted to the estimates' errors "
-                          f"on the validated subsets; `residual_surrogate = \"{val['surrogate']['mode']}\"`): {state}. "
+                          f"on the validated subsets; `residual_surrogate = \"{val['surrogate']['mode']}\"`, kernel "
+                          f"{val['surrogate'].get('kernel', 'rbf')}): {state}. "
                           f"Held out against the seed-mean truth (each subset corrected by a surrogate fitted on the "
                           f"others): Spearman {sur['spearman']:.3f} {format_interval(sur['spearman_ci95'])}, pairwise "
                           f"order accuracy {sur['pairwise_accuracy']:.3f}, mean relative error "

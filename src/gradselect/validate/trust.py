@@ -174,7 +174,8 @@ def validate(config, taskset, store, meta_adapter: Path, out_dir: Path, *, k: in
         mean_true = np.array([np.mean(x) for x in seed_losses])
         used = calibrated_config(config.estimate, calib)
         report["surrogate"] = fit_surrogate(arrays, used, validated, mean_true, calib["held_out_predictions"],
-                                            mode=surrogate, gain_noise=seed_noise(validated, seed_losses))
+                                            mode=surrogate, gain_noise=seed_noise(validated, seed_losses),
+                                            kernel=config.run.surrogate_kernel)
         report["gain_rmse"] = report["surrogate"]["gain_rmse"]
         report["gain_rmse_raw"] = report["surrogate"]["gain_rmse_raw"]
     write_json_atomic(out_dir / "validation.json", report)
@@ -376,7 +377,8 @@ def dev_needed(gain: float, z: float, seed_term: float | None, dev_se: float | N
 
 
 def fit_surrogate(arrays, estimate_config, subsets: list[list[str]], true, calibrated_held_out, *,
-                  mode: str = "auto", estimated=None, n_boot: int = 1000, gain_noise=None) -> dict:
+                  mode: str = "auto", estimated=None, n_boot: int = 1000, gain_noise=None,
+                  kernel: str = "additive") -> dict:
     """The residual surrogate of the estimator selection will use, fitted on the validated subsets.
 
     Parameters
@@ -395,6 +397,8 @@ def fit_surrogate(arrays, estimate_config, subsets: list[list[str]], true, calib
         Bootstrap draws of the figures' intervals (0: none).
     gain_noise : array of shape (n_subsets,), optional
         The seed-noise variance of each measured gain (:func:`seed_noise`), taken off ``gain_rmse``.
+    kernel : {"additive", "rbf"}
+        The surrogate's kernel (``[run] surrogate_kernel``).
 
     Returns
     -------
@@ -420,19 +424,21 @@ def fit_surrogate(arrays, estimate_config, subsets: list[list[str]], true, calib
     # Used in "auto" when it orders the held-out subsets better at all. A one-standard-error margin kept
     # it out too often on the planted12 bank; where the estimate already orders the subsets well (the
     # demo's data, Spearman 0.93) the surrogate's held-out order is worse and it stays out.
-    decision = surrogate_decision(masks, estimated, true, subsets, held_out, mode=mode, gain_noise=gain_noise)
+    decision = surrogate_decision(masks, estimated, true, subsets, held_out, mode=mode, gain_noise=gain_noise,
+                                  kernel=kernel)
     fitted = decision["surrogate"].to_dict(estimator.source_names_)
     fitted |= {"apply": decision["apply"], "estimator": estimate_config.model_dump(mode="json")}
     base = estimator.base_loss_
     corrected = decision["held_out_predictions"]
-    return {"mode": mode, "apply": decision["apply"], "loo": score(corrected, true, base_estimated=base, n_boot=n_boot),
+    return {"mode": mode, "kernel": kernel, "apply": decision["apply"],
+            "loo": score(corrected, true, base_estimated=base, n_boot=n_boot),
             "held_out_predictions": [float(x) for x in corrected],
             "loo_calibrated": score(held_out, true, base_estimated=base, n_boot=n_boot), "fitted": fitted,
             "gain_rmse": decision["gain_rmse"], "gain_rmse_raw": decision["gain_rmse_raw"]}
 
 
 def surrogate_decision(masks, estimated, true, subsets: list[list[str]], rival, *, mode: str = "auto",
-                       gain_noise=None) -> dict:
+                       gain_noise=None, kernel: str = "additive") -> dict:
     """Fit a residual surrogate to ``true - estimated`` on validated subsets and decide whether to use it.
 
     Parameters
@@ -445,6 +451,8 @@ def surrogate_decision(masks, estimated, true, subsets: list[list[str]], rival, 
     mode : {"auto", "on", "off"}
         ``auto``: used when the held-out corrected estimates (subset i corrected by a surrogate fitted on
         the others) order the subsets better by pairwise accuracy than ``rival``.
+    kernel : {"additive", "rbf"}
+        The surrogate's kernel (:class:`~gradselect.estimate.surrogate.ResidualSurrogate`).
 
     Returns
     -------
@@ -463,10 +471,10 @@ def surrogate_decision(masks, estimated, true, subsets: list[list[str]], rival, 
     masks = np.asarray(masks, dtype=bool)
     estimated, true = np.asarray(estimated, dtype=float), np.asarray(true, dtype=float)
     residuals = true - estimated
-    corrected = estimated + ResidualSurrogate.held_out(masks, residuals)
+    corrected = estimated + ResidualSurrogate.held_out(masks, residuals, kernel=kernel)
     marks = {"corrected": pairwise_accuracy(corrected, true), "rival": pairwise_accuracy(rival, true)}
     apply = bool(marks["corrected"] > marks["rival"]) if mode == "auto" else mode == "on"
-    surrogate = ResidualSurrogate().fit(masks, residuals)
+    surrogate = ResidualSurrogate(kernel).fit(masks, residuals)
     if apply:
         alone = [i for i, s in enumerate(subsets) if not s]
         reference = float(estimated[alone[0]] + surrogate.predict(masks[alone[:1]])[0]) if alone else None
@@ -478,7 +486,7 @@ def surrogate_decision(masks, estimated, true, subsets: list[list[str]], rival, 
             "gain_rmse_raw": gain_error(*gain_args[0], **gain_args[1])}
 
 
-def correct_forward_scorer(scorer, validation_file: Path, mode: str = "auto"):
+def correct_forward_scorer(scorer, validation_file: Path, mode: str = "auto", kernel: str = "additive"):
     """The forward scorer corrected by a residual surrogate fitted on the trust check's truths, or itself.
 
     Call after :func:`trust_forward_scorer` (the residuals are those of the step length it kept). The
@@ -486,10 +494,10 @@ def correct_forward_scorer(scorer, validation_file: Path, mode: str = "auto"):
     subsets' seed-mean truths minus their forward scores; ``auto`` uses it when its held-out corrections
     order those subsets better by pairwise accuracy than the forward scores themselves. Measured on three
     truth banks in simulated trust checks of 8 and 12 subsets (``benchmarks/size_calibration.py``,
-    docs/results.md): where the forward scores already order the subsets well (planted12, bbh12) ``on``
-    lowered the unseen subsets' Spearman by 0.04-0.27 and ``auto`` kept within 0.03 of the scores alone;
-    where they do not (arith12 at the base model, 0.19-0.21) both raised it (``on`` to 0.41-0.42, ``auto``
-    to 0.34-0.36).
+    docs/results.md; complete banks, additive kernel): where the forward scores already order the subsets
+    well (planted12, bbh12) ``on`` lowered the unseen subsets' Spearman by 0.11-0.14 and ``auto`` kept within
+    0.01 of the scores alone; where they do not (arith12 at the base model, 0.45-0.46) both raised it (``on``
+    to 0.64-0.67, ``auto`` to 0.58-0.61).
 
     Sets ``scorer.surrogate_choice_`` (``mode``, ``apply``, held-out ``pairwise_accuracy`` of the
     forward scores and of the corrected ones, ``subsets``). When the surrogate applies, returns a
@@ -506,8 +514,8 @@ def correct_forward_scorer(scorer, validation_file: Path, mode: str = "auto"):
     true = np.array([np.mean(x) for x in losses])
     estimated = scorer.estimate(subsets)
     decision = surrogate_decision(scorer.subset_masks(subsets), estimated, true, subsets, estimated, mode=mode,
-                                  gain_noise=seed_noise(subsets, losses))
-    scorer.surrogate_choice_ = {"mode": mode, "apply": decision["apply"], "subsets": len(subsets),
+                                  gain_noise=seed_noise(subsets, losses), kernel=kernel)
+    scorer.surrogate_choice_ = {"mode": mode, "kernel": kernel, "apply": decision["apply"], "subsets": len(subsets),
                                 "pairwise_accuracy": {"forward": decision["pairwise_accuracy"]["rival"],
                                                       "forward + surrogate (held out)":
                                                           decision["pairwise_accuracy"]["corrected"]}}
