@@ -50,6 +50,11 @@ BANK_VERSION = 1
 TRUTH_STEPS = 30
 
 
+#: The residual surrogate's kernel in this script's simulated trust checks: ``rbf``, the product's kernel
+#: when the figures recorded from it were made (before 2026-12-07; ``[run] surrogate_kernel`` now defaults
+#: to ``additive``). ``size_calibration.py`` compares the two kernels.
+SURROGATE_KERNEL = "rbf"
+
 def planted12_config():
     """The demo's planted reasoning-gym data, grown: 12 sources (3 with swapped labels), dev 120, test 200."""
     from gradselect.config import RunConfig
@@ -568,7 +573,7 @@ def _surrogate_at_k(estimates: dict, names, subsets, true, ks=(6, 8, 10, 12), dr
         for chosen, rest in checks:
             for name, e in estimates.items():
                 e = np.asarray(e, float)
-                sur = ResidualSurrogate().fit(x[chosen], true[chosen] - e[chosen])
+                sur = ResidualSurrogate(SURROGATE_KERNEL).fit(x[chosen], true[chosen] - e[chosen])
                 rows[name].append(spearmanr(e[rest], true[rest])[0])
                 rows[f"{name} + surrogate"].append(spearmanr(e[rest] + sur.predict(x[rest]), true[rest])[0])
         out[str(k)] = {key: {"spearman_mean": float(np.mean(v)),
@@ -635,7 +640,7 @@ def _decisions_at_k(arrays, subsets, true, candidates, ks=(6, 8, 10, 12), draws:
                 n = np.array([len(seed_losses[i]) for i in chosen], dtype=float)
                 noise = float(np.mean(var)) * (1 / n + 1 / n[[subsets[i] for i in chosen].index([])]) if var else None
             fitted = fit_surrogate(arrays, cfg, val, true[chosen], calib["held_out_predictions"], mode="on",
-                                   estimated=mine[chosen], n_boot=0, gain_noise=noise)
+                                   estimated=mine[chosen], n_boot=0, gain_noise=noise, kernel=SURROGATE_KERNEL)
             corrected = mine + ResidualSurrogate.from_dict(fitted["fitted"], est.source_names_).predict(
                 est.subset_masks(subsets))
             err = fitted["gain_rmse"] or 0.0  # as gradselect validate measures it
@@ -840,7 +845,7 @@ def _trust_check_at_k(arrays, subsets, true, candidates, ks=(6, 8, 10, 12), draw
             else:
                 mine = every[j]
             fitted = fit_surrogate(arrays, cfg, val, true[chosen], calib["held_out_predictions"],
-                                   estimated=mine[chosen], n_boot=0)
+                                   estimated=mine[chosen], n_boot=0, kernel=SURROGATE_KERNEL)
             masks = est.subset_masks([subsets[i] for i in rest])
             alone = mine[rest]
             corrected = alone + ResidualSurrogate.from_dict(fitted["fitted"], est.source_names_).predict(masks)
@@ -992,10 +997,11 @@ def _loo_kernel_ridge(names, subsets, y, alpha: float = 1e-2) -> np.ndarray:
 
 
 def _loo_additive(names, subsets, estimates) -> np.ndarray:
-    """Leave-one-out: each subset's estimate predicted by an additive model over sources (intercept +
-    one effect per source, least squares) fitted to the *estimates* of the other subsets. Label-free:
-    no truth enters; it asks whether a scorer's per-source effects, averaged over many subsets,
-    predict an unscored subset better than its own score of that subset."""
+    """Leave-one-out: each subset's value predicted by an additive model over sources (intercept +
+    one effect per source, least squares) fitted to the values of the other subsets. On *estimates* it is
+    label-free (no truth enters): it asks whether a scorer's per-source effects, averaged over many
+    subsets, predict an unscored subset better than its own score of that subset. On truths it measures
+    how additive real fine-tuning is over sources."""
     x = np.c_[np.ones(len(subsets)), np.array([[n in s for n in names] for s in subsets], dtype=float)]
     y = np.asarray(estimates, float)
     out = np.empty(len(y))
@@ -1780,8 +1786,9 @@ def _seed_losses_of(bank: dict, truth: str):
 
 def score_baselines(args) -> int:
     """Data-only baselines every estimator must beat, from the bank file alone (no model, no features;
-    seconds): the number of sources (fewer = lower loss; label-free) and a datamodel on subset
-    indicators fitted to the other subsets' truths (leave-one-out; what real fine-tunes alone buy).
+    seconds): the number of sources (fewer = lower loss; label-free) and two datamodels on subset
+    indicators fitted to the other subsets' truths (leave-one-out; what real fine-tunes alone buy): an RBF
+    kernel ridge, and an additive model (one effect per source), which says how additive the truth is.
     Scored on every truth the bank holds, over all subsets and over the mixtures only (the target
     alone left out: the order among mixtures is what says an estimator knows which sources matter)."""
     from scipy.stats import spearmanr
@@ -1810,7 +1817,10 @@ def score_baselines(args) -> int:
             continue
         t = np.asarray(losses, float)
         variants = {"number of sources, fewer = lower (label-free)": subset_size_baseline(subsets),
-                    "indicator kernel ridge on the other truths (LOO)": _loo_kernel_ridge(names, subsets, t)}
+                    "indicator kernel ridge on the other truths (LOO)": _loo_kernel_ridge(names, subsets, t),
+                    # How additive the truth itself is: if this is near the ceiling, a source's effect does not
+                    # depend on which others are in, and ranking sources (what the ensemble does) loses nothing.
+                    "additive over sources, fitted to the other truths (LOO)": _loo_additive(names, subsets, t)}
         out_truths[truth] = {"n_subsets": len(subsets),
                              "target_alone_true_rank": figures(t, t, subsets)["target_alone_rank"],
                              "variants": {k: figures(v, t, subsets) for k, v in variants.items()}}
