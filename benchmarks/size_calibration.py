@@ -14,11 +14,15 @@ and, as the product corrects its estimates, the residual surrogate
 - ``raw``: the estimate itself, uncorrected (what selection orders with the surrogate off),
 - ``raw+krr``: the estimate plus the surrogate on its residuals (``[run] residual_surrogate = "on"``),
 - ``est+size+krr``: the ``est+size`` map plus the surrogate on its residuals,
+- ``raw+additive``: the estimate plus the surrogate with the additive kernel (``[run] surrogate_kernel``'s
+  default since 2026-12-07: one shrunk correction per source; ``--additive-alphas`` sweeps its ridge),
 
 then the trust check's automatic choice (``auto``: the candidate whose leave-one-out predictions on the
 checked subsets order them best by pairwise accuracy, ties to the earlier one) among ``raw, raw+krr``
-(the product's ``residual_surrogate = "auto"``) and among ``raw, raw+krr, est+size+krr`` (the size map
-as a third candidate), and scores each on the subsets the check did not see (Spearman, mean over draws).
+(the product's ``residual_surrogate = "auto"`` with the RBF kernel), among ``raw, raw+additive`` (with the
+additive kernel) and among ``raw, raw+krr, est+size+krr`` (the size map as a third candidate), and scores
+each on the subsets the check did not see (Spearman, mean over draws). ``--product-lengths`` also
+simulates the product's whole forward trust check (length choice, then the surrogate) with both kernels.
 
     python benchmarks/size_calibration.py --bank benchmarks/truth/arith12.base.json \
         --scores benchmarks/truth/arith12.base.at-base.steps.scores.json --key "sign|0.2"
@@ -40,13 +44,17 @@ import numpy as np
 from scipy.stats import spearmanr
 from truthbank import _loo_additive, _trust_check_draws
 
+from gradselect.estimate.surrogate import ResidualSurrogate
 
-def load(bank_path, scores_path=None, forward_path=None, key="sign|0.2"):
-    """(subsets, seed-mean truths, estimates, number of sources) on the subsets that have an estimate."""
+
+def load(bank_path, scores_path=None, forward_path=None, key="sign|0.2", truth_metric="functional"):
+    """(subsets, seed-mean truths, estimates, number of sources) on the subsets that have an estimate;
+    ``truth_metric``: the truth in the estimator's functional (``losses``) or in token cross-entropy."""
     bank = json.loads(Path(bank_path).read_text())
     if scores_path:
         scores = json.loads(Path(scores_path).read_text())
-        kept = scores.get("forward_estimates", {}) | scores.get("estimates", {})
+        kept = scores.get("forward_estimates", {}) | scores.get("estimates", {}) | {
+            k: v["estimates"] for k, v in scores.get("variants", {}).items() if isinstance(v, dict) and "estimates" in v}
         est = np.array(kept[key])
         idx = scores.get("judged", list(range(len(est))))
     else:
@@ -54,7 +62,8 @@ def load(bank_path, scores_path=None, forward_path=None, key="sign|0.2"):
         idx = list(range(len(bank["subsets"])))
         est = np.array([passes[f"{key}|" + ";".join(sorted(bank["subsets"][i]["sources"]))] for i in idx])
     subsets = [bank["subsets"][i]["sources"] for i in idx]
-    truth = np.array([np.mean(bank["subsets"][i]["losses"]) for i in idx])
+    field = {"functional": "losses", "token_ce": "token_ce"}[truth_metric]
+    truth = np.array([np.mean(bank["subsets"][i][field]) for i in idx])
     return subsets, truth, est, len(bank["sources"])
 
 
@@ -73,14 +82,14 @@ def fit_predict(X, y, X_new):
 
 def corrected(est, size, masks, truth, check, new) -> dict:
     """Predictions for the subsets ``new`` of each surrogate candidate, fitted on the subsets ``check``."""
-    from gradselect.estimate.surrogate import ResidualSurrogate
-
     X = np.c_[est, size]
     level = fit_predict(X[check], truth[check], X[check])
-    raw_fit = ResidualSurrogate().fit(masks[check], truth[check] - est[check])
-    size_fit = ResidualSurrogate().fit(masks[check], truth[check] - level)
+    raw_fit = ResidualSurrogate("rbf").fit(masks[check], truth[check] - est[check])
+    size_fit = ResidualSurrogate("rbf").fit(masks[check], truth[check] - level)
+    additive_fit = ResidualSurrogate("additive").fit(masks[check], truth[check] - est[check])
     return {"raw": est[new], "raw+krr": est[new] + raw_fit.predict(masks[new]),
-            "est+size+krr": fit_predict(X[check], truth[check], X[new]) + size_fit.predict(masks[new])}
+            "est+size+krr": fit_predict(X[check], truth[check], X[new]) + size_fit.predict(masks[new]),
+            "raw+additive": est[new] + additive_fit.predict(masks[new])}
 
 
 def auto_choice(est, size, masks, truth, check, pool) -> str:
@@ -109,11 +118,21 @@ def unseen_spearman(pred, truth) -> float:
     return 0.0 if np.ptp(pred) == 0 else float(spearmanr(pred, truth)[0])
 
 
-AUTO_POOLS = {"auto(raw, raw+krr)": ("raw", "raw+krr"),
+AUTO_POOLS = {"auto(raw, raw+krr)": ("raw", "raw+krr"), "auto(raw, raw+additive)": ("raw", "raw+additive"),
               "auto(raw, raw+krr, est+size+krr)": ("raw", "raw+krr", "est+size+krr")}
 
 
-def simulate(subsets, truth, est, n_sources, ks=(8, 12), draws=200, seed=0) -> dict:
+def source_effects(masks, est, truth) -> dict:
+    """Per-source effects of an additive model (intercept + one effect per source, least squares over every
+    subset) fitted to the estimates and to the truths: how well the estimate's effects rank the truth's
+    (Spearman over sources), and how many sources truly raise the target's loss (effect > 0)."""
+    x = np.c_[np.ones(len(masks)), masks.astype(float)]
+    fit_est, fit_true = (np.linalg.lstsq(x, y, rcond=None)[0][1:] for y in (est, truth))
+    return {"spearman_over_sources": float(spearmanr(fit_est, fit_true)[0]),
+            "true_effects_positive": int((fit_true > 0).sum()), "n_sources": int(masks.shape[1])}
+
+
+def simulate(subsets, truth, est, n_sources, ks=(8, 12), draws=200, seed=0, additive_alphas=()) -> dict:
     size = np.log1p([len(s) for s in subsets])
     masks = subset_masks(subsets)
     feats = {"est": est[:, None], "size": size[:, None], "est+size": np.c_[est, size]}
@@ -122,13 +141,15 @@ def simulate(subsets, truth, est, n_sources, ks=(8, 12), draws=200, seed=0) -> d
     additive = _loo_additive(sorted({n for s in subsets for n in s}), subsets, est)
     out = {"all_subsets_spearman": {"est": float(spearmanr(est, truth)[0]),
                                     "size": float(spearmanr(size, truth)[0]),
-                                    "additive": float(spearmanr(additive, truth)[0])}}
+                                    "additive": float(spearmanr(additive, truth)[0])},
+           "source_effects": source_effects(masks, est, truth)}
 
     def rho(pred, unseen):
         return unseen_spearman(pred, truth[unseen])
 
     for k, checks in _trust_check_draws(subsets, n_sources, ks, draws, seed):
-        rhos = {m: [] for m in [*feats, "raw", "raw+krr", "est+size+krr", *AUTO_POOLS]}
+        sweep = {f"raw+additive, alpha {a:g}": a for a in additive_alphas}
+        rhos = {m: [] for m in [*feats, "raw", "raw+krr", "est+size+krr", "raw+additive", *AUTO_POOLS, *sweep]}
         picks = {a: [] for a in AUTO_POOLS}
         for check, unseen in checks:
             for m, X in feats.items():
@@ -136,6 +157,9 @@ def simulate(subsets, truth, est, n_sources, ks=(8, 12), draws=200, seed=0) -> d
             preds = corrected(est, size, masks, truth, np.asarray(check), np.asarray(unseen))
             for m, pred in preds.items():
                 rhos[m].append(rho(pred, unseen))
+            for m, alpha in sweep.items():  # the additive kernel's ridge strength (the product fixes it at 3)
+                fit = ResidualSurrogate("additive", alpha=alpha).fit(masks[check], truth[check] - est[check])
+                rhos[m].append(rho(est[unseen] + fit.predict(masks[unseen]), unseen))
             for a, pool in AUTO_POOLS.items():
                 picks[a].append(auto_choice(est, size, masks, truth, check, pool))
                 rhos[a].append(rho(preds[picks[a][-1]], unseen))
@@ -145,13 +169,13 @@ def simulate(subsets, truth, est, n_sources, ks=(8, 12), draws=200, seed=0) -> d
 
 
 def simulate_forward_product(subsets, truth, by_length: dict, configured: str, n_sources, ks=(8, 12), draws=200,
-                             seed=0) -> dict:
+                             seed=0, kernels=("rbf", "additive")) -> dict:
     """The product's forward-scorer trust check, simulated: on each check, choose the step length among
     ``by_length`` (estimates per length key) by pairwise order, keeping ``configured`` unless another is ahead
     by more than one standard error (``trust_forward_scorer``'s rule), then decide the residual surrogate
     on the kept length's scores (``correct_forward_scorer``; ``auto`` and ``on``). Unseen-subset Spearman
     (mean over draws) of: the configured length, the chosen length (the product before the surrogate),
-    chosen + ``auto`` (the product's default now), chosen + ``on``."""
+    chosen + ``auto`` (the product's default), chosen + ``on``, each with the surrogate's ``kernels``."""
     from gradselect.validate.fidelity import one_se_choice
     from gradselect.validate.trust import surrogate_decision
 
@@ -161,21 +185,23 @@ def simulate_forward_product(subsets, truth, by_length: dict, configured: str, n
     default = keys.index(configured)
     out = {}
     for k, checks in _trust_check_draws(subsets, n_sources, ks, draws, seed):
-        rows = {"configured length": [], "chosen length": [], "chosen length + surrogate auto": [],
-                "chosen length + surrogate on": []}
-        applied = 0
+        rows = {"configured length": [], "chosen length": []}
+        applied = {kernel: 0 for kernel in kernels}
         for check, unseen in checks:
             check, unseen = np.asarray(check), np.asarray(unseen)
             c = one_se_choice(stack[:, check], truth[check], default=default)
             est = stack[c]
             chk = [subsets[i] for i in check]
-            auto = surrogate_decision(masks[check], est[check], truth[check], chk, est[check], mode="auto")
-            correction = auto["surrogate"].predict(masks[unseen])
-            applied += auto["apply"]
-            for key, pred in (("configured length", stack[default, unseen]), ("chosen length", est[unseen]),
-                              ("chosen length + surrogate auto", est[unseen] + (correction if auto["apply"] else 0)),
-                              ("chosen length + surrogate on", est[unseen] + correction)):
-                rows[key].append(unseen_spearman(pred, truth[unseen]))
+            preds = {"configured length": stack[default, unseen], "chosen length": est[unseen]}
+            for kernel in kernels:
+                auto = surrogate_decision(masks[check], est[check], truth[check], chk, est[check], mode="auto",
+                                          kernel=kernel)
+                correction = auto["surrogate"].predict(masks[unseen])
+                applied[kernel] += auto["apply"]
+                preds[f"chosen length + {kernel} surrogate auto"] = est[unseen] + (correction if auto["apply"] else 0)
+                preds[f"chosen length + {kernel} surrogate on"] = est[unseen] + correction
+            for key, pred in preds.items():
+                rows.setdefault(key, []).append(unseen_spearman(pred, truth[unseen]))
         out[f"k={k}"] = {key: {"mean": float(np.mean(v)), "sd": float(np.std(v))} for key, v in rows.items()}
         out[f"k={k}"]["surrogate_applied"] = applied
     return out
@@ -185,10 +211,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bank", required=True)
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--scores", help="an at-base scores file with forward_estimates (and judged) or estimates")
+    g.add_argument("--scores", help="a scores file with forward_estimates (and judged), estimates, or variants "
+                   "holding estimates (truthbank.py score's)")
     g.add_argument("--forward", help="a bank's forward.json cache of theta* passes")
     p.add_argument("--key", default="sign|0.2", help="which kept forward estimate")
+    p.add_argument("--truth", choices=["functional", "token_ce"], default="functional",
+                   help="the truth the estimates are judged against (token_ce for forward scores measuring it)")
     p.add_argument("--draws", type=int, default=200)
+    p.add_argument("--additive-alphas", default="", metavar="A,B,...",
+                   help="also score the additive residual surrogate (on) at these ridge strengths")
     p.add_argument("--out", help="also write the figures here as JSON")
     p.add_argument("--product-lengths", default=None,
                    help="comma-separated kept forward keys (e.g. 'sign|0.1,sign|0.2,sign|0.5'; the first is the "
@@ -196,14 +227,18 @@ def main(argv=None) -> int:
                    "residual surrogate)")
     args = p.parse_args(argv)
     try:
-        subsets, truth, est, n_sources = load(args.bank, args.scores, args.forward, args.key)
+        subsets, truth, est, n_sources = load(args.bank, args.scores, args.forward, args.key, args.truth)
     except (OSError, KeyError, ValueError) as e:
         print(f"{args.scores or args.forward}: cannot read estimate {args.key!r}: {e}", file=sys.stderr)
         return 2
-    res = simulate(subsets, truth, est, n_sources, draws=args.draws)
+    res = simulate(subsets, truth, est, n_sources, draws=args.draws,
+                   additive_alphas=[float(a) for a in args.additive_alphas.split(",") if a])
     print(f"{args.bank} ({len(truth)} subsets), estimate {args.key}: all subsets Spearman "
           f"est {res['all_subsets_spearman']['est']:+.2f}, size {res['all_subsets_spearman']['size']:+.2f}, "
-          f"est made additive over sources (LOO, label-free) {res['all_subsets_spearman']['additive']:+.2f}")
+          f"est made additive over sources (LOO, label-free) {res['all_subsets_spearman']['additive']:+.2f}; "
+          f"additive source effects, estimate vs truth {res['source_effects']['spearman_over_sources']:+.2f} over "
+          f"sources ({res['source_effects']['true_effects_positive']} of {res['source_effects']['n_sources']} "
+          "truly raise the loss)")
     for k, v in res.items():
         if k.startswith("k="):
             print(f"  trust check {k}, unseen subsets, mean Spearman over {args.draws} draws: "
@@ -211,13 +246,13 @@ def main(argv=None) -> int:
             print(f"    auto picks: {v['auto_picks']}")
     if args.product_lengths:
         keys = args.product_lengths.split(",")
-        by_length = {k: load(args.bank, args.scores, args.forward, k)[2] for k in keys}
+        by_length = {k: load(args.bank, args.scores, args.forward, k, args.truth)[2] for k in keys}
         res["forward_product"] = simulate_forward_product(subsets, truth, by_length, keys[0], n_sources,
                                                           draws=args.draws)
         for k, v in res["forward_product"].items():
             print(f"  product forward trust check {k} (lengths {keys}, configured {keys[0]}), unseen subsets: "
-                  + "  ".join(f"{m} {x['mean']:+.2f} (sd {x['sd']:.2f})" for m, x in v.items() if isinstance(x, dict))
-                  + f"; surrogate applied in {v['surrogate_applied']} of {args.draws}")
+                  + "  ".join(f"{m} {x['mean']:+.2f} (sd {x['sd']:.2f})" for m, x in v.items() if isinstance(x, dict) and "mean" in x)
+                  + f"; surrogate applied (auto) in {v['surrogate_applied']} of {args.draws}")
     if args.out:
         from gradselect.io import write_json_atomic
 

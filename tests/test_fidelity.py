@@ -497,7 +497,14 @@ def test_size_calibration_keeps_the_estimate_slope_nonnegative_and_sees_size():
     assert product["chosen length"]["mean"] > 0.95 and abs(product["configured length"]["mean"]) < 0.5
     kept = simulate_forward_product(subsets, truth, {"exact": 2.0 * truth, "noise": noise}, "exact", len(names),
                                     ks=(8,), draws=10)["k=8"]
-    assert kept["surrogate_applied"] == 0 and kept["chosen length + surrogate auto"]["mean"] > 0.99
+    for kernel in ("rbf", "additive"):
+        assert kept["surrogate_applied"][kernel] == 0 and kept[f"chosen length + {kernel} surrogate auto"]["mean"] > 0.99
+    # A residual that is per-source effects: the additive kernel's correction recovers the order, and the
+    # estimate's additive effects rank the truth's as the script reports them.
+    off = truth + 1.0 * np.array([("s0" in s) - ("s1" in s) for s in subsets])
+    fixed = simulate(subsets, off, truth, len(names), ks=(12,), draws=10)
+    assert fixed["k=12"]["raw+additive"]["mean"] > fixed["k=12"]["raw"]["mean"] + 0.05
+    assert fixed["source_effects"]["n_sources"] == len(names)
     # A truth additive over sources, estimated with noise on each subset: the additive model fitted to the
     # other subsets' estimates (no truth) orders better than the noisy estimate itself.
     many = [[n for n in names if rng.random() < 0.5] for _ in range(80)]
