@@ -636,3 +636,30 @@ def test_at_base_reuses_the_forward_passes_an_earlier_scoring_recorded(tmp_path)
                      "token_ce|unroll|natural|c": 0.3}
     assert _reuse_forward_passes({}, scores, bank, "functional") == 0  # passes in another metric
     assert _reuse_forward_passes({}, tmp_path / "none.json", bank, "token_ce") == 0
+
+
+def test_trust_pooled_counts_checked_mixtures_against_the_target_alone(tmp_path, capsys):
+    """benchmarks/trust_pooled.py: per committed run, how many trust-check mixtures beat the target alone on
+    dev (seed means, per metric) and the test gain of the best mixture-trained final model."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from trust_pooled import dev_gains, main, test_gain
+
+    validation = {"subsets": [
+        {"sources": [], "true_losses": [0.5, 0.7], "true_token_ce": [1.0]},
+        {"sources": ["a"], "true_losses": [0.4], "true_token_ce": [0.8]},
+        {"sources": ["a", "b"], "true_losses": [0.9, 0.9], "true_token_ce": [0.5]}]}
+    assert np.allclose(dev_gains(validation, "true_losses"), [0.2, -0.3])
+    assert np.allclose(dev_gains(validation, "true_token_ce"), [0.2, 0.5])
+    assert dev_gains({"subsets": [{"sources": ["a"], "true_losses": [0.4]}]}, "true_losses") is None
+    metrics = {"rows": {"selection": {"sources": [], "test_loss": 1.0}, "all": {"sources": ["a", "b"], "test_loss": 0.9},
+                        "kmm": {"sources": ["a"], "test_loss": 0.7}}}
+    assert test_gain(metrics) == {"best": "kmm", "gain": pytest.approx(0.3), "selection_sources": 0}
+    (tmp_path / "run.validation.json").write_text(json.dumps(validation))
+    (tmp_path / "run.metrics.json").write_text(json.dumps(metrics))
+    assert main(["--results", str(tmp_path)]) == 0
+    assert "run | 1/2, -0.050 | 2/2, +0.350 | +0.300 (kmm) | 0" in capsys.readouterr().out
+    assert main(["--results", str(tmp_path / "none")]) == 2
