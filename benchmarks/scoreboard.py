@@ -38,6 +38,7 @@ DEFAULT_SUITES = {
     "boolean_expressions": ["selection-bbh-share-ce01-smollm2.metrics.json", "selection-bbh-share-ce-smollm2.metrics.json",
                             "selection-bbh-share-smollm2.metrics.json"],
     "navigate": ["selection-navigate-share-ce-smollm2.metrics.json"],
+    "navigate (60 dev, another draw)": ["selection-navigate-share-ce60-smollm2.metrics.json"],
     "web_of_lies": ["selection-weboflies-share-ce-smollm2.metrics.json"],
 }
 
