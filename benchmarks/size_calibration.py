@@ -133,6 +133,8 @@ def source_effects(masks, est, truth) -> dict:
 
 
 def simulate(subsets, truth, est, n_sources, ks=(8, 12), draws=200, seed=0, additive_alphas=()) -> dict:
+    from gradselect.validate.trust import surrogate_decision
+
     size = np.log1p([len(s) for s in subsets])
     masks = subset_masks(subsets)
     feats = {"est": est[:, None], "size": size[:, None], "est+size": np.c_[est, size]}
@@ -149,7 +151,10 @@ def simulate(subsets, truth, est, n_sources, ks=(8, 12), draws=200, seed=0, addi
 
     for k, checks in _trust_check_draws(subsets, n_sources, ks, draws, seed):
         sweep = {f"raw+additive, alpha {a:g}": a for a in additive_alphas}
-        rhos = {m: [] for m in [*feats, "raw", "raw+krr", "est+size+krr", "raw+additive", *AUTO_POOLS, *sweep]}
+        smoothed = ("est made additive", "est made additive + additive surrogate auto",
+                    "raw + additive surrogate auto (surrogate_decision)")
+        rhos = {m: [] for m in [*feats, "raw", "raw+krr", "est+size+krr", "raw+additive", *AUTO_POOLS, *sweep,
+                                *smoothed]}
         picks = {a: [] for a in AUTO_POOLS}
         for check, unseen in checks:
             for m, X in feats.items():
@@ -163,6 +168,13 @@ def simulate(subsets, truth, est, n_sources, ks=(8, 12), draws=200, seed=0, addi
             for a, pool in AUTO_POOLS.items():
                 picks[a].append(auto_choice(est, size, masks, truth, check, pool))
                 rhos[a].append(rho(preds[picks[a][-1]], unseen))
+            # The estimate made additive over sources (each subset from the other subsets' estimates; label-free),
+            # then the product's own surrogate decision on it, beside the same decision on the raw estimate.
+            chk = [subsets[i] for i in check]
+            rhos[smoothed[0]].append(rho(additive[unseen], unseen))
+            for name, e in ((smoothed[1], additive), (smoothed[2], est)):
+                d = surrogate_decision(masks[check], e[check], truth[check], chk, e[check], mode="auto")
+                rhos[name].append(rho(e[unseen] + (d["surrogate"].predict(masks[unseen]) if d["apply"] else 0), unseen))
         out[f"k={k}"] = {m: {"mean": float(np.mean(v)), "sd": float(np.std(v))} for m, v in rhos.items()}
         out[f"k={k}"]["auto_picks"] = {a: {m: v.count(m) for m in AUTO_POOLS[a]} for a, v in picks.items()}
     return out

@@ -511,8 +511,10 @@ def test_size_calibration_keeps_the_estimate_slope_nonnegative_and_sees_size():
     effects = dict(zip(names, rng.normal(size=len(names))))
     additive_truth = np.array([sum(effects[n] for n in s) for s in many])
     noisy = additive_truth + rng.normal(0, 2.0, len(many))
-    spear = simulate(many, additive_truth, noisy, len(names), ks=(8,), draws=2)["all_subsets_spearman"]
-    assert spear["additive"] > spear["est"] + 0.1
+    res = simulate(many, additive_truth, noisy, len(names), ks=(8,), draws=4)
+    assert res["all_subsets_spearman"]["additive"] > res["all_subsets_spearman"]["est"] + 0.1
+    # ... and so on the unseen subsets of a simulated trust check.
+    assert res["k=8"]["est made additive"]["mean"] > res["k=8"]["raw"]["mean"] + 0.1
 
 
 def test_scoreboard_pairs_runs_only_on_the_same_target_alone(tmp_path):
