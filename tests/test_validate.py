@@ -386,6 +386,21 @@ def test_dev_needed_is_the_smallest_dev_split_that_confirms_the_gain():
     m = measured_choice(subsets, noisy, ex)
     assert m["sources"] == ["a"] and not m["sufficient"]
     assert m["dev_needed"] is None and "more seeds" in measured_line(m)
+    # Both mixtures beat the target alone here, but two are too few to say so.
+    assert (m["mixtures_better"], m["mixtures"]) == (2, 2) and "every one of" not in measured_line(m)
+
+
+def test_measured_line_says_when_every_validated_mixture_beat_the_target_alone():
+    from gradselect.report import measured_line
+    from gradselect.validate.trust import measured_choice
+
+    subsets = [[], ["a"], ["b"], ["a", "b"]]
+    losses = [[1.0, 1.4], [0.9], [0.95], [0.8, 1.1]]  # every mixture better, inside a large seed noise
+    m = measured_choice(subsets, losses)
+    assert not m["sufficient"] and (m["mixtures_better"], m["mixtures"]) == (3, 3)
+    assert "every one of the 3 validated mixtures beat the target alone" in measured_line(m)
+    worse = [[1.0, 1.4], [0.9], [1.3], [0.8, 1.1]]
+    assert "every one of" not in measured_line(measured_choice(subsets, worse))
 
 
 def test_a_warning_where_the_two_metrics_disagree_on_the_target_alone():

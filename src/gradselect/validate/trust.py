@@ -322,7 +322,8 @@ def measured_choice(subsets: list[list[str]], losses: list[list[float]], example
         None without a target-alone subset or another subset. Else ``sources`` (the best measured),
         ``gain``, ``seed_sd`` (per fine-tune; None without repeats), ``dev_standard_error`` (None
         without per-example losses), ``n_dev``, ``standard_error``, ``z``, ``margin``, ``sufficient``,
-        ``target_only_loss`` / ``loss`` (seed means) and ``dev_needed`` (:func:`dev_needed`).
+        ``target_only_loss`` / ``loss`` (seed means), ``dev_needed`` (:func:`dev_needed`), and
+        ``mixtures_better`` of ``mixtures``: how many validated mixtures beat the target alone at all.
     """
     from scipy.stats import norm
 
@@ -352,7 +353,10 @@ def measured_choice(subsets: list[list[str]], losses: list[list[float]], example
             "dev_standard_error": dev_se, "n_dev": n_dev, "standard_error": se, "z": z, "margin": z * se,
             # Without any noise estimate there is no evidence either way: not sufficient.
             "sufficient": bool(se > 0 and gain > z * se),
-            "dev_needed": dev_needed(gain, z, seed_term, dev_se, n_dev)}
+            "dev_needed": dev_needed(gain, z, seed_term, dev_se, n_dev),
+            # How many validated mixtures beat the target alone at all (seed means): on every benchmark run where
+            # all did in token cross-entropy, a mixture also won on test (benchmarks/trust_pooled.py).
+            "mixtures_better": int(sum(mean[a] > mean[i] for i in others)), "mixtures": len(others)}
 
 
 def dev_needed(gain: float, z: float, seed_term: float | None, dev_se: float | None,
