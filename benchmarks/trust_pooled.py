@@ -24,16 +24,21 @@ RESULTS = Path(__file__).parent / "results"
 MIXTURE_ROWS = ("all", "kmm", "grad-sim", "selection")
 
 
-def dev_gains(validation: dict, field: str) -> np.ndarray | None:
-    """Per checked mixture: the target alone's dev loss minus the mixture's (seed means), or None when
-    ``field`` (``true_losses`` or ``true_token_ce``) is missing."""
-    def mean(s):
-        x = s.get(field)
-        return None if x is None else float(np.mean(x))
+def dev_gains(validation_file: Path, metric: str) -> np.ndarray | None:
+    """Per checked mixture: the target alone's dev loss minus the mixture's (seed means) in ``metric``
+    (``functional`` or ``token_ce``, read as the product reads them: ``trust._validated``), or None when the
+    file lacks that metric or a target-alone subset."""
+    from gradselect.errors import GradselectError
+    from gradselect.validate.trust import _validated
 
-    alone = [mean(s) for s in validation["subsets"] if not s["sources"]]
-    mixed = [mean(s) for s in validation["subsets"] if s["sources"]]
-    if not alone or alone[0] is None or not mixed or any(x is None for x in mixed):
+    try:
+        subsets, losses = _validated(validation_file, metric)
+    except GradselectError:
+        return None
+    means = [float(np.mean(x)) for x in losses]
+    alone = [m for s, m in zip(subsets, means) if not s]
+    mixed = [m for s, m in zip(subsets, means) if s]
+    if not alone or not mixed:
         return None
     return alone[0] - np.array(mixed)
 
@@ -65,14 +70,9 @@ def main(argv=None) -> int:
           "test: target alone minus best mixture model (which) | selection's sources")
     for f in files:
         name = f.name[: -len(".validation.json")]
-        try:
-            validation = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            print(f"{f}: unreadable ({err})", file=sys.stderr)
-            return 2
         cells = []
-        for field in ("true_losses", "true_token_ce"):
-            g = dev_gains(validation, field)
+        for metric in ("functional", "token_ce"):
+            g = dev_gains(f, metric)
             cells.append("n/a" if g is None else f"{int((g > 0).sum())}/{len(g)}, {g.mean():+.3f}")
         metrics_file = f.with_name(name + ".metrics.json")
         t = test_gain(json.loads(metrics_file.read_text())) if metrics_file.exists() else None

@@ -651,16 +651,19 @@ def test_trust_pooled_counts_checked_mixtures_against_the_target_alone(tmp_path,
     from trust_pooled import dev_gains, main, test_gain
 
     validation = {"subsets": [
-        {"sources": [], "true_losses": [0.5, 0.7], "true_token_ce": [1.0]},
-        {"sources": ["a"], "true_losses": [0.4], "true_token_ce": [0.8]},
-        {"sources": ["a", "b"], "true_losses": [0.9, 0.9], "true_token_ce": [0.5]}]}
-    assert np.allclose(dev_gains(validation, "true_losses"), [0.2, -0.3])
-    assert np.allclose(dev_gains(validation, "true_token_ce"), [0.2, 0.5])
-    assert dev_gains({"subsets": [{"sources": ["a"], "true_losses": [0.4]}]}, "true_losses") is None
+        {"sources": [], "true_losses": [0.5, 0.7], "true_token_ce": 1.2, "true_token_ces": [1.2, 0.8]},
+        {"sources": ["a"], "true_losses": [0.4], "true_token_ces": [0.8]},
+        {"sources": ["a", "b"], "true_losses": [0.9, 0.9], "true_token_ces": [0.5]}]}
+    (tmp_path / "run.validation.json").write_text(json.dumps(validation))
+    assert np.allclose(dev_gains(tmp_path / "run.validation.json", "functional"), [0.2, -0.3])
+    # Seed means: the target alone's two seeds (1.2, 0.8), not its first.
+    assert np.allclose(dev_gains(tmp_path / "run.validation.json", "token_ce"), [0.2, 0.5])
+    (tmp_path / "alone.json").write_text(json.dumps({"subsets": [{"sources": ["a"], "true_losses": [0.4]}]}))
+    assert dev_gains(tmp_path / "alone.json", "functional") is None
+    assert dev_gains(tmp_path / "alone.json", "token_ce") is None  # no token CE recorded
     metrics = {"rows": {"selection": {"sources": [], "test_loss": 1.0}, "all": {"sources": ["a", "b"], "test_loss": 0.9},
                         "kmm": {"sources": ["a"], "test_loss": 0.7}}}
     assert test_gain(metrics) == {"best": "kmm", "gain": pytest.approx(0.3), "selection_sources": 0}
-    (tmp_path / "run.validation.json").write_text(json.dumps(validation))
     (tmp_path / "run.metrics.json").write_text(json.dumps(metrics))
     assert main(["--results", str(tmp_path)]) == 0
     assert "run | 1/2, -0.050 | 2/2, +0.350 | +0.300 (kmm) | 0" in capsys.readouterr().out
