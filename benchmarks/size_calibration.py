@@ -92,17 +92,19 @@ def corrected(est, size, masks, truth, check, new) -> dict:
             "raw+additive": est[new] + additive_fit.predict(masks[new])}
 
 
-def auto_choice(est, size, masks, truth, check, pool) -> str:
-    """The candidate of ``pool`` whose leave-one-out predictions order the checked subsets best."""
+def held_out(est, size, masks, truth, check) -> dict:
+    """Every candidate's leave-one-out predictions on the checked subsets (subset i by a fit without it)."""
+    check = np.asarray(check)
+    rows = [corrected(est, size, masks, truth, np.delete(check, i), check[i : i + 1]) for i in range(len(check))]
+    return {m: np.array([r[m][0] for r in rows]) for m in rows[0]}
+
+
+def auto_choice(loo: dict, truth_checked, pool) -> str:
+    """The candidate of ``pool`` whose leave-one-out predictions (:func:`held_out`) order the checked subsets
+    best."""
     from gradselect.validate.fidelity import pairwise_accuracy
 
-    check = np.asarray(check)
-    loo = {m: np.empty(len(check)) for m in pool}
-    for i in range(len(check)):
-        pred = corrected(est, size, masks, truth, np.delete(check, i), check[i : i + 1])
-        for m in pool:
-            loo[m][i] = pred[m][0]
-    marks = {m: pairwise_accuracy(loo[m], truth[check]) for m in pool}
+    marks = {m: pairwise_accuracy(loo[m], truth_checked) for m in pool}
     return max(pool, key=lambda m: (marks[m], -pool.index(m)))
 
 
@@ -165,8 +167,9 @@ def simulate(subsets, truth, est, n_sources, ks=(8, 12), draws=200, seed=0, addi
             for m, alpha in sweep.items():  # the additive kernel's ridge strength (the product fixes it at 3)
                 fit = ResidualSurrogate("additive", alpha=alpha).fit(masks[check], truth[check] - est[check])
                 rhos[m].append(rho(est[unseen] + fit.predict(masks[unseen]), unseen))
+            loo = held_out(est, size, masks, truth, check)  # once for every pool
             for a, pool in AUTO_POOLS.items():
-                picks[a].append(auto_choice(est, size, masks, truth, check, pool))
+                picks[a].append(auto_choice(loo, truth[np.asarray(check)], pool))
                 rhos[a].append(rho(preds[picks[a][-1]], unseen))
             # The estimate made additive over sources (each subset from the other subsets' estimates; label-free),
             # then the product's own surrogate decision on it, beside the same decision on the raw estimate.
